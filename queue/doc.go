@@ -1,0 +1,44 @@
+// Package queue keeps accepted mail durably until every recipient of it has a
+// final outcome. It knows nothing of SMTP: a message is an envelope (sender,
+// recipients each with their own state, opaque notification parameters) and a
+// body of bytes.
+//
+// # What is durable, and when
+//
+// When Enqueue returns a nil error, the envelope and the whole body are on
+// stable storage: the bbolt transaction that records the message has been
+// committed with fsync (fdatasync on Linux), and a body kept outside bbolt was
+// fsynced, together with its directory entry, before that transaction began.
+// A crash at any instant after that, kill -9 or power loss, cannot lose the
+// message. A crash before it leaves either nothing or an unreferenced spool
+// file that Recover deletes: no half-written message is ever visible, because
+// a message exists only once its envelope record is committed, and that record
+// is written last.
+//
+// # Where bodies live
+//
+// Bodies up to Options.InlineLimit (default 128 KiB) are stored inside bbolt,
+// in the same transaction as their envelope. That is the common case for
+// transactional mail, and it lets many concurrent submissions share a single
+// fsync (group commit: see committer). Larger bodies are streamed to a file in
+// the spool directory and fsynced on their own: they are read once from the
+// network and never held in memory whole, and a 50 MB attachment does not
+// bloat the bbolt file, whose pages are reused but never returned to the disk.
+// The cost is one extra fsync per large message, which its transfer time
+// dwarfs anyway.
+//
+// # Scheduling and leases
+//
+// Every recipient is Pending (due at a time), Leased (a worker is trying it,
+// until a deadline), Delivered, or Failed. Lease hands due recipients to a
+// worker and moves their due time to the lease deadline, so the work of a
+// worker that dies becomes due again by itself; Recover, run by the daemon at
+// start, returns all leases at once since no worker can hold one yet. A
+// message whose recipients are all final is leased once more, to be retired:
+// Retire removes it and, in the same transaction, enqueues the notices (such
+// as a delivery status notification) the worker built for it. A crash between
+// the last outcome and Retire therefore repeats the retirement, never skips it.
+//
+// Time comes from the injected Clock, so tests drive retries and leases
+// without sleeping.
+package queue

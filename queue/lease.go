@@ -1,0 +1,232 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Lease is work handed to one worker: some recipients of one message, or the
+// retirement of a message whose recipients are all final.
+type Lease struct {
+	Message    Message // snapshot taken when the lease was granted
+	Recipients []int   // indexes into Message.Recipients; empty when Retire
+	Retire     bool
+	Seq        uint64
+	Until      time.Time
+}
+
+// Lease grants up to max leases on due work, each held for hold. A lease that
+// runs out makes its recipients due again, so a worker that dies loses nothing.
+func (q *Queue) Lease(max int, hold time.Duration) ([]Lease, error) {
+	var leases []Lease
+	err := q.update(func(tx *bolt.Tx) error {
+		leases = leases[:0]
+		now := q.clock.Now()
+		for _, id := range dueIDs(tx, now, max) {
+			old, err := getMessage(tx, id)
+			if err != nil {
+				return err
+			}
+			m := old.clone()
+			l, ok := grant(&m, now, hold)
+			if err := putMessage(tx, &m, old); err != nil {
+				return err
+			}
+			if ok {
+				leases = append(leases, l)
+			}
+		}
+		return nil
+	})
+	return leases, err
+}
+
+func dueIDs(tx *bolt.Tx, now time.Time, max int) []string {
+	var ids []string
+	limit := uint64(now.UnixNano())
+	c := tx.Bucket(bucketSchedule).Cursor()
+	for k, _ := c.First(); k != nil && len(ids) < max; k, _ = c.Next() {
+		if binary.BigEndian.Uint64(k[:8]) > limit {
+			break
+		}
+		ids = append(ids, string(k[8:]))
+	}
+	return ids
+}
+
+// grant takes a lease on whatever in m is due at now.
+func grant(m *Message, now time.Time, hold time.Duration) (Lease, bool) {
+	until := now.Add(hold)
+	if m.Done() {
+		if m.RetireDue.After(now) {
+			return Lease{}, false
+		}
+		m.LeaseSeq++
+		m.RetireDue, m.RetireSeq = until, m.LeaseSeq
+		return Lease{Message: m.clone(), Retire: true, Seq: m.LeaseSeq, Until: until}, true
+	}
+	var due []int
+	for i, r := range m.Recipients {
+		if !r.State.Final() && !r.Due.After(now) {
+			due = append(due, i)
+		}
+	}
+	if len(due) == 0 {
+		return Lease{}, false
+	}
+	m.LeaseSeq++
+	for _, i := range due {
+		r := &m.Recipients[i]
+		r.State, r.Due, r.Lease = Leased, until, m.LeaseSeq
+	}
+	return Lease{Message: m.clone(), Recipients: due, Seq: m.LeaseSeq, Until: until}, true
+}
+
+// Result is the outcome of one attempt at one recipient.
+type Result uint8
+
+const (
+	ResultDelivered Result = iota + 1
+	ResultDeferred
+	ResultFailed
+)
+
+// Outcome reports what happened to one leased recipient.
+type Outcome struct {
+	Recipient int    // index into Message.Recipients
+	Result    Result //
+	Reply     string // what the next hop said, or why we did not get that far
+	RetryAt   time.Time
+	// DelayNotified marks that the worker queued a delay notice.
+	DelayNotified bool
+}
+
+// Record stores the outcomes of a lease and returns the message as it now
+// stands. Outcomes for recipients whose lease was lost (it ran out and was
+// granted again) are ignored; if all of them were, the error is ErrLeaseLost.
+// When the message is Done the caller should build its notices and Retire it
+// under the same lease sequence, returned in Message.RetireSeq.
+func (q *Queue) Record(id string, seq uint64, outcomes []Outcome) (Message, error) {
+	var out Message
+	err := q.update(func(tx *bolt.Tx) error {
+		old, err := getMessage(tx, id)
+		if err != nil {
+			return err
+		}
+		now := q.clock.Now()
+		m := old.clone()
+		if applied := apply(&m, seq, outcomes, now); applied == 0 && len(outcomes) > 0 {
+			return fmt.Errorf("record %s: %w", id, ErrLeaseLost)
+		}
+		if m.Done() && old.RetireSeq == 0 {
+			// The worker that finished the message retires it; the lease is
+			// its own, and ends like the recipients' did.
+			m.LeaseSeq++
+			m.RetireDue, m.RetireSeq = latestLeaseEnd(old, seq, now), m.LeaseSeq
+		}
+		out = m.clone()
+		return putMessage(tx, &m, old)
+	})
+	return out, err
+}
+
+func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) int {
+	applied := 0
+	for _, o := range outcomes {
+		if o.Recipient < 0 || o.Recipient >= len(m.Recipients) {
+			continue
+		}
+		r := &m.Recipients[o.Recipient]
+		if r.State != Leased || r.Lease != seq {
+			continue
+		}
+		applied++
+		r.Attempts++
+		r.LastAttempt, r.LastReply, r.Lease = now, o.Reply, 0
+		r.DelayNotified = r.DelayNotified || o.DelayNotified
+		switch o.Result {
+		case ResultDelivered:
+			r.State, r.FinalAt = Delivered, now
+		case ResultFailed:
+			r.State, r.FinalAt = Failed, now
+		default:
+			r.State, r.Due = Pending, o.RetryAt
+			if r.Due.Before(now) {
+				r.Due = now
+			}
+		}
+	}
+	return applied
+}
+
+func latestLeaseEnd(old *Message, seq uint64, now time.Time) time.Time {
+	end := now.Add(time.Minute)
+	for _, r := range old.Recipients {
+		if r.State == Leased && r.Lease == seq && r.Due.After(end) {
+			end = r.Due
+		}
+	}
+	return end
+}
+
+// Draft is a new message to enqueue together with a retirement, such as a
+// delivery status notification for the retired message's sender.
+type Draft struct {
+	Envelope Envelope
+	Body     []byte
+}
+
+// Retire removes a finished message and enqueues its notices in the same
+// transaction, so that neither happens without the other.
+func (q *Queue) Retire(id string, seq uint64, notices ...Draft) error {
+	type prepared struct {
+		m      *Message
+		inline []byte
+	}
+	var ready []prepared
+	removeSpooled := func() {
+		for _, p := range ready {
+			if p.m.Spooled {
+				os.Remove(q.spoolPath(p.m.ID))
+			}
+		}
+	}
+	for _, d := range notices {
+		m, inline, err := q.prepare(q.newID(), d.Envelope, bytes.NewReader(d.Body))
+		if err != nil {
+			removeSpooled()
+			return fmt.Errorf("retire %s: %w", id, err)
+		}
+		ready = append(ready, prepared{m, inline})
+	}
+	var spooled bool
+	err := q.update(func(tx *bolt.Tx) error {
+		m, err := getMessage(tx, id)
+		if err != nil {
+			return err
+		}
+		if !m.Done() || m.RetireSeq != seq {
+			return fmt.Errorf("retire %s: %w", id, ErrLeaseLost)
+		}
+		spooled = m.Spooled
+		for _, p := range ready {
+			if err := putNew(tx, p.m, p.inline); err != nil {
+				return err
+			}
+		}
+		return deleteMessage(tx, m)
+	})
+	if err != nil {
+		removeSpooled()
+		return err
+	}
+	if spooled {
+		os.Remove(q.spoolPath(id))
+	}
+	return nil
+}

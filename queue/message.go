@@ -1,0 +1,134 @@
+package queue
+
+import (
+	"strings"
+	"time"
+)
+
+// State is where one recipient of a message stands.
+type State uint8
+
+const (
+	Pending   State = iota // waiting for its due time (first try or a retry)
+	Leased                 // a worker holds it until the lease deadline
+	Delivered              // final: the next hop accepted it
+	Failed                 // final: it will not be delivered
+)
+
+func (s State) String() string {
+	switch s {
+	case Pending:
+		return "pending"
+	case Leased:
+		return "leased"
+	case Delivered:
+		return "delivered"
+	case Failed:
+		return "failed"
+	}
+	return "unknown"
+}
+
+// Final reports whether no more attempts will be made.
+func (s State) Final() bool { return s == Delivered || s == Failed }
+
+// Envelope is what the submitter said about a message, plus who submitted it.
+// The notification fields are kept verbatim for whoever builds reports later.
+type Envelope struct {
+	From       string      `json:"from"`
+	Recipients []Recipient `json:"rcpts"`
+	// Return and EnvelopeID are the sender's notification preferences
+	// (what to return with a report, and an identifier to quote in it).
+	Return     string `json:"ret,omitempty"`
+	EnvelopeID string `json:"envid,omitempty"`
+	RequireTLS bool   `json:"requiretls,omitempty"`
+	UTF8       bool   `json:"utf8,omitempty"`
+	BodyType   string `json:"body,omitempty"`
+	AuthUser   string `json:"user,omitempty"`
+	ClientIP   string `json:"ip,omitempty"`
+	// Arrival is set by Enqueue when zero.
+	Arrival time.Time `json:"arrival"`
+}
+
+// Recipient is one address of a message with its own progress.
+type Recipient struct {
+	Addr string `json:"addr"`
+	// Notify and Original are the per-recipient notification preferences
+	// given at submission (which outcomes to report, and the original address).
+	Notify   []string `json:"notify,omitempty"`
+	Original string   `json:"orcpt,omitempty"`
+
+	State State `json:"state"`
+	// Due is the next attempt time while Pending, the lease deadline while Leased.
+	Due         time.Time `json:"due"`
+	Attempts    int       `json:"attempts,omitempty"`
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	LastReply   string    `json:"last_reply,omitempty"`
+	// DelayNotified records that a delay notice was sent for this recipient.
+	DelayNotified bool      `json:"delay_notified,omitempty"`
+	FinalAt       time.Time `json:"final_at,omitzero"`
+	// Lease identifies the lease that holds the recipient while Leased.
+	Lease uint64 `json:"lease,omitempty"`
+}
+
+// Message is a queued message as stored: its envelope and bookkeeping.
+type Message struct {
+	ID string `json:"id"`
+	Envelope
+	Size    int64 `json:"size"`
+	Spooled bool  `json:"spooled,omitempty"` // body is a file in the spool directory
+	Held    bool  `json:"held,omitempty"`
+
+	// LeaseSeq numbers the leases taken on this message.
+	LeaseSeq uint64 `json:"lease_seq,omitempty"`
+	// RetireDue and RetireSeq describe the lease to retire a finished message.
+	RetireDue time.Time `json:"retire_due,omitzero"`
+	RetireSeq uint64    `json:"retire_seq,omitempty"`
+}
+
+// Done reports whether every recipient has a final outcome.
+func (m *Message) Done() bool {
+	for _, r := range m.Recipients {
+		if !r.State.Final() {
+			return false
+		}
+	}
+	return true
+}
+
+// Domain returns the part of an address after the last '@', lower-cased.
+func Domain(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return strings.ToLower(addr[i+1:])
+	}
+	return ""
+}
+
+// wake is when the scheduler must next look at m; ok is false when never
+// (held messages wait for Release).
+func (m *Message) wake() (t time.Time, ok bool) {
+	if m.Held {
+		return time.Time{}, false
+	}
+	if m.Done() {
+		if m.RetireDue.IsZero() {
+			return time.Unix(0, 0), true // retire as soon as possible
+		}
+		return m.RetireDue, true
+	}
+	for _, r := range m.Recipients {
+		if r.State.Final() {
+			continue
+		}
+		if !ok || r.Due.Before(t) {
+			t, ok = r.Due, true
+		}
+	}
+	return t, ok
+}
+
+func (m *Message) clone() Message {
+	c := *m
+	c.Recipients = append([]Recipient(nil), m.Recipients...)
+	return c
+}

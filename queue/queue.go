@@ -1,0 +1,437 @@
+package queue
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Clock tells the queue what time it is.
+type Clock interface{ Now() time.Time }
+
+// SystemClock is the wall clock.
+type SystemClock struct{}
+
+func (SystemClock) Now() time.Time { return time.Now() }
+
+var (
+	ErrNotFound  = errors.New("no such message")
+	ErrLeaseLost = errors.New("lease no longer held")
+	// ErrLocked means another process has the database open.
+	ErrLocked = errors.New("queue database is in use by another process")
+)
+
+var (
+	bucketMessages = []byte("messages")
+	bucketBodies   = []byte("bodies")
+	bucketSchedule = []byte("schedule")
+)
+
+// Options configure Open. Zero values take the defaults.
+type Options struct {
+	Clock       Clock
+	SpoolDir    string // default: "spool" beside the database file
+	InlineLimit int64  // bodies up to this size live inside bbolt; default 128 KiB
+	// LockTimeout is how long Open waits for another process to let go of
+	// the database file; default 1s.
+	LockTimeout time.Duration
+}
+
+// Queue is a durable mail queue in one bbolt file. It is safe for concurrent use.
+type Queue struct {
+	db          *bolt.DB
+	clock       Clock
+	spoolDir    string
+	inlineLimit int64
+	writes      chan *writeRequest
+	stopped     chan struct{}
+	idCounter   atomic.Uint32
+}
+
+// Open opens (creating if needed) the queue database at path.
+func Open(path string, opts Options) (*Queue, error) {
+	if opts.Clock == nil {
+		opts.Clock = SystemClock{}
+	}
+	if opts.SpoolDir == "" {
+		opts.SpoolDir = filepath.Join(filepath.Dir(path), "spool")
+	}
+	if opts.InlineLimit <= 0 {
+		opts.InlineLimit = 128 << 10
+	}
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = time.Second
+	}
+	if err := os.MkdirAll(opts.SpoolDir, 0o700); err != nil {
+		return nil, fmt.Errorf("queue spool directory: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMessages, bucketBodies, bucketSchedule} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialise queue %s: %w", path, err)
+	}
+	q := &Queue{
+		db:          db,
+		clock:       opts.Clock,
+		spoolDir:    opts.SpoolDir,
+		inlineLimit: opts.InlineLimit,
+		writes:      make(chan *writeRequest, 4096),
+		stopped:     make(chan struct{}),
+	}
+	go q.committer()
+	return q, nil
+}
+
+// Close waits for pending writes and closes the database.
+func (q *Queue) Close() error {
+	close(q.writes)
+	<-q.stopped
+	return q.db.Close()
+}
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
+
+// newID returns a unique identifier that sorts roughly by creation time:
+// 48 bits of milliseconds, a 16-bit counter, and 32 random bits.
+func (q *Queue) newID() string {
+	var b [12]byte
+	ms := uint64(q.clock.Now().UnixMilli())
+	binary.BigEndian.PutUint64(b[0:8], ms<<16|uint64(uint16(q.idCounter.Add(1))))
+	rand.Read(b[8:])
+	return idEncoding.EncodeToString(b[:])
+}
+
+// Enqueue stores a new message and returns its ID once it is durable. The
+// body is read to its end; a read error aborts the enqueue and is returned
+// unwrapped-compatible (errors.Is/As see the reader's error).
+func (q *Queue) Enqueue(env Envelope, body io.Reader) (string, error) {
+	id := q.newID()
+	m, inline, err := q.prepare(id, env, body)
+	if err != nil {
+		return "", err
+	}
+	err = q.update(func(tx *bolt.Tx) error { return putNew(tx, m, inline) })
+	if err != nil {
+		if m.Spooled {
+			os.Remove(q.spoolPath(id))
+		}
+		return "", fmt.Errorf("commit message %s: %w", id, err)
+	}
+	return id, nil
+}
+
+// prepare reads the body: into memory when small, into an fsynced spool file
+// otherwise.
+func (q *Queue) prepare(id string, env Envelope, body io.Reader) (*Message, []byte, error) {
+	now := q.clock.Now()
+	if env.Arrival.IsZero() {
+		env.Arrival = now
+	}
+	env.Recipients = append([]Recipient(nil), env.Recipients...)
+	for i := range env.Recipients {
+		env.Recipients[i].State = Pending
+		env.Recipients[i].Due = now
+	}
+	m := &Message{ID: id, Envelope: env}
+
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(body, q.inlineLimit+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if n <= q.inlineLimit {
+		m.Size = n
+		return m, buf.Bytes(), nil
+	}
+	size, err := q.spool(id, io.MultiReader(&buf, body))
+	if err != nil {
+		return nil, nil, err
+	}
+	m.Size, m.Spooled = size, true
+	return m, nil, nil
+}
+
+func (q *Queue) spoolPath(id string) string { return filepath.Join(q.spoolDir, id) }
+
+func (q *Queue) spool(id string, body io.Reader) (int64, error) {
+	path := q.spoolPath(id)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("create spool file: %w", err)
+	}
+	n, err := io.Copy(f, body)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(q.spoolDir)
+	}
+	if err != nil {
+		os.Remove(path)
+		return 0, err
+	}
+	return n, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+func putNew(tx *bolt.Tx, m *Message, inline []byte) error {
+	if !m.Spooled {
+		if err := tx.Bucket(bucketBodies).Put([]byte(m.ID), inline); err != nil {
+			return err
+		}
+	}
+	return putMessage(tx, m, nil)
+}
+
+// putMessage stores m and moves its schedule entry from the one it had
+// (old, if any) to the one it needs now.
+func putMessage(tx *bolt.Tx, m *Message, old *Message) error {
+	sched := tx.Bucket(bucketSchedule)
+	if old != nil {
+		if t, ok := old.wake(); ok {
+			if err := sched.Delete(scheduleKey(t, old.ID)); err != nil {
+				return err
+			}
+		}
+	}
+	if t, ok := m.wake(); ok {
+		if err := sched.Put(scheduleKey(t, m.ID), nil); err != nil {
+			return err
+		}
+	}
+	data, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketMessages).Put([]byte(m.ID), data)
+}
+
+func scheduleKey(t time.Time, id string) []byte {
+	k := make([]byte, 8, 8+len(id))
+	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
+	return append(k, id...)
+}
+
+func getMessage(tx *bolt.Tx, id string) (*Message, error) {
+	data := tx.Bucket(bucketMessages).Get([]byte(id))
+	if data == nil {
+		return nil, fmt.Errorf("%s: %w", id, ErrNotFound)
+	}
+	m := new(Message)
+	if err := json.Unmarshal(data, m); err != nil {
+		return nil, fmt.Errorf("decode message %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// Get returns a message's envelope and state.
+func (q *Queue) Get(id string) (Message, error) {
+	var m *Message
+	err := q.db.View(func(tx *bolt.Tx) error {
+		var err error
+		m, err = getMessage(tx, id)
+		return err
+	})
+	if err != nil {
+		return Message{}, err
+	}
+	return *m, nil
+}
+
+// Body opens a message's body for reading.
+func (q *Queue) Body(id string) (io.ReadCloser, error) {
+	var inline []byte
+	var spooled bool
+	err := q.db.View(func(tx *bolt.Tx) error {
+		m, err := getMessage(tx, id)
+		if err != nil {
+			return err
+		}
+		if spooled = m.Spooled; !spooled {
+			inline = bytes.Clone(tx.Bucket(bucketBodies).Get([]byte(id)))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if spooled {
+		f, err := os.Open(q.spoolPath(id))
+		if err != nil {
+			return nil, fmt.Errorf("open body of %s: %w", id, err)
+		}
+		return f, nil
+	}
+	return io.NopCloser(bytes.NewReader(inline)), nil
+}
+
+// Filter selects messages for List. Zero fields match everything.
+type Filter struct {
+	RcptDomain string
+	Sender     string
+	State      string // "active", "deferred" or "held"
+	Limit      int
+}
+
+func (f Filter) match(m *Message) bool {
+	if f.Sender != "" && m.From != f.Sender {
+		return false
+	}
+	if f.RcptDomain != "" {
+		found := false
+		for _, r := range m.Recipients {
+			found = found || Domain(r.Addr) == f.RcptDomain
+		}
+		if !found {
+			return false
+		}
+	}
+	switch f.State {
+	case "held":
+		return m.Held
+	case "deferred":
+		for _, r := range m.Recipients {
+			if r.State == Pending && r.Attempts > 0 {
+				return !m.Held
+			}
+		}
+		return false
+	case "active":
+		return !m.Held
+	}
+	return true
+}
+
+// List returns the messages that match f, oldest ID first.
+func (q *Queue) List(f Filter) ([]Message, error) {
+	var out []Message
+	err := q.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
+			var m Message
+			if err := json.Unmarshal(v, &m); err != nil {
+				return fmt.Errorf("decode message %s: %w", k, err)
+			}
+			if f.match(&m) && (f.Limit <= 0 || len(out) < f.Limit) {
+				out = append(out, m)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Count returns the number of queued messages.
+func (q *Queue) Count() (int, error) {
+	var n int
+	err := q.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketMessages).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
+// modify applies change to message id in a write transaction.
+func (q *Queue) modify(id string, change func(m *Message, now time.Time) error) error {
+	return q.update(func(tx *bolt.Tx) error {
+		old, err := getMessage(tx, id)
+		if err != nil {
+			return err
+		}
+		now := q.clock.Now()
+		m := old.clone()
+		if err := change(&m, now); err != nil {
+			return err
+		}
+		return putMessage(tx, &m, old)
+	})
+}
+
+// Hold stops scheduling a message until Release. Attempts already in flight finish.
+func (q *Queue) Hold(id string) error {
+	return q.modify(id, func(m *Message, _ time.Time) error { m.Held = true; return nil })
+}
+
+// Release makes a held message eligible again at its recipients' due times.
+func (q *Queue) Release(id string) error {
+	return q.modify(id, func(m *Message, _ time.Time) error { m.Held = false; return nil })
+}
+
+// RetryNow makes every pending recipient of a message due now.
+func (q *Queue) RetryNow(id string) error {
+	return q.modify(id, func(m *Message, now time.Time) error {
+		for i := range m.Recipients {
+			if m.Recipients[i].State == Pending {
+				m.Recipients[i].Due = now
+			}
+		}
+		return nil
+	})
+}
+
+// Delete removes a message without any notice to its sender.
+func (q *Queue) Delete(id string) error {
+	var spooled bool
+	err := q.update(func(tx *bolt.Tx) error {
+		m, err := getMessage(tx, id)
+		if err != nil {
+			return err
+		}
+		spooled = m.Spooled
+		return deleteMessage(tx, m)
+	})
+	if err == nil && spooled {
+		os.Remove(q.spoolPath(id))
+	}
+	return err
+}
+
+func deleteMessage(tx *bolt.Tx, m *Message) error {
+	if t, ok := m.wake(); ok {
+		if err := tx.Bucket(bucketSchedule).Delete(scheduleKey(t, m.ID)); err != nil {
+			return err
+		}
+	}
+	if err := tx.Bucket(bucketBodies).Delete([]byte(m.ID)); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketMessages).Delete([]byte(m.ID))
+}
