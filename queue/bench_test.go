@@ -27,7 +27,7 @@ func BenchmarkEnqueue(b *testing.B) {
 				go func() {
 					defer wg.Done()
 					for next.Add(1) <= int64(b.N) {
-						if _, err := q.Enqueue(envelope("a@x.test"), bytes.NewReader(body)); err != nil {
+						if _, err := q.Enqueue("", envelope("a@x.test"), bytes.NewReader(body)); err != nil {
 							b.Error(err)
 							return
 						}
@@ -50,7 +50,7 @@ func BenchmarkLease(b *testing.B) {
 		var wg sync.WaitGroup
 		for c := 0; c < batch; c++ {
 			wg.Add(1)
-			go func() { defer wg.Done(); q.Enqueue(envelope("a@x.test"), bytes.NewReader([]byte("x"))) }()
+			go func() { defer wg.Done(); q.Enqueue("", envelope("a@x.test"), bytes.NewReader([]byte("x"))) }()
 		}
 		wg.Wait()
 		b.StartTimer()

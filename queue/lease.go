@@ -197,7 +197,7 @@ func (q *Queue) Retire(id string, seq uint64, notices ...Draft) error {
 		}
 	}
 	for _, d := range notices {
-		m, inline, err := q.prepare(q.newID(), d.Envelope, bytes.NewReader(d.Body))
+		m, inline, err := q.prepare(q.NewID(), d.Envelope, bytes.NewReader(d.Body))
 		if err != nil {
 			removeSpooled()
 			return fmt.Errorf("retire %s: %w", id, err)

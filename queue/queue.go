@@ -116,9 +116,10 @@ func (q *Queue) Close() error {
 
 var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
 
-// newID returns a unique identifier that sorts roughly by creation time:
+// NewID returns a fresh message ID, for callers that need to know it before
+// Enqueue (to write it into the message). It is a unique identifier that sorts roughly by creation time:
 // 48 bits of milliseconds, a 16-bit counter, and 32 random bits.
-func (q *Queue) newID() string {
+func (q *Queue) NewID() string {
 	var b [12]byte
 	ms := uint64(q.clock.Now().UnixMilli())
 	binary.BigEndian.PutUint64(b[0:8], ms<<16|uint64(uint16(q.idCounter.Add(1))))
@@ -126,11 +127,14 @@ func (q *Queue) newID() string {
 	return idEncoding.EncodeToString(b[:])
 }
 
-// Enqueue stores a new message and returns its ID once it is durable. The
-// body is read to its end; a read error aborts the enqueue and is returned
-// unwrapped-compatible (errors.Is/As see the reader's error).
-func (q *Queue) Enqueue(env Envelope, body io.Reader) (string, error) {
-	id := q.newID()
+// Enqueue stores a new message under id (from NewID; "" picks one) and
+// returns the ID once the message is durable. The body is read to its end; a
+// read error aborts the enqueue, stores nothing, and is returned as it came
+// (errors.Is and errors.As see the reader's error).
+func (q *Queue) Enqueue(id string, env Envelope, body io.Reader) (string, error) {
+	if id == "" {
+		id = q.NewID()
+	}
 	m, inline, err := q.prepare(id, env, body)
 	if err != nil {
 		return "", err

@@ -70,7 +70,7 @@ func TestEnqueueSurvivesReopen(t *testing.T) {
 			dir, clock := t.TempDir(), newClock()
 			q := openTest(t, clock, dir, 64<<10)
 			body := bytes.Repeat([]byte("0123456789abcde\n"), tc.size/16)
-			id, err := q.Enqueue(envelope("a@x.test", "b@y.test"), bytes.NewReader(body))
+			id, err := q.Enqueue("", envelope("a@x.test", "b@y.test"), bytes.NewReader(body))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,7 +118,7 @@ func TestEnqueueReadErrorStoresNothing(t *testing.T) {
 	q := openTest(t, newClock(), dir, 1024)
 	defer q.Close()
 	for _, n := range []int{10, 5000} { // inline and spooled
-		if _, err := q.Enqueue(envelope("a@x.test"), &failingReader{after: n}); err == nil {
+		if _, err := q.Enqueue("", envelope("a@x.test"), &failingReader{after: n}); err == nil {
 			t.Fatal("enqueue of a failing body succeeded")
 		}
 	}
@@ -134,7 +134,7 @@ func TestLeaseRecordRetire(t *testing.T) {
 	clock := newClock()
 	q := openTest(t, clock, t.TempDir(), 0)
 	defer q.Close()
-	id, err := q.Enqueue(envelope("a@x.test", "b@x.test", "c@y.test"), strings.NewReader("hello\r\n"))
+	id, err := q.Enqueue("", envelope("a@x.test", "b@x.test", "c@y.test"), strings.NewReader("hello\r\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestExpiredLeaseIsGrantedAgainAndOldHolderLoses(t *testing.T) {
 	clock := newClock()
 	q := openTest(t, clock, t.TempDir(), 0)
 	defer q.Close()
-	id, _ := q.Enqueue(envelope("a@x.test"), strings.NewReader("x"))
+	id, _ := q.Enqueue("", envelope("a@x.test"), strings.NewReader("x"))
 	first, _ := q.Lease(1, time.Minute)
 	clock.Advance(61 * time.Second)
 	second, _ := q.Lease(1, time.Minute)
@@ -215,7 +215,7 @@ func TestFinishedMessageIsRetiredEvenIfWorkerDies(t *testing.T) {
 	clock := newClock()
 	q := openTest(t, clock, t.TempDir(), 0)
 	defer q.Close()
-	id, _ := q.Enqueue(envelope("a@x.test"), strings.NewReader("x"))
+	id, _ := q.Enqueue("", envelope("a@x.test"), strings.NewReader("x"))
 	l, _ := q.Lease(1, time.Minute)
 	if _, err := q.Record(id, l[0].Seq, []Outcome{{Recipient: 0, Result: ResultFailed}}); err != nil {
 		t.Fatal(err)
@@ -239,7 +239,7 @@ func TestHoldReleaseRetryDelete(t *testing.T) {
 	dir := t.TempDir()
 	q := openTest(t, clock, dir, 16)
 	defer q.Close()
-	id, _ := q.Enqueue(envelope("a@x.test"), strings.NewReader(strings.Repeat("big ", 100)))
+	id, _ := q.Enqueue("", envelope("a@x.test"), strings.NewReader(strings.Repeat("big ", 100)))
 	if err := q.Hold(id); err != nil {
 		t.Fatal(err)
 	}
@@ -278,8 +278,8 @@ func TestHoldReleaseRetryDelete(t *testing.T) {
 func TestRecoverReturnsLeasesAndRemovesOrphans(t *testing.T) {
 	clock, dir := newClock(), t.TempDir()
 	q := openTest(t, clock, dir, 0)
-	id, _ := q.Enqueue(envelope("a@x.test", "b@x.test"), strings.NewReader("x"))
-	q.Enqueue(envelope("c@x.test"), strings.NewReader("y"))
+	id, _ := q.Enqueue("", envelope("a@x.test", "b@x.test"), strings.NewReader("x"))
+	q.Enqueue("", envelope("c@x.test"), strings.NewReader("y"))
 	if l, _ := q.Lease(1, time.Hour); len(l) != 1 {
 		t.Fatal("lease")
 	}
@@ -315,7 +315,7 @@ func TestConcurrentEnqueueAllDurable(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 25; i++ {
-				id, err := q.Enqueue(envelope("a@x.test"), strings.NewReader(fmt.Sprint(w, i)))
+				id, err := q.Enqueue("", envelope("a@x.test"), strings.NewReader(fmt.Sprint(w, i)))
 				if err != nil {
 					t.Error(err)
 					return

@@ -1,0 +1,130 @@
+package auth
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/crypto/bcrypt"
+)
+
+func newStore(t *testing.T) *Store {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	s, err := NewStore(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestVerify(t *testing.T) {
+	s := newStore(t)
+	if err := s.Add("app", "s3cret", []string{"*@example.org"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Add("app", "other", nil); !errors.Is(err, ErrUserExists) {
+		t.Fatalf("duplicate add: %v", err)
+	}
+	v := NewVerifier(s, DefaultLimits, nil)
+	u, _, err := v.Verify("192.0.2.1", "app", "s3cret")
+	if err != nil || u.Name != "app" {
+		t.Fatalf("good password: %v", err)
+	}
+	// Cached now; a password change must still invalidate it at once.
+	if err := s.SetPassword("app", "n3w"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := v.Verify("192.0.2.1", "app", "s3cret"); !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("old password after change: %v", err)
+	}
+	if _, _, err := v.Verify("192.0.2.1", "app", "n3w"); err != nil {
+		t.Fatalf("new password: %v", err)
+	}
+	if _, _, err := v.Verify("192.0.2.1", "ghost", "n3w"); !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("unknown user must look like a bad password: %v", err)
+	}
+	s.Delete("app")
+	if _, _, err := v.Verify("192.0.2.1", "app", "n3w"); !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("deleted user still verifies: %v", err)
+	}
+	if list, _ := s.List(); len(list) != 0 {
+		t.Fatalf("list after delete: %v", list)
+	}
+}
+
+func TestThrottleDelaysThenLocksOut(t *testing.T) {
+	s := newStore(t)
+	s.Add("app", "pw", nil)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	limits := Limits{FreeFailures: 2, Delay: time.Second, MaxDelay: 3 * time.Second, MaxFailures: 5, Window: time.Minute, Lockout: 10 * time.Minute}
+	v := NewVerifier(s, limits, func() time.Time { return now })
+	var delays []time.Duration
+	for i := 0; i < 5; i++ {
+		_, d, err := v.Verify("198.51.100.7", "app", "wrong")
+		if !errors.Is(err, ErrBadCredentials) {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+		delays = append(delays, d)
+	}
+	want := []time.Duration{0, 0, time.Second, 2 * time.Second, 3 * time.Second}
+	for i := range want {
+		if delays[i] != want[i] {
+			t.Fatalf("delays %v, want %v", delays, want)
+		}
+	}
+	if _, _, err := v.Verify("198.51.100.7", "app", "pw"); !errors.Is(err, ErrThrottled) {
+		t.Fatalf("locked-out address with the right password: %v", err)
+	}
+	if _, _, err := v.Verify("198.51.100.8", "app", "pw"); err != nil {
+		t.Fatalf("another address is not locked: %v", err)
+	}
+	now = now.Add(11 * time.Minute)
+	if _, _, err := v.Verify("198.51.100.7", "app", "pw"); err != nil {
+		t.Fatalf("lockout did not lapse: %v", err)
+	}
+}
+
+func TestMaySend(t *testing.T) {
+	u := User{AllowFrom: []string{"*@example.org", "billing@shop.example"}}
+	for from, want := range map[string]bool{
+		"a@example.org": true, "A@EXAMPLE.ORG": true, "billing@shop.example": true,
+		"a@evil.example": false, "a@sub.example.org": false, "": false,
+	} {
+		if got := u.MaySend(from); got != want {
+			t.Errorf("MaySend(%q) = %v", from, got)
+		}
+	}
+	if !(User{}).MaySend("") {
+		t.Error("unrestricted user may use the null sender")
+	}
+}
+
+func TestNamesAndHashes(t *testing.T) {
+	for _, bad := range []string{"", "a b", "x\r\nBcc: y", "(evil)", "-lead"} {
+		if ValidateName(bad) == nil {
+			t.Errorf("name %q accepted", bad)
+		}
+	}
+	h, _ := HashPassword("pw")
+	if ok, err := checkPassword(h, "pw"); !ok || err != nil {
+		t.Fatal("argon2id round trip")
+	}
+	// Imported users may carry bcrypt hashes.
+	bh, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if ok, _ := checkPassword(string(bh), "pw"); !ok {
+		t.Error("bcrypt hash rejected")
+	}
+	if ok, _ := checkPassword(string(bh), "nope"); ok {
+		t.Error("bcrypt wrong password accepted")
+	}
+	if _, err := checkPassword("$argon2id$garbage", "pw"); err == nil {
+		t.Error("malformed hash accepted")
+	}
+}

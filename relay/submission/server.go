@@ -1,0 +1,143 @@
+// Package submission is Postern's message submission agent: authenticated
+// SMTP on STARTTLS (RFC 6409) and implicit-TLS (RFC 8314) listeners, which
+// puts each accepted message durably in the queue before answering 250.
+package submission
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/auth"
+)
+
+// Config is the submission service's settings, already validated.
+type Config struct {
+	Hostname            string
+	MaxMessageBytes     int64
+	MaxRecipients       int
+	MaxLineLength       int
+	CommandTimeout      time.Duration // RFC 5321 4.5.3.2.7: 5 minutes
+	DataTimeout         time.Duration // RFC 5321 4.5.3.2.6: 3 minutes per block
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	MinTLSVersion       uint16
+}
+
+// Queue is where accepted messages go.
+type Queue interface {
+	NewID() string
+	Enqueue(id string, env queue.Envelope, body io.Reader) (string, error)
+}
+
+// Authenticator checks credentials, with its own throttling.
+type Authenticator interface {
+	Verify(ip, name, password string) (auth.User, time.Duration, error)
+}
+
+// Deps are the services the submission agent uses.
+type Deps struct {
+	Queue          Queue
+	Auth           Authenticator
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	Log            *slog.Logger
+	Clock          func() time.Time    // default time.Now
+	Sleep          func(time.Duration) // default time.Sleep; delays failed AUTH replies
+}
+
+// Server runs the submission listeners.
+type Server struct {
+	cfg   Config
+	queue Queue
+	auth  Authenticator
+	log   *slog.Logger
+	clock func() time.Time
+	sleep func(time.Duration)
+	tls   *tls.Config
+	smtp  *smtp.Server
+
+	mu        sync.Mutex
+	listeners []*limitListener
+}
+
+// New builds a server; call ServeSTARTTLS and ServeTLS with listeners.
+func New(cfg Config, d Deps) *Server {
+	if d.Clock == nil {
+		d.Clock = time.Now
+	}
+	if d.Sleep == nil {
+		d.Sleep = time.Sleep
+	}
+	if cfg.MinTLSVersion == 0 {
+		cfg.MinTLSVersion = tls.VersionTLS12
+	}
+	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep}
+	s.tls = &tls.Config{MinVersion: cfg.MinTLSVersion, GetCertificate: d.GetCertificate}
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.Domain = cfg.Hostname
+	srv.TLSConfig = s.tls
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxLineLength = cfg.MaxLineLength
+	srv.ReadTimeout = cfg.CommandTimeout
+	srv.WriteTimeout = cfg.CommandTimeout
+	// go-smtp answers AUTH without TLS with its own 523; letting AUTH through
+	// to the session gives the RFC 4954 reply, 538 5.7.11, and the session
+	// still offers no mechanism in cleartext.
+	srv.AllowInsecureAuth = true
+	srv.EnableSMTPUTF8 = true
+	srv.EnableREQUIRETLS = true
+	srv.EnableDSN = true
+	srv.ErrorLog = slogPrinter{d.Log}
+	s.smtp = srv
+	return s
+}
+
+// ServeSTARTTLS serves cleartext-then-STARTTLS submission on l (port 587).
+func (s *Server) ServeSTARTTLS(l net.Listener) error {
+	return s.smtp.Serve(s.limit(l))
+}
+
+func (s *Server) limit(l net.Listener) *limitListener {
+	ll := newLimitListener(l, s.cfg.Hostname, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerIP)
+	s.mu.Lock()
+	s.listeners = append(s.listeners, ll)
+	s.mu.Unlock()
+	return ll
+}
+
+// ServeTLS serves implicit-TLS submission on l (port 465).
+func (s *Server) ServeTLS(l net.Listener) error {
+	return s.smtp.Serve(tls.NewListener(s.limit(l), s.tls))
+}
+
+// Shutdown stops accepting and waits for sessions to end until ctx does,
+// then closes what is left. A transaction cut off before its 250 was never
+// acknowledged, so the client will send it again.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.smtp.Shutdown(ctx)
+	if err != nil {
+		// go-smtp's Close is a no-op once Shutdown has begun, so the
+		// connections are cut here.
+		s.mu.Lock()
+		for _, l := range s.listeners {
+			l.closeAll()
+		}
+		s.mu.Unlock()
+	}
+	return err
+}
+
+type slogPrinter struct{ log *slog.Logger }
+
+func (p slogPrinter) Printf(format string, v ...any) {
+	p.log.Error("smtp server", "detail", fmt.Sprintf(format, v...))
+}
+func (p slogPrinter) Println(v ...any) { p.log.Error("smtp server", "detail", fmt.Sprint(v...)) }

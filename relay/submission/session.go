@@ -1,0 +1,266 @@
+package submission
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/auth"
+)
+
+var (
+	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+		Message: "Authentication required"}
+	errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11},
+		Message: "Encryption required for requested authentication mechanism; use STARTTLS"}
+	errBadCredentials = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8},
+		Message: "Authentication credentials invalid"}
+	errThrottled = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Too many failed authentication attempts from your address, try again later"}
+	errSenderNotAllowed = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+		Message: "Sender address not allowed for this user"}
+	errNoStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1},
+		Message: "Insufficient system storage, try again later"}
+	errLocal = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "Local error in processing, try again later"}
+	errReadFailed = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message: "Error reading message data, closing connection"}
+	errDuplicateMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message: "Nested MAIL command"}
+)
+
+// session is one client's conversation between greeting (or STARTTLS, which
+// starts a new one: RFC 3207 4.2) and QUIT. Its methods are called in protocol order.
+type session struct {
+	srv  *Server
+	conn *smtp.Conn
+	ip   string
+	tls  *tls.ConnectionState
+	user *auth.User
+
+	inMail bool
+	env    queue.Envelope
+	rcpts  map[string]bool
+}
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	sess := &session{srv: s, conn: c, ip: remoteHost(c.Conn())}
+	if state, ok := c.TLSConnectionState(); ok {
+		sess.tls = &state
+	}
+	return sess, nil
+}
+
+// AuthMechanisms offers nothing before TLS, so AUTH is not even advertised
+// in cleartext (RFC 4954 4).
+func (s *session) AuthMechanisms() []string {
+	if s.tls == nil {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if s.tls == nil {
+		return nil, errEncryptionRequired
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, username, password string) error {
+			if identity != "" && identity != username {
+				return errBadCredentials // no acting on behalf of another user
+			}
+			return s.authenticate(username, password)
+		}), nil
+	case sasl.Login:
+		return newLoginServer(s.authenticate), nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+func (s *session) authenticate(username, password string) error {
+	u, delay, err := s.srv.auth.Verify(s.ip, username, password)
+	if err == nil {
+		s.user = &u
+		s.srv.log.Info("authenticated", "user", u.Name, "client_ip", s.ip)
+		return nil
+	}
+	// The name is the client's word: log it quoted, never the password.
+	s.srv.log.Warn("authentication failed", "client_ip", s.ip, "user", username, "reason", err.Error())
+	if delay > 0 {
+		s.srv.sleep(delay)
+	}
+	if errors.Is(err, auth.ErrThrottled) {
+		return errThrottled
+	}
+	if errors.Is(err, auth.ErrBadCredentials) {
+		return errBadCredentials
+	}
+	return errLocal
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.user == nil {
+		return errAuthRequired
+	}
+	if s.inMail {
+		return errDuplicateMail
+	}
+	if opts.RequireTLS && s.tls == nil {
+		// Unreachable while AUTH needs TLS, but REQUIRETLS must never be
+		// accepted over a cleartext hop (RFC 8689 4.1).
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 10}, Message: "REQUIRETLS needs a TLS session"}
+	}
+	if from != "" {
+		canon, serr := canonicalAddress(from, opts.UTF8, smtp.EnhancedCode{5, 1, 7})
+		if serr != nil {
+			return serr
+		}
+		from = canon
+	}
+	if !s.user.MaySend(from) {
+		return errSenderNotAllowed
+	}
+	s.inMail = true
+	s.env = queue.Envelope{
+		From:       from,
+		Return:     string(opts.Return),
+		EnvelopeID: opts.EnvelopeID,
+		RequireTLS: opts.RequireTLS,
+		UTF8:       opts.UTF8,
+		BodyType:   string(opts.Body),
+		AuthUser:   s.user.Name,
+		ClientIP:   s.ip,
+	}
+	s.rcpts = map[string]bool{}
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if s.user == nil {
+		return errAuthRequired
+	}
+	canon, serr := canonicalAddress(to, s.env.UTF8, smtp.EnhancedCode{5, 1, 3})
+	if serr != nil {
+		return serr
+	}
+	key := strings.ToLower(canon)
+	if s.rcpts[key] {
+		return nil // the same recipient twice gets one copy
+	}
+	if max := s.srv.cfg.MaxRecipients; max > 0 && len(s.env.Recipients) >= max {
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients"}
+	}
+	r := queue.Recipient{Addr: canon}
+	for _, n := range opts.Notify {
+		r.Notify = append(r.Notify, string(n))
+	}
+	if opts.OriginalRecipient != "" {
+		r.Original = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+	}
+	s.rcpts[key] = true
+	s.env.Recipients = append(s.env.Recipients, r)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	if s.user == nil || !s.inMail {
+		return errAuthRequired
+	}
+	start := s.srv.clock()
+	id := s.srv.queue.NewID()
+	guard := &crlfGuard{r: clientReader{deadlineReader{r, s.conn.Conn(), s.srv.cfg.DataTimeout}}}
+	br := bufio.NewReaderSize(guard, 64<<10)
+	header, facts, err := readHeader(br)
+	if err == nil {
+		trace := s.trace(id, start)
+		body := io.MultiReader(bytes.NewReader(trace.headers(facts)), bytes.NewReader(header), br)
+		_, err = s.srv.queue.Enqueue(id, s.env, body)
+	}
+	if err != nil {
+		return s.refuse(err)
+	}
+	tlsVersion := ""
+	if s.tls != nil {
+		tlsVersion = tls.VersionName(s.tls.Version)
+	}
+	s.srv.log.Info("message queued", "queue_id", id, "user", s.user.Name, "client_ip", s.ip,
+		"from", s.env.From, "rcpts", len(s.env.Recipients), "size", guard.n, "tls_version", tlsVersion,
+		"requiretls", s.env.RequireTLS, "took", s.srv.clock().Sub(start))
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}
+}
+
+func (s *session) trace(id string, now time.Time) traceInfo {
+	t := traceInfo{helo: cleanHelo(s.conn.Hostname()), clientIP: s.ip, hostname: s.srv.cfg.Hostname,
+		user: s.user.Name, id: id, now: now}
+	if s.tls != nil {
+		t.tlsVersion = tls.VersionName(s.tls.Version)
+		t.tlsCipher = tls.CipherSuiteName(s.tls.CipherSuite)
+	}
+	return t
+}
+
+// refuse turns a failed DATA or BDAT into the reply the client must hear.
+func (s *session) refuse(err error) error {
+	var serr *smtp.SMTPError
+	var cerr clientError
+	switch {
+	case errors.As(err, &cerr):
+		// The connection itself failed (timeout, reset, over-long line):
+		// its byte stream can no longer be trusted to be framed, so it is
+		// closed rather than read on as commands. An immediate read deadline
+		// makes go-smtp give up after sending this reply.
+		s.srv.log.Warn("message data read failed", "client_ip", s.ip, "err", cerr.err)
+		s.conn.Conn().SetReadDeadline(time.Now())
+		if errors.Is(cerr.err, smtp.ErrTooLongLine) {
+			return errLineTooLong
+		}
+		return errReadFailed
+	case errors.As(err, &serr):
+		s.srv.log.Warn("message refused", "client_ip", s.ip, "user", s.user.Name, "code", serr.Code, "reason", serr.Message)
+		return serr
+	case errors.Is(err, smtp.ErrDataReset):
+		return err
+	case errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
+		s.srv.log.Error("queue storage full; refusing submissions", "err", err)
+		return errNoStorage
+	default:
+		s.srv.log.Error("queueing failed", "client_ip", s.ip, "err", err)
+		return errLocal
+	}
+}
+
+func (s *session) Reset() {
+	s.inMail = false
+	s.env = queue.Envelope{}
+	s.rcpts = nil
+}
+
+func (s *session) Logout() error { return nil }
+
+// clientError marks a failure of the client connection, as opposed to a
+// refusal of the content or a local storage failure.
+type clientError struct{ err error }
+
+func (e clientError) Error() string { return "client: " + e.err.Error() }
+func (e clientError) Unwrap() error { return e.err }
+
+type clientReader struct{ r io.Reader }
+
+func (c clientReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	var serr *smtp.SMTPError
+	if err != nil && err != io.EOF && !errors.As(err, &serr) && !errors.Is(err, smtp.ErrDataReset) {
+		return n, clientError{err}
+	}
+	return n, err
+}

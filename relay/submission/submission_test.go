@@ -1,0 +1,317 @@
+package submission
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"strings"
+	"testing"
+
+	"net/textproto"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/relay/auth"
+)
+
+const sample = "From: App <app@example.org>\r\nTo: a@dest.test\r\nSubject: hello\r\n" +
+	"Message-ID: <m1@example.org>\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\n\r\nBody line 1\r\n..leading dot\r\n"
+
+func TestSubmitOverSTARTTLSStoresMessageExactly(t *testing.T) {
+	h := newHarness(t)
+	c, err := smtp.DialStartTLS(h.starttls, clientTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", testUser, testPassword)); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Mail("app@example.org", &smtp.MailOptions{Return: smtp.DSNReturnHeaders, EnvelopeID: "env42", RequireTLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("a@dest.test", &smtp.RcptOptions{Notify: []smtp.DSNNotify{smtp.DSNNotifyFailure, smtp.DSNNotifyDelayed},
+		OriginalRecipientType: smtp.DSNAddressTypeRFC822, OriginalRecipient: "orig@dest.test"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Rcpt("b@other.test", nil)
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client dot-stuffs "..leading dot" on the wire; the queue keeps the original.
+	w.Write([]byte(strings.Replace(sample, "..leading", ".leading", 1)))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m, body := h.only()
+	want := strings.Replace(sample, "..leading", ".leading", 1)
+	if !bytes.HasSuffix(body, []byte(want)) {
+		t.Fatalf("body does not end with the submitted message byte for byte:\n%q", body)
+	}
+	added := string(body[:len(body)-len(want)])
+	if !strings.HasPrefix(added, "Received: from client.test") && !strings.HasPrefix(added, "Received: from localhost") {
+		t.Errorf("no Received header first: %q", added)
+	}
+	for _, part := range []string{"by relay.test (Postern) with ESMTPSA", "version=TLS 1.3", "authenticated user app", "id " + m.ID} {
+		if !strings.Contains(added, part) {
+			t.Errorf("Received lacks %q: %q", part, added)
+		}
+	}
+	if strings.Contains(added, "Message-ID:") || strings.Contains(added, "Date:") {
+		t.Errorf("added Message-ID/Date although present: %q", added)
+	}
+	if m.From != "app@example.org" || m.AuthUser != testUser || m.Return != "HDRS" || m.EnvelopeID != "env42" || !m.RequireTLS {
+		t.Errorf("envelope: %+v", m.Envelope)
+	}
+	if len(m.Recipients) != 2 || m.Recipients[0].Original != "RFC822;orig@dest.test" ||
+		strings.Join(m.Recipients[0].Notify, ",") != "FAILURE,DELAY" {
+		t.Errorf("recipients: %+v", m.Recipients)
+	}
+}
+
+func TestSubmitOverImplicitTLSWithLogin(t *testing.T) {
+	h := newHarness(t)
+	c, err := smtp.DialTLS(h.implicit, clientTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewLoginClient(testUser, testPassword)); err != nil {
+		t.Fatal(err)
+	}
+	msg := "Subject: no id\r\n\r\nhi\r\n"
+	if err := c.SendMail("app@example.org", []string{"x@dest.test"}, strings.NewReader(msg)); err != nil {
+		t.Fatal(err)
+	}
+	m, body := h.only()
+	if !bytes.HasSuffix(body, []byte(msg)) {
+		t.Fatalf("body %q", body)
+	}
+	if !bytes.Contains(body, []byte("Message-ID: <"+m.ID+"@relay.test>\r\n")) || !bytes.Contains(body, []byte("\r\nDate: ")) {
+		t.Errorf("missing Message-ID or Date added by the MSA: %q", body)
+	}
+}
+
+func TestChunkingSubmission(t *testing.T) {
+	h := newHarness(t)
+	r := h.loggedIn(testUser)
+	r.expect("MAIL FROM:<app@example.org>", "250")
+	r.expect("RCPT TO:<a@dest.test>", "250")
+	part1, part2 := "Subject: chunks\r\n\r\nfirst ", "second\r\n"
+	fmt.Fprintf(r.conn, "BDAT %d\r\n%s", len(part1), part1)
+	r.expect("", "250")
+	fmt.Fprintf(r.conn, "BDAT %d LAST\r\n%s", len(part2), part2)
+	r.expect("", "250 2.0.0 OK queued as ")
+	if _, body := h.only(); !bytes.HasSuffix(body, []byte(part1+part2)) {
+		t.Fatalf("body %q", body)
+	}
+}
+
+// Each refusal the issue names, with its exact reply code.
+func TestRefusals(t *testing.T) {
+	t.Run("AUTH before TLS is 538 and not advertised", func(t *testing.T) {
+		h := newHarness(t)
+		r := dialRaw(t, h.starttls)
+		r.expect("", "220")
+		if ehlo := r.expect("EHLO client.test", "250"); strings.Contains(ehlo, "AUTH") {
+			t.Errorf("AUTH advertised in cleartext: %q", ehlo)
+		}
+		r.expect("AUTH PLAIN "+plainToken(testUser, testPassword), "538 5.7.11")
+		r.expect("MAIL FROM:<app@example.org>", "530 5.7.0")
+	})
+	t.Run("MAIL before AUTH is 530", func(t *testing.T) {
+		h := newHarness(t)
+		r := dialRaw(t, h.starttls)
+		r.expect("", "220")
+		r.expect("EHLO client.test", "250")
+		r.startTLS()
+		if ehlo := r.expect("EHLO client.test", "250"); !strings.Contains(ehlo, "AUTH PLAIN LOGIN") {
+			t.Errorf("AUTH not offered under TLS: %q", ehlo)
+		}
+		r.expect("MAIL FROM:<app@example.org>", "530 5.7.0")
+		r.expect("RCPT TO:<a@dest.test>", "5")
+	})
+	t.Run("bad password is 535", func(t *testing.T) {
+		h := newHarness(t)
+		r := dialRawTLS(t, h.implicit)
+		r.expect("", "220")
+		r.expect("EHLO client.test", "250")
+		r.expect("AUTH PLAIN "+plainToken(testUser, "wrong"), "535 5.7.8")
+		r.expect("AUTH PLAIN "+plainToken("nobody", "wrong"), "535 5.7.8")
+		r.expect("AUTH PLAIN "+b64("admin\x00"+testUser+"\x00"+testPassword), "535 5.7.8") // authorize as another identity
+	})
+	t.Run("sender outside the user's patterns is 553 5.7.1", func(t *testing.T) {
+		h := newHarness(t)
+		r := h.loggedIn(testUser)
+		r.expect("MAIL FROM:<ceo@elsewhere.example>", "553 5.7.1")
+		r.expect("MAIL FROM:<>", "553 5.7.1")
+		r.expect("MAIL FROM:<billing@example.org>", "250")
+	})
+	t.Run("SIZE over the limit is 552 at MAIL and at DATA", func(t *testing.T) {
+		h := newHarness(t)
+		r := h.loggedIn(testUser)
+		r.expect("MAIL FROM:<app@example.org> SIZE=999999", "552 5.3.4")
+		r.expect("MAIL FROM:<app@example.org> SIZE=100", "250")
+		r.expect("RCPT TO:<a@dest.test>", "250")
+		big := strings.Repeat(strings.Repeat("x", 998)+"\r\n", 70)
+		got := r.sendData("Subject: big\r\n\r\n" + big + ".\r\n")
+		if !strings.HasPrefix(got, "552 5.3.4") {
+			t.Fatalf("oversized DATA: %q", got)
+		}
+		if h.count() != 0 {
+			t.Fatal("oversized message queued")
+		}
+	})
+	t.Run("too many recipients is 452 4.5.3", func(t *testing.T) {
+		h := newHarness(t)
+		r := h.loggedIn(testUser)
+		r.expect("MAIL FROM:<app@example.org>", "250")
+		for i := 0; i < 5; i++ {
+			r.expect(fmt.Sprintf("RCPT TO:<r%d@dest.test>", i), "250")
+		}
+		r.expect("RCPT TO:<r5@dest.test>", "452 4.5.3")
+	})
+	t.Run("non-ASCII address without SMTPUTF8 is 553 5.6.7", func(t *testing.T) {
+		h := newHarness(t)
+		r := h.loggedIn("free")
+		r.expect("MAIL FROM:<app@example.org>", "250")
+		r.expect("RCPT TO:<jörg@dest.test>", "553 5.6.7")
+		r.expect("RSET", "250")
+		r.expect("MAIL FROM:<app@example.org> SMTPUTF8", "250")
+		r.expect("RCPT TO:<jörg@dest.test>", "250")
+	})
+	t.Run("recipient without a domain is refused", func(t *testing.T) {
+		h := newHarness(t)
+		r := h.loggedIn(testUser)
+		r.expect("MAIL FROM:<app@example.org>", "250")
+		r.expect("RCPT TO:<postmaster>", "501")
+		r.expect("RCPT TO:<a@bad..domain>", "501 5.1.3")
+	})
+}
+
+func TestSmugglingIsRefused(t *testing.T) {
+	for name, content := range map[string]string{
+		"bare LF line end":          "Subject: x\r\n\r\nline\nmore\r\n.\r\n",
+		"bare CR":                   "Subject: x\r\n\r\nline\rmore\r\n.\r\n",
+		`\n.\r\n smuggled end`:      "Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<evil@x>\r\n.\r\n",
+		`\r\n.\n smuggled end`:      "Subject: x\r\n\r\nhi\r\n.\nMAIL FROM:<evil@x>\r\n.\r\n",
+		`\r.\r\n smuggled end`:      "Subject: x\r\n\r\nhi\r.\r\nMAIL FROM:<evil@x>\r\n.\r\n",
+		"bare LF in header section": "Subject: x\nBcc: y\r\n\r\nhi\r\n.\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t)
+			r := h.loggedIn(testUser)
+			r.expect("MAIL FROM:<app@example.org>", "250")
+			r.expect("RCPT TO:<a@dest.test>", "250")
+			if got := r.sendData(content); !strings.HasPrefix(got, "550 5.5.2") {
+				t.Fatalf("DATA reply %q", got)
+			}
+			if h.count() != 0 {
+				t.Fatal("smuggling message was queued")
+			}
+			// The session stays usable and in step.
+			r.expect("NOOP", "250")
+		})
+	}
+	t.Run("BDAT with bare LF", func(t *testing.T) {
+		h := newHarness(t)
+		r := h.loggedIn(testUser)
+		r.expect("MAIL FROM:<app@example.org>", "250")
+		r.expect("RCPT TO:<a@dest.test>", "250")
+		chunk := "Subject: x\r\n\r\nhi\n.\r\n"
+		fmt.Fprintf(r.conn, "BDAT %d LAST\r\n%s", len(chunk), chunk)
+		r.expect("", "550 5.5.2")
+		if h.count() != 0 {
+			t.Fatal("queued")
+		}
+	})
+}
+
+// Commands pipelined behind STARTTLS arrive before the TLS handshake; they
+// must be discarded, not run inside the TLS session (CVE-2011-0411 class).
+func TestSTARTTLSInjectionDiscarded(t *testing.T) {
+	h := newHarness(t)
+	r := dialRaw(t, h.starttls)
+	r.expect("", "220")
+	r.expect("EHLO client.test", "250")
+	fmt.Fprintf(r.conn, "STARTTLS\r\nAUTH PLAIN %s\r\nMAIL FROM:<app@example.org>\r\n", plainToken(testUser, testPassword))
+	r.expect("", "220")
+	tc := tls.Client(r.conn, clientTLS)
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("handshake after injected commands: %v", err)
+	}
+	r.conn, r.text = tc, textproto.NewConn(tc)
+	// Had the injected lines run, this EHLO's reply would come after a 235
+	// and a 250; the first reply in TLS must be EHLO's own, and MAIL must
+	// still need AUTH.
+	r.expect("EHLO client.test", "250")
+	r.expect("MAIL FROM:<app@example.org>", "530 5.7.0")
+}
+
+func TestAuthThrottling(t *testing.T) {
+	h := newHarness(t, func(_ *Config, l *auth.Limits) {
+		*l = auth.Limits{FreeFailures: 1, MaxFailures: 3, Window: 1e12, Lockout: 1e12}
+	})
+	r := dialRawTLS(t, h.implicit)
+	r.expect("", "220")
+	r.expect("EHLO client.test", "250")
+	for i := 0; i < 3; i++ {
+		r.expect("AUTH PLAIN "+plainToken(testUser, "guess"), "535 5.7.8")
+	}
+	// Locked out now, even with the right password.
+	r.expect("AUTH PLAIN "+plainToken(testUser, testPassword), "454 4.7.0")
+	r2 := dialRawTLS(t, h.implicit)
+	r2.expect("", "220")
+	r2.expect("EHLO client.test", "250")
+	r2.expect("AUTH PLAIN "+plainToken(testUser, testPassword), "454 4.7.0")
+}
+
+func TestConnectionLimits(t *testing.T) {
+	h := newHarness(t, func(c *Config, _ *auth.Limits) { c.MaxConnectionsPerIP = 2 })
+	a, b := dialRaw(t, h.starttls), dialRaw(t, h.starttls)
+	a.expect("", "220")
+	b.expect("", "220")
+	c := dialRaw(t, h.starttls)
+	c.expect("", "421 4.7.0")
+	a.expect("QUIT", "221")
+	a.conn.Close()
+	// Once one leaves, a new connection is served. The server notices the
+	// close asynchronously, so poll a bounded number of times.
+	for i := 0; ; i++ {
+		d := dialRaw(t, h.starttls)
+		if got := d.reply(); strings.HasPrefix(got, "220") {
+			break
+		} else if i == 200 {
+			t.Fatalf("slot never freed: %q", got)
+		}
+	}
+}
+
+func TestQuotedLocalPartKept(t *testing.T) {
+	h := newHarness(t)
+	r := h.loggedIn("free")
+	r.expect(`MAIL FROM:<"john smith"@example.org>`, "250")
+	r.expect(`RCPT TO:<"a\"b"@dest.test>`, "250")
+	r.sendData("Subject: q\r\n\r\nx\r\n.\r\n")
+	m, _ := h.only()
+	if m.From != `"john smith"@example.org` || m.Recipients[0].Addr != `"a\"b"@dest.test` {
+		t.Fatalf("quoted addresses: from %q rcpt %q", m.From, m.Recipients[0].Addr)
+	}
+}
+
+func TestHeloCannotInjectHeaders(t *testing.T) {
+	h := newHarness(t)
+	r := dialRawTLS(t, h.implicit)
+	r.expect("", "220")
+	r.expect("EHLO evil(x)", "250")
+	r.expect("AUTH PLAIN "+plainToken(testUser, testPassword), "235")
+	r.expect("MAIL FROM:<app@example.org>", "250")
+	r.expect("RCPT TO:<a@dest.test>", "250")
+	r.sendData("Subject: q\r\n\r\nx\r\n.\r\n")
+	if _, body := h.only(); !bytes.HasPrefix(body, []byte("Received: from invalid (")) {
+		t.Fatalf("HELO passed into header: %q", body[:60])
+	}
+}
