@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/auth"
+)
+
+// operations is what the queue and user commands do. It is served over the
+// admin socket by a running daemon (bbolt admits one process), and done
+// directly on the databases when no daemon runs.
+type operations interface {
+	QueueList(f queue.Filter) ([]queue.Message, error)
+	QueueShow(id string) (queue.Message, error)
+	QueueAction(action, id string) error
+	UserAdd(name, password string, allowFrom []string) error
+	UserList() ([]auth.User, error)
+	UserDelete(name string) error
+	UserPasswd(name, password string) error
+	Close() error
+}
+
+// local performs operations on open databases.
+type local struct {
+	q     *queue.Queue
+	users *auth.Store
+	close func() error
+}
+
+func (l *local) QueueList(f queue.Filter) ([]queue.Message, error) { return l.q.List(f) }
+func (l *local) QueueShow(id string) (queue.Message, error)        { return l.q.Get(id) }
+func (l *local) UserList() ([]auth.User, error)                    { return l.users.List() }
+func (l *local) UserDelete(name string) error                      { return l.users.Delete(name) }
+func (l *local) UserPasswd(name, pw string) error                  { return l.users.SetPassword(name, pw) }
+func (l *local) Close() error {
+	if l.close != nil {
+		return l.close()
+	}
+	return nil
+}
+func (l *local) UserAdd(name, pw string, allow []string) error { return l.users.Add(name, pw, allow) }
+
+func (l *local) QueueAction(action, id string) error {
+	switch action {
+	case "hold":
+		return l.q.Hold(id)
+	case "release":
+		return l.q.Release(id)
+	case "delete":
+		return l.q.Delete(id)
+	case "retry":
+		return l.q.RetryNow(id)
+	}
+	return fmt.Errorf("unknown queue action %q", action)
+}
+
+// openOperations connects to the running daemon, or opens the databases
+// itself when none runs.
+func openOperations(cfg *Config) (operations, error) {
+	if c, err := net.DialTimeout("unix", cfg.socketPath(), time.Second); err == nil {
+		c.Close()
+		return newRemote(cfg.socketPath()), nil
+	}
+	q, err := queue.Open(cfg.queuePath(), queue.Options{InlineLimit: cfg.Queue.InlineLimit})
+	if errors.Is(err, queue.ErrLocked) {
+		return nil, fmt.Errorf("postern is running but its admin socket %s does not answer: %w", cfg.socketPath(), err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	db, users, err := openState(cfg)
+	if err != nil {
+		q.Close()
+		return nil, err
+	}
+	return &local{q: q, users: users, close: func() error { db.Close(); return q.Close() }}, nil
+}
+
+func openState(cfg *Config) (*bolt.DB, *auth.Store, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("data_dir: %w", err)
+	}
+	db, err := bolt.Open(cfg.statePath(), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, nil, fmt.Errorf("open state %s: %w", cfg.statePath(), err)
+	}
+	users, err := auth.NewStore(db, nil)
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return db, users, nil
+}
+
+// adminHandler serves operations as a small JSON API.
+func adminHandler(ops operations) http.Handler {
+	mux := http.NewServeMux()
+	reply := func(w http.ResponseWriter, v any, err error) {
+		w.Header().Set("Content-Type", "application/json")
+		if err != nil {
+			status := http.StatusBadRequest
+			switch {
+			case errors.Is(err, queue.ErrNotFound), errors.Is(err, auth.ErrNoSuchUser):
+				status = http.StatusNotFound
+			case errors.Is(err, auth.ErrUserExists):
+				status = http.StatusConflict
+			}
+			w.WriteHeader(status)
+			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+			return
+		}
+		json.NewEncoder(w).Encode(v)
+	}
+	mux.HandleFunc("GET /v1/queue", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		msgs, err := ops.QueueList(queue.Filter{RcptDomain: q.Get("domain"), Sender: q.Get("sender"), State: q.Get("state")})
+		reply(w, msgs, err)
+	})
+	mux.HandleFunc("GET /v1/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
+		m, err := ops.QueueShow(r.PathValue("id"))
+		reply(w, m, err)
+	})
+	mux.HandleFunc("POST /v1/queue/{id}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, map[string]string{"ok": "true"}, ops.QueueAction(r.PathValue("action"), r.PathValue("id")))
+	})
+	mux.HandleFunc("GET /v1/users", func(w http.ResponseWriter, r *http.Request) {
+		users, err := ops.UserList()
+		reply(w, users, err)
+	})
+	mux.HandleFunc("POST /v1/users", func(w http.ResponseWriter, r *http.Request) {
+		var req userRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+			reply(w, nil, err)
+			return
+		}
+		reply(w, map[string]string{"ok": "true"}, ops.UserAdd(req.Name, req.Password, req.AllowFrom))
+	})
+	mux.HandleFunc("DELETE /v1/users/{name}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, map[string]string{"ok": "true"}, ops.UserDelete(r.PathValue("name")))
+	})
+	mux.HandleFunc("POST /v1/users/{name}/password", func(w http.ResponseWriter, r *http.Request) {
+		var req userRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+			reply(w, nil, err)
+			return
+		}
+		reply(w, map[string]string{"ok": "true"}, ops.UserPasswd(r.PathValue("name"), req.Password))
+	})
+	return mux
+}
+
+type userRequest struct {
+	Name      string   `json:"name"`
+	Password  string   `json:"password"`
+	AllowFrom []string `json:"allow_from,omitempty"`
+}
+
+// serveAdmin listens on the admin socket, readable only by its owner.
+func serveAdmin(path string, ops operations) (*http.Server, error) {
+	os.Remove(path) // a socket left by a killed daemon; the DB lock proved none runs
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	srv := &http.Server{Handler: adminHandler(ops), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	return srv, nil
+}
+
+// remote performs operations through a running daemon's admin socket.
+type remote struct{ client *http.Client }
+
+func newRemote(path string) *remote {
+	return &remote{client: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		},
+	}}}
+}
+
+// remoteError carries the daemon's answer, keeping "not found" recognisable.
+type remoteError struct {
+	status int
+	msg    string
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Is(target error) bool {
+	switch e.status {
+	case http.StatusNotFound:
+		return target == queue.ErrNotFound || target == auth.ErrNoSuchUser
+	case http.StatusConflict:
+		return target == auth.ErrUserExists
+	}
+	return false
+}
+
+func (r *remote) do(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, "http://postern"+path, rd)
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e map[string]string
+		json.NewDecoder(resp.Body).Decode(&e)
+		return &remoteError{resp.StatusCode, e["error"]}
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func (r *remote) QueueList(f queue.Filter) ([]queue.Message, error) {
+	var out []queue.Message
+	v := url.Values{"domain": {f.RcptDomain}, "sender": {f.Sender}, "state": {f.State}}
+	return out, r.do("GET", "/v1/queue?"+v.Encode(), nil, &out)
+}
+func (r *remote) QueueShow(id string) (queue.Message, error) {
+	var m queue.Message
+	return m, r.do("GET", "/v1/queue/"+url.PathEscape(id), nil, &m)
+}
+func (r *remote) QueueAction(action, id string) error {
+	return r.do("POST", "/v1/queue/"+url.PathEscape(id)+"/"+url.PathEscape(action), nil, nil)
+}
+func (r *remote) UserAdd(name, pw string, allow []string) error {
+	return r.do("POST", "/v1/users", userRequest{Name: name, Password: pw, AllowFrom: allow}, nil)
+}
+func (r *remote) UserList() ([]auth.User, error) {
+	var out []auth.User
+	return out, r.do("GET", "/v1/users", nil, &out)
+}
+func (r *remote) UserDelete(name string) error {
+	return r.do("DELETE", "/v1/users/"+url.PathEscape(name), nil, nil)
+}
+func (r *remote) UserPasswd(name, pw string) error {
+	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/password", userRequest{Password: pw}, nil)
+}
+func (r *remote) Close() error { return nil }

@@ -1,0 +1,278 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+
+	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/submission"
+)
+
+// Config is the whole configuration, parsed once at start. Nothing below
+// cmd/postern reads viper: packages get the typed pieces they need.
+type Config struct {
+	Hostname   string           `mapstructure:"hostname"`
+	DataDir    string           `mapstructure:"data_dir"`
+	Log        LogConfig        `mapstructure:"log"`
+	Submission SubmissionConfig `mapstructure:"submission"`
+	Queue      QueueConfig      `mapstructure:"queue"`
+	Shutdown   ShutdownConfig   `mapstructure:"shutdown"`
+
+	file string // where it came from, for messages
+}
+
+type LogConfig struct {
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+}
+
+type SubmissionConfig struct {
+	Listen              []string      `mapstructure:"listen"`
+	TLSListen           []string      `mapstructure:"tls_listen"`
+	TLS                 TLSConfig     `mapstructure:"tls"`
+	MaxMessageBytes     int64         `mapstructure:"max_message_bytes"`
+	MaxRecipients       int           `mapstructure:"max_recipients"`
+	MaxLineLength       int           `mapstructure:"max_line_length"`
+	CommandTimeout      time.Duration `mapstructure:"command_timeout"`
+	DataTimeout         time.Duration `mapstructure:"data_timeout"`
+	MaxConnections      int           `mapstructure:"max_connections"`
+	MaxConnectionsPerIP int           `mapstructure:"max_connections_per_ip"`
+	Auth                AuthConfig    `mapstructure:"auth"`
+}
+
+type TLSConfig struct {
+	CertFile       string        `mapstructure:"cert_file"`
+	KeyFile        string        `mapstructure:"key_file"`
+	MinVersion     string        `mapstructure:"min_version"`
+	ReloadInterval time.Duration `mapstructure:"reload_interval"`
+}
+
+type AuthConfig struct {
+	FreeFailures    int           `mapstructure:"free_failures"`
+	FailureDelay    time.Duration `mapstructure:"failure_delay"`
+	MaxFailureDelay time.Duration `mapstructure:"max_failure_delay"`
+	MaxFailures     int           `mapstructure:"max_failures"`
+	FailureWindow   time.Duration `mapstructure:"failure_window"`
+	Lockout         time.Duration `mapstructure:"lockout"`
+}
+
+type QueueConfig struct {
+	InlineLimit int64 `mapstructure:"inline_limit"`
+}
+
+type ShutdownConfig struct {
+	Timeout time.Duration `mapstructure:"timeout"`
+}
+
+// defaults are the production values; configs/postern.yaml documents each.
+var defaults = map[string]any{
+	"hostname":                          "",
+	"data_dir":                          "/var/lib/postern",
+	"log.level":                         "info",
+	"log.format":                        "text",
+	"submission.listen":                 []string{":587"},
+	"submission.tls_listen":             []string{":465"},
+	"submission.tls.cert_file":          "",
+	"submission.tls.key_file":           "",
+	"submission.tls.min_version":        "1.2",
+	"submission.tls.reload_interval":    "30s",
+	"submission.max_message_bytes":      int64(35 << 20),
+	"submission.max_recipients":         1000,
+	"submission.max_line_length":        2000,
+	"submission.command_timeout":        "5m",
+	"submission.data_timeout":           "3m",
+	"submission.max_connections":        1000,
+	"submission.max_connections_per_ip": 50,
+	"submission.auth.free_failures":     auth.DefaultLimits.FreeFailures,
+	"submission.auth.failure_delay":     auth.DefaultLimits.Delay.String(),
+	"submission.auth.max_failure_delay": auth.DefaultLimits.MaxDelay.String(),
+	"submission.auth.max_failures":      auth.DefaultLimits.MaxFailures,
+	"submission.auth.failure_window":    auth.DefaultLimits.Window.String(),
+	"submission.auth.lockout":           auth.DefaultLimits.Lockout.String(),
+	"queue.inline_limit":                int64(128 << 10),
+	"shutdown.timeout":                  "30s",
+}
+
+// loadConfig reads file (may be empty: defaults and environment only). Every
+// key can be set as POSTERN_<KEY> with dots as underscores, lists comma-separated.
+func loadConfig(file string) (*Config, error) {
+	v := viper.New()
+	for k, val := range defaults {
+		v.SetDefault(k, val)
+	}
+	v.SetEnvPrefix("POSTERN")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	// Keys with defaults are bound by AutomaticEnv; binding each explicitly
+	// keeps environment settings working even for keys without one.
+	for k := range defaults {
+		v.BindEnv(k)
+	}
+	v.AutomaticEnv()
+	where := "defaults and environment"
+	if file != "" {
+		v.SetConfigFile(file)
+		v.SetConfigType("yaml")
+		if err := v.ReadInConfig(); err != nil {
+			return nil, fmt.Errorf("read config %s: %w", file, err)
+		}
+		where = file
+	}
+	cfg := &Config{file: where}
+	err := v.Unmarshal(cfg, func(dc *mapstructure.DecoderConfig) {
+		dc.ErrorUnused = true
+		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			commaListHook,
+		)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %s", where, cleanDecodeError(err))
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", where, err)
+	}
+	return cfg, nil
+}
+
+// commaListHook lets an environment variable give a list as "a,b".
+func commaListHook(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() != reflect.String || to != reflect.TypeOf([]string{}) {
+		return data, nil
+	}
+	s := strings.TrimSpace(data.(string))
+	if s == "" {
+		return []string{}, nil
+	}
+	parts := strings.Split(s, ",")
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	return parts, nil
+}
+
+func cleanDecodeError(err error) string {
+	msg := err.Error()
+	msg = strings.ReplaceAll(msg, "decoding failed due to the following error(s):\n\n", "")
+	msg = strings.ReplaceAll(msg, "has invalid keys:", "has unknown keys:")
+	return msg
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			bad("hostname", "not set and the system hostname is unknown")
+		}
+		c.Hostname = h
+	}
+	if strings.ContainsAny(c.Hostname, " \t\r\n()<>;") {
+		bad("hostname", "%q is not a host name", c.Hostname)
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must be set")
+	} else if abs, err := filepath.Abs(c.DataDir); err == nil {
+		c.DataDir = abs
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		bad("log.format", "%q: use text or json", c.Log.Format)
+	}
+	s := &c.Submission
+	if len(s.Listen)+len(s.TLSListen) == 0 {
+		bad("submission.listen", "no listener: set submission.listen or submission.tls_listen")
+	}
+	for key, addrs := range map[string][]string{"submission.listen": s.Listen, "submission.tls_listen": s.TLSListen} {
+		for _, a := range addrs {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				bad(key, "%q is not host:port", a)
+			}
+		}
+	}
+	if (s.TLS.CertFile == "") != (s.TLS.KeyFile == "") {
+		bad("submission.tls.cert_file", "cert_file and key_file go together")
+	}
+	for key, f := range map[string]string{"submission.tls.cert_file": s.TLS.CertFile, "submission.tls.key_file": s.TLS.KeyFile} {
+		if f != "" {
+			if _, err := os.Stat(f); err != nil {
+				bad(key, "%v", err)
+			}
+		}
+	}
+	if _, err := tlsVersion(s.TLS.MinVersion); err != nil {
+		bad("submission.tls.min_version", "%v", err)
+	}
+	positive := map[string]int64{
+		"submission.max_message_bytes":      s.MaxMessageBytes,
+		"submission.max_recipients":         int64(s.MaxRecipients),
+		"submission.max_line_length":        int64(s.MaxLineLength),
+		"submission.command_timeout":        int64(s.CommandTimeout),
+		"submission.data_timeout":           int64(s.DataTimeout),
+		"submission.max_connections":        int64(s.MaxConnections),
+		"submission.max_connections_per_ip": int64(s.MaxConnectionsPerIP),
+		"submission.auth.max_failures":      int64(s.Auth.MaxFailures),
+		"submission.auth.failure_window":    int64(s.Auth.FailureWindow),
+		"submission.auth.lockout":           int64(s.Auth.Lockout),
+		"queue.inline_limit":                c.Queue.InlineLimit,
+		"shutdown.timeout":                  int64(c.Shutdown.Timeout),
+	}
+	for key, n := range positive {
+		if n <= 0 {
+			bad(key, "must be greater than zero")
+		}
+	}
+	if s.MaxLineLength > 0 && s.MaxLineLength < 1000 {
+		bad("submission.max_line_length", "%d is below the 1000 octets RFC 5321 4.5.3.1.6 requires", s.MaxLineLength)
+	}
+	if s.Auth.FreeFailures < 0 || s.Auth.FailureDelay < 0 || s.Auth.MaxFailureDelay < 0 {
+		bad("submission.auth", "values must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+func tlsVersion(s string) (uint16, error) {
+	switch s {
+	case "1.2":
+		return tls.VersionTLS12, nil
+	case "1.3":
+		return tls.VersionTLS13, nil
+	}
+	return 0, fmt.Errorf("%q: use 1.2 or 1.3 (older versions are not offered)", s)
+}
+
+func (c *Config) submissionConfig() submission.Config {
+	v, _ := tlsVersion(c.Submission.TLS.MinVersion)
+	s := c.Submission
+	return submission.Config{
+		Hostname: c.Hostname, MaxMessageBytes: s.MaxMessageBytes, MaxRecipients: s.MaxRecipients,
+		MaxLineLength: s.MaxLineLength, CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout,
+		MaxConnections: s.MaxConnections, MaxConnectionsPerIP: s.MaxConnectionsPerIP, MinTLSVersion: v,
+	}
+}
+
+func (c *Config) authLimits() auth.Limits {
+	a := c.Submission.Auth
+	return auth.Limits{FreeFailures: a.FreeFailures, Delay: a.FailureDelay, MaxDelay: a.MaxFailureDelay,
+		MaxFailures: a.MaxFailures, Window: a.FailureWindow, Lockout: a.Lockout}
+}
+
+func (c *Config) queuePath() string  { return filepath.Join(c.DataDir, "queue.db") }
+func (c *Config) statePath() string  { return filepath.Join(c.DataDir, "state.db") }
+func (c *Config) socketPath() string { return filepath.Join(c.DataDir, "admin.sock") }

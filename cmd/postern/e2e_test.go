@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/queue"
+)
+
+// buildBinary compiles postern once per test run.
+var buildOnce = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "postern-e2e")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "postern")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+type daemon struct {
+	t        *testing.T
+	bin, cfg string
+	dataDir  string
+	cmd      *exec.Cmd
+	starttls string
+	implicit string
+	exited   chan error
+}
+
+func newDaemon(t *testing.T) *daemon {
+	t.Helper()
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "postern.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`hostname: e2e.test
+data_dir: %s
+log: {format: json, level: info}
+submission:
+  listen: ["127.0.0.1:0"]
+  tls_listen: ["127.0.0.1:0"]
+shutdown: {timeout: 5s}
+`, filepath.Join(dir, "data"))), 0o600)
+	return &daemon{t: t, bin: bin, cfg: cfg, dataDir: filepath.Join(dir, "data")}
+}
+
+// run executes a postern subcommand to completion.
+func (d *daemon) run(stdin string, args ...string) (string, error) {
+	cmd := exec.Command(d.bin, append(args, "-c", d.cfg)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// start launches serve and waits until both listeners are reported.
+func (d *daemon) start() {
+	d.t.Helper()
+	d.cmd = exec.Command(d.bin, "serve", "-c", d.cfg)
+	stderr, _ := d.cmd.StderrPipe()
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.exited = make(chan error, 1)
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		started := false
+		for sc.Scan() {
+			var line map[string]any
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				d.t.Logf("postern: %s", sc.Text())
+				continue
+			}
+			if lvl, _ := line["level"].(string); lvl == "ERROR" || lvl == "WARN" {
+				d.t.Logf("postern: %s", sc.Text())
+			}
+			switch line["msg"] {
+			case "submission listening":
+				if line["mode"] == "starttls" {
+					d.starttls = line["addr"].(string)
+				} else {
+					d.implicit = line["addr"].(string)
+				}
+			case "postern started":
+				if !started {
+					started = true
+					close(ready)
+				}
+			}
+		}
+		d.exited <- d.cmd.Wait()
+	}()
+	select {
+	case <-ready:
+	case err := <-d.exited:
+		d.t.Fatalf("postern exited at start: %v", err)
+	case <-time.After(30 * time.Second):
+		d.t.Fatal("postern did not start")
+	}
+}
+
+func (d *daemon) signal(sig syscall.Signal) error {
+	d.cmd.Process.Signal(sig)
+	select {
+	case err := <-d.exited:
+		return err
+	case <-time.After(30 * time.Second):
+		d.t.Fatal("postern did not exit")
+		return nil
+	}
+}
+
+var e2eTLS = &tls.Config{InsecureSkipVerify: true}
+
+func submit(addr, user, pass, from, to string, body []byte) (string, error) {
+	c, err := smtp.DialStartTLS(addr, e2eTLS)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return submitOn(c, user, pass, from, to, body)
+}
+
+func submitOn(c *smtp.Client, user, pass, from, to string, body []byte) (string, error) {
+	if user != "" {
+		if err := c.Auth(sasl.NewPlainClient("", user, pass)); err != nil {
+			return "", err
+		}
+	}
+	if err := c.Mail(from, nil); err != nil {
+		return "", err
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		return "", err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return "", err
+	}
+	w.Write(body)
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	return resp.StatusText, nil
+}
+
+func queueID(reply string) string {
+	_, id, _ := strings.Cut(reply, "queued as ")
+	return id
+}
+
+func TestBinaryLifecycle(t *testing.T) {
+	d := newDaemon(t)
+	if out, err := d.run("s3cret\n", "user", "add", "app", "--password-stdin", "--allow-from", "*@example.org"); err != nil {
+		t.Fatalf("user add without daemon: %v\n%s", err, out)
+	}
+	d.start()
+	reply, err := submit(d.starttls, "app", "s3cret", "app@example.org", "rcpt@dest.test", []byte("Subject: e2e\r\n\r\nhello\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(reply)
+	if id == "" {
+		t.Fatalf("reply %q has no queue ID", reply)
+	}
+	// While the daemon runs, the CLI goes through the admin socket.
+	out, err := d.run("", "queue", "list", "--json")
+	var msgs []queue.Message
+	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != 1 || msgs[0].ID != id {
+		t.Fatalf("queue list: %v %s", err, out)
+	}
+	if out, err := d.run("", "queue", "show", id); err != nil || !strings.Contains(out, "rcpt@dest.test") {
+		t.Fatalf("queue show: %v %s", err, out)
+	}
+	if _, err := d.run("", "queue", "show", "nonexistent"); err == nil {
+		t.Fatal("queue show of a missing ID succeeded")
+	} else if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+		t.Fatalf("queue show of a missing ID: %v", err)
+	}
+	if out, err := d.run("pw2\n", "user", "add", "second", "--password-stdin"); err != nil {
+		t.Fatalf("user add through the socket: %v %s", err, out)
+	}
+	c, err := smtp.DialTLS(d.implicit, e2eTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := submitOn(c, "second", "pw2", "x@anywhere.test", "rcpt@dest.test", []byte("Subject: 2\r\n\r\nx\r\n")); err != nil {
+		t.Fatalf("new user submits at once: %v", err)
+	}
+	c.Close()
+	if out, err := d.run("", "queue", "hold", id); err != nil || !strings.Contains(out, "hold done") {
+		t.Fatalf("hold: %v %s", err, out)
+	}
+	if err := d.signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM exit: %v", err)
+	}
+	// Without the daemon the CLI opens the database itself.
+	out, err = d.run("", "queue", "list", "--state", "held", "--json")
+	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != 1 || !msgs[0].Held {
+		t.Fatalf("offline queue list: %v %s", err, out)
+	}
+}
+
+func TestBadConfigNamesKey(t *testing.T) {
+	d := newDaemon(t)
+	os.WriteFile(d.cfg, []byte("submission:\n  max_recipients: 0\n  tls:\n    min_version: \"1.0\"\nbogus_key: 1\n"), 0o600)
+	out, err := d.run("", "config", "check")
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, want := range []string{d.cfg, "bogus_key"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("error %q does not name %q", out, want)
+		}
+	}
+	os.WriteFile(d.cfg, []byte("submission:\n  max_recipients: 0\n  tls:\n    min_version: \"1.0\"\n"), 0o600)
+	out, _ = d.run("", "config", "check")
+	for _, want := range []string{"submission.max_recipients", "submission.tls.min_version"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("error %q does not name %q", out, want)
+		}
+	}
+}
+
+// TestCrashLosesNoAcknowledgedMessage kills a submitting postern with
+// SIGKILL at random moments and checks, after restart, that every message
+// answered 250 is in the queue with its exact content.
+func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test skipped in -short mode")
+	}
+	d := newDaemon(t)
+	if out, err := d.run("pw\n", "user", "add", "load", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	var mu sync.Mutex
+	acked := map[string][32]byte{} // queue ID -> sha256 of the submitted content
+	const minAcked, maxRounds = 500, 40
+	rounds := 0
+	for ; rounds < maxRounds && (len(acked) < minAcked || rounds < 5); rounds++ {
+		d.start()
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := smtp.DialStartTLS(d.starttls, e2eTLS)
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				if err := c.Auth(sasl.NewPlainClient("", "load", "pw")); err != nil {
+					return
+				}
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					content := []byte(fmt.Sprintf("Subject: crash %d/%d/%d\r\nMessage-ID: <%d.%d.%d@load>\r\n\r\n%s\r\n",
+						rounds, w, i, rounds, w, i, strings.Repeat(strings.Repeat("0123456789", 10)+"\r\n", 20)))
+					reply, err := submitOn(c, "", "", "load@example.org", "rcpt@dest.test", content)
+					if err != nil {
+						return // the daemon died mid-transaction: not acknowledged
+					}
+					mu.Lock()
+					acked[queueID(reply)] = sha256.Sum256(content)
+					mu.Unlock()
+				}
+			}()
+		}
+		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond) // a random kill point
+		d.signal(syscall.SIGKILL)
+		close(stop)
+		wg.Wait()
+	}
+	// One more start runs recovery, as an operator's restart would.
+	d.start()
+	d.signal(syscall.SIGTERM)
+
+	q, err := queue.Open(filepath.Join(d.dataDir, "queue.db"), queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	lost, damaged := 0, 0
+	for id, sum := range acked {
+		rc, err := q.Body(id)
+		if err != nil {
+			lost++
+			continue
+		}
+		body, _ := io.ReadAll(rc)
+		rc.Close()
+		// The stored body is Postern's trace headers followed by the content.
+		i := bytes.Index(body, []byte("Subject: crash "))
+		if i < 0 || sha256.Sum256(body[i:]) != sum {
+			damaged++
+		}
+	}
+	total, _ := q.Count()
+	t.Logf("crash test: %d kills, %d acknowledged, %d in queue, %d lost, %d damaged", rounds, len(acked), total, lost, damaged)
+	if len(acked) < minAcked {
+		t.Fatalf("only %d messages acknowledged; the test needs %d to mean something", len(acked), minAcked)
+	}
+	if lost != 0 || damaged != 0 {
+		t.Fatalf("%d acknowledged messages lost, %d damaged", lost, damaged)
+	}
+}

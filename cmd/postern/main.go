@@ -1,0 +1,354 @@
+// Command postern is an outbound-only SMTP smart relay: applications submit
+// over authenticated SMTP, and Postern delivers no weaker than the
+// recipient's domain or the operator demands.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/auth"
+)
+
+// buildVersion is set at link time: -ldflags "-X main.buildVersion=v1.2.3".
+var buildVersion = ""
+
+func version() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+// exitError carries an exit status chosen by a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func main() {
+	err := rootCommand().Execute()
+	if err == nil {
+		return
+	}
+	fmt.Fprintln(os.Stderr, "postern:", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		os.Exit(ee.code)
+	}
+	os.Exit(1)
+}
+
+func rootCommand() *cobra.Command {
+	var configFile string
+	root := &cobra.Command{
+		Use:           "postern",
+		Short:         "Outbound-only SMTP smart relay that delivers over TLS as strong as the destination demands",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVarP(&configFile, "config", "c", "", "configuration file (YAML); default: built-in defaults and POSTERN_* environment")
+	load := func() (*Config, error) { return loadConfig(configFile) }
+
+	root.AddCommand(&cobra.Command{
+		Use:   "serve",
+		Short: "Run the relay",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := load()
+			if err != nil {
+				return err
+			}
+			return serve(cfg, newLogger(cfg.Log, os.Stderr))
+		},
+	})
+	root.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the version and build information",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "postern %s\n", version())
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				fmt.Fprintf(cmd.OutOrStdout(), "go %s\n", bi.GoVersion)
+				for _, s := range bi.Settings {
+					if strings.HasPrefix(s.Key, "vcs.") {
+						fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", s.Key, s.Value)
+					}
+				}
+			}
+		},
+	})
+	configCmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
+	configCmd.AddCommand(&cobra.Command{
+		Use:   "check",
+		Short: "Validate the configuration and exit non-zero naming each bad key",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := load()
+			if err != nil {
+				return &exitError{2, err}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "configuration %s is valid (hostname %s, data_dir %s)\n", cfg.file, cfg.Hostname, cfg.DataDir)
+			return nil
+		},
+	})
+	root.AddCommand(configCmd, userCommand(load), queueCommand(load))
+	return root
+}
+
+func withOps(load func() (*Config, error), f func(operations) error) error {
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	ops, err := openOperations(cfg)
+	if err != nil {
+		return err
+	}
+	defer ops.Close()
+	return f(ops)
+}
+
+func userCommand(load func() (*Config, error)) *cobra.Command {
+	cmd := &cobra.Command{Use: "user", Short: "Manage submission users"}
+	var allowFrom []string
+	var fromStdin bool
+	add := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Add a user (password from a prompt or --password-stdin)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := auth.ValidateName(args[0]); err != nil {
+				return err
+			}
+			if err := auth.ValidatePatterns(allowFrom); err != nil {
+				return err
+			}
+			pw, err := readPassword(c.InOrStdin(), fromStdin)
+			if err != nil {
+				return err
+			}
+			return withOps(load, func(ops operations) error {
+				if err := ops.UserAdd(args[0], pw, allowFrom); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "user %s added\n", args[0])
+				return nil
+			})
+		},
+	}
+	add.Flags().StringArrayVar(&allowFrom, "allow-from", nil, "envelope sender the user may use, as a glob such as '*@example.com' (repeatable; default any)")
+	add.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
+	passwd := &cobra.Command{
+		Use:   "passwd NAME",
+		Short: "Change a user's password",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			pw, err := readPassword(c.InOrStdin(), fromStdin)
+			if err != nil {
+				return err
+			}
+			return withOps(load, func(ops operations) error { return ops.UserPasswd(args[0], pw) })
+		},
+	}
+	passwd.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List users",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withOps(load, func(ops operations) error {
+				users, err := ops.UserList()
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return json.NewEncoder(c.OutOrStdout()).Encode(users)
+				}
+				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tCREATED")
+				for _, u := range users {
+					allowed := strings.Join(u.AllowFrom, ",")
+					if allowed == "" {
+						allowed = "(any)"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\n", u.Name, allowed, u.Created.Format(time.DateTime))
+				}
+				return w.Flush()
+			})
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "JSON output")
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a user",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withOps(load, func(ops operations) error { return ops.UserDelete(args[0]) })
+		},
+	}
+	cmd.AddCommand(add, passwd, list, del)
+	return cmd
+}
+
+// readPassword asks twice on a terminal, or reads one line from stdin.
+func readPassword(in io.Reader, fromStdin bool) (string, error) {
+	if fromStdin || !isTerminal(os.Stdin) {
+		line, err := bufio.NewReader(in).ReadString('\n')
+		if err != nil && !(errors.Is(err, io.EOF) && line != "") {
+			return "", fmt.Errorf("read password from stdin: %w", err)
+		}
+		pw := strings.TrimRight(line, "\r\n")
+		if pw == "" {
+			return "", errors.New("empty password")
+		}
+		return pw, nil
+	}
+	fmt.Fprint(os.Stderr, "Password: ")
+	a, err := term.ReadPassword(int(os.Stdin.Fd()))
+	fmt.Fprintln(os.Stderr)
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprint(os.Stderr, "Again: ")
+	b, err := term.ReadPassword(int(os.Stdin.Fd()))
+	fmt.Fprintln(os.Stderr)
+	if err != nil {
+		return "", err
+	}
+	if string(a) != string(b) {
+		return "", errors.New("passwords differ")
+	}
+	if len(a) == 0 {
+		return "", errors.New("empty password")
+	}
+	return string(a), nil
+}
+
+func queueCommand(load func() (*Config, error)) *cobra.Command {
+	cmd := &cobra.Command{Use: "queue", Short: "Inspect and act on the queue"}
+	var f queue.Filter
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List queued messages",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withOps(load, func(ops operations) error {
+				msgs, err := ops.QueueList(f)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return json.NewEncoder(c.OutOrStdout()).Encode(msgs)
+				}
+				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "ID\tARRIVED\tSIZE\tSENDER\tPENDING/RCPTS\tSTATE")
+				for _, m := range msgs {
+					pending := 0
+					for _, r := range m.Recipients {
+						if !r.State.Final() {
+							pending++
+						}
+					}
+					state := "active"
+					if m.Held {
+						state = "held"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d/%d\t%s\n", m.ID, m.Arrival.Local().Format(time.DateTime), m.Size,
+						orNull(m.From), pending, len(m.Recipients), state)
+				}
+				return w.Flush()
+			})
+		},
+	}
+	list.Flags().StringVar(&f.RcptDomain, "domain", "", "only messages with a recipient in this domain")
+	list.Flags().StringVar(&f.Sender, "sender", "", "only messages from this sender")
+	list.Flags().StringVar(&f.State, "state", "", "active, deferred or held")
+	list.Flags().BoolVar(&asJSON, "json", false, "JSON output")
+
+	var showJSON bool
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a message's envelope and each recipient's status",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withOps(load, func(ops operations) error {
+				m, err := ops.QueueShow(args[0])
+				if err != nil {
+					return &exitError{3, err}
+				}
+				if showJSON {
+					return json.NewEncoder(c.OutOrStdout()).Encode(m)
+				}
+				out := c.OutOrStdout()
+				fmt.Fprintf(out, "id:          %s\nfrom:        %s\nuser:        %s (%s)\narrived:     %s\nsize:        %d\nheld:        %v\nrequiretls:  %v\n",
+					m.ID, orNull(m.From), m.AuthUser, m.ClientIP, m.Arrival.Local().Format(time.RFC3339), m.Size, m.Held, m.RequireTLS)
+				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "\nRECIPIENT\tSTATE\tATTEMPTS\tNEXT\tLAST REPLY")
+				for _, r := range m.Recipients {
+					next := "-"
+					if !r.State.Final() {
+						next = r.Due.Local().Format(time.DateTime)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", r.Addr, r.State, r.Attempts, next, r.LastReply)
+				}
+				return w.Flush()
+			})
+		},
+	}
+	show.Flags().BoolVar(&showJSON, "json", false, "JSON output")
+	cmd.AddCommand(list, show)
+	for _, a := range []struct{ name, short string }{
+		{"hold", "Stop delivery attempts for a message until released"},
+		{"release", "Let a held message be delivered again"},
+		{"delete", "Delete a message without notifying its sender"},
+		{"retry", "Make a message's pending recipients due now"},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   a.name + " ID...",
+			Short: a.short,
+			Args:  cobra.MinimumNArgs(1),
+			RunE: func(c *cobra.Command, ids []string) error {
+				return withOps(load, func(ops operations) error {
+					var failed error
+					for _, id := range ids {
+						if err := ops.QueueAction(a.name, id); err != nil {
+							failed = &exitError{3, err}
+							fmt.Fprintf(c.ErrOrStderr(), "%s: %v\n", id, err)
+							continue
+						}
+						fmt.Fprintf(c.OutOrStdout(), "%s: %s done\n", id, a.name)
+					}
+					return failed
+				})
+			},
+		})
+	}
+	return cmd
+}
+
+func orNull(from string) string {
+	if from == "" {
+		return "<>"
+	}
+	return from
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/term"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/submission"
+)
+
+func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+// serve runs the daemon until SIGTERM or SIGINT.
+func serve(cfg *Config, log *slog.Logger) error {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
+	}
+	q, err := queue.Open(cfg.queuePath(), queue.Options{InlineLimit: cfg.Queue.InlineLimit})
+	if errors.Is(err, queue.ErrLocked) {
+		return fmt.Errorf("another postern is already running on data_dir %s: %w", cfg.DataDir, err)
+	}
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	rep, err := q.Recover()
+	if err != nil {
+		return err
+	}
+	log.Info("queue recovered", "messages", rep.Messages, "recipients_pending", rep.Recipients, "held", rep.Held,
+		"leases_returned", rep.LeasesReturned, "orphan_spool_files_removed", rep.OrphansRemoved)
+	if len(rep.MissingBodies) > 0 {
+		log.Error("queued messages whose spool file is missing; storage was damaged", "queue_ids", rep.MissingBodies)
+	}
+
+	stateDB, users, err := openState(cfg)
+	if err != nil {
+		return err
+	}
+	defer stateDB.Close()
+
+	certs, err := submission.NewCertificates(cfg.Submission.TLS.CertFile, cfg.Submission.TLS.KeyFile, cfg.Hostname, log)
+	if err != nil {
+		return err
+	}
+	srv := submission.New(cfg.submissionConfig(), submission.Deps{
+		Queue: q, Auth: auth.NewVerifier(users, cfg.authLimits(), nil),
+		GetCertificate: certs.GetCertificate, Log: log,
+	})
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go certs.Watch(ctx, cfg.Submission.TLS.ReloadInterval)
+
+	serveErr := make(chan error, 4)
+	listen := func(addrs []string, mode string, serveOn func(net.Listener) error) error {
+		for _, a := range addrs {
+			l, err := net.Listen("tcp", a)
+			if err != nil {
+				return fmt.Errorf("submission listener %s: %w", a, err)
+			}
+			log.Info("submission listening", "addr", l.Addr().String(), "mode", mode)
+			go func() { serveErr <- serveOn(l) }()
+		}
+		return nil
+	}
+	if err := listen(cfg.Submission.Listen, "starttls", srv.ServeSTARTTLS); err != nil {
+		return err
+	}
+	if err := listen(cfg.Submission.TLSListen, "implicit-tls", srv.ServeTLS); err != nil {
+		return err
+	}
+	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users})
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	log.Info("postern started", "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "config", cfg.file, "version", version())
+
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	for {
+		select {
+		case sig := <-signals:
+			if sig == syscall.SIGHUP {
+				if changed, err := certs.Reload(); err != nil {
+					log.Error("reload: certificate not replaced", "err", err)
+				} else {
+					log.Info("reload: certificates checked", "changed", changed)
+				}
+				continue
+			}
+			log.Info("shutting down", "signal", sig.String(), "deadline", cfg.Shutdown.Timeout)
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout)
+			err := srv.Shutdown(sctx)
+			cancel()
+			if err != nil {
+				log.Warn("sessions cut at the shutdown deadline", "err", err)
+			}
+			log.Info("stopped")
+			return nil
+		case err := <-serveErr:
+			if err != nil {
+				return fmt.Errorf("submission server: %w", err)
+			}
+		}
+	}
+}
