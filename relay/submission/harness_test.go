@@ -26,7 +26,7 @@ const (
 )
 
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	q        *queue.Queue
 	users    *auth.Store
 	srv      *Server
@@ -36,7 +36,7 @@ type harness struct {
 
 type harnessOption func(*Config, *auth.Limits)
 
-func newHarness(t *testing.T, opts ...harnessOption) *harness {
+func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{})
@@ -85,12 +85,12 @@ var clientTLS = &tls.Config{InsecureSkipVerify: true, ServerName: "relay.test"}
 
 // raw is a line-level client for checking exact replies.
 type raw struct {
-	t    *testing.T
+	t    testing.TB
 	conn net.Conn
 	text *textproto.Conn
 }
 
-func dialRaw(t *testing.T, addr string) *raw {
+func dialRaw(t testing.TB, addr string) *raw {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -102,7 +102,7 @@ func dialRaw(t *testing.T, addr string) *raw {
 	return r
 }
 
-func dialRawTLS(t *testing.T, addr string) *raw {
+func dialRawTLS(t testing.TB, addr string) *raw {
 	r := dialRaw(t, addr)
 	tc := tls.Client(r.conn, clientTLS)
 	r.conn, r.text = tc, textproto.NewConn(tc)
