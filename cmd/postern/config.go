@@ -118,6 +118,9 @@ func loadConfig(file string) (*Config, error) {
 		v.BindEnv(k)
 	}
 	v.AutomaticEnv()
+	// An empty variable is a setting too: POSTERN_SUBMISSION_TLS_LISTEN=
+	// turns the implicit-TLS listener off.
+	v.AllowEmptyEnv(true)
 	where := "defaults and environment"
 	if file != "" {
 		v.SetConfigFile(file)

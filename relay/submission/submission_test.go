@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"net/textproto"
 
@@ -314,4 +316,39 @@ func TestHeloCannotInjectHeaders(t *testing.T) {
 	if _, body := h.only(); !bytes.HasPrefix(body, []byte("Received: from invalid (")) {
 		t.Fatalf("HELO passed into header: %q", body[:60])
 	}
+}
+
+func TestDataTimeoutClosesConnection(t *testing.T) {
+	h := newHarness(t, func(c *Config, _ *auth.Limits) { c.DataTimeout = 200 * time.Millisecond })
+	r := h.loggedIn(testUser)
+	r.expect("MAIL FROM:<app@example.org>", "250")
+	r.expect("RCPT TO:<a@dest.test>", "250")
+	r.expect("DATA", "354")
+	io.WriteString(r.conn, "Subject: stalled\r\n\r\nhalf a mess") // and then nothing
+	r.expect("", "421 4.4.2")
+	for i := 0; i < 5; i++ { // the server may say goodbye once more, then closes
+		if got := r.reply(); strings.HasPrefix(got, "EOF") {
+			if h.count() != 0 {
+				t.Fatal("stalled message queued")
+			}
+			return
+		}
+	}
+	t.Fatal("connection left open after a data timeout")
+}
+
+func TestOverlongLines(t *testing.T) {
+	h := newHarness(t)
+	r := h.loggedIn(testUser)
+	r.expect("MAIL FROM:<app@example.org>", "250")
+	r.expect("RCPT TO:<a@dest.test>", "250")
+	got := r.sendData("Subject: long\r\n\r\n" + strings.Repeat("y", 3000) + "\r\n.\r\n")
+	if !strings.HasPrefix(got, "500") {
+		t.Fatalf("overlong content line: %q", got)
+	}
+	if h.count() != 0 {
+		t.Fatal("message with an overlong line queued")
+	}
+	r2 := h.loggedIn(testUser)
+	r2.expect("MAIL FROM:<app@example.org> "+strings.Repeat("X", 3000), "500")
 }

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "postern.yaml")
+	os.WriteFile(p, []byte(text), 0o600)
+	return p
+}
+
+func TestReferenceConfigsAreValidAndMatchDefaults(t *testing.T) {
+	for _, f := range []string{"../../configs/postern.yaml", "../../configs/quickstart.yaml"} {
+		if _, err := loadConfig(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	ref, _ := loadConfig("../../configs/postern.yaml")
+	def, _ := loadConfig("")
+	ref.file, def.file = "", ""
+	ref.Hostname, def.Hostname = "", ""
+	if !equalJSON(ref, def) {
+		t.Errorf("configs/postern.yaml does not show the built-in defaults:\n%+v\n%+v", ref, def)
+	}
+}
+
+func TestEnvironmentOverridesEveryKey(t *testing.T) {
+	// Every documented key must be settable from the environment (viper
+	// ignores environment variables for keys it was not told about).
+	for key := range defaults {
+		env := "POSTERN_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		if !bound(t, key, env) {
+			t.Errorf("%s does not set %s", env, key)
+		}
+	}
+}
+
+// bound reports whether setting env changes the loaded value of key.
+func bound(t *testing.T, key, env string) bool {
+	t.Helper()
+	before, err := loadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := map[string]string{
+		"hostname": "env.test", "data_dir": "/tmp/env-data", "log.level": "debug", "log.format": "json",
+		"submission.listen": "127.0.0.1:1,127.0.0.1:2", "submission.tls_listen": "",
+		"submission.tls.cert_file": "", "submission.tls.key_file": "", "submission.tls.min_version": "1.3",
+	}[key]
+	if value == "" && key != "submission.tls_listen" {
+		if strings.HasSuffix(key, "_file") {
+			return true // needs an existing file; covered by TestEnvironmentListsAndFiles
+		}
+		switch defaults[key].(type) {
+		case string:
+			value = "7s"
+		default:
+			value = "7000"
+		}
+	}
+	t.Setenv(env, value)
+	after, err := loadConfig("")
+	os.Unsetenv(env)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", env, value, err)
+	}
+	return !equalJSON(before, after)
+}
+
+func TestEnvironmentListsAndFiles(t *testing.T) {
+	t.Setenv("POSTERN_SUBMISSION_LISTEN", "127.0.0.1:1587, [::1]:1587")
+	t.Setenv("POSTERN_SUBMISSION_TLS_LISTEN", "")
+	t.Setenv("POSTERN_SUBMISSION_COMMAND_TIMEOUT", "90s")
+	cfg, err := loadConfig(writeConfig(t, "submission:\n  command_timeout: 10s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(cfg.Submission.Listen, "|") != "127.0.0.1:1587|[::1]:1587" || len(cfg.Submission.TLSListen) != 0 {
+		t.Errorf("lists from environment: %q %q", cfg.Submission.Listen, cfg.Submission.TLSListen)
+	}
+	if cfg.Submission.CommandTimeout != 90*time.Second {
+		t.Errorf("environment must win over the file: %v", cfg.Submission.CommandTimeout)
+	}
+	t.Setenv("POSTERN_SUBMISSION_TLS_CERT_FILE", "/nonexistent/cert.pem")
+	if _, err := loadConfig(""); err == nil || !strings.Contains(err.Error(), "submission.tls.cert_file") {
+		t.Errorf("missing cert file: %v", err)
+	}
+}
+
+func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
+	for text, want := range map[string]string{
+		"submission:\n  lisen: [\":587\"]\n":              "lisen",
+		"submission:\n  listen: [\"nope\"]\n":             "submission.listen",
+		"submission:\n  max_message_bytes: 0\n":           "submission.max_message_bytes",
+		"submission:\n  command_timeout: soon\n":          "submission.command_timeout",
+		"log:\n  format: xml\n":                           "log.format",
+		"submission:\n  max_line_length: 200\n":           "submission.max_line_length",
+		"submission:\n  tls:\n    min_version: \"1.1\"\n": "submission.tls.min_version",
+		"submission: [1, 2]\n":                            "submission",
+	} {
+		path := writeConfig(t, text)
+		_, err := loadConfig(path)
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("config %q: error %v should name %q and the file", text, err, want)
+		}
+	}
+}
+
+func equalJSON(a, b any) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
+}
