@@ -24,7 +24,13 @@ type writeRequest struct {
 // queue commits at once, a busy one commits in ever larger groups.
 func (q *Queue) update(fn func(tx *bolt.Tx) error) error {
 	req := &writeRequest{fn: fn, done: make(chan error, 1)}
+	q.closeMu.RLock()
+	if q.closed {
+		q.closeMu.RUnlock()
+		return ErrClosed
+	}
 	q.writes <- req
+	q.closeMu.RUnlock()
 	return <-req.done
 }
 

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,7 @@ var (
 	ErrLeaseLost = errors.New("lease no longer held")
 	// ErrLocked means another process has the database open.
 	ErrLocked = errors.New("queue database is in use by another process")
+	ErrClosed = errors.New("queue is closed")
 )
 
 var (
@@ -54,9 +56,14 @@ type Queue struct {
 	clock       Clock
 	spoolDir    string
 	inlineLimit int64
-	writes      chan *writeRequest
-	stopped     chan struct{}
 	idCounter   atomic.Uint32
+
+	// closeMu guards writes against Close: a session cut off at shutdown
+	// may still try to enqueue, and must get ErrClosed, not a panic.
+	closeMu sync.RWMutex
+	closed  bool
+	writes  chan *writeRequest
+	stopped chan struct{}
 }
 
 // Open opens (creating if needed) the queue database at path.
@@ -75,6 +82,10 @@ func Open(path string, opts Options) (*Queue, error) {
 	}
 	if err := os.MkdirAll(opts.SpoolDir, 0o700); err != nil {
 		return nil, fmt.Errorf("queue spool directory: %w", err)
+	}
+	// The spool directory's own entry must be durable before any file in it is.
+	if err := syncDir(filepath.Dir(opts.SpoolDir)); err != nil {
+		return nil, err
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if err != nil {
@@ -109,7 +120,14 @@ func Open(path string, opts Options) (*Queue, error) {
 
 // Close waits for pending writes and closes the database.
 func (q *Queue) Close() error {
+	q.closeMu.Lock()
+	if q.closed {
+		q.closeMu.Unlock()
+		return ErrClosed
+	}
+	q.closed = true
 	close(q.writes)
+	q.closeMu.Unlock()
 	<-q.stopped
 	return q.db.Close()
 }

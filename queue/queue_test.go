@@ -383,3 +383,11 @@ func TestOpenWhileLockedSaysSo(t *testing.T) {
 		t.Fatalf("second open: %v", err)
 	}
 }
+
+func TestEnqueueAfterCloseIsAnError(t *testing.T) {
+	q := openTest(t, newClock(), t.TempDir(), 0)
+	q.Close()
+	if _, err := q.Enqueue("", envelope("a@x.test"), strings.NewReader("x")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("enqueue after close: %v", err)
+	}
+}

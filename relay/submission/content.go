@@ -9,19 +9,6 @@ import (
 	"net"
 	"strings"
 	"time"
-
-	"github.com/emersion/go-smtp"
-)
-
-var (
-	errBareLF = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-		Message: "Message refused: bare LF in content; lines must end with CRLF (RFC 5321 2.3.8)"}
-	errBareCR = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-		Message: "Message refused: bare CR in content; lines must end with CRLF (RFC 5321 2.3.8)"}
-	errHeaderTooLarge = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-		Message: "Message refused: header section too large"}
-	errLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-		Message: "Message refused: line too long"}
 )
 
 // crlfGuard passes content through while checking that every CR is followed

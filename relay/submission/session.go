@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"syscall"
@@ -17,25 +18,29 @@ import (
 	"github.com/postern/postern/relay/auth"
 )
 
+func reply(code int, enhanced string, text string) *smtp.SMTPError {
+	var e smtp.EnhancedCode
+	fmt.Sscanf(enhanced, "%d.%d.%d", &e[0], &e[1], &e[2])
+	return &smtp.SMTPError{Code: code, EnhancedCode: e, Message: text}
+}
+
 var (
-	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
-		Message: "Authentication required"}
-	errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11},
-		Message: "Encryption required for requested authentication mechanism; use STARTTLS"}
-	errBadCredentials = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8},
-		Message: "Authentication credentials invalid"}
-	errThrottled = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-		Message: "Too many failed authentication attempts from your address, try again later"}
-	errSenderNotAllowed = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-		Message: "Sender address not allowed for this user"}
-	errNoStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1},
-		Message: "Insufficient system storage, try again later"}
-	errLocal = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-		Message: "Local error in processing, try again later"}
-	errReadFailed = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
-		Message: "Error reading message data, closing connection"}
-	errDuplicateMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
-		Message: "Nested MAIL command"}
+	errAuthRequired       = reply(530, "5.7.0", "Authentication required")
+	errEncryptionRequired = reply(538, "5.7.11", "Encryption required for requested authentication mechanism; use STARTTLS")
+	errBadCredentials     = reply(535, "5.7.8", "Authentication credentials invalid")
+	errThrottled          = reply(454, "4.7.0", "Too many failed authentication attempts from your address, try again later")
+	errSenderNotAllowed   = reply(553, "5.7.1", "Sender address not allowed for this user")
+	errNoStorage          = reply(452, "4.3.1", "Insufficient system storage, try again later")
+	errLocal              = reply(451, "4.3.0", "Local error in processing, try again later")
+	errReadFailed         = reply(421, "4.4.2", "Error reading message data, closing connection")
+	errDuplicateMail      = reply(503, "5.5.1", "Nested MAIL command")
+	errTooManyRcpts       = reply(452, "4.5.3", "Too many recipients")
+	errRequireTLSPlain    = reply(530, "5.7.10", "REQUIRETLS needs a TLS session")
+
+	errBareLF         = reply(550, "5.5.2", "Message refused: bare LF in content; lines must end with CRLF (RFC 5321 2.3.8)")
+	errBareCR         = reply(550, "5.5.2", "Message refused: bare CR in content; lines must end with CRLF (RFC 5321 2.3.8)")
+	errHeaderTooLarge = reply(552, "5.3.4", "Message refused: header section too large")
+	errLineTooLong    = reply(500, "5.5.2", "Message refused: line too long")
 )
 
 // session is one client's conversation between greeting (or STARTTLS, which
@@ -118,7 +123,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts.RequireTLS && s.tls == nil {
 		// Unreachable while AUTH needs TLS, but REQUIRETLS must never be
 		// accepted over a cleartext hop (RFC 8689 4.1).
-		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 10}, Message: "REQUIRETLS needs a TLS session"}
+		return errRequireTLSPlain
 	}
 	if from != "" {
 		canon, serr := canonicalAddress(from, opts.UTF8, smtp.EnhancedCode{5, 1, 7})
@@ -158,7 +163,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return nil // the same recipient twice gets one copy
 	}
 	if max := s.srv.cfg.MaxRecipients; max > 0 && len(s.env.Recipients) >= max {
-		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients"}
+		return errTooManyRcpts
 	}
 	r := queue.Recipient{Addr: canon}
 	for _, n := range opts.Notify {
