@@ -352,3 +352,19 @@ func TestOverlongLines(t *testing.T) {
 	r2 := h.loggedIn(testUser)
 	r2.expect("MAIL FROM:<app@example.org> "+strings.Repeat("X", 3000), "500")
 }
+
+func TestOldTLSRefused(t *testing.T) {
+	h := newHarness(t)
+	old := &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS11}
+	if c, err := tls.Dial("tcp", h.implicit, old); err == nil {
+		c.Close()
+		t.Fatal("TLS 1.1 handshake accepted on the implicit-TLS port")
+	}
+	r := dialRaw(t, h.starttls)
+	r.expect("", "220")
+	r.expect("EHLO client.test", "250")
+	r.expect("STARTTLS", "220")
+	if err := tls.Client(r.conn, old).Handshake(); err == nil {
+		t.Fatal("TLS 1.1 handshake accepted after STARTTLS")
+	}
+}
