@@ -101,6 +101,7 @@ type Outcome struct {
 	Recipient int    // index into Message.Recipients
 	Result    Result //
 	Reply     string // what the next hop said, or why we did not get that far
+	Host      string // the server that said it, if one did
 	RetryAt   time.Time
 	// DelayNotified marks that the worker queued a delay notice.
 	DelayNotified bool
@@ -147,7 +148,7 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) int {
 		}
 		applied++
 		r.Attempts++
-		r.LastAttempt, r.LastReply, r.Lease = now, o.Reply, 0
+		r.LastAttempt, r.LastReply, r.LastHost, r.Lease = now, o.Reply, o.Host, 0
 		r.DelayNotified = r.DelayNotified || o.DelayNotified
 		switch o.Result {
 		case ResultDelivered:

@@ -64,6 +64,7 @@ type Recipient struct {
 	Attempts    int       `json:"attempts,omitempty"`
 	LastAttempt time.Time `json:"last_attempt,omitzero"`
 	LastReply   string    `json:"last_reply,omitempty"`
+	LastHost    string    `json:"last_host,omitempty"` // the server that gave LastReply, if any
 	// DelayNotified records that a delay notice was sent for this recipient.
 	DelayNotified bool      `json:"delay_notified,omitempty"`
 	FinalAt       time.Time `json:"final_at,omitzero"`

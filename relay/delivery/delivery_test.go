@@ -1,0 +1,319 @@
+package delivery
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/resolver"
+	"github.com/postern/postern/resolver/resolvertest"
+)
+
+const testZone = `
+dest.test.        300 IN MX 10 mx.dest.test.
+mx.dest.test.     300 IN A 127.0.0.1
+failover.test.    300 IN MX 10 down.failover.test.
+failover.test.    300 IN MX 20 up.failover.test.
+down.failover.test. 300 IN A 127.0.0.2
+up.failover.test. 300 IN A 127.0.0.1
+implicit.test.    300 IN A 127.0.0.1
+nullmx.test.      300 IN MX 0 .
+bounces.test.     300 IN MX 10 mx.dest.test.
+`
+
+// sender's domain routes to the fake MX too, so reports arrive where a real
+// sender would find them.
+const sender = "app@bounces.test"
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time        { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+type world struct {
+	t      *testing.T
+	q      *queue.Queue
+	clock  *clock
+	engine *Engine
+	mx     *fakeMX
+	dns    *resolvertest.Server
+}
+
+func newWorld(t *testing.T, mx *fakeMX, routes ...Route) *world {
+	t.Helper()
+	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	dns := resolvertest.Start(t, testZone)
+	res, _ := resolver.New([]string{dns.Addr}, resolver.Options{Timeout: time.Second, Attempts: 1})
+	for i := range routes {
+		if routes[i].Port == 0 {
+			routes[i].Port = mx.port
+		}
+	}
+	e := New(Config{Hostname: "relay.test", Port: mx.port, Routes: routes, Workers: 2, LeaseTime: 10 * time.Minute,
+		Retry: []time.Duration{time.Minute, 5 * time.Minute}, MaxQueueLifetime: 24 * time.Hour, DelayWarning: 4 * time.Hour,
+		MaxAddrAttempts: 5, PollInterval: time.Second},
+		Deps{Queue: q, Resolver: res, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: c.Now,
+			Jitter: func(d time.Duration) time.Duration { return d }, Shuffle: func([]resolver.MX) {}})
+	return &world{t: t, q: q, clock: c, engine: e, mx: mx, dns: dns}
+}
+
+const body = "From: app@example.org\r\nSubject: hi\r\n\r\nhello\r\n.dot line\r\n"
+
+func (w *world) submit(from string, rcpts ...string) string {
+	w.t.Helper()
+	env := queue.Envelope{From: from, Return: "HDRS", EnvelopeID: "env7"}
+	for _, r := range rcpts {
+		env.Recipients = append(env.Recipients, queue.Recipient{Addr: r})
+	}
+	id, err := w.q.Enqueue("", env, strings.NewReader(body))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return id
+}
+
+func (w *world) run() { w.engine.RunDue(context.Background()) }
+
+// bounces returns the notices that reached senders at the fake MX.
+func (w *world) bounces() []string {
+	var out []string
+	for _, m := range w.mx.received() {
+		if m.From == "" {
+			out = append(out, m.Rcpts[0]+"\n"+string(m.Data))
+		}
+	}
+	return out
+}
+
+func (w *world) state(id string) queue.Message {
+	m, err := w.q.Get(id)
+	if err != nil {
+		w.t.Fatalf("message %s: %v", id, err)
+	}
+	return m
+}
+
+func TestDeliversOverSTARTTLS(t *testing.T) {
+	w := newWorld(t, startMX(t, nil))
+	id := w.submit(sender, "a@dest.test", "b@dest.test")
+	w.run()
+	got := w.mx.received()
+	if len(got) != 1 || len(got[0].Rcpts) != 2 || string(got[0].Data) != body || !got[0].TLS || got[0].From != sender {
+		t.Fatalf("received %+v", got)
+	}
+	if _, err := w.q.Get(id); err == nil {
+		t.Fatal("delivered message still queued")
+	}
+	if len(w.bounces()) != 0 {
+		t.Fatal("bounce for a delivered message")
+	}
+}
+
+func TestRouting(t *testing.T) {
+	for _, domain := range []string{"failover.test", "implicit.test"} {
+		t.Run(domain, func(t *testing.T) {
+			w := newWorld(t, startMX(t, nil))
+			w.submit(sender, "a@"+domain)
+			w.run()
+			if len(w.mx.received()) != 1 {
+				t.Fatalf("not delivered to %s", domain)
+			}
+		})
+	}
+}
+
+func TestPermanentRoutingFailuresBounceAtOnce(t *testing.T) {
+	for domain, status := range map[string]string{"nullmx.test": "5.1.10", "absent.test": "5.1.2"} {
+		t.Run(domain, func(t *testing.T) {
+			w := newWorld(t, startMX(t, nil))
+			id := w.submit(sender, "a@"+domain)
+			w.run()
+			if _, err := w.q.Get(id); err == nil {
+				t.Fatal("message kept for retry")
+			}
+			b := w.bounces()
+			if len(b) != 1 || !strings.HasPrefix(b[0], sender+"\n") || !strings.Contains(b[0], "Status: "+status) ||
+				!strings.Contains(b[0], "Final-Recipient: rfc822; a@"+domain) || !strings.Contains(b[0], "Original-Envelope-Id: env7") {
+				t.Fatalf("bounce: %q", b)
+			}
+		})
+	}
+}
+
+func TestTemporaryFailureRetriedThenDelivered(t *testing.T) {
+	attempts := 0
+	mx := startMX(t, func(_ *smtp.Server, mx *fakeMX) {
+		mx.rcptReply = func(string) error {
+			attempts++
+			if attempts == 1 {
+				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+			}
+			return nil
+		}
+	})
+	w := newWorld(t, mx)
+	id := w.submit(sender, "a@dest.test")
+	w.run()
+	r := w.state(id).Recipients[0]
+	if r.State != queue.Pending || r.Attempts != 1 || !strings.Contains(r.LastReply, "451") ||
+		!r.Due.Equal(w.clock.Now().Add(time.Minute)) || r.LastHost != "mx.dest.test" {
+		t.Fatalf("after 451: %+v", r)
+	}
+	w.clock.Advance(59 * time.Second)
+	w.run()
+	if attempts != 1 {
+		t.Fatal("retried before its time")
+	}
+	w.clock.Advance(time.Second)
+	w.run()
+	if len(w.mx.received()) != 1 {
+		t.Fatal("not delivered on retry")
+	}
+}
+
+func TestPartialFailureBouncesOnlyTheFailed(t *testing.T) {
+	mx := startMX(t, func(_ *smtp.Server, mx *fakeMX) {
+		mx.rcptReply = func(rcpt string) error {
+			if strings.HasPrefix(rcpt, "nobody@") && rcpt != sender {
+				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+			}
+			return nil
+		}
+	})
+	w := newWorld(t, mx)
+	w.submit(sender, "a@dest.test", "nobody@dest.test")
+	w.run()
+	if got := w.mx.received(); len(got) != 2 || len(got[0].Rcpts) != 1 {
+		t.Fatalf("received %+v", got)
+	}
+	b := w.bounces()
+	if len(b) != 1 || !strings.Contains(b[0], "Final-Recipient: rfc822; nobody@dest.test") ||
+		strings.Contains(b[0], "Final-Recipient: rfc822; a@dest.test") || !strings.Contains(b[0], "Status: 5.1.1") ||
+		!strings.Contains(b[0], "Remote-MTA: dns; mx.dest.test") || !strings.Contains(b[0], "Diagnostic-Code: smtp; 550 5.1.1 no such user") {
+		t.Fatalf("bounce %q", b)
+	}
+	// RET=HDRS: the bounce carries the header section only.
+	if !strings.Contains(b[0], "text/rfc822-headers") || strings.Contains(b[0], "hello\r\n.dot") {
+		t.Fatalf("bounce returned the body despite RET=HDRS")
+	}
+}
+
+func TestNullSenderIsNeverBounced(t *testing.T) {
+	w := newWorld(t, startMX(t, nil))
+	id := w.submit("", "a@nullmx.test")
+	w.run()
+	if _, err := w.q.Get(id); err == nil {
+		t.Fatal("failed message kept")
+	}
+	if b := w.bounces(); len(b) != 0 {
+		t.Fatalf("bounced a bounce: %q", b)
+	}
+}
+
+func TestExpiryBouncesAndDelayWarning(t *testing.T) {
+	mx := startMX(t, func(_ *smtp.Server, mx *fakeMX) {
+		mx.rcptReply = func(rcpt string) error {
+			if rcpt == sender {
+				return nil
+			}
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "still not"}
+		}
+	})
+	w := newWorld(t, mx)
+	id := w.submit(sender, "a@dest.test")
+	w.run()
+	w.clock.Advance(5 * time.Hour) // past the 4h delay warning
+	w.run()
+	b := w.bounces()
+	if len(b) != 1 || !strings.Contains(b[0], "Action: delayed") || !strings.Contains(b[0], "Will-Retry-Until:") {
+		t.Fatalf("delay warning: %q", b)
+	}
+	w.clock.Advance(6 * time.Hour)
+	w.run() // no second warning
+	if len(w.bounces()) != 1 {
+		t.Fatal("delay warning repeated")
+	}
+	w.clock.Advance(14 * time.Hour) // past the 24h lifetime
+	w.run()
+	if _, err := w.q.Get(id); err == nil {
+		t.Fatal("expired message kept")
+	}
+	b = w.bounces()
+	if len(b) != 2 || !strings.Contains(b[1]+b[0], "Status: 4.4.7") || !strings.Contains(b[1]+b[0], "Action: failed") {
+		t.Fatalf("expiry bounce: %q", b)
+	}
+}
+
+func TestDSNParametersPassedOn(t *testing.T) {
+	w := newWorld(t, startMX(t, nil))
+	env := queue.Envelope{From: sender, Return: "HDRS", EnvelopeID: "env7",
+		Recipients: []queue.Recipient{{Addr: "a@dest.test", Notify: []string{"FAILURE", "DELAY"}, Original: "rfc822;orig@dest.test"}}}
+	w.q.Enqueue("", env, strings.NewReader(body))
+	w.run()
+	got := w.mx.received()
+	if len(got) != 1 {
+		t.Fatal("not delivered")
+	}
+	m, r := got[0].Mail, got[0].RcptOpt[0]
+	if m.Return != smtp.DSNReturnHeaders || m.EnvelopeID != "env7" || len(r.Notify) != 2 || r.OriginalRecipient != "orig@dest.test" {
+		t.Fatalf("DSN parameters: mail %+v rcpt %+v", m, r)
+	}
+}
+
+func TestSMTPUTF8Negotiation(t *testing.T) {
+	for _, offered := range []bool{true, false} {
+		mx := startMX(t, func(s *smtp.Server, _ *fakeMX) { s.EnableSMTPUTF8 = offered })
+		w := newWorld(t, mx)
+		env := queue.Envelope{From: sender, UTF8: true, Recipients: []queue.Recipient{{Addr: "jörg@dest.test"}}}
+		w.q.Enqueue("", env, strings.NewReader(body))
+		w.run()
+		delivered := len(w.mx.received()) == 1 && w.mx.received()[0].From != ""
+		if delivered != offered {
+			t.Fatalf("SMTPUTF8 offered=%v delivered=%v", offered, delivered)
+		}
+		if !offered {
+			if b := w.bounces(); len(b) != 1 || !strings.Contains(b[0], "Status: 5.6.7") {
+				t.Fatalf("no 5.6.7 bounce: %q", b)
+			}
+		}
+	}
+}
+
+func TestSmarthostRouteWithAuth(t *testing.T) {
+	mx := startMX(t, func(_ *smtp.Server, mx *fakeMX) { mx.password = "hop-secret" })
+	w := newWorld(t, mx, Route{Match: "*", Host: "127.0.0.1", Username: "relay", Password: "hop-secret"})
+	w.submit(sender, "a@anywhere.example")
+	w.run()
+	got := w.mx.received()
+	if len(got) != 1 || got[0].User != "relay" || !got[0].TLS {
+		t.Fatalf("smarthost got %+v", got)
+	}
+}
+
+func TestRouteSelection(t *testing.T) {
+	routes := []Route{{Match: "*", Host: "any"}, {Match: ".example.com", Host: "suffix"}, {Match: "mail.example.com", Host: "exact"}}
+	for domain, want := range map[string]string{"mail.example.com": "exact", "x.example.com": "suffix", "example.com": "any", "other.test": "any"} {
+		if r, _ := routeFor(routes, domain); r.Host != want {
+			t.Errorf("%s routed to %s, want %s", domain, r.Host, want)
+		}
+	}
+	if _, ok := routeFor(routes[1:], "other.test"); ok {
+		t.Error("route matched without a catch-all")
+	}
+}

@@ -1,0 +1,453 @@
+// Package delivery takes due recipients from the queue and hands them to
+// their domains' mail servers, or to a configured next hop, recording every
+// outcome: delivered, deferred with backoff, or failed and reported to the
+// sender in a delivery status notification.
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/dsn"
+	"github.com/postern/postern/resolver"
+)
+
+// Config is the delivery settings, already validated.
+type Config struct {
+	Hostname         string
+	Port             int // 25 in production; tests and labs point it elsewhere
+	Routes           []Route
+	Workers          int
+	LeaseTime        time.Duration // longer than any one attempt can take
+	Retry            []time.Duration
+	MaxQueueLifetime time.Duration
+	DelayWarning     time.Duration
+	MaxAddrAttempts  int
+	PreferIPv6       bool
+	Timeouts         Timeouts
+	PollInterval     time.Duration
+}
+
+// Queue is what delivery needs of the queue.
+type Queue interface {
+	Lease(max int, hold time.Duration) ([]queue.Lease, error)
+	Record(id string, seq uint64, outcomes []queue.Outcome) (queue.Message, error)
+	Retire(id string, seq uint64, notices ...queue.Draft) error
+	Body(id string) (io.ReadCloser, error)
+	Enqueue(id string, env queue.Envelope, body io.Reader) (string, error)
+}
+
+// Deps are the services delivery uses.
+type Deps struct {
+	Queue    Queue
+	Resolver resolver.Resolver
+	Log      *slog.Logger
+	Clock    func() time.Time
+	Dialer   *net.Dialer
+	// TLS is the client configuration for STARTTLS. Opportunistic today:
+	// the certificate is not verified, which is exactly as strong as no
+	// policy demands. The TLS policy engine will decide per destination.
+	TLS *tls.Config
+	// Jitter spreads retries; nil means ±10% random.
+	Jitter func(time.Duration) time.Duration
+	// Shuffle orders MX hosts of equal preference; nil means random.
+	Shuffle func([]resolver.MX)
+}
+
+// Engine runs delivery workers.
+type Engine struct {
+	cfg  Config
+	d    Deps
+	kick chan struct{}
+}
+
+// New builds an engine.
+func New(cfg Config, d Deps) *Engine {
+	if d.Clock == nil {
+		d.Clock = time.Now
+	}
+	if d.Dialer == nil {
+		d.Dialer = &net.Dialer{}
+	}
+	if d.TLS == nil {
+		d.TLS = &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
+	}
+	if d.Jitter == nil {
+		d.Jitter = func(t time.Duration) time.Duration { return t + time.Duration((rand.Float64()-0.5)*0.2*float64(t)) }
+	}
+	if d.Shuffle == nil {
+		d.Shuffle = randomShuffle
+	}
+	if cfg.Timeouts == (Timeouts{}) {
+		cfg.Timeouts = DefaultTimeouts
+	}
+	return &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1)}
+}
+
+// Kick makes the engine look for due work now, as after a submission.
+func (e *Engine) Kick() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run delivers until ctx ends. Leases in flight finish or run out and
+// become due again on the next start.
+func (e *Engine) Run(ctx context.Context) {
+	sem := make(chan struct{}, e.cfg.Workers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ticker := time.NewTicker(e.cfg.PollInterval)
+	defer ticker.Stop()
+	for {
+		free := cap(sem) - len(sem)
+		var leases []queue.Lease
+		if free > 0 {
+			var err error
+			leases, err = e.d.Queue.Lease(free, e.cfg.LeaseTime)
+			if err != nil {
+				e.d.Log.Error("lease from queue failed", "err", err)
+			}
+		}
+		for _, l := range leases {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done(); e.Kick() }()
+				e.process(ctx, l)
+			}()
+		}
+		if len(leases) > 0 && len(leases) == free {
+			continue // more may be due
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.kick:
+		case <-ticker.C:
+		}
+	}
+}
+
+// RunDue processes everything due now, one lease at a time, and returns
+// how many leases it handled. Tests use it with a fake clock.
+func (e *Engine) RunDue(ctx context.Context) int {
+	n := 0
+	for {
+		leases, err := e.d.Queue.Lease(1, e.cfg.LeaseTime)
+		if err != nil || len(leases) == 0 {
+			return n
+		}
+		e.process(ctx, leases[0])
+		n++
+	}
+}
+
+func (e *Engine) process(ctx context.Context, l queue.Lease) {
+	m := l.Message
+	if l.Retire {
+		e.retire(m, l.Seq)
+		return
+	}
+	byDomain := map[string][]int{}
+	var order []string
+	for _, i := range l.Recipients {
+		d := queue.Domain(m.Recipients[i].Addr)
+		if byDomain[d] == nil {
+			order = append(order, d)
+		}
+		byDomain[d] = append(byDomain[d], i)
+	}
+	var outcomes []queue.Outcome
+	for _, domain := range order {
+		outcomes = append(outcomes, e.deliverDomain(ctx, m, domain, byDomain[domain])...)
+	}
+	e.maybeWarnDelay(m, outcomes)
+	after, err := e.d.Queue.Record(m.ID, l.Seq, outcomes)
+	if err != nil {
+		e.d.Log.Error("recording delivery outcomes failed", "queue_id", m.ID, "err", err)
+		return
+	}
+	if after.Done() {
+		e.retire(after, after.RetireSeq)
+	}
+}
+
+// deliverDomain makes one attempt for the recipients of one domain.
+func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain string, idxs []int) []queue.Outcome {
+	now := e.d.Clock()
+	hopList, err := hops(ctx, e.d.Resolver, e.cfg.Routes, e.cfg.Port, domain, e.d.Shuffle)
+	if err != nil {
+		return e.outcomesFor(m, idxs, asFailure(err, "", "route"), now)
+	}
+	var last *Failure
+	tried := 0
+	for _, hop := range hopList {
+		addrs, f := e.addresses(ctx, hop.Host)
+		if f != nil {
+			last = f
+			continue
+		}
+		for _, a := range addrs {
+			if tried >= e.cfg.MaxAddrAttempts {
+				break
+			}
+			tried++
+			out, f := e.attempt(ctx, m, idxs, hop, netip.AddrPortFrom(a, uint16(hop.Port)), now)
+			if f == nil {
+				return out
+			}
+			last = f
+			if !f.Temporary {
+				return e.outcomesFor(m, idxs, f, now)
+			}
+		}
+	}
+	if last == nil {
+		last = &Failure{Temporary: true, Enhanced: "4.4.4", Text: "no usable address for any mail server of " + domain}
+	}
+	return e.outcomesFor(m, idxs, last, now)
+}
+
+func (e *Engine) addresses(ctx context.Context, host string) ([]netip.Addr, *Failure) {
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	ans, err := e.d.Resolver.LookupAddrs(ctx, host)
+	if err != nil {
+		return nil, &Failure{Temporary: true, Enhanced: "4.4.3", Text: "address lookup for " + host + ": " + err.Error()}
+	}
+	if len(ans.Addrs) == 0 {
+		return nil, &Failure{Temporary: true, Enhanced: "4.4.4", Text: "mail server " + host + " has no address"}
+	}
+	v6, v4 := []netip.Addr{}, []netip.Addr{}
+	for _, a := range ans.Addrs {
+		if a.Is6() {
+			v6 = append(v6, a)
+		} else {
+			v4 = append(v4, a)
+		}
+	}
+	if e.cfg.PreferIPv6 {
+		return append(v6, v4...), nil
+	}
+	return append(v4, v6...), nil
+}
+
+// attempt delivers over one connection. A non-nil Failure means this host
+// could not take the transaction at all and the next may be tried.
+func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop Hop, addr netip.AddrPort, now time.Time) ([]queue.Outcome, *Failure) {
+	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, e.d.TLS)
+	if err != nil {
+		f := asFailure(err, hop.Host, "connect")
+		e.logAttempt(m, idxs, hop.Host, addr, TLSInfo{}, f.Error(), "deferred")
+		return nil, f
+	}
+	defer c.close()
+	if r := hop.Route; r != nil && r.Username != "" {
+		if c.tls.Version == "" {
+			return nil, &Failure{Temporary: true, Enhanced: "4.7.0", Text: hop.Host + " offers no TLS; not sending route credentials in cleartext"}
+		}
+		if err := c.client.Auth(sasl.NewPlainClient("", r.Username, r.Password)); err != nil {
+			f := asFailure(err, hop.Host, "AUTH")
+			f.Temporary = true // our credentials are wrong: the operator must fix them, the mail must wait
+			return nil, f
+		}
+	}
+	body, err := e.d.Queue.Body(m.ID)
+	if err != nil {
+		return nil, &Failure{Temporary: true, Enhanced: "4.3.0", Text: "reading queued message: " + err.Error()}
+	}
+	defer body.Close()
+	tx := Transaction{From: m.From, Size: m.Size, Body: body, Options: smtp.MailOptions{
+		UTF8: m.UTF8, RequireTLS: m.RequireTLS, Return: smtp.DSNReturn(m.Return), EnvelopeID: m.EnvelopeID,
+		Body: smtp.BodyType(m.BodyType),
+	}}
+	for _, i := range idxs {
+		r := m.Recipients[i]
+		ro := smtp.RcptOptions{}
+		for _, n := range r.Notify {
+			ro.Notify = append(ro.Notify, smtp.DSNNotify(n))
+		}
+		if typ, addr, ok := strings.Cut(r.Original, ";"); ok {
+			ro.OriginalRecipientType, ro.OriginalRecipient = smtp.DSNAddressType(strings.ToUpper(typ)), addr
+		}
+		tx.Recipients = append(tx.Recipients, TxRecipient{Addr: r.Addr, Options: ro})
+	}
+	results, err := c.send(tx)
+	if err != nil {
+		f := asFailure(err, hop.Host, "transaction")
+		e.logAttempt(m, idxs, hop.Host, addr, c.tls, f.Error(), "failed-transaction")
+		return nil, f
+	}
+	out := make([]queue.Outcome, len(idxs))
+	for k, i := range idxs {
+		out[k] = e.outcome(m, i, results[k], hop.Host, now)
+	}
+	e.logAttempt(m, idxs, hop.Host, addr, c.tls, summarize(results), "done")
+	return out, nil
+}
+
+func summarize(results []*Failure) string {
+	var parts []string
+	for _, f := range results {
+		if f == nil {
+			parts = append(parts, "250 accepted")
+		} else {
+			parts = append(parts, f.Error())
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (e *Engine) logAttempt(m queue.Message, idxs []int, host string, addr netip.AddrPort, t TLSInfo, reply, result string) {
+	rcpts := make([]string, len(idxs))
+	for k, i := range idxs {
+		rcpts[k] = m.Recipients[i].Addr
+	}
+	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", addr.Addr().String(),
+		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", false, "reply", reply,
+		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
+}
+
+func (e *Engine) outcomesFor(m queue.Message, idxs []int, f *Failure, now time.Time) []queue.Outcome {
+	out := make([]queue.Outcome, len(idxs))
+	for k, i := range idxs {
+		out[k] = e.outcome(m, i, f, f.Host, now)
+	}
+	return out
+}
+
+// outcome turns one recipient's result into what the queue records: a
+// temporary failure is retried with backoff until the queue lifetime runs
+// out, then fails (RFC 5321 4.5.4.1).
+func (e *Engine) outcome(m queue.Message, i int, f *Failure, host string, now time.Time) queue.Outcome {
+	o := queue.Outcome{Recipient: i, Host: host}
+	switch {
+	case f == nil:
+		o.Result, o.Reply = queue.ResultDelivered, "250 2.0.0 accepted"
+	case !f.Temporary:
+		o.Result, o.Reply = queue.ResultFailed, f.Error()
+	case now.Sub(m.Arrival) >= e.cfg.MaxQueueLifetime:
+		o.Result = queue.ResultFailed
+		o.Reply = "4.4.7 message expired after " + e.cfg.MaxQueueLifetime.String() + " in the queue; last error: " + f.Error()
+	default:
+		o.Result, o.Reply = queue.ResultDeferred, f.Error()
+		o.RetryAt = now.Add(e.backoff(m.Recipients[i].Attempts))
+	}
+	return o
+}
+
+func (e *Engine) backoff(attempts int) time.Duration {
+	if len(e.cfg.Retry) == 0 {
+		return time.Hour
+	}
+	return e.d.Jitter(e.cfg.Retry[min(attempts, len(e.cfg.Retry)-1)])
+}
+
+var enhancedCode = regexp.MustCompile(`\b([245]\.\d{1,3}\.\d{1,3})\b`)
+
+// statusOf finds the enhanced status code in a recorded reply.
+func statusOf(reply string, fallback string) string {
+	if m := enhancedCode.FindStringSubmatch(reply); m != nil {
+		return m[1]
+	}
+	return fallback
+}
+
+// maybeWarnDelay queues a delay notice (RFC 3464 "delayed") once per
+// recipient after DelayWarning, where NOTIFY allows it.
+func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) {
+	if m.From == "" || e.cfg.DelayWarning <= 0 || e.d.Clock().Sub(m.Arrival) < e.cfg.DelayWarning {
+		return
+	}
+	var rcpts []dsn.Recipient
+	for k := range outcomes {
+		o := &outcomes[k]
+		r := m.Recipients[o.Recipient]
+		if o.Result != queue.ResultDeferred || r.DelayNotified || !dsn.Wanted(r.Notify, dsn.Delayed) {
+			continue
+		}
+		o.DelayNotified = true
+		rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Original: r.Original, Action: dsn.Delayed,
+			Status: statusOf(o.Reply, "4.0.0"), RemoteMTA: o.Host, Diagnostic: o.Reply, LastAttempt: e.d.Clock(),
+			WillRetryUntil: m.Arrival.Add(e.cfg.MaxQueueLifetime)})
+	}
+	if len(rcpts) == 0 {
+		return
+	}
+	if draft, ok := e.notice(m, rcpts, true); ok {
+		if _, err := e.d.Queue.Enqueue("", draft.Envelope, bytes.NewReader(draft.Body)); err != nil {
+			e.d.Log.Error("queueing delay notice failed", "queue_id", m.ID, "err", err)
+		}
+	}
+}
+
+// retire removes a finished message, queueing its bounce in the same step.
+func (e *Engine) retire(m queue.Message, seq uint64) {
+	var rcpts []dsn.Recipient
+	for _, r := range m.Recipients {
+		// Success reports (NOTIFY=SUCCESS) are left to the next hop when it
+		// offers DSN; Postern's own "relayed" report for hops without DSN is
+		// not built yet, so only failures are reported here.
+		if r.State != queue.Failed || !dsn.Wanted(r.Notify, dsn.Failed) {
+			continue
+		}
+		rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Original: r.Original, Action: dsn.Failed,
+			Status: statusOf(r.LastReply, "5.0.0"), RemoteMTA: r.LastHost, Diagnostic: r.LastReply, LastAttempt: r.LastAttempt})
+	}
+	var notices []queue.Draft
+	if len(rcpts) > 0 && m.From != "" { // never bounce a bounce (RFC 3464 2, RFC 5321 6.1)
+		if d, ok := e.notice(m, rcpts, false); ok {
+			notices = append(notices, d)
+		}
+	}
+	if err := e.d.Queue.Retire(m.ID, seq, notices...); err != nil {
+		e.d.Log.Error("retiring message failed", "queue_id", m.ID, "err", err)
+		return
+	}
+	e.d.Log.Info("message finished", "queue_id", m.ID, "notices", len(notices))
+}
+
+// notice builds a DSN to m's sender from the null sender.
+func (e *Engine) notice(m queue.Message, rcpts []dsn.Recipient, headersOnly bool) (queue.Draft, bool) {
+	body, err := e.d.Queue.Body(m.ID)
+	if err != nil {
+		e.d.Log.Error("reading message for its notice failed", "queue_id", m.ID, "err", err)
+		return queue.Draft{}, false
+	}
+	original, _ := io.ReadAll(io.LimitReader(body, dsn.MaxReturnedBytes+1))
+	body.Close()
+	n := dsn.Notice{ReportingMTA: e.cfg.Hostname, From: "MAILER-DAEMON@" + e.cfg.Hostname, To: m.From,
+		EnvelopeID: m.EnvelopeID, Arrival: m.Arrival, Date: e.d.Clock(), Recipients: rcpts,
+		// A REQUIRETLS message's body must not travel in a report that is
+		// not itself held to REQUIRETLS (RFC 8689 5).
+		HeadersOnly: headersOnly || strings.EqualFold(m.Return, "HDRS") || m.RequireTLS}
+	// The report's envelope needs SMTPUTF8 only for a non-ASCII sender.
+	env := queue.Envelope{From: "", UTF8: !isASCII(m.From), BodyType: "8BITMIME", Recipients: []queue.Recipient{{Addr: m.From, Notify: []string{"NEVER"}}}}
+	return queue.Draft{Envelope: env, Body: dsn.Build(n, original)}, true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}

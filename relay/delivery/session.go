@@ -1,0 +1,227 @@
+package delivery
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Timeouts of the outbound session (RFC 5321 4.5.3.2).
+type Timeouts struct {
+	Connect  time.Duration // not in the RFC; 30s
+	Greeting time.Duration // 4.5.3.2.1: 5 minutes
+	Command  time.Duration // MAIL, RCPT, DATA initiation: 5 minutes
+	FinalDot time.Duration // 4.5.3.2.6: 10 minutes
+}
+
+// DefaultTimeouts are the RFC's.
+var DefaultTimeouts = Timeouts{Connect: 30 * time.Second, Greeting: 5 * time.Minute, Command: 5 * time.Minute, FinalDot: 10 * time.Minute}
+
+// TLSInfo is what an outbound connection negotiated.
+type TLSInfo struct {
+	Version, Cipher string // empty without TLS
+}
+
+// conn is one open SMTP session to a next hop, ready for transactions.
+type conn struct {
+	client *smtp.Client
+	host   string
+	addr   netip.AddrPort
+	tls    TLSInfo
+}
+
+// dialSession opens a session: connect, greeting, EHLO with our name,
+// STARTTLS when offered (opportunistic: the policy engine will decide how
+// strict), and EHLO again inside TLS.
+//
+// go-smtp's client introduces itself as "localhost" before STARTTLS, so the
+// cleartext part is spoken here, and the client takes over afterwards,
+// handed a replayed greeting because none comes after STARTTLS.
+func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr netip.AddrPort, t Timeouts, tlsConfig *tls.Config) (*conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, t.Connect)
+	raw, err := d.DialContext(dctx, "tcp", addr.String())
+	cancel()
+	if err != nil {
+		return nil, &Failure{Temporary: true, Enhanced: "4.4.1", Text: fmt.Sprintf("connect to %s [%s]: %v", host, addr, err)}
+	}
+	fail := func(f *Failure) (*conn, error) { raw.Close(); return nil, f }
+	raw.SetDeadline(time.Now().Add(t.Greeting))
+	text := textproto.NewConn(raw)
+	if _, _, err := readReply(text, 220); err != nil {
+		return fail(asFailure(err, host, "greeting"))
+	}
+	raw.SetDeadline(time.Now().Add(t.Command))
+	text.PrintfLine("EHLO %s", hostname)
+	_, ehlo, err := readReply(text, 250)
+	if err != nil {
+		return fail(asFailure(err, host, "EHLO"))
+	}
+	var info TLSInfo
+	next := raw
+	if offersExtension(ehlo, "STARTTLS") && tlsConfig != nil {
+		text.PrintfLine("STARTTLS")
+		if _, _, err := readReply(text, 220); err != nil {
+			return fail(asFailure(err, host, "STARTTLS"))
+		}
+		cfg := tlsConfig.Clone()
+		cfg.ServerName = host
+		tc := tls.Client(raw, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return fail(&Failure{Temporary: true, Enhanced: "4.7.5", Text: fmt.Sprintf("TLS handshake with %s: %v", host, err)})
+		}
+		st := tc.ConnectionState()
+		info = TLSInfo{Version: tls.VersionName(st.Version), Cipher: tls.CipherSuiteName(st.CipherSuite)}
+		next = tc
+	}
+	next.SetDeadline(time.Time{})
+	c := smtp.NewClient(&replayConn{Conn: next, pending: []byte("220 resumed\r\n")})
+	c.CommandTimeout, c.SubmissionTimeout = t.Command, t.FinalDot
+	if err := c.Hello(hostname); err != nil {
+		c.Close()
+		return nil, asFailure(err, host, "EHLO")
+	}
+	return &conn{client: c, host: host, addr: addr, tls: info}, nil
+}
+
+func readReply(text *textproto.Conn, want int) (int, string, error) {
+	code, msg, err := text.ReadResponse(want)
+	var perr *textproto.Error
+	if errors.As(err, &perr) {
+		return code, msg, &smtp.SMTPError{Code: perr.Code, Message: perr.Msg}
+	}
+	return code, msg, err
+}
+
+func offersExtension(ehlo, ext string) bool {
+	for _, line := range strings.Split(ehlo, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.EqualFold(f[0], ext) {
+			return true
+		}
+	}
+	return false
+}
+
+// replayConn returns pending bytes before reading the connection.
+type replayConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (r *replayConn) Read(p []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(p, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
+	return r.Conn.Read(p)
+}
+
+// Failure is why a message, a recipient or a host could not be served.
+type Failure struct {
+	Temporary bool
+	Code      int    // the remote reply code, 0 when no server said anything
+	Enhanced  string // "4.4.1"
+	Text      string
+	Host      string // the server that said it, if one did
+}
+
+func (f *Failure) Error() string {
+	if f.Code != 0 {
+		return fmt.Sprintf("%d %s %s", f.Code, f.Enhanced, f.Text)
+	}
+	return f.Enhanced + " " + f.Text
+}
+
+// asFailure classifies an error from a session step: a reply code decides
+// temporary or permanent; anything else (timeouts, resets) is temporary.
+func asFailure(err error, host, step string) *Failure {
+	var f *Failure
+	if errors.As(err, &f) {
+		return f
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		enh := fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+		if se.EnhancedCode == smtp.EnhancedCodeNotSet || se.EnhancedCode == smtp.NoEnhancedCode {
+			enh = strconv.Itoa(se.Code/100) + ".0.0"
+		}
+		return &Failure{Temporary: se.Code/100 != 5, Code: se.Code, Enhanced: enh, Text: se.Message, Host: host}
+	}
+	return &Failure{Temporary: true, Enhanced: "4.4.2", Text: fmt.Sprintf("%s with %s: %v", step, host, err), Host: host}
+}
+
+// Transaction is one message for one destination.
+type Transaction struct {
+	From       string
+	Recipients []TxRecipient
+	Size       int64
+	Options    smtp.MailOptions
+	Body       io.Reader
+}
+
+// TxRecipient is a recipient with its DSN parameters.
+type TxRecipient struct {
+	Addr    string
+	Options smtp.RcptOptions
+}
+
+// send runs one transaction on an open session. It returns a Failure for
+// each recipient (nil when accepted and the message delivered), or one
+// error for the whole transaction when it failed before any recipient mattered.
+func (c *conn) send(tx Transaction) ([]*Failure, error) {
+	opts := tx.Options
+	opts.Size = tx.Size
+	if opts.UTF8 {
+		if ok, _ := c.client.Extension("SMTPUTF8"); !ok {
+			// RFC 6531 3.4: no downgrade; the message cannot go this way.
+			return nil, &Failure{Enhanced: "5.6.7", Text: c.host + " does not support SMTPUTF8, which this message needs", Host: c.host}
+		}
+	}
+	if err := c.client.Mail(tx.From, &opts); err != nil {
+		return nil, asFailure(err, c.host, "MAIL")
+	}
+	results := make([]*Failure, len(tx.Recipients))
+	accepted := 0
+	for i, r := range tx.Recipients {
+		ropts := r.Options
+		if err := c.client.Rcpt(r.Addr, &ropts); err != nil {
+			results[i] = asFailure(err, c.host, "RCPT")
+			continue
+		}
+		accepted++
+	}
+	if accepted == 0 {
+		c.client.Reset()
+		return results, nil
+	}
+	w, err := c.client.Data()
+	if err != nil {
+		return nil, asFailure(err, c.host, "DATA")
+	}
+	if _, err := io.Copy(w, bufio.NewReaderSize(tx.Body, 32<<10)); err != nil {
+		w.Close()
+		return nil, asFailure(err, c.host, "message data")
+	}
+	if err := w.Close(); err != nil {
+		f := asFailure(err, c.host, "end of data")
+		for i := range results {
+			if results[i] == nil {
+				results[i] = f
+			}
+		}
+	}
+	return results, nil
+}
+
+func (c *conn) close() { c.client.Quit(); c.client.Close() }
