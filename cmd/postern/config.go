@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/delivery"
 	"github.com/postern/postern/relay/submission"
 )
 
@@ -26,6 +28,8 @@ type Config struct {
 	Log        LogConfig        `mapstructure:"log"`
 	Submission SubmissionConfig `mapstructure:"submission"`
 	Queue      QueueConfig      `mapstructure:"queue"`
+	DNS        DNSConfig        `mapstructure:"dns"`
+	Delivery   DeliveryConfig   `mapstructure:"delivery"`
 	Shutdown   ShutdownConfig   `mapstructure:"shutdown"`
 
 	file string // where it came from, for messages
@@ -70,6 +74,31 @@ type QueueConfig struct {
 	InlineLimit int64 `mapstructure:"inline_limit"`
 }
 
+type DNSConfig struct {
+	Servers []string      `mapstructure:"servers"`
+	Timeout time.Duration `mapstructure:"timeout"`
+}
+
+type DeliveryConfig struct {
+	Port             int             `mapstructure:"port"`
+	Workers          int             `mapstructure:"workers"`
+	Retry            []time.Duration `mapstructure:"retry"`
+	MaxQueueLifetime time.Duration   `mapstructure:"max_queue_lifetime"`
+	DelayWarning     time.Duration   `mapstructure:"delay_warning"`
+	MaxAddrAttempts  int             `mapstructure:"max_addr_attempts"`
+	PreferIPv6       bool            `mapstructure:"prefer_ipv6"`
+	LeaseTime        time.Duration   `mapstructure:"lease_time"`
+	PollInterval     time.Duration   `mapstructure:"poll_interval"`
+	Routes           []RouteConfig   `mapstructure:"routes"`
+}
+
+type RouteConfig struct {
+	Domain   string `mapstructure:"domain"`
+	NextHop  string `mapstructure:"next_hop"`
+	Username string `mapstructure:"username"`
+	Password string `mapstructure:"password"`
+}
+
 type ShutdownConfig struct {
 	Timeout time.Duration `mapstructure:"timeout"`
 }
@@ -100,6 +129,17 @@ var defaults = map[string]any{
 	"submission.auth.failure_window":    auth.DefaultLimits.Window.String(),
 	"submission.auth.lockout":           auth.DefaultLimits.Lockout.String(),
 	"queue.inline_limit":                int64(128 << 10),
+	"dns.servers":                       []string{},
+	"dns.timeout":                       "2s",
+	"delivery.port":                     25,
+	"delivery.workers":                  32,
+	"delivery.retry":                    []string{"1m", "5m", "15m", "30m", "1h", "2h"},
+	"delivery.max_queue_lifetime":       "120h",
+	"delivery.delay_warning":            "4h",
+	"delivery.max_addr_attempts":        5,
+	"delivery.prefer_ipv6":              false,
+	"delivery.lease_time":               "30m",
+	"delivery.poll_interval":            "5s",
 	"shutdown.timeout":                  "30s",
 }
 
@@ -149,7 +189,7 @@ func loadConfig(file string) (*Config, error) {
 
 // commaListHook lets an environment variable give a list as "a,b".
 func commaListHook(from, to reflect.Type, data any) (any, error) {
-	if from.Kind() != reflect.String || to != reflect.TypeOf([]string{}) {
+	if from.Kind() != reflect.String || to.Kind() != reflect.Slice {
 		return data, nil
 	}
 	s := strings.TrimSpace(data.(string))
@@ -244,6 +284,44 @@ func (c *Config) validate() error {
 	if s.MaxLineLength > 0 && s.MaxLineLength < 1000 {
 		bad("submission.max_line_length", "%d is below the 1000 octets RFC 5321 4.5.3.1.6 requires", s.MaxLineLength)
 	}
+	dl := &c.Delivery
+	if dl.Port < 1 || dl.Port > 65535 {
+		bad("delivery.port", "%d is not a TCP port", dl.Port)
+	}
+	for key, n := range map[string]int64{"delivery.workers": int64(dl.Workers), "delivery.max_queue_lifetime": int64(dl.MaxQueueLifetime),
+		"delivery.max_addr_attempts": int64(dl.MaxAddrAttempts), "delivery.lease_time": int64(dl.LeaseTime),
+		"delivery.poll_interval": int64(dl.PollInterval), "dns.timeout": int64(c.DNS.Timeout)} {
+		if n <= 0 {
+			bad(key, "must be greater than zero")
+		}
+	}
+	if len(dl.Retry) == 0 {
+		bad("delivery.retry", "needs at least one interval")
+	}
+	for _, r := range dl.Retry {
+		if r <= 0 {
+			bad("delivery.retry", "intervals must be greater than zero")
+		}
+	}
+	for i, r := range dl.Routes {
+		key := fmt.Sprintf("delivery.routes[%d]", i)
+		if r.Domain == "" || strings.ContainsAny(r.Domain, " @") {
+			bad(key+".domain", "%q: use a domain, .suffix or *", r.Domain)
+		}
+		if _, port, err := net.SplitHostPort(r.NextHop); err != nil || port == "" {
+			bad(key+".next_hop", "%q is not host:port", r.NextHop)
+		}
+		if (r.Username == "") != (r.Password == "") {
+			bad(key+".username", "username and password go together")
+		}
+	}
+	for _, s := range c.DNS.Servers {
+		if net.ParseIP(strings.Trim(s, "[]")) == nil {
+			if _, _, err := net.SplitHostPort(s); err != nil {
+				bad("dns.servers", "%q is neither an address nor address:port", s)
+			}
+		}
+	}
 	if s.Auth.FreeFailures < 0 || s.Auth.FailureDelay < 0 || s.Auth.MaxFailureDelay < 0 {
 		bad("submission.auth", "values must not be negative")
 	}
@@ -279,3 +357,17 @@ func (c *Config) authLimits() auth.Limits {
 func (c *Config) queuePath() string  { return filepath.Join(c.DataDir, "queue.db") }
 func (c *Config) statePath() string  { return filepath.Join(c.DataDir, "state.db") }
 func (c *Config) socketPath() string { return filepath.Join(c.DataDir, "admin.sock") }
+
+func (c *Config) deliveryConfig() delivery.Config {
+	d := c.Delivery
+	out := delivery.Config{Hostname: c.Hostname, Port: d.Port, Workers: d.Workers, LeaseTime: d.LeaseTime,
+		Retry: d.Retry, MaxQueueLifetime: d.MaxQueueLifetime, DelayWarning: d.DelayWarning,
+		MaxAddrAttempts: d.MaxAddrAttempts, PreferIPv6: d.PreferIPv6, PollInterval: d.PollInterval}
+	for _, r := range d.Routes {
+		host, port, _ := net.SplitHostPort(r.NextHop)
+		p, _ := strconv.Atoi(port)
+		out.Routes = append(out.Routes, delivery.Route{Match: strings.ToLower(r.Domain), Host: host, Port: p,
+			Username: r.Username, Password: r.Password})
+	}
+	return out
+}

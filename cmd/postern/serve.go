@@ -15,7 +15,9 @@ import (
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/delivery"
 	"github.com/postern/postern/relay/submission"
+	"github.com/postern/postern/resolver"
 )
 
 func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
@@ -63,14 +65,30 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	servers := cfg.DNS.Servers
+	if len(servers) == 0 {
+		if servers, err = resolver.SystemServers(); err != nil {
+			return fmt.Errorf("dns.servers is empty and %w", err)
+		}
+	}
+	res, err := resolver.New(servers, resolver.Options{Timeout: cfg.DNS.Timeout})
+	if err != nil {
+		return fmt.Errorf("dns.servers: %w", err)
+	}
+	engine := delivery.New(cfg.deliveryConfig(), delivery.Deps{Queue: q, Resolver: res, Log: log})
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
 		Queue: q, Auth: auth.NewVerifier(users, cfg.authLimits(), nil),
-		GetCertificate: certs.GetCertificate, Log: log,
+		GetCertificate: certs.GetCertificate, Log: log, Queued: engine.Kick,
 	})
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go certs.Watch(ctx, cfg.Submission.TLS.ReloadInterval)
+	deliveryDone := make(chan struct{})
+	go func() { engine.Run(ctx); close(deliveryDone) }()
+	defer func() { stop(); <-deliveryDone }()
+	log.Info("delivery started", "workers", cfg.Delivery.Workers, "dns_servers", servers, "port", cfg.Delivery.Port,
+		"routes", len(cfg.Delivery.Routes))
 
 	serveErr := make(chan error, 4)
 	listen := func(addrs []string, mode string, serveOn func(net.Listener) error) error {

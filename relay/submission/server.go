@@ -51,18 +51,20 @@ type Deps struct {
 	Log            *slog.Logger
 	Clock          func() time.Time    // default time.Now
 	Sleep          func(time.Duration) // default time.Sleep; delays failed AUTH replies
+	Queued         func()              // called after each accepted message, e.g. to wake delivery
 }
 
 // Server runs the submission listeners.
 type Server struct {
-	cfg   Config
-	queue Queue
-	auth  Authenticator
-	log   *slog.Logger
-	clock func() time.Time
-	sleep func(time.Duration)
-	tls   *tls.Config
-	smtp  *smtp.Server
+	cfg    Config
+	queue  Queue
+	auth   Authenticator
+	log    *slog.Logger
+	clock  func() time.Time
+	sleep  func(time.Duration)
+	queued func()
+	tls    *tls.Config
+	smtp   *smtp.Server
 
 	mu        sync.Mutex
 	listeners []*limitListener
@@ -76,10 +78,13 @@ func New(cfg Config, d Deps) *Server {
 	if d.Sleep == nil {
 		d.Sleep = time.Sleep
 	}
+	if d.Queued == nil {
+		d.Queued = func() {}
+	}
 	if cfg.MinTLSVersion == 0 {
 		cfg.MinTLSVersion = tls.VersionTLS12
 	}
-	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep}
+	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep, queued: d.Queued}
 	s.tls = &tls.Config{MinVersion: cfg.MinTLSVersion, GetCertificate: d.GetCertificate}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname

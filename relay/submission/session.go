@@ -194,6 +194,7 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		return s.refuse(err)
 	}
+	s.srv.queued()
 	tlsVersion := ""
 	if s.tls != nil {
 		tlsVersion = tls.VersionName(s.tls.Version)
