@@ -90,6 +90,9 @@ type DeliveryConfig struct {
 	LeaseTime        time.Duration   `mapstructure:"lease_time"`
 	PollInterval     time.Duration   `mapstructure:"poll_interval"`
 	Routes           []RouteConfig   `mapstructure:"routes"`
+	ReuseCount       int             `mapstructure:"reuse_count"`
+	ReuseIdle        time.Duration   `mapstructure:"reuse_idle"`
+	MaxConnsPerDom   int             `mapstructure:"max_connections_per_domain"`
 }
 
 type RouteConfig struct {
@@ -105,42 +108,45 @@ type ShutdownConfig struct {
 
 // defaults are the production values; configs/postern.yaml documents each.
 var defaults = map[string]any{
-	"hostname":                          "",
-	"data_dir":                          "/var/lib/postern",
-	"log.level":                         "info",
-	"log.format":                        "text",
-	"submission.listen":                 []string{":587"},
-	"submission.tls_listen":             []string{":465"},
-	"submission.tls.cert_file":          "",
-	"submission.tls.key_file":           "",
-	"submission.tls.min_version":        "1.2",
-	"submission.tls.reload_interval":    "30s",
-	"submission.max_message_bytes":      int64(35 << 20),
-	"submission.max_recipients":         1000,
-	"submission.max_line_length":        2000,
-	"submission.command_timeout":        "5m",
-	"submission.data_timeout":           "3m",
-	"submission.max_connections":        1000,
-	"submission.max_connections_per_ip": 50,
-	"submission.auth.free_failures":     auth.DefaultLimits.FreeFailures,
-	"submission.auth.failure_delay":     auth.DefaultLimits.Delay.String(),
-	"submission.auth.max_failure_delay": auth.DefaultLimits.MaxDelay.String(),
-	"submission.auth.max_failures":      auth.DefaultLimits.MaxFailures,
-	"submission.auth.failure_window":    auth.DefaultLimits.Window.String(),
-	"submission.auth.lockout":           auth.DefaultLimits.Lockout.String(),
-	"queue.inline_limit":                int64(128 << 10),
-	"dns.servers":                       []string{},
-	"dns.timeout":                       "2s",
-	"delivery.port":                     25,
-	"delivery.workers":                  32,
-	"delivery.retry":                    []string{"1m", "5m", "15m", "30m", "1h", "2h"},
-	"delivery.max_queue_lifetime":       "120h",
-	"delivery.delay_warning":            "4h",
-	"delivery.max_addr_attempts":        5,
-	"delivery.prefer_ipv6":              false,
-	"delivery.lease_time":               "30m",
-	"delivery.poll_interval":            "5s",
-	"shutdown.timeout":                  "30s",
+	"hostname":                            "",
+	"data_dir":                            "/var/lib/postern",
+	"log.level":                           "info",
+	"log.format":                          "text",
+	"submission.listen":                   []string{":587"},
+	"submission.tls_listen":               []string{":465"},
+	"submission.tls.cert_file":            "",
+	"submission.tls.key_file":             "",
+	"submission.tls.min_version":          "1.2",
+	"submission.tls.reload_interval":      "30s",
+	"submission.max_message_bytes":        int64(35 << 20),
+	"submission.max_recipients":           1000,
+	"submission.max_line_length":          2000,
+	"submission.command_timeout":          "5m",
+	"submission.data_timeout":             "3m",
+	"submission.max_connections":          1000,
+	"submission.max_connections_per_ip":   50,
+	"submission.auth.free_failures":       auth.DefaultLimits.FreeFailures,
+	"submission.auth.failure_delay":       auth.DefaultLimits.Delay.String(),
+	"submission.auth.max_failure_delay":   auth.DefaultLimits.MaxDelay.String(),
+	"submission.auth.max_failures":        auth.DefaultLimits.MaxFailures,
+	"submission.auth.failure_window":      auth.DefaultLimits.Window.String(),
+	"submission.auth.lockout":             auth.DefaultLimits.Lockout.String(),
+	"queue.inline_limit":                  int64(128 << 10),
+	"dns.servers":                         []string{},
+	"dns.timeout":                         "2s",
+	"delivery.port":                       25,
+	"delivery.workers":                    32,
+	"delivery.retry":                      []string{"1m", "5m", "15m", "30m", "1h", "2h"},
+	"delivery.max_queue_lifetime":         "120h",
+	"delivery.delay_warning":              "4h",
+	"delivery.max_addr_attempts":          5,
+	"delivery.prefer_ipv6":                false,
+	"delivery.lease_time":                 "30m",
+	"delivery.poll_interval":              "5s",
+	"delivery.reuse_count":                100,
+	"delivery.reuse_idle":                 "10s",
+	"delivery.max_connections_per_domain": 20,
+	"shutdown.timeout":                    "30s",
 }
 
 // loadConfig reads file (may be empty: defaults and environment only). Every
@@ -290,7 +296,8 @@ func (c *Config) validate() error {
 	}
 	for key, n := range map[string]int64{"delivery.workers": int64(dl.Workers), "delivery.max_queue_lifetime": int64(dl.MaxQueueLifetime),
 		"delivery.max_addr_attempts": int64(dl.MaxAddrAttempts), "delivery.lease_time": int64(dl.LeaseTime),
-		"delivery.poll_interval": int64(dl.PollInterval), "dns.timeout": int64(c.DNS.Timeout)} {
+		"delivery.poll_interval": int64(dl.PollInterval), "dns.timeout": int64(c.DNS.Timeout),
+		"delivery.reuse_count": int64(dl.ReuseCount), "delivery.max_connections_per_domain": int64(dl.MaxConnsPerDom)} {
 		if n <= 0 {
 			bad(key, "must be greater than zero")
 		}
@@ -362,7 +369,8 @@ func (c *Config) deliveryConfig() delivery.Config {
 	d := c.Delivery
 	out := delivery.Config{Hostname: c.Hostname, Port: d.Port, Workers: d.Workers, LeaseTime: d.LeaseTime,
 		Retry: d.Retry, MaxQueueLifetime: d.MaxQueueLifetime, DelayWarning: d.DelayWarning,
-		MaxAddrAttempts: d.MaxAddrAttempts, PreferIPv6: d.PreferIPv6, PollInterval: d.PollInterval}
+		MaxAddrAttempts: d.MaxAddrAttempts, PreferIPv6: d.PreferIPv6, PollInterval: d.PollInterval,
+		ReuseCount: d.ReuseCount, ReuseIdle: d.ReuseIdle, MaxConnectionsPerDomain: d.MaxConnsPerDom}
 	for _, r := range d.Routes {
 		host, port, _ := net.SplitHostPort(r.NextHop)
 		p, _ := strconv.Atoi(port)

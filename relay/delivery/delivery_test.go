@@ -67,7 +67,7 @@ func newWorld(t *testing.T, mx *fakeMX, routes ...Route) *world {
 	}
 	e := New(Config{Hostname: "relay.test", Port: mx.port, Routes: routes, Workers: 2, LeaseTime: 10 * time.Minute,
 		Retry: []time.Duration{time.Minute, 5 * time.Minute}, MaxQueueLifetime: 24 * time.Hour, DelayWarning: 4 * time.Hour,
-		MaxAddrAttempts: 5, PollInterval: time.Second},
+		MaxAddrAttempts: 5, PollInterval: time.Second, ReuseCount: 3, ReuseIdle: time.Minute, MaxConnectionsPerDomain: 2},
 		Deps{Queue: q, Resolver: res, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: c.Now,
 			Jitter: func(d time.Duration) time.Duration { return d }, Shuffle: func([]resolver.MX) {}})
 	return &world{t: t, q: q, clock: c, engine: e, mx: mx, dns: dns}
@@ -315,5 +315,39 @@ func TestRouteSelection(t *testing.T) {
 	}
 	if _, ok := routeFor(routes[1:], "other.test"); ok {
 		t.Error("route matched without a catch-all")
+	}
+}
+
+func TestConnectionReuse(t *testing.T) {
+	w := newWorld(t, startMX(t, nil))
+	for i := 0; i < 7; i++ {
+		w.submit(sender, "a@dest.test")
+	}
+	w.run()
+	if n := len(w.mx.received()); n != 7 {
+		t.Fatalf("%d of 7 delivered", n)
+	}
+	// ReuseCount 3: seven messages need three connections, not seven.
+	if n := w.mx.connections(); n != 3 {
+		t.Fatalf("%d connections for 7 messages", n)
+	}
+	// A kept session that has gone idle too long is not used.
+	w.clock.Advance(2 * time.Minute)
+	w.submit(sender, "a@dest.test")
+	w.run()
+	if n := w.mx.connections(); n != 4 {
+		t.Fatalf("stale session reused: %d connections", n)
+	}
+}
+
+func TestRequireTLSNeedsTheExtension(t *testing.T) {
+	mx := startMX(t, func(s *smtp.Server, _ *fakeMX) { s.EnableREQUIRETLS = false })
+	w := newWorld(t, mx)
+	env := queue.Envelope{From: sender, RequireTLS: true, Recipients: []queue.Recipient{{Addr: "a@dest.test"}}}
+	w.q.Enqueue("", env, strings.NewReader(body))
+	w.run()
+	b := w.bounces()
+	if len(b) != 1 || !strings.Contains(b[0], "Status: 5.7.30") || strings.Contains(b[0], "hello\r\n") {
+		t.Fatalf("REQUIRETLS to a hop without it: %q", b)
 	}
 }

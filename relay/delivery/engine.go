@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +41,12 @@ type Config struct {
 	PreferIPv6       bool
 	Timeouts         Timeouts
 	PollInterval     time.Duration
+	// Connection reuse: a session serves up to ReuseCount transactions and
+	// waits up to ReuseIdle between them; at most MaxConnectionsPerDomain
+	// attempts run at once for one destination domain.
+	ReuseCount              int
+	ReuseIdle               time.Duration
+	MaxConnectionsPerDomain int
 }
 
 // Queue is what delivery needs of the queue.
@@ -70,9 +77,10 @@ type Deps struct {
 
 // Engine runs delivery workers.
 type Engine struct {
-	cfg  Config
-	d    Deps
-	kick chan struct{}
+	cfg   Config
+	d     Deps
+	kick  chan struct{}
+	conns *pool
 }
 
 // New builds an engine.
@@ -95,7 +103,8 @@ func New(cfg Config, d Deps) *Engine {
 	if cfg.Timeouts == (Timeouts{}) {
 		cfg.Timeouts = DefaultTimeouts
 	}
-	return &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1)}
+	return &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1),
+		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock)}
 }
 
 // Kick makes the engine look for due work now, as after a submission.
@@ -111,6 +120,7 @@ func (e *Engine) Kick() {
 func (e *Engine) Run(ctx context.Context) {
 	sem := make(chan struct{}, e.cfg.Workers)
 	var wg sync.WaitGroup
+	defer e.conns.closeAll()
 	defer wg.Wait()
 	ticker := time.NewTicker(e.cfg.PollInterval)
 	defer ticker.Stop()
@@ -140,6 +150,7 @@ func (e *Engine) Run(ctx context.Context) {
 			return
 		case <-e.kick:
 		case <-ticker.C:
+			e.conns.reap()
 		}
 	}
 }
@@ -195,9 +206,24 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 	if err != nil {
 		return e.outcomesFor(m, idxs, asFailure(err, "", "route"), now)
 	}
+	release, err := e.conns.acquire(ctx, domain)
+	if err != nil {
+		return e.outcomesFor(m, idxs, &Failure{Temporary: true, Enhanced: "4.4.2", Text: "shutting down"}, now)
+	}
+	defer release()
 	var last *Failure
 	tried := 0
 	for _, hop := range hopList {
+		// A session kept from an earlier message to this hop goes first.
+		if pc := e.conns.take(poolKey(hop)); pc != nil {
+			out, f := e.transact(m, idxs, hop, pc, now)
+			if f == nil {
+				return out
+			}
+			if !f.Temporary {
+				return e.outcomesFor(m, idxs, f, now)
+			}
+		}
 		addrs, f := e.addresses(ctx, hop.Host)
 		if f != nil {
 			last = f
@@ -258,17 +284,35 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 		e.logAttempt(m, idxs, hop.Host, addr, TLSInfo{}, f.Error(), "deferred")
 		return nil, f
 	}
-	defer c.close()
 	if r := hop.Route; r != nil && r.Username != "" {
 		if c.tls.Version == "" {
+			c.close()
 			return nil, &Failure{Temporary: true, Enhanced: "4.7.0", Text: hop.Host + " offers no TLS; not sending route credentials in cleartext"}
 		}
 		if err := c.client.Auth(sasl.NewPlainClient("", r.Username, r.Password)); err != nil {
+			c.close()
 			f := asFailure(err, hop.Host, "AUTH")
 			f.Temporary = true // our credentials are wrong: the operator must fix them, the mail must wait
 			return nil, f
 		}
 	}
+	return e.transact(m, idxs, hop, &pooled{c: c}, now)
+}
+
+func poolKey(h Hop) string { return h.Host + "|" + strconv.Itoa(h.Port) }
+
+// transact sends one message on an open session, and keeps the session for
+// the next message when it is still in good order.
+func (e *Engine) transact(m queue.Message, idxs []int, hop Hop, pc *pooled, now time.Time) ([]queue.Outcome, *Failure) {
+	c, addr := pc.c, pc.c.addr
+	keep := false
+	defer func() {
+		if keep {
+			e.conns.put(poolKey(hop), pc)
+		} else {
+			c.close()
+		}
+	}()
 	body, err := e.d.Queue.Body(m.ID)
 	if err != nil {
 		return nil, &Failure{Temporary: true, Enhanced: "4.3.0", Text: "reading queued message: " + err.Error()}
@@ -295,6 +339,7 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 		e.logAttempt(m, idxs, hop.Host, addr, c.tls, f.Error(), "failed-transaction")
 		return nil, f
 	}
+	keep = true
 	out := make([]queue.Outcome, len(idxs))
 	for k, i := range idxs {
 		out[k] = e.outcome(m, i, results[k], hop.Host, now)

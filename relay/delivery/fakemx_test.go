@@ -44,10 +44,12 @@ func startMX(t *testing.T, configure func(*smtp.Server, *fakeMX)) *fakeMX {
 		t.Fatal(err)
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		mx.mu.Lock()
-		mx.sessions++
-		mx.mu.Unlock()
 		_, isTLS := c.TLSConnectionState()
+		if isTLS { // one per connection: go-smtp starts a new session after STARTTLS
+			mx.mu.Lock()
+			mx.sessions++
+			mx.mu.Unlock()
+		}
 		return &mxSession{mx: mx, cur: received{TLS: isTLS}}, nil
 	}))
 	srv.Domain = "mx.test"
@@ -135,3 +137,9 @@ func (s *mxSession) Data(r io.Reader) error {
 
 func (s *mxSession) Reset()        { s.cur = received{TLS: s.cur.TLS} }
 func (s *mxSession) Logout() error { return nil }
+
+func (mx *fakeMX) connections() int {
+	mx.mu.Lock()
+	defer mx.mu.Unlock()
+	return mx.sessions
+}

@@ -188,6 +188,13 @@ func (c *conn) send(tx Transaction) ([]*Failure, error) {
 			return nil, &Failure{Enhanced: "5.6.7", Text: c.host + " does not support SMTPUTF8, which this message needs", Host: c.host}
 		}
 	}
+	if opts.RequireTLS {
+		if ok, _ := c.client.Extension("REQUIRETLS"); !ok || c.tls.Version == "" {
+			// RFC 8689 4.2.1: a REQUIRETLS message goes only to a hop that
+			// offers REQUIRETLS over TLS; otherwise it fails.
+			return nil, &Failure{Enhanced: "5.7.30", Text: c.host + " does not offer REQUIRETLS, which this message requires", Host: c.host}
+		}
+	}
 	if err := c.client.Mail(tx.From, &opts); err != nil {
 		return nil, asFailure(err, c.host, "MAIL")
 	}
