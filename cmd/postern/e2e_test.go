@@ -43,7 +43,7 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 })
 
 type daemon struct {
-	t        *testing.T
+	t        testing.TB
 	bin, cfg string
 	dataDir  string
 	cmd      *exec.Cmd
@@ -62,7 +62,7 @@ stuck.test.      60 IN MX 10 mx.stuck.test.
 mx.stuck.test.   60 IN A 127.0.0.2
 `
 
-func newDaemon(t *testing.T) *daemon {
+func newDaemon(t testing.TB) *daemon {
 	t.Helper()
 	bin, err := buildOnce()
 	if err != nil {
@@ -96,7 +96,7 @@ type sink struct {
 	got  chan struct{}
 }
 
-func startSink(t *testing.T) *sink {
+func startSink(t testing.TB) *sink {
 	s := &sink{got: make(chan struct{}, 1<<16)}
 	cert, err := submission.SelfSigned("mx.dest.test")
 	if err != nil {
