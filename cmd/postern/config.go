@@ -18,6 +18,7 @@ import (
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/delivery"
 	"github.com/postern/postern/relay/submission"
+	"github.com/postern/postern/tlspolicy"
 )
 
 // Config is the whole configuration, parsed once at start. Nothing below
@@ -100,6 +101,7 @@ type RouteConfig struct {
 	NextHop  string `mapstructure:"next_hop"`
 	Username string `mapstructure:"username"`
 	Password string `mapstructure:"password"`
+	TLS      string `mapstructure:"tls"`
 }
 
 type ShutdownConfig struct {
@@ -321,6 +323,11 @@ func (c *Config) validate() error {
 		if (r.Username == "") != (r.Password == "") {
 			bad(key+".username", "username and password go together")
 		}
+		if r.TLS != "" {
+			if _, err := tlspolicy.ParseLevel(r.TLS); err != nil {
+				bad(key+".tls", "%v", err)
+			}
+		}
 	}
 	for _, s := range c.DNS.Servers {
 		if net.ParseIP(strings.Trim(s, "[]")) == nil {
@@ -374,8 +381,13 @@ func (c *Config) deliveryConfig() delivery.Config {
 	for _, r := range d.Routes {
 		host, port, _ := net.SplitHostPort(r.NextHop)
 		p, _ := strconv.Atoi(port)
-		out.Routes = append(out.Routes, delivery.Route{Match: strings.ToLower(r.Domain), Host: host, Port: p,
-			Username: r.Username, Password: r.Password})
+		route := delivery.Route{Match: strings.ToLower(r.Domain), Host: host, Port: p,
+			Username: r.Username, Password: r.Password}
+		if r.TLS != "" {
+			level, _ := tlspolicy.ParseLevel(r.TLS)
+			route.TLS = &level
+		}
+		out.Routes = append(out.Routes, route)
 	}
 	return out
 }

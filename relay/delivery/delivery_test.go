@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/resolver/resolvertest"
+	"github.com/postern/postern/tlspolicy"
 )
 
 const testZone = `
@@ -349,5 +351,51 @@ func TestRequireTLSNeedsTheExtension(t *testing.T) {
 	b := w.bounces()
 	if len(b) != 1 || !strings.Contains(b[0], "Status: 5.7.30") || strings.Contains(b[0], "hello\r\n") {
 		t.Fatalf("REQUIRETLS to a hop without it: %q", b)
+	}
+}
+
+func level(l tlspolicy.Level) *tlspolicy.Level { return &l }
+
+// A route's TLS requirement is enforced: no cleartext, no unverified
+// certificate where verify is asked; the message waits instead.
+func TestRouteTLSRequirement(t *testing.T) {
+	noTLS := func(s *smtp.Server, _ *fakeMX) { s.TLSConfig = nil }
+	cases := []struct {
+		name      string
+		configure func(*smtp.Server, *fakeMX)
+		level     tlspolicy.Level
+		trust     bool
+		delivered bool
+		reason    string
+	}{
+		{"may delivers in cleartext when STARTTLS is missing", noTLS, tlspolicy.May, false, true, ""},
+		{"encrypt refuses cleartext", noTLS, tlspolicy.Encrypt, false, false, "4.7.4"},
+		{"encrypt takes any certificate", nil, tlspolicy.Encrypt, false, true, ""},
+		{"verify refuses an untrusted certificate", nil, tlspolicy.Verify, false, false, "4.7.5"},
+		{"verify accepts a trusted certificate", nil, tlspolicy.Verify, true, true, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			mx := startMX(t, c.configure)
+			w := newWorld(t, mx, Route{Match: "*", Host: "127.0.0.1", TLS: level(c.level)})
+			if c.trust {
+				w.engine.d.Roots = x509.NewCertPool()
+				w.engine.d.Roots.AddCert(mx.leaf)
+			}
+			id := w.submit(sender, "a@anywhere.example")
+			w.run()
+			got := len(w.mx.received()) > 0
+			if got != c.delivered {
+				t.Fatalf("delivered=%v, want %v", got, c.delivered)
+			}
+			if !c.delivered {
+				r := w.state(id).Recipients[0]
+				if r.State != queue.Pending || !strings.Contains(r.LastReply, c.reason) {
+					t.Fatalf("recipient %+v, want deferred with %s", r, c.reason)
+				}
+			} else if c.level >= tlspolicy.Encrypt && !w.mx.received()[0].TLS {
+				t.Fatal("delivered without TLS")
+			}
+		})
 	}
 }

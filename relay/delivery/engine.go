@@ -7,7 +7,7 @@ package delivery
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -25,6 +25,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/dsn"
 	"github.com/postern/postern/resolver"
+	"github.com/postern/postern/tlspolicy"
 )
 
 // Config is the delivery settings, already validated.
@@ -65,10 +66,12 @@ type Deps struct {
 	Log      *slog.Logger
 	Clock    func() time.Time
 	Dialer   *net.Dialer
-	// TLS is the client configuration for STARTTLS. Opportunistic today:
-	// the certificate is not verified, which is exactly as strong as no
-	// policy demands. The TLS policy engine will decide per destination.
-	TLS *tls.Config
+	// Policy decides how strong each connection's TLS must be; the
+	// default is opportunistic (tlspolicy.May) everywhere.
+	Policy tlspolicy.Policy
+	// Roots verify the certificates of routes at level verify; nil means
+	// the system roots.
+	Roots *x509.CertPool
 	// Jitter spreads retries; nil means ±10% random.
 	Jitter func(time.Duration) time.Duration
 	// Shuffle orders MX hosts of equal preference; nil means random.
@@ -91,8 +94,8 @@ func New(cfg Config, d Deps) *Engine {
 	if d.Dialer == nil {
 		d.Dialer = &net.Dialer{}
 	}
-	if d.TLS == nil {
-		d.TLS = &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
+	if d.Policy == nil {
+		d.Policy = tlspolicy.Fixed{Level: tlspolicy.May}
 	}
 	if d.Jitter == nil {
 		d.Jitter = func(t time.Duration) time.Duration { return t + time.Duration((rand.Float64()-0.5)*0.2*float64(t)) }
@@ -214,9 +217,14 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 	var last *Failure
 	tried := 0
 	for _, hop := range hopList {
+		policy, err := e.decide(ctx, domain, hop)
+		if err != nil {
+			last = &Failure{Temporary: true, Enhanced: "4.7.5", Text: "TLS policy for " + hop.Host + ": " + err.Error()}
+			continue
+		}
 		// A session kept from an earlier message to this hop goes first.
-		if pc := e.conns.take(poolKey(hop)); pc != nil {
-			out, f := e.transact(m, idxs, hop, pc, now)
+		if pc := e.conns.take(poolKey(hop, policy)); pc != nil {
+			out, f := e.transact(m, idxs, hop, policy, pc, now)
 			if f == nil {
 				return out
 			}
@@ -234,7 +242,7 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 				break
 			}
 			tried++
-			out, f := e.attempt(ctx, m, idxs, hop, netip.AddrPortFrom(a, uint16(hop.Port)), now)
+			out, f := e.attempt(ctx, m, idxs, hop, policy, netip.AddrPortFrom(a, uint16(hop.Port)), now)
 			if f == nil {
 				return out
 			}
@@ -277,8 +285,8 @@ func (e *Engine) addresses(ctx context.Context, host string) ([]netip.Addr, *Fai
 
 // attempt delivers over one connection. A non-nil Failure means this host
 // could not take the transaction at all and the next may be tried.
-func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop Hop, addr netip.AddrPort, now time.Time) ([]queue.Outcome, *Failure) {
-	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, e.d.TLS)
+func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop Hop, policy tlspolicy.Decision, addr netip.AddrPort, now time.Time) ([]queue.Outcome, *Failure) {
+	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, policy)
 	if err != nil {
 		f := asFailure(err, hop.Host, "connect")
 		e.logAttempt(m, idxs, hop.Host, addr, TLSInfo{}, f.Error(), "deferred")
@@ -296,19 +304,31 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 			return nil, f
 		}
 	}
-	return e.transact(m, idxs, hop, &pooled{c: c}, now)
+	return e.transact(m, idxs, hop, policy, &pooled{c: c}, now)
 }
 
-func poolKey(h Hop) string { return h.Host + "|" + strconv.Itoa(h.Port) }
+// decide asks the policy, unless the hop is a route with its own level.
+func (e *Engine) decide(ctx context.Context, domain string, hop Hop) (tlspolicy.Decision, error) {
+	if hop.Route != nil && hop.Route.TLS != nil {
+		return tlspolicy.Decision{Level: *hop.Route.TLS, Source: "route", Roots: e.d.Roots}, nil
+	}
+	return e.d.Policy.Decide(ctx, domain, hop.Host)
+}
+
+// poolKey names the sessions that may be shared: same host, port and TLS
+// decision, so no message rides on a session made for a weaker policy.
+func poolKey(h Hop, d tlspolicy.Decision) string {
+	return h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Source + "|" + d.Level.String()
+}
 
 // transact sends one message on an open session, and keeps the session for
 // the next message when it is still in good order.
-func (e *Engine) transact(m queue.Message, idxs []int, hop Hop, pc *pooled, now time.Time) ([]queue.Outcome, *Failure) {
+func (e *Engine) transact(m queue.Message, idxs []int, hop Hop, policy tlspolicy.Decision, pc *pooled, now time.Time) ([]queue.Outcome, *Failure) {
 	c, addr := pc.c, pc.c.addr
 	keep := false
 	defer func() {
 		if keep {
-			e.conns.put(poolKey(hop), pc)
+			e.conns.put(poolKey(hop, policy), pc)
 		} else {
 			c.close()
 		}
@@ -366,7 +386,7 @@ func (e *Engine) logAttempt(m queue.Message, idxs []int, host string, addr netip
 		rcpts[k] = m.Recipients[i].Addr
 	}
 	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", addr.Addr().String(),
-		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", false, "reply", reply,
+		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "reply", reply,
 		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
 }
 

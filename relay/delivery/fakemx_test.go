@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -34,6 +35,7 @@ type fakeMX struct {
 	// rcptReply decides each RCPT's answer; nil accepts.
 	rcptReply func(rcpt string) error
 	password  string // when set, AUTH PLAIN with user "relay" is required
+	leaf      *x509.Certificate
 }
 
 func startMX(t *testing.T, configure func(*smtp.Server, *fakeMX)) *fakeMX {
@@ -43,6 +45,7 @@ func startMX(t *testing.T, configure func(*smtp.Server, *fakeMX)) *fakeMX {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mx.leaf, _ = x509.ParseCertificate(cert.Certificate[0])
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		_, isTLS := c.TLSConnectionState()
 		if isTLS { // one per connection: go-smtp starts a new session after STARTTLS

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/postern/postern/resolver"
+	"github.com/postern/postern/tlspolicy"
 )
 
 // Route sends a set of recipient domains to a fixed next hop (a smarthost)
@@ -20,6 +21,8 @@ type Route struct {
 	Port     int
 	Username string // AUTH for this hop, when set
 	Password string
+	// TLS, when set, is this hop's own requirement instead of the policy's.
+	TLS *tlspolicy.Level
 }
 
 func (r Route) matches(domain string) bool {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/tlspolicy"
 )
 
 // Timeouts of the outbound session (RFC 5321 4.5.3.2).
@@ -31,6 +33,7 @@ var DefaultTimeouts = Timeouts{Connect: 30 * time.Second, Greeting: 5 * time.Min
 // TLSInfo is what an outbound connection negotiated.
 type TLSInfo struct {
 	Version, Cipher string // empty without TLS
+	Verified        bool   // the certificate was checked (PKIX) and passed
 }
 
 // conn is one open SMTP session to a next hop, ready for transactions.
@@ -42,13 +45,14 @@ type conn struct {
 }
 
 // dialSession opens a session: connect, greeting, EHLO with our name,
-// STARTTLS when offered (opportunistic: the policy engine will decide how
-// strict), and EHLO again inside TLS.
+// STARTTLS as the policy decision demands, and EHLO again inside TLS. A
+// decision that requires TLS is never met by falling back to cleartext: the
+// host is given up instead, with a 4.7.x reason.
 //
 // go-smtp's client introduces itself as "localhost" before STARTTLS, so the
 // cleartext part is spoken here, and the client takes over afterwards,
 // handed a replayed greeting because none comes after STARTTLS.
-func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr netip.AddrPort, t Timeouts, tlsConfig *tls.Config) (*conn, error) {
+func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr netip.AddrPort, t Timeouts, policy tlspolicy.Decision) (*conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, t.Connect)
 	raw, err := d.DialContext(dctx, "tcp", addr.String())
 	cancel()
@@ -69,19 +73,26 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	}
 	var info TLSInfo
 	next := raw
-	if offersExtension(ehlo, "STARTTLS") && tlsConfig != nil {
+	offered := offersExtension(ehlo, "STARTTLS")
+	if !offered && policy.Required() {
+		return fail(&Failure{Temporary: true, Enhanced: "4.7.4", Host: host,
+			Text: fmt.Sprintf("TLS is required (%s policy: %s) but %s does not offer STARTTLS", policy.Source, policy.Level, host)})
+	}
+	if offered && policy.Level > tlspolicy.None {
 		text.PrintfLine("STARTTLS")
 		if _, _, err := readReply(text, 220); err != nil {
 			return fail(asFailure(err, host, "STARTTLS"))
 		}
-		cfg := tlsConfig.Clone()
-		cfg.ServerName = host
-		tc := tls.Client(raw, cfg)
+		tc := tls.Client(raw, policy.ClientConfig(host))
 		if err := tc.HandshakeContext(ctx); err != nil {
-			return fail(&Failure{Temporary: true, Enhanced: "4.7.5", Text: fmt.Sprintf("TLS handshake with %s: %v", host, err)})
+			// Even at "may", a failed handshake defers rather than
+			// retrying in cleartext on the same host.
+			return fail(&Failure{Temporary: true, Enhanced: "4.7.5", Host: host,
+				Text: fmt.Sprintf("TLS with %s failed (%s policy: %s): %v", host, policy.Source, policy.Level, err)})
 		}
 		st := tc.ConnectionState()
-		info = TLSInfo{Version: tls.VersionName(st.Version), Cipher: tls.CipherSuiteName(st.CipherSuite)}
+		info = TLSInfo{Version: tls.VersionName(st.Version), Cipher: tls.CipherSuiteName(st.CipherSuite),
+			Verified: policy.Level == tlspolicy.Verify}
 		next = tc
 	}
 	next.SetDeadline(time.Time{})

@@ -1,0 +1,27 @@
+package tlspolicy
+
+import (
+	"crypto/tls"
+	"testing"
+)
+
+func TestLevels(t *testing.T) {
+	for _, n := range []string{"none", "may", "encrypt", "verify"} {
+		l, err := ParseLevel(n)
+		if err != nil || l.String() != n {
+			t.Errorf("%s: %v %v", n, l, err)
+		}
+	}
+	if _, err := ParseLevel("dane-only"); err == nil {
+		t.Error("unknown level accepted")
+	}
+	if c := (Decision{Level: Verify}).ClientConfig("mx.test"); c.InsecureSkipVerify || c.ServerName != "mx.test" || c.MinVersion != tls.VersionTLS12 {
+		t.Errorf("verify config %+v", c)
+	}
+	if c := (Decision{Level: Encrypt}).ClientConfig("mx.test"); !c.InsecureSkipVerify || c.MinVersion != tls.VersionTLS12 {
+		t.Errorf("encrypt config %+v", c)
+	}
+	if !(Decision{Level: Encrypt}).Required() || (Decision{Level: May}).Required() {
+		t.Error("Required")
+	}
+}
