@@ -399,3 +399,17 @@ func TestRouteTLSRequirement(t *testing.T) {
 		})
 	}
 }
+
+func TestDNSFailureDefersNeverBounces(t *testing.T) {
+	w := newWorld(t, startMX(t, nil))
+	w.dns.ServFail("dest.test")
+	id := w.submit(sender, "a@dest.test")
+	w.run()
+	r := w.state(id).Recipients[0]
+	if r.State != queue.Pending || !strings.Contains(r.LastReply, "4.4.3") {
+		t.Fatalf("after SERVFAIL: %+v", r)
+	}
+	if len(w.bounces()) != 0 {
+		t.Fatal("bounced on a DNS failure")
+	}
+}

@@ -24,11 +24,13 @@ type Timeouts struct {
 	Connect  time.Duration // not in the RFC; 30s
 	Greeting time.Duration // 4.5.3.2.1: 5 minutes
 	Command  time.Duration // MAIL, RCPT, DATA initiation: 5 minutes
+	Block    time.Duration // 4.5.3.2.5: 3 minutes for each block of data sent
 	FinalDot time.Duration // 4.5.3.2.6: 10 minutes
 }
 
 // DefaultTimeouts are the RFC's.
-var DefaultTimeouts = Timeouts{Connect: 30 * time.Second, Greeting: 5 * time.Minute, Command: 5 * time.Minute, FinalDot: 10 * time.Minute}
+var DefaultTimeouts = Timeouts{Connect: 30 * time.Second, Greeting: 5 * time.Minute, Command: 5 * time.Minute,
+	Block: 3 * time.Minute, FinalDot: 10 * time.Minute}
 
 // TLSInfo is what an outbound connection negotiated.
 type TLSInfo struct {
@@ -38,10 +40,12 @@ type TLSInfo struct {
 
 // conn is one open SMTP session to a next hop, ready for transactions.
 type conn struct {
-	client *smtp.Client
-	host   string
-	addr   netip.AddrPort
-	tls    TLSInfo
+	client  *smtp.Client
+	netConn net.Conn // for write deadlines, which go-smtp does not set during DATA
+	block   time.Duration
+	host    string
+	addr    netip.AddrPort
+	tls     TLSInfo
 }
 
 // dialSession opens a session: connect, greeting, EHLO with our name,
@@ -102,7 +106,7 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		c.Close()
 		return nil, asFailure(err, host, "EHLO")
 	}
-	return &conn{client: c, host: host, addr: addr, tls: info}, nil
+	return &conn{client: c, netConn: next, block: t.Block, host: host, addr: addr, tls: info}, nil
 }
 
 func readReply(text *textproto.Conn, want int) (int, string, error) {
@@ -227,10 +231,12 @@ func (c *conn) send(tx Transaction) ([]*Failure, error) {
 	if err != nil {
 		return nil, asFailure(err, c.host, "DATA")
 	}
-	if _, err := io.Copy(w, bufio.NewReaderSize(tx.Body, 32<<10)); err != nil {
+	dw := deadlineWriter{w: w, conn: c.netConn, timeout: c.block}
+	if _, err := io.Copy(dw, bufio.NewReaderSize(tx.Body, 32<<10)); err != nil {
 		w.Close()
 		return nil, asFailure(err, c.host, "message data")
 	}
+	c.netConn.SetWriteDeadline(time.Time{})
 	if err := w.Close(); err != nil {
 		f := asFailure(err, c.host, "end of data")
 		for i := range results {
@@ -243,3 +249,18 @@ func (c *conn) send(tx Transaction) ([]*Failure, error) {
 }
 
 func (c *conn) close() { c.client.Quit(); c.client.Close() }
+
+// deadlineWriter gives each block of message data its own write deadline,
+// so a server that stops reading (a tarpit) cannot hold a worker for ever.
+type deadlineWriter struct {
+	w       io.Writer
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	if d.timeout > 0 {
+		d.conn.SetWriteDeadline(time.Now().Add(d.timeout))
+	}
+	return d.w.Write(p)
+}
