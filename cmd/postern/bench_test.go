@@ -56,7 +56,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	submitted := time.Since(start)
 	for i := 0; i < b.N; i++ {
 		select {
-		case <-d.sink.got:
+		case <-d.sink.Arrived:
 		case <-time.After(60 * time.Second):
 			b.Fatalf("only %d of %d delivered", i, b.N)
 		}

@@ -8,9 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +22,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/queue"
-	"github.com/postern/postern/relay/submission"
+	"github.com/postern/postern/relay/smtptest"
 	"github.com/postern/postern/resolver/resolvertest"
 )
 
@@ -50,7 +48,7 @@ type daemon struct {
 	starttls string
 	implicit string
 	exited   chan error
-	sink     *sink
+	sink     *smtptest.MX
 }
 
 // The daemon's world: its own DNS, where dest.test's MX is the test's sink
@@ -69,7 +67,7 @@ func newDaemon(t testing.TB) *daemon {
 		t.Fatal(err)
 	}
 	dns := resolvertest.Start(t, e2eZone)
-	sink := startSink(t)
+	sink := smtptest.Start(t, nil)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "postern.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`hostname: e2e.test
@@ -84,60 +82,8 @@ delivery:
   port: %d
   poll_interval: 100ms
 shutdown: {timeout: 5s}
-`, filepath.Join(dir, "data"), dns.Addr, sink.port)), 0o600)
+`, filepath.Join(dir, "data"), dns.Addr, sink.Port)), 0o600)
 	return &daemon{t: t, bin: bin, cfg: cfg, dataDir: filepath.Join(dir, "data"), sink: sink}
-}
-
-// sink is an MX that keeps what it receives.
-type sink struct {
-	port int
-	mu   sync.Mutex
-	msgs [][]byte
-	got  chan struct{}
-}
-
-func startSink(t testing.TB) *sink {
-	s := &sink{got: make(chan struct{}, 1<<16)}
-	cert, err := submission.SelfSigned("mx.dest.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &sinkSession{s: s}, nil }))
-	srv.Domain = "mx.dest.test"
-	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
-	srv.ErrorLog = log.New(io.Discard, "", 0)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	s.port = l.Addr().(*net.TCPAddr).Port
-	return s
-}
-
-func (s *sink) received() [][]byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([][]byte(nil), s.msgs...)
-}
-
-type sinkSession struct{ s *sink }
-
-func (ss *sinkSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (ss *sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
-func (ss *sinkSession) Reset()                               {}
-func (ss *sinkSession) Logout() error                        { return nil }
-func (ss *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	ss.s.mu.Lock()
-	ss.s.msgs = append(ss.s.msgs, b)
-	ss.s.mu.Unlock()
-	ss.s.got <- struct{}{}
-	return nil
 }
 
 // run executes a postern subcommand to completion.
@@ -257,11 +203,11 @@ func TestBinaryLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-d.sink.got:
+	case <-d.sink.Arrived:
 	case <-time.After(20 * time.Second):
 		t.Fatal("message never reached the MX")
 	}
-	arrived := string(d.sink.received()[0])
+	arrived := string(d.sink.Received()[0].Data)
 	if !strings.HasSuffix(arrived, content) || !strings.HasPrefix(arrived, "Received: from ") ||
 		!strings.Contains(arrived, "by e2e.test (Postern) with ESMTPSA") {
 		t.Fatalf("at the MX: %q", arrived)
@@ -417,9 +363,9 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	}
 	defer q.Close()
 	delivered := map[[32]byte]int{}
-	for _, m := range d.sink.received() {
-		if i := bytes.Index(m, []byte("Subject: crash ")); i >= 0 {
-			delivered[sha256.Sum256(m[i:])]++
+	for _, m := range d.sink.Received() {
+		if i := bytes.Index(m.Data, []byte("Subject: crash ")); i >= 0 {
+			delivered[sha256.Sum256(m.Data[i:])]++
 		}
 	}
 	lost, damaged, duplicates := 0, 0, 0

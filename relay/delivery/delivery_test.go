@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/smtptest"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/resolver/resolvertest"
 	"github.com/postern/postern/tlspolicy"
@@ -48,11 +49,11 @@ type world struct {
 	q      *queue.Queue
 	clock  *clock
 	engine *Engine
-	mx     *fakeMX
+	mx     *smtptest.MX
 	dns    *resolvertest.Server
 }
 
-func newWorld(t *testing.T, mx *fakeMX, routes ...Route) *world {
+func newWorld(t *testing.T, mx *smtptest.MX, routes ...Route) *world {
 	t.Helper()
 	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
 	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c})
@@ -64,10 +65,10 @@ func newWorld(t *testing.T, mx *fakeMX, routes ...Route) *world {
 	res, _ := resolver.New([]string{dns.Addr}, resolver.Options{Timeout: time.Second, Attempts: 1})
 	for i := range routes {
 		if routes[i].Port == 0 {
-			routes[i].Port = mx.port
+			routes[i].Port = mx.Port
 		}
 	}
-	e := New(Config{Hostname: "relay.test", Port: mx.port, Routes: routes, Workers: 2, LeaseTime: 10 * time.Minute,
+	e := New(Config{Hostname: "relay.test", Port: mx.Port, Routes: routes, Workers: 2, LeaseTime: 10 * time.Minute,
 		Retry: []time.Duration{time.Minute, 5 * time.Minute}, MaxQueueLifetime: 24 * time.Hour, DelayWarning: 4 * time.Hour,
 		MaxAddrAttempts: 5, PollInterval: time.Second, ReuseCount: 3, ReuseIdle: time.Minute, MaxConnectionsPerDomain: 2},
 		Deps{Queue: q, Resolver: res, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: c.Now,
@@ -95,7 +96,7 @@ func (w *world) run() { w.engine.RunDue(context.Background()) }
 // bounces returns the notices that reached senders at the fake MX.
 func (w *world) bounces() []string {
 	var out []string
-	for _, m := range w.mx.received() {
+	for _, m := range w.mx.Received() {
 		if m.From == "" {
 			out = append(out, m.Rcpts[0]+"\n"+string(m.Data))
 		}
@@ -112,10 +113,10 @@ func (w *world) state(id string) queue.Message {
 }
 
 func TestDeliversOverSTARTTLS(t *testing.T) {
-	w := newWorld(t, startMX(t, nil))
+	w := newWorld(t, smtptest.Start(t, nil))
 	id := w.submit(sender, "a@dest.test", "b@dest.test")
 	w.run()
-	got := w.mx.received()
+	got := w.mx.Received()
 	if len(got) != 1 || len(got[0].Rcpts) != 2 || string(got[0].Data) != body || !got[0].TLS || got[0].From != sender {
 		t.Fatalf("received %+v", got)
 	}
@@ -130,10 +131,10 @@ func TestDeliversOverSTARTTLS(t *testing.T) {
 func TestRouting(t *testing.T) {
 	for _, domain := range []string{"failover.test", "implicit.test"} {
 		t.Run(domain, func(t *testing.T) {
-			w := newWorld(t, startMX(t, nil))
+			w := newWorld(t, smtptest.Start(t, nil))
 			w.submit(sender, "a@"+domain)
 			w.run()
-			if len(w.mx.received()) != 1 {
+			if len(w.mx.Received()) != 1 {
 				t.Fatalf("not delivered to %s", domain)
 			}
 		})
@@ -143,7 +144,7 @@ func TestRouting(t *testing.T) {
 func TestPermanentRoutingFailuresBounceAtOnce(t *testing.T) {
 	for domain, status := range map[string]string{"nullmx.test": "5.1.10", "absent.test": "5.1.2"} {
 		t.Run(domain, func(t *testing.T) {
-			w := newWorld(t, startMX(t, nil))
+			w := newWorld(t, smtptest.Start(t, nil))
 			id := w.submit(sender, "a@"+domain)
 			w.run()
 			if _, err := w.q.Get(id); err == nil {
@@ -160,8 +161,8 @@ func TestPermanentRoutingFailuresBounceAtOnce(t *testing.T) {
 
 func TestTemporaryFailureRetriedThenDelivered(t *testing.T) {
 	attempts := 0
-	mx := startMX(t, func(_ *smtp.Server, mx *fakeMX) {
-		mx.rcptReply = func(string) error {
+	mx := smtptest.Start(t, func(mx *smtptest.MX) {
+		mx.RcptReply = func(string) error {
 			attempts++
 			if attempts == 1 {
 				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
@@ -184,14 +185,14 @@ func TestTemporaryFailureRetriedThenDelivered(t *testing.T) {
 	}
 	w.clock.Advance(time.Second)
 	w.run()
-	if len(w.mx.received()) != 1 {
+	if len(w.mx.Received()) != 1 {
 		t.Fatal("not delivered on retry")
 	}
 }
 
 func TestPartialFailureBouncesOnlyTheFailed(t *testing.T) {
-	mx := startMX(t, func(_ *smtp.Server, mx *fakeMX) {
-		mx.rcptReply = func(rcpt string) error {
+	mx := smtptest.Start(t, func(mx *smtptest.MX) {
+		mx.RcptReply = func(rcpt string) error {
 			if strings.HasPrefix(rcpt, "nobody@") && rcpt != sender {
 				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
 			}
@@ -201,7 +202,7 @@ func TestPartialFailureBouncesOnlyTheFailed(t *testing.T) {
 	w := newWorld(t, mx)
 	w.submit(sender, "a@dest.test", "nobody@dest.test")
 	w.run()
-	if got := w.mx.received(); len(got) != 2 || len(got[0].Rcpts) != 1 {
+	if got := w.mx.Received(); len(got) != 2 || len(got[0].Rcpts) != 1 {
 		t.Fatalf("received %+v", got)
 	}
 	b := w.bounces()
@@ -217,7 +218,7 @@ func TestPartialFailureBouncesOnlyTheFailed(t *testing.T) {
 }
 
 func TestNullSenderIsNeverBounced(t *testing.T) {
-	w := newWorld(t, startMX(t, nil))
+	w := newWorld(t, smtptest.Start(t, nil))
 	id := w.submit("", "a@nullmx.test")
 	w.run()
 	if _, err := w.q.Get(id); err == nil {
@@ -229,8 +230,8 @@ func TestNullSenderIsNeverBounced(t *testing.T) {
 }
 
 func TestExpiryBouncesAndDelayWarning(t *testing.T) {
-	mx := startMX(t, func(_ *smtp.Server, mx *fakeMX) {
-		mx.rcptReply = func(rcpt string) error {
+	mx := smtptest.Start(t, func(mx *smtptest.MX) {
+		mx.RcptReply = func(rcpt string) error {
 			if rcpt == sender {
 				return nil
 			}
@@ -263,12 +264,12 @@ func TestExpiryBouncesAndDelayWarning(t *testing.T) {
 }
 
 func TestDSNParametersPassedOn(t *testing.T) {
-	w := newWorld(t, startMX(t, nil))
+	w := newWorld(t, smtptest.Start(t, nil))
 	env := queue.Envelope{From: sender, Return: "HDRS", EnvelopeID: "env7",
 		Recipients: []queue.Recipient{{Addr: "a@dest.test", Notify: []string{"FAILURE", "DELAY"}, Original: "rfc822;orig@dest.test"}}}
 	w.q.Enqueue("", env, strings.NewReader(body))
 	w.run()
-	got := w.mx.received()
+	got := w.mx.Received()
 	if len(got) != 1 {
 		t.Fatal("not delivered")
 	}
@@ -280,12 +281,12 @@ func TestDSNParametersPassedOn(t *testing.T) {
 
 func TestSMTPUTF8Negotiation(t *testing.T) {
 	for _, offered := range []bool{true, false} {
-		mx := startMX(t, func(s *smtp.Server, _ *fakeMX) { s.EnableSMTPUTF8 = offered })
+		mx := smtptest.Start(t, func(mx *smtptest.MX) { mx.Server.EnableSMTPUTF8 = offered })
 		w := newWorld(t, mx)
 		env := queue.Envelope{From: sender, UTF8: true, Recipients: []queue.Recipient{{Addr: "jörg@dest.test"}}}
 		w.q.Enqueue("", env, strings.NewReader(body))
 		w.run()
-		delivered := len(w.mx.received()) == 1 && w.mx.received()[0].From != ""
+		delivered := len(w.mx.Received()) == 1 && w.mx.Received()[0].From != ""
 		if delivered != offered {
 			t.Fatalf("SMTPUTF8 offered=%v delivered=%v", offered, delivered)
 		}
@@ -298,11 +299,11 @@ func TestSMTPUTF8Negotiation(t *testing.T) {
 }
 
 func TestSmarthostRouteWithAuth(t *testing.T) {
-	mx := startMX(t, func(_ *smtp.Server, mx *fakeMX) { mx.password = "hop-secret" })
+	mx := smtptest.Start(t, func(mx *smtptest.MX) { mx.Password = "hop-secret" })
 	w := newWorld(t, mx, Route{Match: "*", Host: "127.0.0.1", Username: "relay", Password: "hop-secret"})
 	w.submit(sender, "a@anywhere.example")
 	w.run()
-	got := w.mx.received()
+	got := w.mx.Received()
 	if len(got) != 1 || got[0].User != "relay" || !got[0].TLS {
 		t.Fatalf("smarthost got %+v", got)
 	}
@@ -321,29 +322,29 @@ func TestRouteSelection(t *testing.T) {
 }
 
 func TestConnectionReuse(t *testing.T) {
-	w := newWorld(t, startMX(t, nil))
+	w := newWorld(t, smtptest.Start(t, nil))
 	for i := 0; i < 7; i++ {
 		w.submit(sender, "a@dest.test")
 	}
 	w.run()
-	if n := len(w.mx.received()); n != 7 {
+	if n := len(w.mx.Received()); n != 7 {
 		t.Fatalf("%d of 7 delivered", n)
 	}
 	// ReuseCount 3: seven messages need three connections, not seven.
-	if n := w.mx.connections(); n != 3 {
+	if n := w.mx.Connections(); n != 3 {
 		t.Fatalf("%d connections for 7 messages", n)
 	}
 	// A kept session that has gone idle too long is not used.
 	w.clock.Advance(2 * time.Minute)
 	w.submit(sender, "a@dest.test")
 	w.run()
-	if n := w.mx.connections(); n != 4 {
+	if n := w.mx.Connections(); n != 4 {
 		t.Fatalf("stale session reused: %d connections", n)
 	}
 }
 
 func TestRequireTLSNeedsTheExtension(t *testing.T) {
-	mx := startMX(t, func(s *smtp.Server, _ *fakeMX) { s.EnableREQUIRETLS = false })
+	mx := smtptest.Start(t, func(mx *smtptest.MX) { mx.Server.EnableREQUIRETLS = false })
 	w := newWorld(t, mx)
 	env := queue.Envelope{From: sender, RequireTLS: true, Recipients: []queue.Recipient{{Addr: "a@dest.test"}}}
 	w.q.Enqueue("", env, strings.NewReader(body))
@@ -359,10 +360,10 @@ func level(l tlspolicy.Level) *tlspolicy.Level { return &l }
 // A route's TLS requirement is enforced: no cleartext, no unverified
 // certificate where verify is asked; the message waits instead.
 func TestRouteTLSRequirement(t *testing.T) {
-	noTLS := func(s *smtp.Server, _ *fakeMX) { s.TLSConfig = nil }
+	noTLS := func(mx *smtptest.MX) { mx.Server.TLSConfig = nil }
 	cases := []struct {
 		name      string
-		configure func(*smtp.Server, *fakeMX)
+		configure func(*smtptest.MX)
 		level     tlspolicy.Level
 		trust     bool
 		delivered bool
@@ -376,15 +377,15 @@ func TestRouteTLSRequirement(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			mx := startMX(t, c.configure)
+			mx := smtptest.Start(t, c.configure)
 			w := newWorld(t, mx, Route{Match: "*", Host: "127.0.0.1", TLS: level(c.level)})
 			if c.trust {
 				w.engine.d.Roots = x509.NewCertPool()
-				w.engine.d.Roots.AddCert(mx.leaf)
+				w.engine.d.Roots.AddCert(mx.Leaf)
 			}
 			id := w.submit(sender, "a@anywhere.example")
 			w.run()
-			got := len(w.mx.received()) > 0
+			got := len(w.mx.Received()) > 0
 			if got != c.delivered {
 				t.Fatalf("delivered=%v, want %v", got, c.delivered)
 			}
@@ -393,7 +394,7 @@ func TestRouteTLSRequirement(t *testing.T) {
 				if r.State != queue.Pending || !strings.Contains(r.LastReply, c.reason) {
 					t.Fatalf("recipient %+v, want deferred with %s", r, c.reason)
 				}
-			} else if c.level >= tlspolicy.Encrypt && !w.mx.received()[0].TLS {
+			} else if c.level >= tlspolicy.Encrypt && !w.mx.Received()[0].TLS {
 				t.Fatal("delivered without TLS")
 			}
 		})
@@ -401,7 +402,7 @@ func TestRouteTLSRequirement(t *testing.T) {
 }
 
 func TestDNSFailureDefersNeverBounces(t *testing.T) {
-	w := newWorld(t, startMX(t, nil))
+	w := newWorld(t, smtptest.Start(t, nil))
 	w.dns.ServFail("dest.test")
 	id := w.submit(sender, "a@dest.test")
 	w.run()
