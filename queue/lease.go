@@ -112,9 +112,15 @@ type Outcome struct {
 // granted again) are ignored; if all of them were, the error is ErrLeaseLost.
 // When the message is Done the caller should build its notices and Retire it
 // under the same lease sequence, returned in Message.RetireSeq.
-func (q *Queue) Record(id string, seq uint64, outcomes []Outcome) (Message, error) {
+//
+// quiet, when given, is asked (inside the transaction; it must not do I/O)
+// whether a Done message needs no notice at all; if so it is retired in the
+// same transaction, and the returned Message has RetireSeq zero.
+func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(Message) bool) (Message, error) {
 	var out Message
+	var spooled bool
 	err := q.update(func(tx *bolt.Tx) error {
+		spooled = false
 		old, err := getMessage(tx, id)
 		if err != nil {
 			return err
@@ -123,6 +129,12 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome) (Message, erro
 		m := old.clone()
 		if applied := apply(&m, seq, outcomes, now); applied == 0 && len(outcomes) > 0 {
 			return fmt.Errorf("record %s: %w", id, ErrLeaseLost)
+		}
+		if m.Done() && len(quiet) > 0 && quiet[0](m) {
+			out = m.clone()
+			out.RetireSeq = 0
+			spooled = m.Spooled
+			return deleteMessage(tx, old)
 		}
 		if m.Done() && old.RetireSeq == 0 {
 			// The worker that finished the message retires it; the lease is
@@ -133,6 +145,9 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome) (Message, erro
 		out = m.clone()
 		return putMessage(tx, &m, old)
 	})
+	if err == nil && spooled {
+		os.Remove(q.spoolPath(id))
+	}
 	return out, err
 }
 

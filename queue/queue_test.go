@@ -391,3 +391,29 @@ func TestEnqueueAfterCloseIsAnError(t *testing.T) {
 		t.Fatalf("enqueue after close: %v", err)
 	}
 }
+
+func TestRecordRetiresQuietMessageAtOnce(t *testing.T) {
+	clock, dir := newClock(), t.TempDir()
+	q := openTest(t, clock, dir, 8)
+	defer q.Close()
+	id, _ := q.Enqueue("", envelope("a@x.test"), strings.NewReader("spooled body"))
+	l, _ := q.Lease(1, time.Minute)
+	quiet := func(m Message) bool { return m.Recipients[0].State == Delivered }
+	m, err := q.Record(id, l[0].Seq, []Outcome{{Recipient: 0, Result: ResultDelivered}}, quiet)
+	if err != nil || !m.Done() || m.RetireSeq != 0 {
+		t.Fatalf("record: %+v %v", m, err)
+	}
+	if _, err := q.Get(id); !errors.Is(err, ErrNotFound) {
+		t.Fatal("quiet message not retired")
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "spool")); len(entries) != 0 {
+		t.Fatal("spool file kept")
+	}
+	// A message that is not quiet stays for Retire.
+	id, _ = q.Enqueue("", envelope("a@x.test"), strings.NewReader("x"))
+	l, _ = q.Lease(1, time.Minute)
+	m, _ = q.Record(id, l[0].Seq, []Outcome{{Recipient: 0, Result: ResultFailed}}, quiet)
+	if m.RetireSeq == 0 {
+		t.Fatal("failed message retired without its notice")
+	}
+}

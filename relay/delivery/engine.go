@@ -53,7 +53,7 @@ type Config struct {
 // Queue is what delivery needs of the queue.
 type Queue interface {
 	Lease(max int, hold time.Duration) ([]queue.Lease, error)
-	Record(id string, seq uint64, outcomes []queue.Outcome) (queue.Message, error)
+	Record(id string, seq uint64, outcomes []queue.Outcome, quiet ...func(queue.Message) bool) (queue.Message, error)
 	Retire(id string, seq uint64, notices ...queue.Draft) error
 	Body(id string) (io.ReadCloser, error)
 	Enqueue(id string, env queue.Envelope, body io.Reader) (string, error)
@@ -192,12 +192,14 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 		outcomes = append(outcomes, e.deliverDomain(ctx, m, domain, byDomain[domain])...)
 	}
 	e.maybeWarnDelay(m, outcomes)
-	after, err := e.d.Queue.Record(m.ID, l.Seq, outcomes)
+	after, err := e.d.Queue.Record(m.ID, l.Seq, outcomes, e.quiet)
 	if err != nil {
 		e.d.Log.Error("recording delivery outcomes failed", "queue_id", m.ID, "err", err)
 		return
 	}
-	if after.Done() {
+	if after.Done() && after.RetireSeq == 0 {
+		e.d.Log.Info("message finished", "queue_id", m.ID, "notices", 0)
+	} else if after.Done() {
 		e.retire(after, after.RetireSeq)
 	}
 }
@@ -463,8 +465,14 @@ func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) {
 	}
 }
 
-// retire removes a finished message, queueing its bounce in the same step.
-func (e *Engine) retire(m queue.Message, seq uint64) {
+// quiet reports whether a finished message needs no notice, so that the
+// queue can retire it together with its last outcome.
+func (e *Engine) quiet(m queue.Message) bool {
+	return len(e.failureReport(m)) == 0 || m.From == ""
+}
+
+// failureReport lists the recipients a bounce must name.
+func (e *Engine) failureReport(m queue.Message) []dsn.Recipient {
 	var rcpts []dsn.Recipient
 	for _, r := range m.Recipients {
 		// Success reports (NOTIFY=SUCCESS) are left to the next hop when it
@@ -476,6 +484,12 @@ func (e *Engine) retire(m queue.Message, seq uint64) {
 		rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Original: r.Original, Action: dsn.Failed,
 			Status: statusOf(r.LastReply, "5.0.0"), RemoteMTA: r.LastHost, Diagnostic: r.LastReply, LastAttempt: r.LastAttempt})
 	}
+	return rcpts
+}
+
+// retire removes a finished message, queueing its bounce in the same step.
+func (e *Engine) retire(m queue.Message, seq uint64) {
+	rcpts := e.failureReport(m)
 	var notices []queue.Draft
 	if len(rcpts) > 0 && m.From != "" { // never bounce a bounce (RFC 3464 2, RFC 5321 6.1)
 		if d, ok := e.notice(m, rcpts, false); ok {
