@@ -209,7 +209,9 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 	now := e.d.Clock()
 	hopList, err := hops(ctx, e.d.Resolver, e.cfg.Routes, e.cfg.Port, domain, e.d.Shuffle)
 	if err != nil {
-		return e.outcomesFor(m, idxs, asFailure(err, "", "route"), now)
+		f := asFailure(err, "", "route")
+		e.logAttempt(m, idxs, "", netip.AddrPort{}, TLSInfo{}, f.Error(), map[bool]string{true: "deferred", false: "failed"}[f.Temporary])
+		return e.outcomesFor(m, idxs, f, now)
 	}
 	release, err := e.conns.acquire(ctx, domain)
 	if err != nil {
@@ -387,7 +389,11 @@ func (e *Engine) logAttempt(m queue.Message, idxs []int, host string, addr netip
 	for k, i := range idxs {
 		rcpts[k] = m.Recipients[i].Addr
 	}
-	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", addr.Addr().String(),
+	ip := ""
+	if addr.IsValid() {
+		ip = addr.Addr().String()
+	}
+	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip,
 		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "reply", reply,
 		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
 }
@@ -468,7 +474,7 @@ func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) {
 // quiet reports whether a finished message needs no notice, so that the
 // queue can retire it together with its last outcome.
 func (e *Engine) quiet(m queue.Message) bool {
-	return len(e.failureReport(m)) == 0 || m.From == ""
+	return len(e.failureReport(m)) == 0
 }
 
 // failureReport lists the recipients a bounce must name.
@@ -491,7 +497,15 @@ func (e *Engine) failureReport(m queue.Message) []dsn.Recipient {
 func (e *Engine) retire(m queue.Message, seq uint64) {
 	rcpts := e.failureReport(m)
 	var notices []queue.Draft
-	if len(rcpts) > 0 && m.From != "" { // never bounce a bounce (RFC 3464 2, RFC 5321 6.1)
+	if len(rcpts) > 0 && m.From == "" {
+		// Never bounce a bounce (RFC 3464 2, RFC 5321 6.1); but say so, so
+		// that an undeliverable notice is not lost without a trace.
+		for _, r := range rcpts {
+			e.d.Log.Warn("notice undeliverable; discarded (it had the null sender)", "queue_id", m.ID,
+				"rcpt", r.Final, "reply", r.Diagnostic)
+		}
+	}
+	if len(rcpts) > 0 && m.From != "" {
 		if d, ok := e.notice(m, rcpts, false); ok {
 			notices = append(notices, d)
 		}
