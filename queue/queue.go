@@ -299,31 +299,33 @@ func (q *Queue) Get(id string) (Message, error) {
 	return *m, nil
 }
 
-// Body opens a message's body for reading.
+// Body opens a message's body for reading. An inline body is found in its
+// bucket without decoding the envelope; otherwise it is a spool file.
 func (q *Queue) Body(id string) (io.ReadCloser, error) {
 	var inline []byte
-	var spooled bool
+	var known bool
 	err := q.db.View(func(tx *bolt.Tx) error {
-		m, err := getMessage(tx, id)
-		if err != nil {
-			return err
+		if v := tx.Bucket(bucketBodies).Get([]byte(id)); v != nil {
+			inline, known = bytes.Clone(v), true
+			return nil
 		}
-		if spooled = m.Spooled; !spooled {
-			inline = bytes.Clone(tx.Bucket(bucketBodies).Get([]byte(id)))
-		}
+		known = tx.Bucket(bucketMessages).Get([]byte(id)) != nil
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	if spooled {
-		f, err := os.Open(q.spoolPath(id))
-		if err != nil {
-			return nil, fmt.Errorf("open body of %s: %w", id, err)
-		}
-		return f, nil
+	if !known {
+		return nil, fmt.Errorf("%s: %w", id, ErrNotFound)
 	}
-	return io.NopCloser(bytes.NewReader(inline)), nil
+	if inline != nil {
+		return io.NopCloser(bytes.NewReader(inline)), nil
+	}
+	f, err := os.Open(q.spoolPath(id))
+	if err != nil {
+		return nil, fmt.Errorf("open body of %s: %w", id, err)
+	}
+	return f, nil
 }
 
 // Filter selects messages for List. Zero fields match everything.

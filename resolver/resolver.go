@@ -139,7 +139,9 @@ func (c *Client) LookupAddrs(ctx context.Context, host string) (AddrAnswer, erro
 	for _, qtype := range []uint16{dns.TypeAAAA, dns.TypeA} {
 		msg, err := c.query(ctx, host, qtype)
 		if err != nil {
-			firstErr = cmp(firstErr, err)
+			if firstErr == nil {
+				firstErr = err
+			}
 			continue
 		}
 		answered = true
@@ -168,13 +170,6 @@ func (c *Client) LookupAddrs(ctx context.Context, host string) (AddrAnswer, erro
 		ans.NXDomain = false
 	}
 	return ans, nil
-}
-
-func cmp(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 // answerFor follows the CNAME chain in msg from name and returns the

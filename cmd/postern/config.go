@@ -271,18 +271,26 @@ func (c *Config) validate() error {
 		bad("submission.tls.min_version", "%v", err)
 	}
 	positive := map[string]int64{
-		"submission.max_message_bytes":      s.MaxMessageBytes,
-		"submission.max_recipients":         int64(s.MaxRecipients),
-		"submission.max_line_length":        int64(s.MaxLineLength),
-		"submission.command_timeout":        int64(s.CommandTimeout),
-		"submission.data_timeout":           int64(s.DataTimeout),
-		"submission.max_connections":        int64(s.MaxConnections),
-		"submission.max_connections_per_ip": int64(s.MaxConnectionsPerIP),
-		"submission.auth.max_failures":      int64(s.Auth.MaxFailures),
-		"submission.auth.failure_window":    int64(s.Auth.FailureWindow),
-		"submission.auth.lockout":           int64(s.Auth.Lockout),
-		"queue.inline_limit":                c.Queue.InlineLimit,
-		"shutdown.timeout":                  int64(c.Shutdown.Timeout),
+		"submission.max_message_bytes":        s.MaxMessageBytes,
+		"submission.max_recipients":           int64(s.MaxRecipients),
+		"submission.max_line_length":          int64(s.MaxLineLength),
+		"submission.command_timeout":          int64(s.CommandTimeout),
+		"submission.data_timeout":             int64(s.DataTimeout),
+		"submission.max_connections":          int64(s.MaxConnections),
+		"submission.max_connections_per_ip":   int64(s.MaxConnectionsPerIP),
+		"submission.auth.max_failures":        int64(s.Auth.MaxFailures),
+		"submission.auth.failure_window":      int64(s.Auth.FailureWindow),
+		"submission.auth.lockout":             int64(s.Auth.Lockout),
+		"queue.inline_limit":                  c.Queue.InlineLimit,
+		"shutdown.timeout":                    int64(c.Shutdown.Timeout),
+		"dns.timeout":                         int64(c.DNS.Timeout),
+		"delivery.workers":                    int64(c.Delivery.Workers),
+		"delivery.max_queue_lifetime":         int64(c.Delivery.MaxQueueLifetime),
+		"delivery.max_addr_attempts":          int64(c.Delivery.MaxAddrAttempts),
+		"delivery.lease_time":                 int64(c.Delivery.LeaseTime),
+		"delivery.poll_interval":              int64(c.Delivery.PollInterval),
+		"delivery.reuse_count":                int64(c.Delivery.ReuseCount),
+		"delivery.max_connections_per_domain": int64(c.Delivery.MaxConnsPerDom),
 	}
 	for key, n := range positive {
 		if n <= 0 {
@@ -295,14 +303,6 @@ func (c *Config) validate() error {
 	dl := &c.Delivery
 	if dl.Port < 1 || dl.Port > 65535 {
 		bad("delivery.port", "%d is not a TCP port", dl.Port)
-	}
-	for key, n := range map[string]int64{"delivery.workers": int64(dl.Workers), "delivery.max_queue_lifetime": int64(dl.MaxQueueLifetime),
-		"delivery.max_addr_attempts": int64(dl.MaxAddrAttempts), "delivery.lease_time": int64(dl.LeaseTime),
-		"delivery.poll_interval": int64(dl.PollInterval), "dns.timeout": int64(c.DNS.Timeout),
-		"delivery.reuse_count": int64(dl.ReuseCount), "delivery.max_connections_per_domain": int64(dl.MaxConnsPerDom)} {
-		if n <= 0 {
-			bad(key, "must be greater than zero")
-		}
 	}
 	if len(dl.Retry) == 0 {
 		bad("delivery.retry", "needs at least one interval")

@@ -26,7 +26,7 @@ func TestReferenceConfigsAreValidAndMatchDefaults(t *testing.T) {
 	def, _ := loadConfig("")
 	ref.file, def.file = "", ""
 	ref.Hostname, def.Hostname = "", ""
-	if !equalJSON(ref, def) {
+	if !sameConfig(ref, def) {
 		t.Errorf("configs/postern.yaml does not show the built-in defaults:\n%+v\n%+v", ref, def)
 	}
 }
@@ -74,7 +74,7 @@ func bound(t *testing.T, key, env string) bool {
 	if err != nil {
 		t.Fatalf("%s=%q: %v", env, value, err)
 	}
-	return !equalJSON(before, after)
+	return !sameConfig(before, after)
 }
 
 func TestEnvironmentListsAndFiles(t *testing.T) {
@@ -116,8 +116,8 @@ func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
 	}
 }
 
-// equalJSON compares configurations as printed (an absent list and an
+// sameConfig compares configurations as printed (an absent list and an
 // empty one mean the same).
-func equalJSON(a, b any) bool {
+func sameConfig(a, b any) bool {
 	return fmt.Sprintf("%+v", a) == fmt.Sprintf("%+v", b)
 }

@@ -2,7 +2,6 @@ package delivery
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -70,10 +69,9 @@ func hops(ctx context.Context, res resolver.Resolver, routes []Route, port int, 
 	}
 	ans, err := res.LookupMX(ctx, domain)
 	if err != nil {
-		if errors.Is(err, resolver.ErrTemporary) {
-			return nil, &Failure{Temporary: true, Enhanced: "4.4.3", Text: fmt.Sprintf("MX lookup for %s failed: %v", domain, err)}
-		}
-		return nil, &Failure{Temporary: true, Enhanced: "4.4.3", Text: fmt.Sprintf("MX lookup for %s: %v", domain, err)}
+		// Whatever went wrong asking, the domain's mail is not refused:
+		// only an answer (NXDOMAIN, null MX) can fail it for good.
+		return nil, &Failure{Temporary: true, Enhanced: "4.4.3", Text: fmt.Sprintf("MX lookup for %s failed: %v", domain, err)}
 	}
 	if ans.NXDomain {
 		return nil, &Failure{Enhanced: "5.1.2", Text: fmt.Sprintf("domain %s does not exist", domain)}

@@ -193,11 +193,9 @@ func explanation(n Notice) string {
 			fmt.Fprintf(&b, "Your message to <%s> was %s.\r\n", r.Final, r.Action)
 		}
 		if r.Diagnostic != "" {
-			who := "the receiving server"
+			who := n.ReportingMTA
 			if r.RemoteMTA != "" {
 				who = r.RemoteMTA
-			} else {
-				who = n.ReportingMTA
 			}
 			fmt.Fprintf(&b, "    %s said: %s\r\n", who, r.Diagnostic)
 		}

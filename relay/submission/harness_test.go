@@ -162,9 +162,7 @@ func plainToken(user, pass string) string {
 	return b64("\x00" + user + "\x00" + pass)
 }
 
-func b64(s string) string {
-	return encodeBase64(s)
-}
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 // loggedIn returns a raw client past greeting, STARTTLS, EHLO and AUTH.
 func (h *harness) loggedIn(user string) *raw {
@@ -174,6 +172,14 @@ func (h *harness) loggedIn(user string) *raw {
 	r.startTLS()
 	r.expect("EHLO client.test", "250")
 	r.expect("AUTH PLAIN "+plainToken(user, testPassword), "235")
+	return r
+}
+
+// inTransaction returns a logged-in client past MAIL FROM and RCPT TO.
+func (h *harness) inTransaction(user string) *raw {
+	r := h.loggedIn(user)
+	r.expect("MAIL FROM:<app@example.org>", "250")
+	r.expect("RCPT TO:<a@dest.test>", "250")
 	return r
 }
 
@@ -205,5 +211,3 @@ func (h *harness) count() int {
 	n, _ := h.q.Count()
 	return n
 }
-
-func encodeBase64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -99,9 +99,7 @@ func TestSubmitOverImplicitTLSWithLogin(t *testing.T) {
 
 func TestChunkingSubmission(t *testing.T) {
 	h := newHarness(t)
-	r := h.loggedIn(testUser)
-	r.expect("MAIL FROM:<app@example.org>", "250")
-	r.expect("RCPT TO:<a@dest.test>", "250")
+	r := h.inTransaction(testUser)
 	part1, part2 := "Subject: chunks\r\n\r\nfirst ", "second\r\n"
 	fmt.Fprintf(r.conn, "BDAT %d\r\n%s", len(part1), part1)
 	r.expect("", "250")
@@ -205,9 +203,7 @@ func TestSmugglingIsRefused(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t)
-			r := h.loggedIn(testUser)
-			r.expect("MAIL FROM:<app@example.org>", "250")
-			r.expect("RCPT TO:<a@dest.test>", "250")
+			r := h.inTransaction(testUser)
 			if got := r.sendData(content); !strings.HasPrefix(got, "550 5.5.2") {
 				t.Fatalf("DATA reply %q", got)
 			}
@@ -220,9 +216,7 @@ func TestSmugglingIsRefused(t *testing.T) {
 	}
 	t.Run("BDAT with bare LF", func(t *testing.T) {
 		h := newHarness(t)
-		r := h.loggedIn(testUser)
-		r.expect("MAIL FROM:<app@example.org>", "250")
-		r.expect("RCPT TO:<a@dest.test>", "250")
+		r := h.inTransaction(testUser)
 		chunk := "Subject: x\r\n\r\nhi\n.\r\n"
 		fmt.Fprintf(r.conn, "BDAT %d LAST\r\n%s", len(chunk), chunk)
 		r.expect("", "550 5.5.2")
@@ -320,9 +314,7 @@ func TestHeloCannotInjectHeaders(t *testing.T) {
 
 func TestDataTimeoutClosesConnection(t *testing.T) {
 	h := newHarness(t, func(c *Config, _ *auth.Limits) { c.DataTimeout = 200 * time.Millisecond })
-	r := h.loggedIn(testUser)
-	r.expect("MAIL FROM:<app@example.org>", "250")
-	r.expect("RCPT TO:<a@dest.test>", "250")
+	r := h.inTransaction(testUser)
 	r.expect("DATA", "354")
 	io.WriteString(r.conn, "Subject: stalled\r\n\r\nhalf a mess") // and then nothing
 	r.expect("", "421 4.4.2")
@@ -339,9 +331,7 @@ func TestDataTimeoutClosesConnection(t *testing.T) {
 
 func TestOverlongLines(t *testing.T) {
 	h := newHarness(t)
-	r := h.loggedIn(testUser)
-	r.expect("MAIL FROM:<app@example.org>", "250")
-	r.expect("RCPT TO:<a@dest.test>", "250")
+	r := h.inTransaction(testUser)
 	got := r.sendData("Subject: long\r\n\r\n" + strings.Repeat("y", 3000) + "\r\n.\r\n")
 	if !strings.HasPrefix(got, "500") {
 		t.Fatalf("overlong content line: %q", got)
