@@ -1,29 +1,37 @@
-// Package resolver answers the DNS questions delivery asks (MX, addresses),
-// telling apart "the name has no such records" (an answer) from "DNS could
-// not be asked" (a temporary error). Answers carry a Security status so that
-// DANE can later rely on them; this client does not validate DNSSEC yet and
-// reports every answer as Insecure.
+// Package resolver answers the DNS questions Postern asks (MX, addresses,
+// TLSA, TXT) through recursive upstream servers, and validates DNSSEC itself
+// from its own trust anchors, so that DANE can rely on the answers wherever
+// Postern runs.
+//
+// Every answer carries a Security status. Secure means each RRset on the way
+// (every CNAME and DNAME link, and the final records or the proof that they
+// do not exist) was validated up to a trust anchor. Insecure means a proven
+// insecure delegation (or an unsupported algorithm) lies above it. Bogus
+// means something that should have been signed was not, or did not verify:
+// treat it as an attack. An answer about a name that exists or not is an
+// answer; failing to get one is an error wrapping ErrTemporary.
 package resolver
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sync/singleflight"
 )
 
 // Security is how far an answer is proven authentic.
 type Security uint8
 
 const (
-	Indeterminate Security = iota // not known (no trust anchor covers it)
+	Indeterminate Security = iota // no trust anchor covers the name
 	Insecure                      // provably unsigned, or not validated
 	Secure                        // validated from a trust anchor
 	Bogus                         // validation failed: treat as an attack
@@ -33,9 +41,41 @@ func (s Security) String() string {
 	return [...]string{"indeterminate", "insecure", "secure", "bogus"}[s]
 }
 
+// weaker returns the weaker of two statuses: a chain is as strong as its
+// weakest link, and Bogus anywhere makes the whole answer Bogus.
+func weaker(a, b Security) Security {
+	rank := func(s Security) int { return [...]int{2, 1, 3, 0}[s] }
+	if rank(a) <= rank(b) {
+		return a
+	}
+	return b
+}
+
 // ErrTemporary marks failures to get an answer at all (timeouts, SERVFAIL,
-// REFUSED): the question should be asked again later.
+// REFUSED, garbage): the question should be asked again later.
 var ErrTemporary = errors.New("temporary DNS failure")
+
+// Answer is the outcome of one question.
+type Answer struct {
+	Name     string   // the question, fully qualified and lower case
+	Type     uint16   // the question type
+	Records  []dns.RR // records of Type at the end of any alias chain
+	Aliases  []string // names reached through CNAME or DNAME, in order
+	NXDomain bool     // the (final) name does not exist
+	Security Security
+	TTL      time.Duration
+	Reason   string   // why the answer is not Secure
+	Proof    []string // how it was validated, one step per line
+}
+
+// Target is the name at which Records were found (the question name when
+// there was no alias).
+func (a Answer) Target() string {
+	if len(a.Aliases) > 0 {
+		return a.Aliases[len(a.Aliases)-1]
+	}
+	return a.Name
+}
 
 // MX is one mail exchanger.
 type MX struct {
@@ -50,6 +90,7 @@ type MXAnswer struct {
 	NXDomain bool
 	Security Security
 	TTL      time.Duration
+	Reason   string
 }
 
 // AddrAnswer is the answer to an address question (A and AAAA together).
@@ -58,26 +99,81 @@ type AddrAnswer struct {
 	NXDomain bool
 	Security Security
 	TTL      time.Duration
+	Reason   string
 }
 
-// Resolver is what the rest of Postern needs of DNS.
+// Resolver is what delivery needs of DNS.
 type Resolver interface {
 	LookupMX(ctx context.Context, domain string) (MXAnswer, error)
 	LookupAddrs(ctx context.Context, host string) (AddrAnswer, error)
 }
 
-// Options tune a Client.
+// Mode says how DNSSEC is handled (dns.dnssec).
+type Mode uint8
+
+const (
+	// Validate queries with DO and CD and validates every answer here.
+	Validate Mode = iota
+	// TrustAD believes the upstream's AD bit; safe only over loopback.
+	TrustAD
+	// Off reports everything as Insecure, which disables DANE.
+	Off
+)
+
+// ParseMode reads the dns.dnssec setting.
+func ParseMode(s string) (Mode, error) {
+	switch strings.ToLower(s) {
+	case "validate", "":
+		return Validate, nil
+	case "trust-ad":
+		return TrustAD, nil
+	case "off":
+		return Off, nil
+	}
+	return 0, fmt.Errorf("%q is not one of validate, trust-ad, off", s)
+}
+
+func (m Mode) String() string { return [...]string{"validate", "trust-ad", "off"}[m] }
+
+// Options tune a Client. The zero value validates from the IANA root.
 type Options struct {
 	Timeout  time.Duration // per query and server; default 2s
 	Attempts int           // passes over the server list; default 2
+	Mode     Mode
+	// Anchors are DS or DNSKEY records that start chains of trust; nil means
+	// the IANA root key-signing keys.
+	Anchors []dns.RR
+	// TrustADRemote allows TrustAD with a non-loopback server.
+	TrustADRemote bool
+	// InsecureOnBrokenUpstream treats every answer as Insecure (logged at
+	// each use) while the upstream is known to strip DNSSEC; otherwise such
+	// answers stay Bogus and mail that needs them waits.
+	InsecureOnBrokenUpstream bool
+	CacheSize                int           // answers and zone states each; default 10,000
+	CacheMaxTTL              time.Duration // default 1h
+	Clock                    func() time.Time
+	Log                      *slog.Logger
 }
 
-// Client queries recursive servers over UDP with EDNS0, and over TCP when
-// an answer is truncated.
+// Client is a caching, validating stub resolver. It is safe for concurrent use.
 type Client struct {
 	servers  []string
 	timeout  time.Duration
 	attempts int
+	mode     Mode
+	insecureOnBroken bool
+	anchors  map[string][]dns.RR // by zone
+	maxTTL   time.Duration
+	now      func() time.Time
+	log      *slog.Logger
+
+	answers *ttlCache[Answer]
+	zones   *ttlCache[zoneState]
+	flight  singleflight.Group
+	metrics metrics
+
+	upstreamQueries atomic.Int64
+	health          atomic.Pointer[Health]
 }
 
 // New returns a client for servers ("host:port"; port 53 when absent).
@@ -91,15 +187,67 @@ func New(servers []string, opts Options) (*Client, error) {
 	if opts.Attempts <= 0 {
 		opts.Attempts = 2
 	}
-	c := &Client{timeout: opts.Timeout, attempts: opts.Attempts}
+	if opts.CacheSize <= 0 {
+		opts.CacheSize = 10000
+	}
+	if opts.CacheMaxTTL <= 0 {
+		opts.CacheMaxTTL = time.Hour
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{
+		timeout: opts.Timeout, attempts: opts.Attempts, mode: opts.Mode,
+		insecureOnBroken: opts.InsecureOnBrokenUpstream,
+		maxTTL:           opts.CacheMaxTTL, now: opts.Clock, log: opts.Log,
+		anchors: map[string][]dns.RR{},
+		metrics: newMetrics(),
+	}
 	for _, s := range servers {
 		if _, _, err := net.SplitHostPort(s); err != nil {
 			s = net.JoinHostPort(s, "53")
 		}
 		c.servers = append(c.servers, s)
 	}
+	if c.mode == TrustAD && !opts.TrustADRemote {
+		for _, s := range c.servers {
+			host, _, _ := net.SplitHostPort(s)
+			if a, err := netip.ParseAddr(host); err != nil || !a.IsLoopback() {
+				return nil, fmt.Errorf("trust-ad needs a resolver on a loopback address, and %s is not one (set dns.trust_ad_remote to accept it)", s)
+			}
+		}
+	}
+	anchors := opts.Anchors
+	if anchors == nil {
+		anchors = RootAnchors()
+	}
+	for _, rr := range anchors {
+		switch rr.(type) {
+		case *dns.DS, *dns.DNSKEY:
+		default:
+			return nil, fmt.Errorf("trust anchor %s is neither DS nor DNSKEY", rr.Header().Name)
+		}
+		zone := canonical(rr.Header().Name)
+		c.anchors[zone] = append(c.anchors[zone], rr)
+	}
+	var err error
+	if c.answers, err = newTTLCache[Answer](opts.CacheSize, c.now); err != nil {
+		return nil, err
+	}
+	if c.zones, err = newTTLCache[zoneState](opts.CacheSize, c.now); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
+
+// Mode reports how DNSSEC is handled.
+func (c *Client) Mode() Mode { return c.mode }
+
+// UpstreamQueries counts the questions sent upstream so far.
+func (c *Client) UpstreamQueries() int64 { return c.upstreamQueries.Load() }
 
 // SystemServers returns the nameservers of /etc/resolv.conf.
 func SystemServers() ([]string, error) {
@@ -114,30 +262,68 @@ func SystemServers() ([]string, error) {
 	return out, nil
 }
 
-// LookupMX implements Resolver.
-func (c *Client) LookupMX(ctx context.Context, domain string) (MXAnswer, error) {
-	msg, err := c.query(ctx, domain, dns.TypeMX)
+// Lookup answers one question, from the cache when it can. Concurrent
+// lookups of the same question share one resolution.
+func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Answer, error) {
+	name = canonical(name)
+	key := name + "/" + dns.TypeToString[qtype]
+	ans, hit, err := c.answers.get(key, func() (Answer, time.Duration, error) {
+		v, err, _ := c.flight.Do("a:"+key, func() (any, error) {
+			return c.resolve(ctx, name, qtype)
+		})
+		a, _ := v.(Answer)
+		return a, c.cacheTTL(a), err
+	})
+	c.metrics.lookup(ctx, hit, ans.Security, err)
 	if err != nil {
-		return MXAnswer{}, err
+		return Answer{}, err
 	}
-	ans := MXAnswer{NXDomain: msg.Rcode == dns.RcodeNameError, Security: Insecure}
-	rrs, ttl := answerFor(msg, domain, dns.TypeMX)
-	ans.TTL = ttl
-	for _, rr := range rrs {
-		mx := rr.(*dns.MX)
-		ans.Records = append(ans.Records, MX{Host: strings.TrimSuffix(strings.ToLower(mx.Mx), "."), Preference: mx.Preference})
+	if c.mode == Validate && c.insecureOnBroken && ans.Security == Bogus && c.upstreamBroken() {
+		c.log.Warn("DNSSEC answer treated as insecure because the upstream strips DNSSEC (dns.on_broken_upstream: insecure)",
+			"name", name, "type", dns.TypeToString[qtype], "reason", ans.Reason)
+		ans.Security, ans.Reason = Insecure, "upstream strips DNSSEC: "+ans.Reason
 	}
 	return ans, nil
 }
 
+// cacheTTL keeps Bogus answers only briefly (RFC 9520), so that a repaired
+// zone is seen soon, and everything else no longer than the cap.
+func (c *Client) cacheTTL(a Answer) time.Duration {
+	ttl := min(a.TTL, c.maxTTL)
+	if a.Security == Bogus {
+		ttl = min(ttl, bogusTTL)
+	}
+	return ttl
+}
+
+const (
+	bogusTTL   = 60 * time.Second
+	failureTTL = 5 * time.Second // RFC 9520: do not hammer an upstream that fails
+)
+
+// LookupMX implements Resolver.
+func (c *Client) LookupMX(ctx context.Context, domain string) (MXAnswer, error) {
+	a, err := c.Lookup(ctx, domain, dns.TypeMX)
+	if err != nil {
+		return MXAnswer{}, err
+	}
+	out := MXAnswer{NXDomain: a.NXDomain, Security: a.Security, TTL: a.TTL, Reason: a.Reason}
+	for _, rr := range a.Records {
+		mx := rr.(*dns.MX)
+		out.Records = append(out.Records, MX{Host: strings.TrimSuffix(strings.ToLower(mx.Mx), "."), Preference: mx.Preference})
+	}
+	return out, nil
+}
+
 // LookupAddrs implements Resolver: AAAA and A are asked in turn; a failure
-// of one with an answer from the other still counts as an answer.
+// of one with an answer from the other still counts as an answer. The
+// status is the weaker of the two.
 func (c *Client) LookupAddrs(ctx context.Context, host string) (AddrAnswer, error) {
-	ans := AddrAnswer{Security: Insecure, NXDomain: true}
+	out := AddrAnswer{NXDomain: true, Security: Secure}
 	var firstErr error
 	answered := false
 	for _, qtype := range []uint16{dns.TypeAAAA, dns.TypeA} {
-		msg, err := c.query(ctx, host, qtype)
+		a, err := c.Lookup(ctx, host, qtype)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err
@@ -145,12 +331,14 @@ func (c *Client) LookupAddrs(ctx context.Context, host string) (AddrAnswer, erro
 			continue
 		}
 		answered = true
-		ans.NXDomain = ans.NXDomain && msg.Rcode == dns.RcodeNameError
-		rrs, ttl := answerFor(msg, host, qtype)
-		if ans.TTL == 0 || (ttl > 0 && ttl < ans.TTL) {
-			ans.TTL = ttl
+		out.NXDomain = out.NXDomain && a.NXDomain
+		if out.TTL == 0 || (a.TTL > 0 && a.TTL < out.TTL) {
+			out.TTL = a.TTL
 		}
-		for _, rr := range rrs {
+		if weaker(a.Security, out.Security) != out.Security {
+			out.Security, out.Reason = a.Security, a.Reason
+		}
+		for _, rr := range a.Records {
 			var ip net.IP
 			switch r := rr.(type) {
 			case *dns.A:
@@ -158,101 +346,40 @@ func (c *Client) LookupAddrs(ctx context.Context, host string) (AddrAnswer, erro
 			case *dns.AAAA:
 				ip = r.AAAA
 			}
-			if a, ok := netip.AddrFromSlice(ip); ok {
-				ans.Addrs = append(ans.Addrs, a.Unmap())
+			if addr, ok := netip.AddrFromSlice(ip); ok {
+				out.Addrs = append(out.Addrs, addr.Unmap())
 			}
 		}
 	}
 	if !answered {
 		return AddrAnswer{}, firstErr
 	}
-	if len(ans.Addrs) > 0 {
-		ans.NXDomain = false
+	if len(out.Addrs) > 0 {
+		out.NXDomain = false
 	}
-	return ans, nil
+	return out, nil
 }
 
-// answerFor follows the CNAME chain in msg from name and returns the
-// records of qtype at its end, with the smallest TTL on the way.
-func answerFor(msg *dns.Msg, name string, qtype uint16) ([]dns.RR, time.Duration) {
-	owner := dns.Fqdn(strings.ToLower(name))
-	minTTL := uint32(0)
-	seen := map[string]bool{}
-	for !seen[owner] {
-		seen[owner] = true
-		var out []dns.RR
-		var next string
-		for _, rr := range msg.Answer {
-			h := rr.Header()
-			if !strings.EqualFold(h.Name, owner) {
-				continue
-			}
-			switch {
-			case h.Rrtype == qtype:
-				out = append(out, rr)
-			case h.Rrtype == dns.TypeCNAME:
-				next = strings.ToLower(rr.(*dns.CNAME).Target)
-			default:
-				continue
-			}
-			if minTTL == 0 || h.Ttl < minTTL {
-				minTTL = h.Ttl
-			}
-		}
-		if len(out) > 0 || next == "" {
-			return out, time.Duration(minTTL) * time.Second
-		}
-		owner = next
-	}
-	return nil, 0 // a CNAME loop
+// LookupTLSA returns the TLSA records for a TCP port of host, following
+// CNAMEs (the Answer's Aliases say where they were found, for RFC 7672 2.2.3).
+func (c *Client) LookupTLSA(ctx context.Context, host string, port int) (Answer, error) {
+	return c.Lookup(ctx, fmt.Sprintf("_%d._tcp.%s", port, dns.Fqdn(host)), dns.TypeTLSA)
 }
 
-// query asks the servers in a random order until one answers, falling back
-// to TCP when the UDP answer is truncated.
-func (c *Client) query(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-	q := new(dns.Msg)
-	q.SetQuestion(dns.Fqdn(name), qtype)
-	q.RecursionDesired = true
-	q.SetEdns0(1232, true) // the DO bit: ask for DNSSEC records along
-	servers := slices.Clone(c.servers)
-	rand.Shuffle(len(servers), func(i, j int) { servers[i], servers[j] = servers[j], servers[i] })
-	var lastErr error
-	for attempt := 0; attempt < c.attempts; attempt++ {
-		for _, server := range servers {
-			if err := ctx.Err(); err != nil {
-				return nil, fmt.Errorf("%s %s: %w: %v", dns.TypeToString[qtype], name, ErrTemporary, err)
-			}
-			msg, err := c.exchange(ctx, q, server)
-			if err != nil {
-				lastErr = err
-				continue
-			}
-			switch msg.Rcode {
-			case dns.RcodeSuccess, dns.RcodeNameError:
-				return msg, nil
-			default:
-				lastErr = fmt.Errorf("%s from %s", dns.RcodeToString[msg.Rcode], server)
-			}
-		}
-	}
-	return nil, fmt.Errorf("%s %s: %w: %v", dns.TypeToString[qtype], name, ErrTemporary, lastErr)
-}
-
-func (c *Client) exchange(ctx context.Context, q *dns.Msg, server string) (*dns.Msg, error) {
-	udp := &dns.Client{Net: "udp", Timeout: c.timeout, UDPSize: 1232}
-	msg, _, err := udp.ExchangeContext(ctx, q, server)
-	if err == nil && msg.Truncated {
-		tcp := &dns.Client{Net: "tcp", Timeout: c.timeout}
-		msg, _, err = tcp.ExchangeContext(ctx, q, server)
-	}
+// LookupTXT returns the TXT strings of name, each record's strings joined.
+func (c *Client) LookupTXT(ctx context.Context, name string) ([]string, Answer, error) {
+	a, err := c.Lookup(ctx, name, dns.TypeTXT)
 	if err != nil {
-		return nil, err
+		return nil, a, err
 	}
-	// miekg/dns matches the ID; the question must match too, or a spoofed
-	// or confused answer could be taken for this one.
-	if len(msg.Question) != 1 || !strings.EqualFold(msg.Question[0].Name, q.Question[0].Name) ||
-		msg.Question[0].Qtype != q.Question[0].Qtype {
-		return nil, fmt.Errorf("answer from %s does not match the question", server)
+	var out []string
+	for _, rr := range a.Records {
+		out = append(out, strings.Join(rr.(*dns.TXT).Txt, ""))
 	}
-	return msg, nil
+	return out, a, nil
+}
+
+// canonical returns name fully qualified and in lower case.
+func canonical(name string) string {
+	return strings.ToLower(dns.Fqdn(name))
 }

@@ -1,6 +1,7 @@
 // Package resolvertest runs a DNS server in-process on 127.0.0.1:0 that
-// answers from zone data a test gives it, so every package can test against
-// the same realistic DNS.
+// answers like a recursive resolver from zones a test gives it, signed
+// under the test's own root key or unsigned, so that every package can test
+// against realistic DNS, DNSSEC included, without the network.
 package resolvertest
 
 import (
@@ -12,21 +13,36 @@ import (
 	"github.com/miekg/dns"
 )
 
-// Server answers authoritatively (and as if recursive) from its records.
+// Server answers from its zones, following CNAMEs across them as a
+// recursive resolver would, with DNSSEC records when the DO bit is set.
 type Server struct {
 	Addr string // host:port, UDP and TCP
 
 	mu       sync.Mutex
-	records  map[string][]dns.RR // by lower-case owner name
+	t        testing.TB
+	zones    map[string]*Zone
 	servfail map[string]bool
+	tamper   func(dns.Question, *dns.Msg)
 	queries  int
+	asked    []dns.Question
+	noTCP    bool
 }
 
-// Start serves zone (RRs in zone-file syntax, one per line) until the test ends.
+// Start serves zone (RRs in zone-file syntax, one per line) as one unsigned
+// root zone until the test ends.
 func Start(t testing.TB, zone string) *Server {
 	t.Helper()
-	s := &Server{records: map[string][]dns.RR{}, servfail: map[string]bool{}}
-	s.Add(t, zone)
+	return StartZones(t, NewZone(t, ".", 0, zone))
+}
+
+// StartZones serves the given zones until the test ends. A question goes
+// to the deepest zone that encloses its name (a DS question to the parent).
+func StartZones(t testing.TB, zones ...*Zone) *Server {
+	t.Helper()
+	s := &Server{t: t, zones: map[string]*Zone{}, servfail: map[string]bool{}}
+	for _, z := range zones {
+		s.zones[z.Origin] = z
+	}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -36,20 +52,23 @@ func Start(t testing.TB, zone string) *Server {
 		t.Fatal(err)
 	}
 	s.Addr = pc.LocalAddr().String()
-	udp := &dns.Server{PacketConn: pc, Handler: s}
-	tcp := &dns.Server{Listener: l, Handler: s}
+	// Shutdown of a server that has not started yet blocks for ever: wait
+	// for both to start before a test can end.
+	var started sync.WaitGroup
+	started.Add(2)
+	udp := &dns.Server{PacketConn: pc, Handler: s, NotifyStartedFunc: started.Done}
+	tcp := &dns.Server{Listener: l, Handler: s, NotifyStartedFunc: started.Done}
 	go udp.ActivateAndServe()
 	go tcp.ActivateAndServe()
+	started.Wait()
 	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
 	return s
 }
 
-// Add adds records in zone-file syntax.
-func (s *Server) Add(t testing.TB, zone string) {
+// Add adds records in zone-file syntax to the zone that encloses each.
+func (s *Server) Add(t testing.TB, records string) {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, line := range strings.Split(zone, "\n") {
+	for _, line := range strings.Split(records, "\n") {
 		if strings.TrimSpace(line) == "" {
 			continue
 		}
@@ -57,15 +76,35 @@ func (s *Server) Add(t testing.TB, zone string) {
 		if err != nil {
 			t.Fatalf("zone line %q: %v", line, err)
 		}
-		name := strings.ToLower(rr.Header().Name)
-		s.records[name] = append(s.records[name], rr)
+		s.mu.Lock()
+		z := s.zoneOf(dns.CanonicalName(rr.Header().Name), 0)
+		s.mu.Unlock()
+		if z == nil {
+			t.Fatalf("no zone encloses %s", rr.Header().Name)
+		}
+		z.Add(line)
 	}
 }
 
 // ServFail makes questions about name fail with SERVFAIL.
 func (s *Server) ServFail(name string) {
 	s.mu.Lock()
-	s.servfail[dns.Fqdn(strings.ToLower(name))] = true
+	s.servfail[dns.CanonicalName(name)] = true
+	s.mu.Unlock()
+}
+
+// Tamper lets a test rewrite every response before it is sent, to play
+// an attacker or a broken upstream. nil removes it.
+func (s *Server) Tamper(f func(q dns.Question, m *dns.Msg)) {
+	s.mu.Lock()
+	s.tamper = f
+	s.mu.Unlock()
+}
+
+// RefuseTCP makes the server drop questions that arrive over TCP.
+func (s *Server) RefuseTCP() {
+	s.mu.Lock()
+	s.noTCP = true
 	s.mu.Unlock()
 }
 
@@ -76,54 +115,85 @@ func (s *Server) Queries() int {
 	return s.queries
 }
 
-func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
+// Asked returns the questions answered so far, in order.
+func (s *Server) Asked() []dns.Question {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return append([]dns.Question(nil), s.asked...)
+}
+
+// zoneOf returns the deepest zone enclosing name; for a DS question about
+// a zone's apex, the parent zone.
+func (s *Server) zoneOf(name string, qtype uint16) *Zone {
+	for n := name; ; n = parent(n) {
+		if z, ok := s.zones[n]; ok && !(qtype == dns.TypeDS && n == name && n != ".") {
+			return z
+		}
+		if n == "." {
+			return nil
+		}
+	}
+}
+
+func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
+	s.mu.Lock()
+	_, isUDP := w.RemoteAddr().(*net.UDPAddr)
+	if !isUDP && s.noTCP {
+		s.mu.Unlock()
+		w.Close()
+		return
+	}
 	s.queries++
 	resp := new(dns.Msg)
 	resp.SetReply(q)
-	resp.Authoritative, resp.RecursionAvailable = true, true
+	resp.RecursionAvailable = true
 	if len(q.Question) != 1 {
 		resp.Rcode = dns.RcodeFormatError
+		s.mu.Unlock()
 		w.WriteMsg(resp)
 		return
 	}
 	question := q.Question[0]
-	name := strings.ToLower(question.Name)
+	s.asked = append(s.asked, question)
+	opt := q.IsEdns0()
+	do := opt != nil && opt.Do()
+	if opt != nil {
+		resp.SetEdns0(1232, do)
+	}
+	name := dns.CanonicalName(question.Name)
 	if s.servfail[name] {
 		resp.Rcode = dns.RcodeServerFailure
+		s.mu.Unlock()
 		w.WriteMsg(resp)
 		return
 	}
-	// Follow CNAMEs as a recursive server would, putting the chain in the answer.
+	// Follow CNAMEs across zones as a recursive server would, putting the
+	// chain in the answer and the last name's proofs in the authority.
 	for hops := 0; hops < 8; hops++ {
-		rrs, exists := s.records[name]
-		if !exists {
-			if len(resp.Answer) == 0 {
-				resp.Rcode = dns.RcodeNameError
-			}
+		z := s.zoneOf(name, question.Qtype)
+		if z == nil {
+			resp.Rcode = dns.RcodeRefused
 			break
 		}
-		var cname string
-		for _, rr := range rrs {
-			switch {
-			case rr.Header().Rrtype == question.Qtype:
-				resp.Answer = append(resp.Answer, rr)
-			case rr.Header().Rrtype == dns.TypeCNAME:
-				resp.Answer = append(resp.Answer, rr)
-				cname = strings.ToLower(rr.(*dns.CNAME).Target)
-			}
-		}
-		if cname == "" || question.Qtype == dns.TypeCNAME {
+		r := z.lookup(name, question.Qtype, do)
+		resp.Answer = append(resp.Answer, r.answer...)
+		resp.Ns = r.authority
+		resp.Rcode = r.rcode
+		if r.cname == "" || question.Qtype == dns.TypeCNAME || s.servfail[r.cname] {
 			break
 		}
-		name = cname
+		name = r.cname
+	}
+	tamper := s.tamper
+	s.mu.Unlock()
+	if tamper != nil {
+		tamper(question, resp)
 	}
 	// Over UDP, an answer larger than the client's buffer is truncated, so
 	// that the client must retry over TCP.
-	if _, isUDP := w.RemoteAddr().(*net.UDPAddr); isUDP {
+	if isUDP {
 		size := dns.MinMsgSize
-		if opt := q.IsEdns0(); opt != nil {
+		if opt != nil {
 			size = int(opt.UDPSize())
 		}
 		resp.Truncate(size)
