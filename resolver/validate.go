@@ -305,6 +305,21 @@ func (c *Client) stepDown(ctx context.Context, name string, parent zoneState) (z
 	}
 	same := parent
 	same.Proof = clone(parent.Proof)
+	for _, rr := range msg.Answer {
+		dOwner := canonical(rr.Header().Name)
+		if _, ok := rr.(*dns.DNAME); !ok || dOwner == name || !dns.IsSubDomain(dOwner, name) {
+			continue
+		}
+		// Below a DNAME nothing exists in this zone, so no zone cut either.
+		dname, sigs := rrsetAt(msg.Answer, dOwner, dns.TypeDNAME)
+		res, err := verifyRRset(dname, sigs, parent, now)
+		if err != nil {
+			return bogus(parent, fmt.Sprintf("DNAME at %s: %v", dOwner, err)), nil
+		}
+		same.Nonexistent = true
+		same.TTL = min(parent.TTL, res.ttl, rrsetTTL(dname))
+		return same, nil
+	}
 	if cname, sigs := rrsetAt(msg.Answer, name, dns.TypeCNAME); len(cname) > 0 {
 		// An alias is never a zone cut.
 		res, err := verifyRRset(cname, sigs, parent, now)
