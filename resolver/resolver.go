@@ -157,15 +157,15 @@ type Options struct {
 
 // Client is a caching, validating stub resolver. It is safe for concurrent use.
 type Client struct {
-	servers  []string
-	timeout  time.Duration
-	attempts int
-	mode     Mode
+	servers          []string
+	timeout          time.Duration
+	attempts         int
+	mode             Mode
 	insecureOnBroken bool
-	anchors  map[string][]dns.RR // by zone
-	maxTTL   time.Duration
-	now      func() time.Time
-	log      *slog.Logger
+	anchors          map[string][]dns.RR // by zone
+	maxTTL           time.Duration
+	now              func() time.Time
+	log              *slog.Logger
 
 	answers *ttlCache[Answer]
 	zones   *ttlCache[zoneState]

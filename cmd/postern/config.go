@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/delivery"
 	"github.com/postern/postern/relay/submission"
+	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
 )
 
@@ -76,8 +78,15 @@ type QueueConfig struct {
 }
 
 type DNSConfig struct {
-	Servers []string      `mapstructure:"servers"`
-	Timeout time.Duration `mapstructure:"timeout"`
+	Servers          []string      `mapstructure:"servers"`
+	Timeout          time.Duration `mapstructure:"timeout"`
+	DNSSEC           string        `mapstructure:"dnssec"`
+	TrustAnchorFile  string        `mapstructure:"trust_anchor_file"`
+	TrustADRemote    bool          `mapstructure:"trust_ad_remote"`
+	OnBrokenUpstream string        `mapstructure:"on_broken_upstream"`
+	CacheSize        int           `mapstructure:"cache_size"`
+	CacheMaxTTL      time.Duration `mapstructure:"cache_max_ttl"`
+	ProbeInterval    time.Duration `mapstructure:"probe_interval"`
 }
 
 type DeliveryConfig struct {
@@ -136,6 +145,13 @@ var defaults = map[string]any{
 	"queue.inline_limit":                  int64(128 << 10),
 	"dns.servers":                         []string{},
 	"dns.timeout":                         "2s",
+	"dns.dnssec":                          "validate",
+	"dns.trust_anchor_file":               "",
+	"dns.trust_ad_remote":                 false,
+	"dns.on_broken_upstream":              "defer",
+	"dns.cache_size":                      10000,
+	"dns.cache_max_ttl":                   "1h",
+	"dns.probe_interval":                  "1h",
 	"delivery.port":                       25,
 	"delivery.workers":                    32,
 	"delivery.retry":                      []string{"1m", "5m", "15m", "30m", "1h", "2h"},
@@ -284,6 +300,8 @@ func (c *Config) validate() error {
 		"queue.inline_limit":                  c.Queue.InlineLimit,
 		"shutdown.timeout":                    int64(c.Shutdown.Timeout),
 		"dns.timeout":                         int64(c.DNS.Timeout),
+		"dns.cache_size":                      int64(c.DNS.CacheSize),
+		"dns.cache_max_ttl":                   int64(c.DNS.CacheMaxTTL),
 		"delivery.workers":                    int64(c.Delivery.Workers),
 		"delivery.max_queue_lifetime":         int64(c.Delivery.MaxQueueLifetime),
 		"delivery.max_addr_attempts":          int64(c.Delivery.MaxAddrAttempts),
@@ -335,6 +353,20 @@ func (c *Config) validate() error {
 				bad("dns.servers", "%q is neither an address nor address:port", s)
 			}
 		}
+	}
+	if _, err := resolver.ParseMode(c.DNS.DNSSEC); err != nil {
+		bad("dns.dnssec", "%v", err)
+	}
+	if c.DNS.OnBrokenUpstream != "defer" && c.DNS.OnBrokenUpstream != "insecure" {
+		bad("dns.on_broken_upstream", "%q is not one of defer, insecure", c.DNS.OnBrokenUpstream)
+	}
+	if c.DNS.TrustAnchorFile != "" {
+		if _, err := resolver.LoadAnchors(c.DNS.TrustAnchorFile); err != nil {
+			bad("dns.trust_anchor_file", "%v", err)
+		}
+	}
+	if c.DNS.ProbeInterval < 0 {
+		bad("dns.probe_interval", "must not be negative (0 probes only at start)")
 	}
 	if s.Auth.FreeFailures < 0 || s.Auth.FailureDelay < 0 || s.Auth.MaxFailureDelay < 0 {
 		bad("submission.auth", "values must not be negative")
@@ -390,4 +422,38 @@ func (c *Config) deliveryConfig() delivery.Config {
 		out.Routes = append(out.Routes, route)
 	}
 	return out
+}
+
+// resolver builds the DNS client the configuration describes.
+func (c *Config) resolver(log *slog.Logger) (*resolver.Client, []string, error) {
+	servers := c.DNS.Servers
+	if len(servers) == 0 {
+		var err error
+		if servers, err = resolver.SystemServers(); err != nil {
+			return nil, nil, fmt.Errorf("dns.servers is empty and %w", err)
+		}
+	}
+	mode, err := resolver.ParseMode(c.DNS.DNSSEC)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dns.dnssec: %w", err)
+	}
+	opts := resolver.Options{
+		Timeout: c.DNS.Timeout, Mode: mode, TrustADRemote: c.DNS.TrustADRemote,
+		InsecureOnBrokenUpstream: c.DNS.OnBrokenUpstream == "insecure",
+		CacheSize:                c.DNS.CacheSize, CacheMaxTTL: c.DNS.CacheMaxTTL, Log: log,
+	}
+	if c.DNS.TrustAnchorFile != "" {
+		if opts.Anchors, err = resolver.LoadAnchors(c.DNS.TrustAnchorFile); err != nil {
+			return nil, nil, fmt.Errorf("dns.trust_anchor_file: %w", err)
+		}
+	}
+	res, err := resolver.New(servers, opts)
+	if err != nil {
+		key := "dns.servers"
+		if mode == resolver.TrustAD {
+			key = "dns.dnssec"
+		}
+		return nil, nil, fmt.Errorf("%s: %w", key, err)
+	}
+	return res, servers, nil
 }

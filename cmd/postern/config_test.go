@@ -54,6 +54,7 @@ func bound(t *testing.T, key, env string) bool {
 		"submission.listen": "127.0.0.1:1,127.0.0.1:2", "submission.tls_listen": "",
 		"submission.tls.cert_file": "", "submission.tls.key_file": "", "submission.tls.min_version": "1.3",
 		"dns.servers": "127.0.0.1:5353", "delivery.retry": "1m,2m", "delivery.prefer_ipv6": "true",
+		"dns.dnssec": "off", "dns.on_broken_upstream": "insecure", "dns.trust_ad_remote": "true",
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
 		if strings.HasSuffix(key, "_file") {
@@ -107,6 +108,10 @@ func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
 		"submission:\n  max_line_length: 200\n":           "submission.max_line_length",
 		"submission:\n  tls:\n    min_version: \"1.1\"\n": "submission.tls.min_version",
 		"submission: [1, 2]\n":                            "submission",
+		"dns:\n  dnssec: maybe\n":                         "dns.dnssec",
+		"dns:\n  on_broken_upstream: ignore\n":            "dns.on_broken_upstream",
+		"dns:\n  trust_anchor_file: /nonexistent\n":       "dns.trust_anchor_file",
+		"dns:\n  cache_size: 0\n":                         "dns.cache_size",
 	} {
 		path := writeConfig(t, text)
 		_, err := loadConfig(path)

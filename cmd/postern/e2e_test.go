@@ -66,9 +66,18 @@ func newDaemon(t testing.TB) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dns := resolvertest.Start(t, e2eZone)
+	// The zones are signed under a root key of the test's own, which the
+	// daemon is given as its trust anchor: delivery validates DNSSEC as it
+	// would on the internet.
+	dns, anchors := resolvertest.StartSigned(t, e2eZone)
 	sink := smtptest.Start(t, nil)
 	dir := t.TempDir()
+	anchorFile := filepath.Join(dir, "root.anchor")
+	var anchorText strings.Builder
+	for _, rr := range anchors {
+		anchorText.WriteString(rr.String() + "\n")
+	}
+	os.WriteFile(anchorFile, []byte(anchorText.String()), 0o600)
 	cfg := filepath.Join(dir, "postern.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`hostname: e2e.test
 data_dir: %s
@@ -78,11 +87,12 @@ submission:
   tls_listen: ["127.0.0.1:0"]
 dns:
   servers: [%q]
+  trust_anchor_file: %s
 delivery:
   port: %d
   poll_interval: 100ms
 shutdown: {timeout: 5s}
-`, filepath.Join(dir, "data"), dns.Addr, sink.Port)), 0o600)
+`, filepath.Join(dir, "data"), dns.Addr, anchorFile, sink.Port)), 0o600)
 	return &daemon{t: t, bin: bin, cfg: cfg, dataDir: filepath.Join(dir, "data"), sink: sink}
 }
 

@@ -65,15 +65,12 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	servers := cfg.DNS.Servers
-	if len(servers) == 0 {
-		if servers, err = resolver.SystemServers(); err != nil {
-			return fmt.Errorf("dns.servers is empty and %w", err)
-		}
-	}
-	res, err := resolver.New(servers, resolver.Options{Timeout: cfg.DNS.Timeout})
+	res, servers, err := cfg.resolver(log)
 	if err != nil {
-		return fmt.Errorf("dns.servers: %w", err)
+		return err
+	}
+	if res.Mode() == resolver.Off {
+		log.Warn("DNSSEC validation is off (dns.dnssec: off): DANE is disabled and every DNS answer counts as insecure")
 	}
 	engine := delivery.New(cfg.deliveryConfig(), delivery.Deps{Queue: q, Resolver: res, Log: log})
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
@@ -84,10 +81,11 @@ func serve(cfg *Config, log *slog.Logger) error {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go certs.Watch(ctx, cfg.Submission.TLS.ReloadInterval)
+	go res.RunProbes(ctx, cfg.DNS.ProbeInterval)
 	deliveryDone := make(chan struct{})
 	go func() { engine.Run(ctx); close(deliveryDone) }()
 	defer func() { stop(); <-deliveryDone }()
-	log.Info("delivery started", "workers", cfg.Delivery.Workers, "dns_servers", servers, "port", cfg.Delivery.Port,
+	log.Info("delivery started", "workers", cfg.Delivery.Workers, "dns_servers", servers, "dnssec", res.Mode().String(), "port", cfg.Delivery.Port,
 		"routes", len(cfg.Delivery.Routes))
 
 	serveErr := make(chan error, 4)

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/smtptest"
@@ -61,8 +63,8 @@ func newWorld(t *testing.T, mx *smtptest.MX, routes ...Route) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	dns := resolvertest.Start(t, testZone)
-	res, _ := resolver.New([]string{dns.Addr}, resolver.Options{Timeout: time.Second, Attempts: 1})
+	dns, anchors := resolvertest.StartSigned(t, testZone)
+	res, _ := resolver.New([]string{dns.Addr}, resolver.Options{Timeout: time.Second, Attempts: 1, Anchors: anchors})
 	for i := range routes {
 		if routes[i].Port == 0 {
 			routes[i].Port = mx.Port
@@ -412,5 +414,37 @@ func TestDNSFailureDefersNeverBounces(t *testing.T) {
 	}
 	if len(w.bounces()) != 0 {
 		t.Fatal("bounced on a DNS failure")
+	}
+}
+
+func TestBogusDNSDefersAndDeliversNothing(t *testing.T) {
+	for _, qtype := range []uint16{dns.TypeMX, dns.TypeA} {
+		t.Run(dns.TypeToString[qtype], func(t *testing.T) {
+			w := newWorld(t, smtptest.Start(t, nil))
+			// An attacker on the path rewrites the answer; the signature no longer matches.
+			w.dns.Tamper(func(q dns.Question, m *dns.Msg) {
+				for _, rr := range m.Answer {
+					switch rr := rr.(type) {
+					case *dns.MX:
+						if qtype == dns.TypeMX {
+							rr.Preference++
+						}
+					case *dns.A:
+						if qtype == dns.TypeA {
+							rr.A = net.IPv4(127, 0, 0, 9)
+						}
+					}
+				}
+			})
+			id := w.submit(sender, "a@dest.test")
+			w.run()
+			r := w.state(id).Recipients[0]
+			if r.State != queue.Pending || !strings.Contains(r.LastReply, "4.7.5") || !strings.Contains(r.LastReply, "DNSSEC") {
+				t.Fatalf("after a bogus %s answer: %+v", dns.TypeToString[qtype], r)
+			}
+			if len(w.mx.Received()) != 0 || len(w.bounces()) != 0 {
+				t.Fatal("delivered or bounced on a bogus answer")
+			}
+		})
 	}
 }

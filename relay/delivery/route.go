@@ -73,6 +73,11 @@ func hops(ctx context.Context, res resolver.Resolver, routes []Route, port int, 
 		// only an answer (NXDOMAIN, null MX) can fail it for good.
 		return nil, &Failure{Temporary: true, Enhanced: "4.4.3", Text: fmt.Sprintf("MX lookup for %s failed: %v", domain, err)}
 	}
+	if ans.Security == resolver.Bogus {
+		// RFC 7672 2.2.1: a bogus MX RRset may be an attacker's; wait, and
+		// never fall back to the domain's address records.
+		return nil, &Failure{Temporary: true, Enhanced: "4.7.5", Text: fmt.Sprintf("MX lookup for %s failed DNSSEC validation: %s", domain, ans.Reason)}
+	}
 	if ans.NXDomain {
 		return nil, &Failure{Enhanced: "5.1.2", Text: fmt.Sprintf("domain %s does not exist", domain)}
 	}

@@ -35,6 +35,14 @@ func Start(t testing.TB, zone string) *Server {
 	return StartZones(t, NewZone(t, ".", 0, zone))
 }
 
+// StartSigned serves zone as one root zone signed with a key of the
+// test's own, and returns the trust anchor that validates it.
+func StartSigned(t testing.TB, zone string) (*Server, []dns.RR) {
+	t.Helper()
+	root := NewZone(t, ".", dns.ECDSAP256SHA256, zone)
+	return StartZones(t, root), root.DS()
+}
+
 // StartZones serves the given zones until the test ends. A question goes
 // to the deepest zone that encloses its name (a DS question to the parent).
 func StartZones(t testing.TB, zones ...*Zone) *Server {
