@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -405,5 +406,34 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	}
 	if lost != 0 || damaged != 0 {
 		t.Fatalf("%d acknowledged messages lost, %d damaged", lost, damaged)
+	}
+}
+
+func TestDNSLookupShowsTheChain(t *testing.T) {
+	d := newDaemon(t)
+	out, err := d.run("", "dns", "lookup", "dest.test", "MX")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"dest.test. MX: secure", "MX\t10 mx.dest.test.", "chain of trust", ". DNSKEY set signed by key", "dest.test. MX signed by ."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = d.run("", "dns", "lookup", "absent.test", "--json")
+	if err != nil || !strings.Contains(out, `"nxdomain": true`) || !strings.Contains(out, `"security": "secure"`) {
+		t.Fatalf("NXDOMAIN as JSON: %v\n%s", err, out)
+	}
+	if out, err := d.run("", "dns", "probe"); err != nil || !strings.Contains(out, "passes DNSSEC") {
+		t.Fatalf("probe: %v\n%s", err, out)
+	}
+	// Without the test's anchor, the built-in IANA root cannot validate
+	// the test's root: bogus, exit status 4.
+	cmd := exec.Command(d.bin, "dns", "lookup", "dest.test", "MX", "-c", d.cfg)
+	cmd.Env = append(os.Environ(), "POSTERN_DNS_TRUST_ANCHOR_FILE=")
+	out2, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(string(out2), "bogus") {
+		t.Fatalf("foreign root: %v\n%s", err, out2)
 	}
 }
