@@ -58,7 +58,7 @@ func (c *Client) Probe(ctx context.Context) Health {
 		h.Problem = strings.Join(problems, "; ") +
 			". Point dns.servers at a resolver that passes DNSSEC records through (a local unbound or knot-resolver does)," +
 			" or set dns.dnssec: off to disable DANE knowingly"
-		c.log.Error("the DNS upstream breaks DNSSEC: mail to DANE domains will be deferred", "problem", h.Problem,
+		c.log.Error("the DNS upstream breaks DNSSEC: DANE cannot be checked, and mail that requires it will wait", "problem", h.Problem,
 			"on_broken_upstream", map[bool]string{true: "insecure", false: "defer"}[c.insecureOnBroken])
 	}
 	c.metrics.setBroken(h.Broken)

@@ -145,9 +145,9 @@ type Options struct {
 	Anchors []dns.RR
 	// TrustADRemote allows TrustAD with a non-loopback server.
 	TrustADRemote bool
-	// InsecureOnBrokenUpstream treats every answer as Insecure (logged at
-	// each use) while the upstream is known to strip DNSSEC; otherwise such
-	// answers stay Bogus and mail that needs them waits.
+	// While a probe has found that the upstream strips DNSSEC, answers
+	// that fail validation are Indeterminate (DANE unknown: mail that needs
+	// it waits), or Insecure (logged at each use) when this is set.
 	InsecureOnBrokenUpstream bool
 	CacheSize                int           // answers and zone states each; default 10,000
 	CacheMaxTTL              time.Duration // default 1h
@@ -278,10 +278,18 @@ func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Answer,
 	if err != nil {
 		return Answer{}, err
 	}
-	if c.mode == Validate && c.insecureOnBroken && ans.Security == Bogus && c.upstreamBroken() {
-		c.log.Warn("DNSSEC answer treated as insecure because the upstream strips DNSSEC (dns.on_broken_upstream: insecure)",
-			"name", name, "type", dns.TypeToString[qtype], "reason", ans.Reason)
-		ans.Security, ans.Reason = Insecure, "upstream strips DNSSEC: "+ans.Reason
+	if c.mode == Validate && ans.Security == Bogus && c.upstreamBroken() {
+		// Through an upstream that strips DNSSEC every signed name looks
+		// bogus, so bogus says nothing about an attack. With "insecure" DANE
+		// is treated as absent; with "defer" its status is unknown, and the
+		// TLS policy defers only mail that needs DANE.
+		if c.insecureOnBroken {
+			c.log.Warn("DNSSEC answer treated as insecure because the upstream strips DNSSEC (dns.on_broken_upstream: insecure)",
+				"name", name, "type", dns.TypeToString[qtype], "reason", ans.Reason)
+			ans.Security, ans.Reason = Insecure, "upstream strips DNSSEC: "+ans.Reason
+		} else {
+			ans.Security, ans.Reason = Indeterminate, "upstream strips DNSSEC, so DANE cannot be checked: "+ans.Reason
+		}
 	}
 	return ans, nil
 }
