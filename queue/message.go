@@ -42,10 +42,12 @@ type Envelope struct {
 	Return     string `json:"ret,omitempty"`
 	EnvelopeID string `json:"envid,omitempty"`
 	RequireTLS bool   `json:"requiretls,omitempty"`
-	UTF8       bool   `json:"utf8,omitempty"`
-	BodyType   string `json:"body,omitempty"`
-	AuthUser   string `json:"user,omitempty"`
-	ClientIP   string `json:"ip,omitempty"`
+	// TLSOptional: the message says "TLS-Required: No" (RFC 8689 5).
+	TLSOptional bool   `json:"tls_optional,omitempty"`
+	UTF8        bool   `json:"utf8,omitempty"`
+	BodyType    string `json:"body,omitempty"`
+	AuthUser    string `json:"user,omitempty"`
+	ClientIP    string `json:"ip,omitempty"`
 	// Arrival is set by Enqueue when zero.
 	Arrival time.Time `json:"arrival"`
 }

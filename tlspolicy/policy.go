@@ -1,14 +1,20 @@
-// Package tlspolicy decides how strong the TLS of a delivery must be; the
-// delivery code enforces the decision on the wire. Today's policies are the
-// operator's (a default level, and a level per route); DANE, MTA-STS and
-// per-domain local policy come next and plug in behind the same Policy.
+// Package tlspolicy decides how strong the TLS of each delivery must be,
+// from the operator's local policy, DANE (RFC 7672), MTA-STS (RFC 8461) and
+// the message's own demands (REQUIRETLS, TLS-Required: No, RFC 8689); the
+// delivery code enforces the Decision on the wire through the tls.Config it
+// builds. A policy that cannot be met defers; it never falls back to a
+// weaker channel in silence.
 package tlspolicy
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/miekg/dns"
 )
 
 // Level is how much TLS a connection needs, weakest first.
@@ -18,7 +24,7 @@ const (
 	None    Level = iota // no TLS, even if offered
 	May                  // STARTTLS when offered, certificate not checked (RFC 7435)
 	Encrypt              // TLS required, any certificate
-	Verify               // TLS required with a PKIX-valid certificate for the host name
+	Verify               // TLS required, authenticated by PKIX or, with TLSA records, by DANE
 )
 
 var names = [...]string{"none", "may", "encrypt", "verify"}
@@ -35,37 +41,207 @@ func ParseLevel(s string) (Level, error) {
 	return 0, fmt.Errorf("%q: use none, may, encrypt or verify", s)
 }
 
-// Decision is what a connection to one MX host must satisfy.
+// Decision is what a connection to one MX host must satisfy, and why.
 type Decision struct {
 	Level  Level
-	Source string         // where the decision came from: "default", "route"
-	Roots  *x509.CertPool // for Verify; nil means the system roots
+	Source string         // "local", "dane", "mta-sts", "default", "route"
+	Roots  *x509.CertPool // PKIX roots; nil means the system pool
+	// TLSA, when not empty, makes Verify mean DANE: the certificate must
+	// match one of these usable records (RFC 7672 3).
+	TLSA []*dns.TLSA
+	// SNI is the server name sent; the MX host when empty (for DANE, the
+	// TLSA base domain).
+	SNI string
+	// Names are the names a PKIX (or DANE-TA) certificate may carry; the
+	// MX host when empty.
+	Names      []string
+	MinVersion uint16 // 0: TLS 1.2 for Encrypt and Verify, 1.0 for May
+	// Testing is an MTA-STS policy in testing mode: the certificate is
+	// checked and a failure recorded, but delivery goes on.
+	Testing bool
+	Reason  string // why this decision, for logs and queue show
+	// PolicyType and PolicyStrings describe the policy for TLS reports
+	// (RFC 8460 4.3): "tlsa", "sts" or "no-policy-found".
+	PolicyType    string
+	PolicyStrings []string
+	PolicyDomain  string
+	// ClientCertificate is presented when the server asks for one.
+	ClientCertificate *tls.Certificate
 }
 
 // Required reports whether delivery must stop when TLS cannot be had.
 func (d Decision) Required() bool { return d.Level >= Encrypt }
 
-// ClientConfig is the TLS configuration that enforces d for host.
-func (d Decision) ClientConfig(host string) *tls.Config {
-	cfg := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
-	switch d.Level {
-	case Verify:
-		cfg.RootCAs = d.Roots
-	case May:
-		// Opportunistic TLS takes what the server has: anything is better
-		// than the cleartext it would otherwise be (RFC 7435 3).
-		cfg.InsecureSkipVerify = true
-		cfg.MinVersion = tls.VersionTLS10
-	default:
-		cfg.InsecureSkipVerify = true
+// Describe is the decision in a few words, for logs and replies.
+func (d Decision) Describe() string {
+	s := d.Source + " " + d.Level.String()
+	if d.Level == Verify && len(d.TLSA) > 0 {
+		s = "dane" // authenticated by TLSA records, whatever asked for it
 	}
-	return cfg
+	if d.Testing {
+		s += " (testing)"
+	}
+	return s
 }
 
-// Policy decides for a recipient domain and one of its MX hosts.
-type Policy interface {
-	Decide(ctx context.Context, domain, mxHost string) (Decision, error)
+// Verification reports, after a handshake, how the peer was authenticated.
+type Verification struct {
+	Method  string // "DANE-EE", "DANE-TA", "PKIX", or "" when not authenticated
+	Failure string // why authentication failed (in testing mode, where it does not stop delivery)
 }
+
+// ClientConfig is the TLS configuration that enforces d for host; the
+// Verification it returns is filled in during the handshake.
+func (d Decision) ClientConfig(host string) (*tls.Config, *Verification) {
+	v := &Verification{}
+	cfg := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, InsecureSkipVerify: true}
+	if d.SNI != "" {
+		cfg.ServerName = d.SNI
+	}
+	if d.MinVersion != 0 {
+		cfg.MinVersion = d.MinVersion
+	}
+	if d.ClientCertificate != nil {
+		cert := d.ClientCertificate
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
+	names := d.Names
+	if len(names) == 0 {
+		names = []string{host}
+	}
+	switch {
+	case d.Level == Verify && len(d.TLSA) > 0:
+		// InsecureSkipVerify only turns off Go's own check, which knows
+		// nothing of DANE; VerifyConnection does the real one.
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			method, err := verifyDANE(cs.PeerCertificates, d.TLSA, names)
+			v.Method = method
+			if err != nil {
+				v.Failure = err.Error()
+			}
+			return err
+		}
+	case d.Level == Verify:
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			err := verifyPKIX(cs.PeerCertificates, d.Roots, names)
+			if err == nil {
+				v.Method = "PKIX"
+			} else {
+				v.Failure = err.Error()
+			}
+			return err
+		}
+	case d.Testing:
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if err := verifyPKIX(cs.PeerCertificates, d.Roots, names); err != nil {
+				v.Failure = err.Error()
+			} else {
+				v.Method = "PKIX"
+			}
+			return nil
+		}
+	case d.Level == May && d.MinVersion == 0:
+		// Opportunistic TLS takes what the server has: anything is better
+		// than the cleartext it would otherwise be (RFC 7435 3).
+		cfg.MinVersion = tls.VersionTLS10
+	}
+	return cfg, v
+}
+
+// verifyPKIX checks the chain against roots and the leaf against any of names.
+func verifyPKIX(chain []*x509.Certificate, roots *x509.CertPool, names []string) error {
+	if len(chain) == 0 {
+		return errors.New("no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	var firstErr error
+	for _, name := range names {
+		_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: strings.TrimSuffix(name, ".")})
+		if err == nil {
+			return nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return fmt.Errorf("certificate not valid for %s: %w", strings.Join(names, " or "), firstErr)
+}
+
+// verifyDANE accepts the chain when a usable TLSA record matches (RFC 7672
+// 3.1): DANE-EE(3) matches the leaf, with neither names nor dates checked;
+// DANE-TA(2) matches a certificate the server sent, which must then issue
+// the leaf for one of names.
+func verifyDANE(chain []*x509.Certificate, tlsa []*dns.TLSA, names []string) (string, error) {
+	if len(chain) == 0 {
+		return "", errors.New("no certificate")
+	}
+	var taErr error
+	for _, r := range tlsa {
+		switch r.Usage {
+		case 3:
+			if r.Verify(chain[0]) == nil {
+				return "DANE-EE", nil
+			}
+		case 2:
+			for i, c := range chain[1:] {
+				if r.Verify(c) != nil {
+					continue
+				}
+				anchor := x509.NewCertPool()
+				anchor.AddCert(c)
+				if err := verifyPKIX(chain[:i+1], anchor, names); err != nil {
+					taErr = err
+					continue
+				}
+				return "DANE-TA", nil
+			}
+		}
+	}
+	if taErr != nil {
+		return "", fmt.Errorf("DANE-TA trust anchor found, but %w", taErr)
+	}
+	return "", errors.New("no TLSA record matches the certificate chain")
+}
+
+// Usable keeps the TLSA records RFC 7672 3.1 lets SMTP use: DANE-TA(2) and
+// DANE-EE(3), with selector 0 or 1 and matching type 0, 1 or 2.
+func Usable(records []*dns.TLSA) []*dns.TLSA {
+	var out []*dns.TLSA
+	for _, r := range records {
+		if (r.Usage == 2 || r.Usage == 3) && r.Selector <= 1 && r.MatchingType <= 2 {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Request is one question to a Policy.
+type Request struct {
+	Domain      string // the recipient domain
+	MXHost      string // the host about to be connected to
+	Port        int    // its SMTP port (the TLSA records are at _PORT._tcp.host)
+	RequireTLS  bool   // the message carries REQUIRETLS (RFC 8689)
+	TLSOptional bool   // the message has "TLS-Required: No"
+}
+
+// Policy decides for a recipient domain and one of its MX hosts. An error
+// means this host must not be used; a *Refusal says whether to wait or fail.
+type Policy interface {
+	Decide(ctx context.Context, r Request) (Decision, error)
+}
+
+// Refusal is a policy's "do not deliver to this host", with the enhanced
+// status code to report.
+type Refusal struct {
+	Permanent bool
+	Enhanced  string // 4.7.x or 5.7.x
+	Reason    string
+}
+
+func (r *Refusal) Error() string { return r.Reason }
 
 // Fixed decides the same for every destination.
 type Fixed struct {
@@ -73,6 +249,6 @@ type Fixed struct {
 	Roots *x509.CertPool
 }
 
-func (f Fixed) Decide(context.Context, string, string) (Decision, error) {
-	return Decision{Level: f.Level, Source: "default", Roots: f.Roots}, nil
+func (f Fixed) Decide(context.Context, Request) (Decision, error) {
+	return Decision{Level: f.Level, Source: "default", Roots: f.Roots, PolicyType: "no-policy-found"}, nil
 }

@@ -15,10 +15,10 @@ func TestLevels(t *testing.T) {
 	if _, err := ParseLevel("dane-only"); err == nil {
 		t.Error("unknown level accepted")
 	}
-	if c := (Decision{Level: Verify}).ClientConfig("mx.test"); c.InsecureSkipVerify || c.ServerName != "mx.test" || c.MinVersion != tls.VersionTLS12 {
+	if c, _ := (Decision{Level: Verify}).ClientConfig("mx.test"); c.VerifyConnection == nil || c.ServerName != "mx.test" || c.MinVersion != tls.VersionTLS12 {
 		t.Errorf("verify config %+v", c)
 	}
-	if c := (Decision{Level: Encrypt}).ClientConfig("mx.test"); !c.InsecureSkipVerify || c.MinVersion != tls.VersionTLS12 {
+	if c, _ := (Decision{Level: Encrypt}).ClientConfig("mx.test"); !c.InsecureSkipVerify || c.MinVersion != tls.VersionTLS12 {
 		t.Errorf("encrypt config %+v", c)
 	}
 	if !(Decision{Level: Encrypt}).Required() || (Decision{Level: May}).Required() {

@@ -57,14 +57,24 @@ type world struct {
 
 func newWorld(t *testing.T, mx *smtptest.MX, routes ...Route) *world {
 	t.Helper()
+	dns, anchors := resolvertest.StartSigned(t, testZone)
+	res, _ := resolver.New([]string{dns.Addr}, resolver.Options{Timeout: time.Second, Attempts: 1, Anchors: anchors})
+	return buildWorld(t, mx, dns, res, nil, nil, routes...)
+}
+
+// buildWorld makes a delivery engine over a fresh queue, with the given DNS
+// and TLS policy (nil: opportunistic everywhere).
+func buildWorld(t *testing.T, mx *smtptest.MX, dns *resolvertest.Server, res *resolver.Client, policy tlspolicy.Policy, log *slog.Logger, routes ...Route) *world {
+	t.Helper()
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
 	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	dns, anchors := resolvertest.StartSigned(t, testZone)
-	res, _ := resolver.New([]string{dns.Addr}, resolver.Options{Timeout: time.Second, Attempts: 1, Anchors: anchors})
 	for i := range routes {
 		if routes[i].Port == 0 {
 			routes[i].Port = mx.Port
@@ -73,7 +83,7 @@ func newWorld(t *testing.T, mx *smtptest.MX, routes ...Route) *world {
 	e := New(Config{Hostname: "relay.test", Port: mx.Port, Routes: routes, Workers: 2, LeaseTime: 10 * time.Minute,
 		Retry: []time.Duration{time.Minute, 5 * time.Minute}, MaxQueueLifetime: 24 * time.Hour, DelayWarning: 4 * time.Hour,
 		MaxAddrAttempts: 5, PollInterval: time.Second, ReuseCount: 3, ReuseIdle: time.Minute, MaxConnectionsPerDomain: 2},
-		Deps{Queue: q, Resolver: res, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: c.Now,
+		Deps{Queue: q, Resolver: res, Log: log, Clock: c.Now, Policy: policy,
 			Jitter: func(d time.Duration) time.Duration { return d }, Shuffle: func([]resolver.MX) {}})
 	return &world{t: t, q: q, clock: c, engine: e, mx: mx, dns: dns}
 }

@@ -8,6 +8,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -221,9 +223,18 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 	var last *Failure
 	tried := 0
 	for _, hop := range hopList {
-		policy, err := e.decide(ctx, domain, hop)
+		policy, err := e.decide(ctx, m, domain, hop)
 		if err != nil {
-			last = &Failure{Temporary: true, Enhanced: "4.7.5", Text: "TLS policy for " + hop.Host + ": " + err.Error()}
+			f := &Failure{Temporary: true, Enhanced: "4.7.5", Host: hop.Host, Text: "TLS policy for " + hop.Host + ": " + err.Error()}
+			var refusal *tlspolicy.Refusal
+			if errors.As(err, &refusal) {
+				f.Temporary, f.Enhanced = !refusal.Permanent, refusal.Enhanced
+			}
+			e.logAttempt(m, idxs, hop.Host, netip.AddrPort{}, TLSInfo{}, f.Error(), "skipped")
+			if !f.Temporary {
+				return e.outcomesFor(m, idxs, f, now)
+			}
+			last = f
 			continue
 		}
 		// A session kept from an earlier message to this hop goes first.
@@ -315,17 +326,19 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 }
 
 // decide asks the policy, unless the hop is a route with its own level.
-func (e *Engine) decide(ctx context.Context, domain string, hop Hop) (tlspolicy.Decision, error) {
+func (e *Engine) decide(ctx context.Context, m queue.Message, domain string, hop Hop) (tlspolicy.Decision, error) {
 	if hop.Route != nil && hop.Route.TLS != nil {
-		return tlspolicy.Decision{Level: *hop.Route.TLS, Source: "route", Roots: e.d.Roots}, nil
+		return tlspolicy.Decision{Level: *hop.Route.TLS, Source: "route", Roots: e.d.Roots, Reason: "route for " + hop.Route.Match,
+			PolicyType: "no-policy-found"}, nil
 	}
-	return e.d.Policy.Decide(ctx, domain, hop.Host)
+	return e.d.Policy.Decide(ctx, tlspolicy.Request{Domain: domain, MXHost: hop.Host, Port: hop.Port,
+		RequireTLS: m.Envelope.RequireTLS, TLSOptional: m.Envelope.TLSOptional})
 }
 
 // poolKey names the sessions that may be shared: same host, port and TLS
 // decision, so no message rides on a session made for a weaker policy.
 func poolKey(h Hop, d tlspolicy.Decision) string {
-	return h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Source + "|" + d.Level.String()
+	return h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + fmt.Sprint(d.TLSA, d.Names, d.MinVersion)
 }
 
 // transact sends one message on an open session, and keeps the session for
@@ -397,7 +410,7 @@ func (e *Engine) logAttempt(m queue.Message, idxs []int, host string, addr netip
 		ip = addr.Addr().String()
 	}
 	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip,
-		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "reply", reply,
+		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "tls_auth", t.Auth, "tls_policy", t.Policy, "reply", reply,
 		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
 }
 

@@ -35,7 +35,12 @@ var DefaultTimeouts = Timeouts{Connect: 30 * time.Second, Greeting: 5 * time.Min
 // TLSInfo is what an outbound connection negotiated.
 type TLSInfo struct {
 	Version, Cipher string // empty without TLS
-	Verified        bool   // the certificate was checked (PKIX) and passed
+	Verified        bool   // the certificate was authenticated (Auth says how)
+	Auth            string // "DANE-EE", "DANE-TA", "PKIX" or ""
+	Policy          string // the decision enforced, e.g. "dane verify", "mta-sts verify", "default may"
+	// VerifyFailure is why the certificate did not authenticate, where the
+	// policy (MTA-STS testing) let delivery go on anyway.
+	VerifyFailure string
 }
 
 // conn is one open SMTP session to a next hop, ready for transactions.
@@ -80,25 +85,27 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	offered := offersExtension(ehlo, "STARTTLS")
 	if !offered && policy.Required() {
 		return fail(&Failure{Temporary: true, Enhanced: "4.7.4", Host: host,
-			Text: fmt.Sprintf("TLS is required (%s policy: %s) but %s does not offer STARTTLS", policy.Source, policy.Level, host)})
+			Text: fmt.Sprintf("TLS is required (%s: %s) but %s does not offer STARTTLS", policy.Describe(), policy.Reason, host)})
 	}
 	if offered && policy.Level > tlspolicy.None {
 		text.PrintfLine("STARTTLS")
 		if _, _, err := readReply(text, 220); err != nil {
 			return fail(asFailure(err, host, "STARTTLS"))
 		}
-		tc := tls.Client(raw, policy.ClientConfig(host))
+		cfg, verification := policy.ClientConfig(host)
+		tc := tls.Client(raw, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			// Even at "may", a failed handshake defers rather than
 			// retrying in cleartext on the same host.
 			return fail(&Failure{Temporary: true, Enhanced: "4.7.5", Host: host,
-				Text: fmt.Sprintf("TLS with %s failed (%s policy: %s): %v", host, policy.Source, policy.Level, err)})
+				Text: fmt.Sprintf("TLS with %s failed (%s: %s): %v", host, policy.Describe(), policy.Reason, err)})
 		}
 		st := tc.ConnectionState()
 		info = TLSInfo{Version: tls.VersionName(st.Version), Cipher: tls.CipherSuiteName(st.CipherSuite),
-			Verified: policy.Level == tlspolicy.Verify}
+			Verified: verification.Method != "", Auth: verification.Method, VerifyFailure: verification.Failure}
 		next = tc
 	}
+	info.Policy = policy.Describe()
 	next.SetDeadline(time.Time{})
 	c := smtp.NewClient(&replayConn{Conn: next, pending: []byte("220 resumed\r\n")})
 	c.CommandTimeout, c.SubmissionTimeout = t.Command, t.FinalDot

@@ -90,6 +90,9 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 // headerFacts is what Postern needs to know of a message's header section.
 type headerFacts struct {
 	hasMessageID, hasDate bool
+	// tlsOptional: "TLS-Required: No" asks that recipient-published TLS
+	// policies be ignored for this message (RFC 8689 5).
+	tlsOptional bool
 }
 
 const maxHeaderBytes = 256 << 10
@@ -121,7 +124,7 @@ func readHeader(r *bufio.Reader) ([]byte, headerFacts, error) {
 		if line[0] == ' ' || line[0] == '\t' {
 			continue
 		}
-		name, _, ok := bytes.Cut(line, []byte(":"))
+		name, value, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
 			continue
 		}
@@ -130,6 +133,8 @@ func readHeader(r *bufio.Reader) ([]byte, headerFacts, error) {
 			facts.hasMessageID = true
 		case "date":
 			facts.hasDate = true
+		case "tls-required":
+			facts.tlsOptional = strings.EqualFold(string(bytes.TrimSpace(value)), "no")
 		}
 	}
 }

@@ -187,6 +187,7 @@ func (s *session) Data(r io.Reader) error {
 	br := bufio.NewReaderSize(guard, 64<<10)
 	header, facts, err := readHeader(br)
 	if err == nil {
+		s.env.TLSOptional = facts.tlsOptional && !s.env.RequireTLS // RFC 8689 5: REQUIRETLS wins
 		trace := s.trace(id, start)
 		body := io.MultiReader(bytes.NewReader(trace.headers(facts)), bytes.NewReader(header), br)
 		_, err = s.srv.queue.Enqueue(id, s.env, body)

@@ -1,0 +1,276 @@
+package delivery
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.etcd.io/bbolt"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/smtptest"
+	"github.com/postern/postern/resolver"
+	"github.com/postern/postern/resolver/resolvertest"
+	"github.com/postern/postern/tlspolicy"
+	"github.com/postern/postern/tlspolicy/tlstest"
+)
+
+// policyCase is one row of the TLS policy table: what the destination
+// publishes and presents, what the operator and the message ask, and what
+// must happen.
+type policyCase struct {
+	name string
+	// cert is what the MX presents (nil: a certificate for mx.dest.test
+	// from the test CA, which PKIX trusts).
+	cert func(t *testing.T, p *pki) tls.Certificate
+	// tlsa lists TLSA records for the MX as "usage selector matching",
+	// computed over the certificate (or the CA, for usage 2).
+	tlsa        []string
+	rawTLSA     string // a TLSA record given whole
+	unsigned    bool   // dest.test. is an unsigned delegation
+	noSTARTTLS  bool
+	sts         string // the MTA-STS policy body; "" publishes none
+	local       []tlspolicy.Local
+	def         tlspolicy.Mode
+	tamper      func(q dns.Question, m *dns.Msg)
+	requireTLS  bool
+	tlsOptional bool
+	want        string // "delivered AUTH" (AUTH: DANE-EE, DANE-TA, PKIX or none), "deferred CODE" or "bounced CODE"
+}
+
+type pki struct {
+	ca    *tlstest.CA
+	inter *tlstest.CA
+	other *tlstest.CA // trusted by nobody
+}
+
+func TestTLSPolicy(t *testing.T) {
+	enforce := "version: STSv1\nmode: enforce\nmx: mx.dest.test\nmax_age: 86400\n"
+	cases := []policyCase{
+		{name: "DANE-EE matches", tlsa: []string{"3 1 1"}, want: "delivered DANE-EE"},
+		{name: "DANE-EE full certificate", tlsa: []string{"3 0 0"}, want: "delivered DANE-EE"},
+		{name: "DANE-EE mismatch", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32), want: "deferred 4.7.5"},
+		{name: "DANE-EE with an unrelated name and CA delivers", cert: func(t *testing.T, p *pki) tls.Certificate {
+			return p.other.Leaf(t, true, "unrelated.example")
+		}, tlsa: []string{"3 1 1"}, want: "delivered DANE-EE"},
+		{name: "DANE-TA", cert: func(t *testing.T, p *pki) tls.Certificate { return p.inter.Leaf(t, false, "mx.dest.test") },
+			tlsa: []string{"2 0 1"}, want: "delivered DANE-TA"},
+		{name: "DANE-TA with a certificate for neither the MX nor the domain", cert: func(t *testing.T, p *pki) tls.Certificate {
+			return p.inter.Leaf(t, false, "elsewhere.example")
+		}, tlsa: []string{"2 0 1"}, want: "deferred 4.7.5"},
+		{name: "all TLSA records unusable: TLS still required", rawTLSA: "1 1 1 " + strings.Repeat("ab", 32),
+			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "whatever.example") }, want: "delivered none"},
+		{name: "all TLSA records unusable and no STARTTLS", rawTLSA: "0 0 1 " + strings.Repeat("ab", 32), noSTARTTLS: true, want: "deferred 4.7.4"},
+		{name: "DANE with an MX that has no STARTTLS", tlsa: []string{"3 1 1"}, noSTARTTLS: true, want: "deferred 4.7.4"},
+		{name: "bogus TLSA", tlsa: []string{"3 1 1"}, tamper: func(q dns.Question, m *dns.Msg) {
+			if q.Qtype == dns.TypeTLSA {
+				for _, rr := range m.Answer {
+					if t, ok := rr.(*dns.TLSA); ok {
+						t.Certificate = strings.Repeat("cd", 32) // the attacker's key; the signature no longer fits
+					}
+				}
+			}
+		}, want: "deferred 4.7.5"},
+		{name: "insecure MX set: no DANE, opportunistic", unsigned: true, rawTLSA: "3 1 1 " + strings.Repeat("ab", 32), want: "delivered none"},
+		{name: "MTA-STS enforce, good certificate", sts: enforce, want: "delivered PKIX"},
+		{name: "MTA-STS enforce, untrusted certificate", sts: enforce,
+			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") }, want: "deferred 4.7.5"},
+		{name: "MTA-STS enforce, MX outside the patterns", sts: "version: STSv1\nmode: enforce\nmx: mail.other.test\nmax_age: 86400\n", want: "deferred 4.7.5"},
+		{name: "MTA-STS enforce, wildcard pattern", sts: "version: STSv1\nmode: enforce\nmx: *.dest.test\nmax_age: 86400\n", want: "delivered PKIX"},
+		{name: "MTA-STS testing delivers despite a bad certificate", sts: strings.Replace(enforce, "enforce", "testing", 1),
+			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") }, want: "delivered none"},
+		{name: "DANE and MTA-STS both published: DANE wins", sts: enforce, tlsa: []string{"3 1 1"},
+			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") }, want: "delivered DANE-EE"},
+		{name: "local verify against an untrusted MX", unsigned: true,
+			cert:  func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") },
+			local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeVerify}}, want: "deferred 4.7.5"},
+		{name: "local verify against a trusted MX", unsigned: true,
+			local: []tlspolicy.Local{{Domain: ".test", Mode: tlspolicy.ModeVerify}}, want: "delivered PKIX"},
+		{name: "default verify: the compliance mode", unsigned: true, noSTARTTLS: true, def: tlspolicy.ModeVerify, want: "deferred 4.7.4"},
+		{name: "local override may sets a failing DANE aside", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32),
+			local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeMay, Override: true}}, want: "delivered none"},
+		{name: "local may without override does not weaken DANE", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32),
+			local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeMay}}, want: "deferred 4.7.5"},
+		{name: "a lapsed exception no longer applies", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32),
+			local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeMay, Override: true, Until: time.Now().Add(-time.Hour)}}, want: "deferred 4.7.5"},
+		{name: "dane-only without DANE", unsigned: true, local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeDANEOnly}}, want: "deferred 4.7.5"},
+		{name: "dane-only with DANE", tlsa: []string{"3 1 1"}, local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeDANEOnly}}, want: "delivered DANE-EE"},
+		{name: "REQUIRETLS to a plaintext MX is bounced, never delivered", unsigned: true, noSTARTTLS: true, requireTLS: true, want: "bounced 5.7.30"},
+		{name: "REQUIRETLS over DANE", tlsa: []string{"3 1 1"}, requireTLS: true, want: "delivered DANE-EE"},
+		{name: "REQUIRETLS with a secure MX set verifies PKIX", requireTLS: true, want: "delivered PKIX"},
+		{name: "TLS-Required: No sets a failing DANE aside", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32), tlsOptional: true, want: "delivered none"},
+		{name: "TLS-Required: No does not set a local policy aside", unsigned: true, tlsOptional: true,
+			cert:  func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") },
+			local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeVerify}}, want: "deferred 4.7.5"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { runPolicyCase(t, tc) })
+	}
+}
+
+func runPolicyCase(t *testing.T, tc policyCase) {
+	p := &pki{ca: tlstest.NewCA(t, "Test Root")}
+	p.inter = p.ca.Intermediate(t, "Test Intermediate")
+	p.other = tlstest.NewCA(t, "Untrusted Root")
+	cert := p.ca.Leaf(t, false, "mx.dest.test")
+	if tc.cert != nil {
+		cert = tc.cert(t, p)
+	}
+	mx := smtptest.Start(t, func(mx *smtptest.MX) {
+		mx.Server.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		if tc.noSTARTTLS {
+			mx.Server.TLSConfig = nil
+		}
+	})
+
+	// MTA-STS: an HTTPS server with a certificate for mta-sts.dest.test.
+	stsPort := 0
+	if tc.sts != "" {
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/.well-known/mta-sts.txt" || r.Host != "mta-sts.dest.test" {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "text/plain")
+			fmt.Fprint(w, tc.sts)
+		}))
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{p.ca.Leaf(t, false, "mta-sts.dest.test")}}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		u, _ := url.Parse(srv.URL)
+		stsPort, _ = strconv.Atoi(u.Port())
+	}
+
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	records := fmt.Sprintf("@ MX 10 mx\nmx A 127.0.0.1\nmta-sts A 127.0.0.1\n")
+	if tc.sts != "" {
+		records += "_mta-sts TXT \"v=STSv1; id=20261129;\"\n"
+	}
+	tlsaOwner := fmt.Sprintf("_%d._tcp.mx", mx.Port)
+	for _, spec := range tc.tlsa {
+		var usage, selector, matching uint8
+		fmt.Sscan(spec, &usage, &selector, &matching)
+		target := leaf
+		if usage == 2 {
+			target = p.inter.Cert
+		}
+		hash, err := dns.CertificateToDANE(selector, matching, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		records += fmt.Sprintf("%s TLSA %s %s\n", tlsaOwner, spec, hash)
+	}
+	if tc.rawTLSA != "" {
+		records += fmt.Sprintf("%s TLSA %s\n", tlsaOwner, tc.rawTLSA)
+	}
+	algorithm := uint8(dns.ECDSAP256SHA256)
+	if tc.unsigned {
+		algorithm = 0
+	}
+	root := resolvertest.NewZone(t, ".", dns.ECDSAP256SHA256, "bounces.test. 300 IN MX 10 mx.dest.test.")
+	dest := resolvertest.NewZone(t, "dest.test.", algorithm, records)
+	root.Delegate(dest)
+	dnsSrv := resolvertest.StartZones(t, root, dest)
+	if tc.tamper != nil {
+		dnsSrv.Tamper(tc.tamper)
+	}
+	res, err := resolver.New([]string{dnsSrv.Addr}, resolver.Options{Timeout: time.Second, Attempts: 1, Anchors: root.DS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := bbolt.Open(filepath.Join(t.TempDir(), "state.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	policy, err := tlspolicy.NewEngine(tlspolicy.Config{Default: tc.def, Policies: tc.local, Roots: p.ca.Pool(),
+		HonorTLSRequiredNo: true, STSPort: stsPort}, tlspolicy.Deps{Resolver: res, DB: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc.def == tlspolicy.ModeNone {
+		// The zero value is "none"; these rows mean the shipped default.
+		policy, _ = tlspolicy.NewEngine(tlspolicy.Config{Default: tlspolicy.ModeMay, Policies: tc.local, Roots: p.ca.Pool(),
+			HonorTLSRequiredNo: true, STSPort: stsPort}, tlspolicy.Deps{Resolver: res, DB: db})
+	}
+	log := &syncBuffer{}
+	w := buildWorld(t, mx, dnsSrv, res, policy, slog.New(slog.NewTextHandler(log, nil)))
+
+	env := queue.Envelope{From: sender, RequireTLS: tc.requireTLS, TLSOptional: tc.tlsOptional,
+		Recipients: []queue.Recipient{{Addr: "rcpt@dest.test"}}}
+	id, err := w.q.Enqueue("", env, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.run()
+
+	delivered := 0
+	for _, m := range w.mx.Received() {
+		if m.From == sender {
+			delivered++
+		}
+	}
+	verb, detail, _ := strings.Cut(tc.want, " ")
+	switch verb {
+	case "delivered":
+		if delivered != 1 {
+			t.Fatalf("not delivered; log:\n%s", log.String())
+		}
+		want := "tls_auth=" + detail + " "
+		if detail == "none" {
+			want = `tls_auth="" `
+		}
+		var line string
+		for _, l := range strings.Split(log.String(), "\n") {
+			if strings.Contains(l, "result=done") && strings.Contains(l, "rcpt@dest.test") {
+				line = l
+			}
+		}
+		if !strings.Contains(line, want) {
+			t.Fatalf("delivered, but not with %s; log:\n%s", want, log.String())
+		}
+	case "deferred":
+		r := w.state(id).Recipients[0]
+		if delivered != 0 || r.State != queue.Pending || !strings.Contains(r.LastReply, detail) {
+			t.Fatalf("want deferred with %s, got %d delivered, state %v, reply %q; log:\n%s", detail, delivered, r.State, r.LastReply, log.String())
+		}
+	case "bounced":
+		bounces := w.bounces()
+		if delivered != 0 || len(bounces) != 1 || !strings.Contains(bounces[0], detail) {
+			t.Fatalf("want a bounce with %s, got %d delivered, bounces %q; log:\n%s", detail, delivered, bounces, log.String())
+		}
+		if strings.Contains(bounces[0], "hello") {
+			t.Fatal("a REQUIRETLS bounce carries the body")
+		}
+	}
+}
+
+// syncBuffer collects log output from several workers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,328 @@
+package tlspolicy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.etcd.io/bbolt"
+
+	"github.com/postern/postern/resolver"
+)
+
+// Resolver is what the engine asks of DNS: Postern's validating resolver.
+type Resolver interface {
+	LookupMX(ctx context.Context, domain string) (resolver.MXAnswer, error)
+	LookupAddrs(ctx context.Context, host string) (resolver.AddrAnswer, error)
+	LookupTLSA(ctx context.Context, host string, port int) (resolver.Answer, error)
+	LookupTXT(ctx context.Context, name string) ([]string, resolver.Answer, error)
+}
+
+// Config is the operator's TLS policy (the tls section).
+type Config struct {
+	Default  Mode    // where no entry and no published policy applies
+	Policies []Local // per recipient domain
+	Roots    *x509.CertPool
+	// ClientCertificate is offered to servers that ask for one.
+	ClientCertificate *tls.Certificate
+	// HonorTLSRequiredNo lets "TLS-Required: No" set aside DANE and MTA-STS.
+	HonorTLSRequiredNo bool
+	STSPort            int           // where MTA-STS policies are fetched; 443
+	STSTimeout         time.Duration // for one policy fetch; default 30s
+}
+
+// Deps are the engine's collaborators.
+type Deps struct {
+	Resolver Resolver
+	DB       *bbolt.DB // MTA-STS policy cache (bucket "mta-sts")
+	Clock    func() time.Time
+	Log      *slog.Logger
+}
+
+// Engine decides from local policy, DANE, MTA-STS and the default, in that
+// order of strength (the "Sources, strongest first").
+type Engine struct {
+	cfg Config
+	d   Deps
+	sts *stsCache
+}
+
+// NewEngine returns an engine; it creates its bucket in DB.
+func NewEngine(cfg Config, d Deps) (*Engine, error) {
+	if d.Clock == nil {
+		d.Clock = time.Now
+	}
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.STSPort == 0 {
+		cfg.STSPort = 443
+	}
+	if cfg.STSTimeout <= 0 {
+		cfg.STSTimeout = 30 * time.Second
+	}
+	e := &Engine{cfg: cfg, d: d}
+	sts, err := newSTSCache(d.DB, d.Resolver, cfg.Roots, cfg.STSPort, cfg.STSTimeout, d.Clock, d.Log)
+	if err != nil {
+		return nil, err
+	}
+	e.sts = sts
+	return e, nil
+}
+
+// Decide implements Policy.
+func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
+	r.Domain, r.MXHost = strings.ToLower(strings.TrimSuffix(r.Domain, ".")), strings.ToLower(strings.TrimSuffix(r.MXHost, "."))
+	if r.Port == 0 {
+		r.Port = 25
+	}
+	now := e.d.Clock()
+	local, lapsed := localFor(e.cfg.Policies, r.Domain, now)
+	if lapsed != nil && local == nil {
+		e.d.Log.Info("a time-boxed TLS policy entry has lapsed and no longer applies", "domain", r.Domain,
+			"entry", lapsed.Domain, "mode", lapsed.Mode.String(), "until", lapsed.Until)
+	}
+	if local != nil && !local.Until.IsZero() {
+		e.d.Log.Warn("time-boxed TLS policy exception in use", "domain", r.Domain, "entry", local.Domain,
+			"mode", local.Mode.String(), "until", local.Until)
+	}
+	base := Decision{Roots: e.cfg.Roots, ClientCertificate: e.cfg.ClientCertificate, PolicyDomain: r.Domain, PolicyType: "no-policy-found"}
+
+	var d Decision
+	var mxSecure, stsListed bool
+	if local != nil && local.Override && local.Mode <= ModeMay {
+		// The operator weakens whatever the domain publishes, on purpose.
+		d = base
+		d.Level, d.Source = local.Mode.level(), "local"
+		d.Reason = fmt.Sprintf("local override %s for %s (published policies set aside)", local.Mode, local.Domain)
+		e.d.Log.Warn("local TLS policy override weakens the domain's published policy", "domain", r.Domain, "mx", r.MXHost, "mode", local.Mode.String())
+	} else {
+		published, secure, listed, err := e.published(ctx, r, base)
+		if err != nil {
+			return Decision{}, err
+		}
+		mxSecure, stsListed = secure, listed
+		if d, err = e.combine(r, base, local, published); err != nil {
+			return Decision{}, err
+		}
+	}
+	if local != nil && local.MinVersion > d.MinVersion {
+		d.MinVersion = local.MinVersion
+	}
+	if r.RequireTLS {
+		return e.requireTLS(ctx, r, d, mxSecure, stsListed)
+	}
+	return d, nil
+}
+
+// published returns the policy the domain publishes for this host (DANE,
+// else MTA-STS; nil when neither applies), and whether the MX set was
+// DNSSEC-secure and the host listed by an MTA-STS policy, for REQUIRETLS.
+func (e *Engine) published(ctx context.Context, r Request, base Decision) (*Decision, bool, bool, error) {
+	if r.TLSOptional && e.cfg.HonorTLSRequiredNo {
+		e.d.Log.Info("TLS-Required: No: the domain's published TLS policies are set aside for this message", "domain", r.Domain, "mx", r.MXHost)
+		return nil, false, false, nil
+	}
+	dane, mxSecure, err := e.dane(ctx, r, base)
+	if err != nil || dane != nil {
+		return dane, mxSecure, false, err
+	}
+	pol, err := e.sts.policy(ctx, r.Domain)
+	if err != nil {
+		// A policy that cannot be had is no policy (RFC 8461 5); the
+		// failure is kept for TLS reports.
+		e.d.Log.Warn("MTA-STS policy unavailable", "domain", r.Domain, "err", err)
+	}
+	if pol == nil || pol.Mode == "none" {
+		return nil, mxSecure, false, nil
+	}
+	d := base
+	d.Source, d.PolicyType, d.PolicyStrings = "mta-sts", "sts", pol.Strings()
+	listed := pol.Matches(r.MXHost)
+	if pol.Mode == "testing" {
+		d.Level, d.Testing = May, true
+		d.Reason = "MTA-STS policy in testing mode: failures are reported, not enforced"
+		return &d, mxSecure, listed, nil
+	}
+	if !listed {
+		return nil, mxSecure, false, &Refusal{Enhanced: "4.7.5", Reason: fmt.Sprintf("%s is not an MX host the MTA-STS policy of %s allows (%s)", r.MXHost, r.Domain, strings.Join(pol.MX, ", "))}
+	}
+	d.Level, d.MinVersion = Verify, tls.VersionTLS12
+	d.Names = []string{r.MXHost}
+	d.Reason = "MTA-STS policy in enforce mode"
+	return &d, mxSecure, true, nil
+}
+
+// dane applies RFC 7672 to one MX host: nil when DANE does not apply.
+func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision, bool, error) {
+	mx, err := e.d.Resolver.LookupMX(ctx, r.Domain)
+	if err != nil {
+		return nil, false, &Refusal{Enhanced: "4.4.3", Reason: "MX lookup: " + err.Error()}
+	}
+	if mx.Security != resolver.Secure {
+		return nil, false, nil
+	}
+	if r.MXHost != r.Domain && !listedMX(mx, r.MXHost) {
+		return nil, true, nil // a host that is not from the MX set (a route, say)
+	}
+	addrs, err := e.d.Resolver.LookupAddrs(ctx, r.MXHost)
+	if err != nil {
+		return nil, true, &Refusal{Enhanced: "4.4.3", Reason: "address lookup: " + err.Error()}
+	}
+	if addrs.Security != resolver.Secure {
+		return nil, true, nil // RFC 7672 2.2.2: no TLSA lookup for insecure addresses
+	}
+	tlsa, err := e.d.Resolver.LookupTLSA(ctx, r.MXHost, r.Port)
+	if err != nil {
+		return nil, true, &Refusal{Enhanced: "4.7.5", Reason: "TLSA lookup failed, so DANE cannot be checked: " + err.Error()}
+	}
+	switch tlsa.Security {
+	case resolver.Bogus:
+		return nil, true, &Refusal{Enhanced: "4.7.5", Reason: "TLSA records of " + r.MXHost + " fail DNSSEC validation: " + tlsa.Reason}
+	case resolver.Secure:
+	default:
+		return nil, true, nil
+	}
+	if len(tlsa.Records) == 0 {
+		return nil, true, nil // securely no TLSA: DANE does not apply
+	}
+	var records []string
+	var all []*dns.TLSA
+	for _, rr := range tlsa.Records {
+		if t, ok := rr.(*dns.TLSA); ok {
+			all = append(all, t)
+			records = append(records, fmt.Sprintf("%d %d %d %s", t.Usage, t.Selector, t.MatchingType, t.Certificate))
+		}
+	}
+	d := base
+	d.Source, d.PolicyType, d.PolicyStrings = "dane", "tlsa", records
+	usable := Usable(all)
+	if len(usable) == 0 {
+		d.Level = Encrypt
+		d.Reason = "TLSA records are published but none is usable: TLS is required, unauthenticated (RFC 7672 2.2)"
+		return &d, true, nil
+	}
+	// The TLSA base domain (after any CNAME) is the name sent in SNI and
+	// one of the names a DANE-TA certificate may carry (RFC 7672 3.2.2).
+	baseName := strings.TrimSuffix(tlsa.Target(), ".")
+	if _, rest, ok := strings.Cut(baseName, "._tcp."); ok {
+		baseName = rest
+	}
+	d.Level, d.TLSA, d.MinVersion = Verify, usable, tls.VersionTLS12
+	d.SNI = baseName
+	d.Names = uniq(baseName, r.MXHost, r.Domain)
+	d.Reason = fmt.Sprintf("%d usable TLSA records at _%d._tcp.%s", len(usable), r.Port, r.MXHost)
+	return &d, true, nil
+}
+
+// combine merges the published policy with the local entry (or default):
+// the stronger wins, except that an MTA-STS testing policy only observes.
+func (e *Engine) combine(r Request, base Decision, local *Local, published *Decision) (Decision, error) {
+	mode, source := e.cfg.Default, "default"
+	if local != nil {
+		mode, source = local.Mode, "local"
+	}
+	if mode == ModeDANE && local != nil {
+		mode = e.cfg.Default // "DANE where published, else the default"
+	}
+	isDANE := published != nil && published.Source == "dane"
+	if mode == ModeDANEOnly && !isDANE {
+		return Decision{}, &Refusal{Enhanced: "4.7.5", Reason: fmt.Sprintf("%s policy for %s is dane-only, and %s has no usable DANE TLSA records", source, r.Domain, r.MXHost)}
+	}
+	if mode == ModeDANE || mode == ModeDANEOnly {
+		mode = ModeMay
+	}
+	mine := base
+	mine.Level, mine.Source = mode.level(), source
+	mine.Reason = "tls.default"
+	if local != nil {
+		mine.Reason = "tls.policies entry " + local.Domain
+	}
+	if mine.Level == Verify {
+		mine.Names = []string{r.MXHost}
+		if local != nil {
+			mine.Names = append(mine.Names, local.Names...)
+		}
+	}
+	switch {
+	case published == nil:
+		return mine, nil
+	case published.Testing:
+		// Testing observes; the local or default level still governs.
+		mine.Testing = mine.Level < Verify
+		mine.PolicyType, mine.PolicyStrings = published.PolicyType, published.PolicyStrings
+		mine.Reason += "; " + published.Reason
+		return mine, nil
+	case published.Level >= mine.Level:
+		return *published, nil
+	}
+	// The local policy asks for more than the domain publishes (verify over
+	// DANE's unauthenticated "encrypt", say): local wins.
+	mine.PolicyType, mine.PolicyStrings = published.PolicyType, published.PolicyStrings
+	mine.Reason += "; stronger than the published " + published.Reason
+	return mine, nil
+}
+
+// requireTLS applies RFC 8689 4.2: an MX from a DNSSEC-secure lookup or an
+// MTA-STS policy, reached over TLS verified by DANE or PKIX.
+func (e *Engine) requireTLS(ctx context.Context, r Request, d Decision, mxSecure, stsListed bool) (Decision, error) {
+	if !mxSecure && !stsListed {
+		if d.Source != "mta-sts" {
+			if pol, _ := e.sts.policy(ctx, r.Domain); pol != nil && pol.Mode != "none" && pol.Matches(r.MXHost) {
+				stsListed = true
+			}
+		}
+		if mx, err := e.d.Resolver.LookupMX(ctx, r.Domain); err == nil && mx.Security == resolver.Secure {
+			mxSecure = true
+		} else if err != nil {
+			return Decision{}, &Refusal{Enhanced: "4.4.3", Reason: "MX lookup: " + err.Error()}
+		}
+	}
+	if !mxSecure && !stsListed {
+		return Decision{}, &Refusal{Permanent: true, Enhanced: "5.7.30",
+			Reason: fmt.Sprintf("REQUIRETLS: %s comes neither from a DNSSEC-secure MX lookup nor from an MTA-STS policy", r.MXHost)}
+	}
+	if d.Level < Verify {
+		d.Level, d.TLSA, d.Testing = Verify, nil, false
+		d.Names = []string{r.MXHost}
+	}
+	if d.MinVersion < tls.VersionTLS12 {
+		d.MinVersion = tls.VersionTLS12
+	}
+	d.Reason += "; REQUIRETLS"
+	return d, nil
+}
+
+func listedMX(mx resolver.MXAnswer, host string) bool {
+	for _, m := range mx.Records {
+		if strings.EqualFold(m.Host, host) {
+			return true
+		}
+	}
+	return false
+}
+
+func uniq(names ...string) []string {
+	var out []string
+	for _, n := range names {
+		n = strings.ToLower(strings.TrimSuffix(n, "."))
+		if n != "" && !containsFold(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func containsFold(list []string, s string) bool {
+	for _, x := range list {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}
