@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // STSPolicy is a parsed MTA-STS policy (RFC 8461 3.2).
@@ -60,8 +58,7 @@ func ParseSTSPolicy(body string) (STSPolicy, error) {
 			p.MaxAge = time.Duration(n) * time.Second
 		case "mx":
 			pattern := strings.ToLower(strings.TrimSuffix(value, "."))
-			host := strings.TrimPrefix(pattern, "*.")
-			if _, ok := dns.IsDomainName(host); !ok || host == "" || strings.Contains(host, "*") || !strings.Contains(host, ".") {
+			if !validHostName(strings.TrimPrefix(pattern, "*.")) {
 				return p, fmt.Errorf("mx %q is not a host name pattern", value)
 			}
 			p.MX = append(p.MX, pattern)
@@ -78,6 +75,23 @@ func ParseSTSPolicy(body string) (STSPolicy, error) {
 		return p, errors.New("no mx")
 	}
 	return p, nil
+}
+
+// validHostName accepts letters, digits, hyphens and underscores in two or
+// more non-empty labels of at most 63 octets.
+func validHostName(host string) bool {
+	labels := strings.Split(host, ".")
+	if len(labels) < 2 || len(host) > 253 {
+		return false
+	}
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || strings.IndexFunc(l, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+		}) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Matches reports whether host is one of the policy's MX patterns; a
