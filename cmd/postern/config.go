@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/delivery"
@@ -26,14 +28,15 @@ import (
 // Config is the whole configuration, parsed once at start. Nothing below
 // cmd/postern reads viper: packages get the typed pieces they need.
 type Config struct {
-	Hostname   string           `mapstructure:"hostname"`
-	DataDir    string           `mapstructure:"data_dir"`
-	Log        LogConfig        `mapstructure:"log"`
-	Submission SubmissionConfig `mapstructure:"submission"`
-	Queue      QueueConfig      `mapstructure:"queue"`
-	DNS        DNSConfig        `mapstructure:"dns"`
-	Delivery   DeliveryConfig   `mapstructure:"delivery"`
-	Shutdown   ShutdownConfig   `mapstructure:"shutdown"`
+	Hostname   string            `mapstructure:"hostname"`
+	DataDir    string            `mapstructure:"data_dir"`
+	Log        LogConfig         `mapstructure:"log"`
+	Submission SubmissionConfig  `mapstructure:"submission"`
+	Queue      QueueConfig       `mapstructure:"queue"`
+	DNS        DNSConfig         `mapstructure:"dns"`
+	Delivery   DeliveryConfig    `mapstructure:"delivery"`
+	TLS        OutboundTLSConfig `mapstructure:"tls"`
+	Shutdown   ShutdownConfig    `mapstructure:"shutdown"`
 
 	file string // where it came from, for messages
 }
@@ -113,6 +116,27 @@ type RouteConfig struct {
 	TLS      string `mapstructure:"tls"`
 }
 
+// OutboundTLSConfig is the outbound TLS policy (the tls section).
+type OutboundTLSConfig struct {
+	Default            string            `mapstructure:"default"`
+	CAFile             string            `mapstructure:"ca_file"`
+	ClientCertFile     string            `mapstructure:"client_cert_file"`
+	ClientKeyFile      string            `mapstructure:"client_key_file"`
+	HonorTLSRequiredNo bool              `mapstructure:"honor_tls_required_no"`
+	MTASTSTimeout      time.Duration     `mapstructure:"mta_sts_timeout"`
+	Policies           []TLSPolicyConfig `mapstructure:"policies"`
+}
+
+// TLSPolicyConfig is one entry of tls.policies.
+type TLSPolicyConfig struct {
+	Domain        string   `mapstructure:"domain"`
+	Mode          string   `mapstructure:"mode"`
+	MinTLSVersion string   `mapstructure:"min_tls_version"`
+	Names         []string `mapstructure:"names"`
+	Until         string   `mapstructure:"until"`
+	Override      bool     `mapstructure:"override"`
+}
+
 type ShutdownConfig struct {
 	Timeout time.Duration `mapstructure:"timeout"`
 }
@@ -152,6 +176,12 @@ var defaults = map[string]any{
 	"dns.cache_size":                      10000,
 	"dns.cache_max_ttl":                   "1h",
 	"dns.probe_interval":                  "1h",
+	"tls.default":                         "may",
+	"tls.ca_file":                         "",
+	"tls.client_cert_file":                "",
+	"tls.client_key_file":                 "",
+	"tls.honor_tls_required_no":           true,
+	"tls.mta_sts_timeout":                 "30s",
 	"delivery.port":                       25,
 	"delivery.workers":                    32,
 	"delivery.retry":                      []string{"1m", "5m", "15m", "30m", "1h", "2h"},
@@ -200,6 +230,7 @@ func loadConfig(file string) (*Config, error) {
 		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
 			mapstructure.StringToTimeDurationHookFunc(),
 			commaListHook,
+			yamlTimeHook,
 		)
 	})
 	if err != nil {
@@ -209,6 +240,19 @@ func loadConfig(file string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", where, err)
 	}
 	return cfg, nil
+}
+
+// yamlTimeHook gives back as text the dates YAML turns into timestamps
+// (until: 2026-12-04), for string fields that parse them themselves.
+func yamlTimeHook(from, to reflect.Type, data any) (any, error) {
+	t, ok := data.(time.Time)
+	if !ok || to.Kind() != reflect.String {
+		return data, nil
+	}
+	if t.Equal(t.Truncate(24*time.Hour)) && t.Location() == time.UTC {
+		return t.Format("2006-01-02"), nil
+	}
+	return t.Format(time.RFC3339), nil
 }
 
 // commaListHook lets an environment variable give a list as "a,b".
@@ -302,6 +346,7 @@ func (c *Config) validate() error {
 		"dns.timeout":                         int64(c.DNS.Timeout),
 		"dns.cache_size":                      int64(c.DNS.CacheSize),
 		"dns.cache_max_ttl":                   int64(c.DNS.CacheMaxTTL),
+		"tls.mta_sts_timeout":                 int64(c.TLS.MTASTSTimeout),
 		"delivery.workers":                    int64(c.Delivery.Workers),
 		"delivery.max_queue_lifetime":         int64(c.Delivery.MaxQueueLifetime),
 		"delivery.max_addr_attempts":          int64(c.Delivery.MaxAddrAttempts),
@@ -363,6 +408,26 @@ func (c *Config) validate() error {
 	if c.DNS.TrustAnchorFile != "" {
 		if _, err := resolver.LoadAnchors(c.DNS.TrustAnchorFile); err != nil {
 			bad("dns.trust_anchor_file", "%v", err)
+		}
+	}
+	if _, err := tlspolicy.ParseMode(c.TLS.Default); err != nil {
+		bad("tls.default", "%v", err)
+	}
+	if c.TLS.CAFile != "" {
+		if _, err := c.roots(); err != nil {
+			bad("tls.ca_file", "%v", err)
+		}
+	}
+	if (c.TLS.ClientCertFile == "") != (c.TLS.ClientKeyFile == "") {
+		bad("tls.client_cert_file", "client_cert_file and client_key_file go together")
+	} else if c.TLS.ClientCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLS.ClientCertFile, c.TLS.ClientKeyFile); err != nil {
+			bad("tls.client_cert_file", "%v", err)
+		}
+	}
+	for i, p := range c.TLS.Policies {
+		if _, err := c.localPolicy(p); err != nil {
+			bad(fmt.Sprintf("tls.policies[%d]", i), "%v", err)
 		}
 	}
 	if c.DNS.ProbeInterval < 0 {
@@ -456,4 +521,90 @@ func (c *Config) resolver(log *slog.Logger) (*resolver.Client, []string, error) 
 		return nil, nil, fmt.Errorf("%s: %w", key, err)
 	}
 	return res, servers, nil
+}
+
+// roots is the PKIX pool for MX certificates and MTA-STS: the system
+// roots plus tls.ca_file.
+func (c *Config) roots() (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if c.TLS.CAFile == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(c.TLS.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", c.TLS.CAFile)
+	}
+	return pool, nil
+}
+
+// localPolicy reads one tls.policies entry; errors name the field.
+func (c *Config) localPolicy(p TLSPolicyConfig) (tlspolicy.Local, error) {
+	var out tlspolicy.Local
+	d := strings.ToLower(strings.TrimSuffix(p.Domain, "."))
+	if d == "" || d == "." || strings.ContainsAny(d, " @*") {
+		return out, fmt.Errorf("domain %q: use a domain or .suffix", p.Domain)
+	}
+	mode, err := tlspolicy.ParseMode(p.Mode)
+	if err != nil {
+		return out, fmt.Errorf("mode: %w", err)
+	}
+	out = tlspolicy.Local{Domain: d, Mode: mode, Names: p.Names, Override: p.Override}
+	if p.MinTLSVersion != "" {
+		if out.MinVersion, err = tlspolicy.ParseTLSVersion(p.MinTLSVersion); err != nil {
+			return out, fmt.Errorf("min_tls_version: %w", err)
+		}
+	}
+	if p.Until != "" {
+		if out.Until, err = parseUntil(p.Until); err != nil {
+			return out, fmt.Errorf("until: %w", err)
+		}
+	}
+	if p.Override && mode > tlspolicy.ModeMay {
+		return out, fmt.Errorf("override: only none or may can weaken a published policy (mode is %s)", mode)
+	}
+	return out, nil
+}
+
+// parseUntil reads an RFC 3339 time or a date (which means its end, UTC).
+func parseUntil(s string) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	t, err := time.Parse("2006-01-02", s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither 2006-01-02 nor 2006-01-02T15:04:05Z07:00", s)
+	}
+	return t.Add(24*time.Hour - time.Second), nil
+}
+
+// tlsPolicy builds the outbound TLS policy engine.
+func (c *Config) tlsPolicy(res tlspolicy.Resolver, db *bolt.DB, log *slog.Logger) (*tlspolicy.Engine, *x509.CertPool, error) {
+	roots, err := c.roots()
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls.ca_file: %w", err)
+	}
+	def, _ := tlspolicy.ParseMode(c.TLS.Default)
+	cfg := tlspolicy.Config{Default: def, Roots: roots, HonorTLSRequiredNo: c.TLS.HonorTLSRequiredNo, STSTimeout: c.TLS.MTASTSTimeout}
+	for _, p := range c.TLS.Policies {
+		l, err := c.localPolicy(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg.Policies = append(cfg.Policies, l)
+	}
+	if c.TLS.ClientCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLS.ClientCertFile, c.TLS.ClientKeyFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("tls.client_cert_file: %w", err)
+		}
+		cfg.ClientCertificate = &cert
+	}
+	e, err := tlspolicy.NewEngine(cfg, tlspolicy.Deps{Resolver: res, DB: db, Log: log})
+	return e, roots, err
 }

@@ -55,6 +55,7 @@ func bound(t *testing.T, key, env string) bool {
 		"submission.tls.cert_file": "", "submission.tls.key_file": "", "submission.tls.min_version": "1.3",
 		"dns.servers": "127.0.0.1:5353", "delivery.retry": "1m,2m", "delivery.prefer_ipv6": "true",
 		"dns.dnssec": "off", "dns.on_broken_upstream": "insecure", "dns.trust_ad_remote": "true",
+		"tls.default": "verify", "tls.honor_tls_required_no": "false",
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
 		if strings.HasSuffix(key, "_file") {
@@ -100,18 +101,24 @@ func TestEnvironmentListsAndFiles(t *testing.T) {
 
 func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
 	for text, want := range map[string]string{
-		"submission:\n  lisen: [\":587\"]\n":              "lisen",
-		"submission:\n  listen: [\"nope\"]\n":             "submission.listen",
-		"submission:\n  max_message_bytes: 0\n":           "submission.max_message_bytes",
-		"submission:\n  command_timeout: soon\n":          "submission.command_timeout",
-		"log:\n  format: xml\n":                           "log.format",
-		"submission:\n  max_line_length: 200\n":           "submission.max_line_length",
-		"submission:\n  tls:\n    min_version: \"1.1\"\n": "submission.tls.min_version",
-		"submission: [1, 2]\n":                            "submission",
-		"dns:\n  dnssec: maybe\n":                         "dns.dnssec",
-		"dns:\n  on_broken_upstream: ignore\n":            "dns.on_broken_upstream",
-		"dns:\n  trust_anchor_file: /nonexistent\n":       "dns.trust_anchor_file",
-		"dns:\n  cache_size: 0\n":                         "dns.cache_size",
+		"submission:\n  lisen: [\":587\"]\n":                                      "lisen",
+		"submission:\n  listen: [\"nope\"]\n":                                     "submission.listen",
+		"submission:\n  max_message_bytes: 0\n":                                   "submission.max_message_bytes",
+		"submission:\n  command_timeout: soon\n":                                  "submission.command_timeout",
+		"log:\n  format: xml\n":                                                   "log.format",
+		"submission:\n  max_line_length: 200\n":                                   "submission.max_line_length",
+		"submission:\n  tls:\n    min_version: \"1.1\"\n":                         "submission.tls.min_version",
+		"submission: [1, 2]\n":                                                    "submission",
+		"dns:\n  dnssec: maybe\n":                                                 "dns.dnssec",
+		"dns:\n  on_broken_upstream: ignore\n":                                    "dns.on_broken_upstream",
+		"dns:\n  trust_anchor_file: /nonexistent\n":                               "dns.trust_anchor_file",
+		"dns:\n  cache_size: 0\n":                                                 "dns.cache_size",
+		"tls:\n  default: strict\n":                                               "tls.default",
+		"tls:\n  ca_file: /nonexistent\n":                                         "tls.ca_file",
+		"tls:\n  policies: [{domain: a.example, mode: sometimes}]\n":              "tls.policies[0]",
+		"tls:\n  policies: [{domain: a.example, mode: verify, override: true}]\n": "tls.policies[0]",
+		"tls:\n  policies: [{domain: a.example, mode: may, until: friday}]\n":     "tls.policies[0]",
+		"tls:\n  policies: [{domain: a.example, mode: may, colour: red}]\n":       "colour",
 	} {
 		path := writeConfig(t, text)
 		_, err := loadConfig(path)
@@ -125,4 +132,34 @@ func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
 // empty one mean the same).
 func sameConfig(a, b any) bool {
 	return fmt.Sprintf("%+v", a) == fmt.Sprintf("%+v", b)
+}
+
+func TestTLSPoliciesLoad(t *testing.T) {
+	path := writeConfig(t, `tls:
+  default: verify
+  policies:
+    - {domain: bank.example, mode: verify, min_tls_version: "1.3"}
+    - {domain: partner.example, mode: may, override: true, until: 2026-12-04}
+    - {domain: .gov.example, mode: dane-only, names: [mail.gov.example]}
+`)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range cfg.TLS.Policies {
+		l, err := cfg.localPolicy(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s %s %x %v %s %v", l.Domain, l.Mode, l.MinVersion, l.Override, l.Until.Format(time.RFC3339), l.Names))
+	}
+	want := []string{
+		"bank.example verify 304 false 0001-01-01T00:00:00Z []",
+		"partner.example may 0 true 2026-12-04T23:59:59Z []",
+		".gov.example dane-only 0 false 0001-01-01T00:00:00Z [mail.gov.example]",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
 }

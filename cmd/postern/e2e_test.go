@@ -437,3 +437,24 @@ func TestDNSLookupShowsTheChain(t *testing.T) {
 		t.Fatalf("foreign root: %v\n%s", err, out2)
 	}
 }
+
+func TestPolicyCheck(t *testing.T) {
+	d := newDaemon(t)
+	out, err := d.run("", "policy", "check", "dest.test")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"MX (secure): 10 mx.dest.test", "MTA-STS record: none", "local policy: none", "decision: default may"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	// dane-only where no TLSA is published: undeliverable, exit status 4.
+	cmd := exec.Command(d.bin, "policy", "check", "dest.test", "-c", d.cfg)
+	cmd.Env = append(os.Environ(), "POSTERN_TLS_DEFAULT=dane-only")
+	out2, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(string(out2), "do not use") || !strings.Contains(string(out2), "dane-only") {
+		t.Fatalf("dane-only: %v\n%s", err, out2)
+	}
+}

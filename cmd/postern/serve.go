@@ -72,7 +72,11 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if res.Mode() == resolver.Off {
 		log.Warn("DNSSEC validation is off (dns.dnssec: off): DANE is disabled and every DNS answer counts as insecure")
 	}
-	engine := delivery.New(cfg.deliveryConfig(), delivery.Deps{Queue: q, Resolver: res, Log: log})
+	policy, roots, err := cfg.tlsPolicy(res, stateDB, log)
+	if err != nil {
+		return err
+	}
+	engine := delivery.New(cfg.deliveryConfig(), delivery.Deps{Queue: q, Resolver: res, Log: log, Policy: policy, Roots: roots})
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
 		Queue: q, Auth: auth.NewVerifier(users, cfg.authLimits(), nil),
 		GetCertificate: certs.GetCertificate, Log: log, Queued: engine.Kick,
@@ -85,7 +89,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	deliveryDone := make(chan struct{})
 	go func() { engine.Run(ctx); close(deliveryDone) }()
 	defer func() { stop(); <-deliveryDone }()
-	log.Info("delivery started", "workers", cfg.Delivery.Workers, "dns_servers", servers, "dnssec", res.Mode().String(), "port", cfg.Delivery.Port,
+	log.Info("delivery started", "workers", cfg.Delivery.Workers, "dns_servers", servers, "dnssec", res.Mode().String(), "tls_default", cfg.TLS.Default, "tls_policies", len(cfg.TLS.Policies), "port", cfg.Delivery.Port,
 		"routes", len(cfg.Delivery.Routes))
 
 	serveErr := make(chan error, 4)

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postern/postern/tlspolicy"
+)
+
+// policyCommand shows what the TLS policy engine decides for a domain.
+func policyCommand(load func() (*Config, error)) *cobra.Command {
+	cmd := &cobra.Command{Use: "policy", Short: "Explain the outbound TLS policy for a domain"}
+	var port int
+	check := &cobra.Command{
+		Use:   "check DOMAIN",
+		Short: "Show the MX set, DANE, MTA-STS and local policy, and the decision per MX (exit 4 when undeliverable)",
+		Long: "Looks the domain up as delivery does (through dns.servers, validating DNSSEC) and prints\n" +
+			"the MX set with its DNSSEC status, the TLSA records of each MX and whether they are usable,\n" +
+			"the MTA-STS record and policy (and what is cached), the local tls.policies entry, and the\n" +
+			"decision for each MX with its reason. Exit status 4 when no MX may be used under the policy.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := load()
+			if err != nil {
+				return err
+			}
+			quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+			res, _, err := cfg.resolver(quiet)
+			if err != nil {
+				return err
+			}
+			// The MTA-STS cache lives in state.db, which a running daemon
+			// holds; then the policy is fetched afresh and not stored.
+			var db *bolt.DB
+			if err := os.MkdirAll(cfg.DataDir, 0o700); err == nil {
+				db, _ = bolt.Open(cfg.statePath(), 0o600, &bolt.Options{Timeout: 200 * time.Millisecond})
+			}
+			if db != nil {
+				defer db.Close()
+			}
+			engine, _, err := cfg.tlsPolicy(res, db, quiet)
+			if err != nil {
+				return err
+			}
+			if port == 0 {
+				port = cfg.Delivery.Port
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			r := engine.Check(ctx, args[0], port)
+			printReport(cmd.OutOrStdout(), r, port, db == nil)
+			if !r.Deliverable() {
+				return &exitError{4, fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
+			}
+			return nil
+		},
+	}
+	check.Flags().IntVar(&port, "port", 0, "SMTP port of the MX hosts (default delivery.port)")
+	cmd.AddCommand(check)
+	return cmd
+}
+
+func printReport(out io.Writer, r tlspolicy.Report, port int, noCache bool) {
+	fmt.Fprintf(out, "domain %s\n", r.Domain)
+	switch {
+	case r.MXErr != nil:
+		fmt.Fprintf(out, "  MX: lookup failed: %v\n", r.MXErr)
+	case r.MX.NXDomain:
+		fmt.Fprintf(out, "  MX: the domain does not exist (%s)\n", r.MX.Security)
+	default:
+		var hosts []string
+		for _, mx := range r.MX.Records {
+			hosts = append(hosts, fmt.Sprintf("%d %s", mx.Preference, orNull(mx.Host)))
+		}
+		if len(hosts) == 0 {
+			hosts = []string{"none: the domain itself is the implicit MX"}
+		}
+		fmt.Fprintf(out, "  MX (%s): %s\n", r.MX.Security, strings.Join(hosts, ", "))
+		if r.MX.Reason != "" {
+			fmt.Fprintf(out, "    why: %s\n", r.MX.Reason)
+		}
+	}
+	switch {
+	case r.STSErr != nil:
+		fmt.Fprintf(out, "  MTA-STS record: lookup failed: %v\n", r.STSErr)
+	case len(r.STSRecords) == 0:
+		fmt.Fprintf(out, "  MTA-STS record: none\n")
+	default:
+		fmt.Fprintf(out, "  MTA-STS record: %s\n", strings.Join(r.STSRecords, " | "))
+	}
+	if r.STSPolicy != nil {
+		fmt.Fprintf(out, "  MTA-STS policy: %s\n", strings.Join(r.STSPolicy.Strings(), "; "))
+	}
+	if r.STSFailure != "" {
+		fmt.Fprintf(out, "  MTA-STS fetch failed: %s\n", r.STSFailure)
+	}
+	switch {
+	case noCache:
+		fmt.Fprintf(out, "  MTA-STS cache: not readable (serve holds state.db); fetched afresh\n")
+	case r.STSCached != nil:
+		fmt.Fprintf(out, "  MTA-STS cache: id %s, fetched %s, expires %s\n", r.STSCached.ID,
+			r.STSCached.Fetched.UTC().Format(time.RFC3339), r.STSCached.Expires.UTC().Format(time.RFC3339))
+	}
+	switch {
+	case r.Local != nil:
+		l := r.Local
+		fmt.Fprintf(out, "  local policy: %s %s", l.Domain, l.Mode)
+		if l.Override {
+			fmt.Fprint(out, " (override)")
+		}
+		if !l.Until.IsZero() {
+			fmt.Fprintf(out, " until %s", l.Until.UTC().Format(time.RFC3339))
+		}
+		fmt.Fprintln(out)
+	case r.Lapsed != nil:
+		fmt.Fprintf(out, "  local policy: %s %s lapsed at %s\n", r.Lapsed.Domain, r.Lapsed.Mode, r.Lapsed.Until.UTC().Format(time.RFC3339))
+	default:
+		fmt.Fprintf(out, "  local policy: none (tls.default applies)\n")
+	}
+	for _, h := range r.Hosts {
+		fmt.Fprintf(out, "  mx %s\n", h.Host)
+		if h.AddrErr != nil {
+			fmt.Fprintf(out, "    addresses: lookup failed: %v\n", h.AddrErr)
+		} else {
+			fmt.Fprintf(out, "    addresses (%s): %v\n", h.Addrs.Security, h.Addrs.Addrs)
+		}
+		switch {
+		case h.TLSAErr != nil:
+			fmt.Fprintf(out, "    TLSA _%d._tcp.%s: lookup failed: %v\n", port, h.Host, h.TLSAErr)
+		case len(h.TLSA.Records) == 0:
+			fmt.Fprintf(out, "    TLSA _%d._tcp.%s (%s): none\n", port, h.Host, h.TLSA.Security)
+		default:
+			fmt.Fprintf(out, "    TLSA _%d._tcp.%s (%s): %d records, %d usable\n", port, h.Host, h.TLSA.Security, len(h.TLSA.Records), h.Usable)
+		}
+		if h.Refused != nil {
+			fmt.Fprintf(out, "    decision: do not use: %v\n", h.Refused)
+			continue
+		}
+		fmt.Fprintf(out, "    decision: %s (%s)\n", h.Decision.Describe(), h.Decision.Reason)
+	}
+}
