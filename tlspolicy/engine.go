@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/miekg/dns"
 	"go.etcd.io/bbolt"
 
 	"github.com/postern/postern/resolver"
@@ -150,7 +149,8 @@ func (e *Engine) published(ctx context.Context, r Request, base Decision) (*Deci
 		return &d, mxSecure, listed, nil
 	}
 	if !listed {
-		return nil, mxSecure, false, &Refusal{Enhanced: "4.7.5", Reason: fmt.Sprintf("%s is not an MX host the MTA-STS policy of %s allows (%s)", r.MXHost, r.Domain, strings.Join(pol.MX, ", "))}
+		return nil, mxSecure, false, &Refusal{Enhanced: "4.7.5", ResultType: "validation-failure",
+			Reason: fmt.Sprintf("%s is not an MX host the MTA-STS policy of %s allows (%s)", r.MXHost, r.Domain, strings.Join(pol.MX, ", "))}
 	}
 	d.Level, d.MinVersion = Verify, tls.VersionTLS12
 	d.Names = []string{r.MXHost}
@@ -183,7 +183,7 @@ func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision,
 	}
 	switch tlsa.Security {
 	case resolver.Bogus:
-		return nil, true, &Refusal{Enhanced: "4.7.5", Reason: "TLSA records of " + r.MXHost + " fail DNSSEC validation: " + tlsa.Reason}
+		return nil, true, &Refusal{Enhanced: "4.7.5", ResultType: "dnssec-invalid", Reason: "TLSA records of " + r.MXHost + " fail DNSSEC validation: " + tlsa.Reason}
 	case resolver.Secure:
 	default:
 		return nil, true, nil
@@ -191,13 +191,10 @@ func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision,
 	if len(tlsa.Records) == 0 {
 		return nil, true, nil // securely no TLSA: DANE does not apply
 	}
+	all := tlsaRecords(tlsa)
 	var records []string
-	var all []*dns.TLSA
-	for _, rr := range tlsa.Records {
-		if t, ok := rr.(*dns.TLSA); ok {
-			all = append(all, t)
-			records = append(records, fmt.Sprintf("%d %d %d %s", t.Usage, t.Selector, t.MatchingType, t.Certificate))
-		}
+	for _, t := range all {
+		records = append(records, fmt.Sprintf("%d %d %d %s", t.Usage, t.Selector, t.MatchingType, t.Certificate))
 	}
 	d := base
 	d.Source, d.PolicyType, d.PolicyStrings = "dane", "tlsa", records
@@ -232,7 +229,8 @@ func (e *Engine) combine(r Request, base Decision, local *Local, published *Deci
 	}
 	isDANE := published != nil && published.Source == "dane"
 	if mode == ModeDANEOnly && !isDANE {
-		return Decision{}, &Refusal{Enhanced: "4.7.5", Reason: fmt.Sprintf("%s policy for %s is dane-only, and %s has no usable DANE TLSA records", source, r.Domain, r.MXHost)}
+		return Decision{}, &Refusal{Enhanced: "4.7.5", ResultType: "dane-required",
+			Reason: fmt.Sprintf("%s policy for %s is dane-only, and %s has no usable DANE TLSA records", source, r.Domain, r.MXHost)}
 	}
 	if mode == ModeDANE || mode == ModeDANEOnly {
 		mode = ModeMay

@@ -148,6 +148,24 @@ func (d Decision) ClientConfig(host string) (*tls.Config, *Verification) {
 	return cfg, v
 }
 
+// ResultType names a failed handshake under d as RFC 8460 4.3.2 does.
+func ResultType(err error, d Decision) string {
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var unknown x509.UnknownAuthorityError
+	switch {
+	case d.Level == Verify && len(d.TLSA) > 0:
+		return "tlsa-invalid"
+	case errors.As(err, &hostErr):
+		return "certificate-host-mismatch"
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		return "certificate-expired"
+	case errors.As(err, &unknown):
+		return "certificate-not-trusted"
+	}
+	return "validation-failure"
+}
+
 // verifyPKIX checks the chain against roots and the leaf against any of names.
 func verifyPKIX(chain []*x509.Certificate, roots *x509.CertPool, names []string) error {
 	if len(chain) == 0 {
@@ -236,9 +254,10 @@ type Policy interface {
 // Refusal is a policy's "do not deliver to this host", with the enhanced
 // status code to report.
 type Refusal struct {
-	Permanent bool
-	Enhanced  string // 4.7.x or 5.7.x
-	Reason    string
+	Permanent  bool
+	Enhanced   string // 4.7.x or 5.7.x
+	Reason     string
+	ResultType string // RFC 8460 4.3.2, when the refusal is a TLS policy failure
 }
 
 func (r *Refusal) Error() string { return r.Reason }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
 )
 
@@ -73,6 +74,8 @@ func printReport(out io.Writer, r tlspolicy.Report, port int, noCache bool) {
 	switch {
 	case r.MXErr != nil:
 		fmt.Fprintf(out, "  MX: lookup failed: %v\n", r.MXErr)
+	case r.MX.Security == resolver.Bogus:
+		fmt.Fprintf(out, "  MX: bogus (DNSSEC validation failed): %s\n", r.MX.Reason)
 	case r.MX.NXDomain:
 		fmt.Fprintf(out, "  MX: the domain does not exist (%s)\n", r.MX.Security)
 	default:

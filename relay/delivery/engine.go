@@ -228,9 +228,9 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 			f := &Failure{Temporary: true, Enhanced: "4.7.5", Host: hop.Host, Text: "TLS policy for " + hop.Host + ": " + err.Error()}
 			var refusal *tlspolicy.Refusal
 			if errors.As(err, &refusal) {
-				f.Temporary, f.Enhanced = !refusal.Permanent, refusal.Enhanced
+				f.Temporary, f.Enhanced, f.ResultType = !refusal.Permanent, refusal.Enhanced, refusal.ResultType
 			}
-			e.logAttempt(m, idxs, hop.Host, netip.AddrPort{}, TLSInfo{}, f.Error(), "skipped")
+			e.logAttempt(m, idxs, hop.Host, netip.AddrPort{}, TLSInfo{ResultType: f.ResultType}, f.Error(), "skipped")
 			if !f.Temporary {
 				return e.outcomesFor(m, idxs, f, now)
 			}
@@ -307,7 +307,7 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, policy)
 	if err != nil {
 		f := asFailure(err, hop.Host, "connect")
-		e.logAttempt(m, idxs, hop.Host, addr, TLSInfo{}, f.Error(), "deferred")
+		e.logAttempt(m, idxs, hop.Host, addr, TLSInfo{Policy: policy.Describe(), ResultType: f.ResultType}, f.Error(), "deferred")
 		return nil, f
 	}
 	if r := hop.Route; r != nil && r.Username != "" {
@@ -410,7 +410,7 @@ func (e *Engine) logAttempt(m queue.Message, idxs []int, host string, addr netip
 		ip = addr.Addr().String()
 	}
 	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip,
-		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "tls_auth", t.Auth, "tls_policy", t.Policy, "reply", reply,
+		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "tls_auth", t.Auth, "tls_policy", t.Policy, "tls_verify_failure", t.VerifyFailure, "tls_result", t.ResultType, "reply", reply,
 		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
 }
 

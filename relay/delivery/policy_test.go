@@ -47,7 +47,9 @@ type policyCase struct {
 	tamper      func(q dns.Question, m *dns.Msg)
 	requireTLS  bool
 	tlsOptional bool
-	want        string // "delivered AUTH" (AUTH: DANE-EE, DANE-TA, PKIX or none), "deferred CODE" or "bounced CODE"
+	// want is "delivered AUTH" (AUTH: DANE-EE, DANE-TA, PKIX or none),
+	// "deferred CODE [RFC 8460 RESULT]" or "bounced CODE".
+	want string
 }
 
 type pki struct {
@@ -61,7 +63,7 @@ func TestTLSPolicy(t *testing.T) {
 	cases := []policyCase{
 		{name: "DANE-EE matches", tlsa: []string{"3 1 1"}, want: "delivered DANE-EE"},
 		{name: "DANE-EE full certificate", tlsa: []string{"3 0 0"}, want: "delivered DANE-EE"},
-		{name: "DANE-EE mismatch", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32), want: "deferred 4.7.5"},
+		{name: "DANE-EE mismatch", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32), want: "deferred 4.7.5 tlsa-invalid"},
 		{name: "DANE-EE with an unrelated name and CA delivers", cert: func(t *testing.T, p *pki) tls.Certificate {
 			return p.other.Leaf(t, true, "unrelated.example")
 		}, tlsa: []string{"3 1 1"}, want: "delivered DANE-EE"},
@@ -73,7 +75,7 @@ func TestTLSPolicy(t *testing.T) {
 		{name: "all TLSA records unusable: TLS still required", rawTLSA: "1 1 1 " + strings.Repeat("ab", 32),
 			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "whatever.example") }, want: "delivered none"},
 		{name: "all TLSA records unusable and no STARTTLS", rawTLSA: "0 0 1 " + strings.Repeat("ab", 32), noSTARTTLS: true, want: "deferred 4.7.4"},
-		{name: "DANE with an MX that has no STARTTLS", tlsa: []string{"3 1 1"}, noSTARTTLS: true, want: "deferred 4.7.4"},
+		{name: "DANE with an MX that has no STARTTLS", tlsa: []string{"3 1 1"}, noSTARTTLS: true, want: "deferred 4.7.4 starttls-not-supported"},
 		{name: "bogus TLSA", tlsa: []string{"3 1 1"}, tamper: func(q dns.Question, m *dns.Msg) {
 			if q.Qtype == dns.TypeTLSA {
 				for _, rr := range m.Answer {
@@ -82,12 +84,12 @@ func TestTLSPolicy(t *testing.T) {
 					}
 				}
 			}
-		}, want: "deferred 4.7.5"},
+		}, want: "deferred 4.7.5 dnssec-invalid"},
 		{name: "insecure MX set: no DANE, opportunistic", unsigned: true, rawTLSA: "3 1 1 " + strings.Repeat("ab", 32), want: "delivered none"},
 		{name: "MTA-STS enforce, good certificate", sts: enforce, want: "delivered PKIX"},
 		{name: "MTA-STS enforce, untrusted certificate", sts: enforce,
-			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") }, want: "deferred 4.7.5"},
-		{name: "MTA-STS enforce, MX outside the patterns", sts: "version: STSv1\nmode: enforce\nmx: mail.other.test\nmax_age: 86400\n", want: "deferred 4.7.5"},
+			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") }, want: "deferred 4.7.5 certificate-not-trusted"},
+		{name: "MTA-STS enforce, MX outside the patterns", sts: "version: STSv1\nmode: enforce\nmx: mail.other.test\nmax_age: 86400\n", want: "deferred 4.7.5 validation-failure"},
 		{name: "MTA-STS enforce, wildcard pattern", sts: "version: STSv1\nmode: enforce\nmx: *.dest.test\nmax_age: 86400\n", want: "delivered PKIX"},
 		{name: "MTA-STS testing delivers despite a bad certificate", sts: strings.Replace(enforce, "enforce", "testing", 1),
 			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") }, want: "delivered none"},
@@ -105,7 +107,7 @@ func TestTLSPolicy(t *testing.T) {
 			local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeMay}}, want: "deferred 4.7.5"},
 		{name: "a lapsed exception no longer applies", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32),
 			local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeMay, Override: true, Until: time.Now().Add(-time.Hour)}}, want: "deferred 4.7.5"},
-		{name: "dane-only without DANE", unsigned: true, local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeDANEOnly}}, want: "deferred 4.7.5"},
+		{name: "dane-only without DANE", unsigned: true, local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeDANEOnly}}, want: "deferred 4.7.5 dane-required"},
 		{name: "dane-only with DANE", tlsa: []string{"3 1 1"}, local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeDANEOnly}}, want: "delivered DANE-EE"},
 		{name: "REQUIRETLS to a plaintext MX is bounced, never delivered", unsigned: true, noSTARTTLS: true, requireTLS: true, want: "bounced 5.7.30"},
 		{name: "REQUIRETLS over DANE", tlsa: []string{"3 1 1"}, requireTLS: true, want: "delivered DANE-EE"},
@@ -223,6 +225,10 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 		}
 	}
 	verb, detail, _ := strings.Cut(tc.want, " ")
+	detail, result, _ := strings.Cut(detail, " ")
+	if result != "" && !strings.Contains(log.String(), "tls_result="+result) {
+		t.Errorf("the log does not name the RFC 8460 result %s:\n%s", result, log.String())
+	}
 	switch verb {
 	case "delivered":
 		if delivered != 1 {

@@ -41,6 +41,8 @@ type TLSInfo struct {
 	// VerifyFailure is why the certificate did not authenticate, where the
 	// policy (MTA-STS testing) let delivery go on anyway.
 	VerifyFailure string
+	// ResultType names a TLS failure as RFC 8460 does, for TLS reports.
+	ResultType string
 }
 
 // conn is one open SMTP session to a next hop, ready for transactions.
@@ -84,7 +86,7 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	next := raw
 	offered := offersExtension(ehlo, "STARTTLS")
 	if !offered && policy.Required() {
-		return fail(&Failure{Temporary: true, Enhanced: "4.7.4", Host: host,
+		return fail(&Failure{Temporary: true, Enhanced: "4.7.4", Host: host, ResultType: "starttls-not-supported",
 			Text: fmt.Sprintf("TLS is required (%s: %s) but %s does not offer STARTTLS", policy.Describe(), policy.Reason, host)})
 	}
 	if offered && policy.Level > tlspolicy.None {
@@ -97,7 +99,7 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		if err := tc.HandshakeContext(ctx); err != nil {
 			// Even at "may", a failed handshake defers rather than
 			// retrying in cleartext on the same host.
-			return fail(&Failure{Temporary: true, Enhanced: "4.7.5", Host: host,
+			return fail(&Failure{Temporary: true, Enhanced: "4.7.5", Host: host, ResultType: tlspolicy.ResultType(err, policy),
 				Text: fmt.Sprintf("TLS with %s failed (%s: %s): %v", host, policy.Describe(), policy.Reason, err)})
 		}
 		st := tc.ConnectionState()
@@ -156,6 +158,8 @@ type Failure struct {
 	Enhanced  string // "4.4.1"
 	Text      string
 	Host      string // the server that said it, if one did
+	// ResultType names a TLS policy failure as RFC 8460 4.3.2 does.
+	ResultType string
 }
 
 func (f *Failure) Error() string {
