@@ -30,6 +30,7 @@ type operations interface {
 	UserList() ([]auth.User, error)
 	UserDelete(name string) error
 	UserPasswd(name, password string) error
+	UserRequireTLS(name string, on bool) error
 	Close() error
 }
 
@@ -45,6 +46,7 @@ func (l *local) QueueShow(id string) (queue.Message, error)        { return l.q.
 func (l *local) UserList() ([]auth.User, error)                    { return l.users.List() }
 func (l *local) UserDelete(name string) error                      { return l.users.Delete(name) }
 func (l *local) UserPasswd(name, pw string) error                  { return l.users.SetPassword(name, pw) }
+func (l *local) UserRequireTLS(name string, on bool) error         { return l.users.SetRequireTLS(name, on) }
 func (l *local) Close() error {
 	if l.close != nil {
 		return l.close()
@@ -151,6 +153,16 @@ func adminHandler(ops operations) http.Handler {
 	mux.HandleFunc("DELETE /v1/users/{name}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]string{"ok": "true"}, ops.UserDelete(r.PathValue("name")))
 	})
+	mux.HandleFunc("POST /v1/users/{name}/require-tls", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			On bool `json:"on"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
+			return
+		}
+		reply(w, map[string]string{"ok": "true"}, ops.UserRequireTLS(r.PathValue("name"), req.On))
+	})
 	mux.HandleFunc("POST /v1/users/{name}/password", func(w http.ResponseWriter, r *http.Request) {
 		var req userRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
@@ -256,6 +268,9 @@ func (r *remote) UserList() ([]auth.User, error) {
 }
 func (r *remote) UserDelete(name string) error {
 	return r.do("DELETE", "/v1/users/"+url.PathEscape(name), nil, nil)
+}
+func (r *remote) UserRequireTLS(name string, on bool) error {
+	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/require-tls", map[string]bool{"on": on}, nil)
 }
 func (r *remote) UserPasswd(name, pw string) error {
 	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/password", userRequest{Password: pw}, nil)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -247,6 +248,12 @@ func TestBinaryLifecycle(t *testing.T) {
 	}
 	if out, err := d.run("pw2\n", "user", "add", "second", "--password-stdin"); err != nil {
 		t.Fatalf("user add through the socket: %v %s", err, out)
+	}
+	if out, err := d.run("", "user", "require-tls", "second", "on"); err != nil {
+		t.Fatalf("user require-tls through the socket: %v %s", err, out)
+	}
+	if out, _ := d.run("", "user", "list"); !regexp.MustCompile(`second\s+\(any\)\s+yes`).MatchString(out) {
+		t.Fatalf("user list does not show require-tls:\n%s", out)
 	}
 	c, err := smtp.DialTLS(d.implicit, e2eTLS)
 	if err != nil {

@@ -184,13 +184,17 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					return json.NewEncoder(c.OutOrStdout()).Encode(users)
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tCREATED")
+				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tREQUIRETLS\tCREATED")
 				for _, u := range users {
 					allowed := strings.Join(u.AllowFrom, ",")
 					if allowed == "" {
 						allowed = "(any)"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\n", u.Name, allowed, u.Created.Format(time.DateTime))
+					requireTLS := "no"
+					if u.RequireTLS {
+						requireTLS = "yes"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", u.Name, allowed, requireTLS, u.Created.Format(time.DateTime))
 				}
 				return w.Flush()
 			})
@@ -205,7 +209,19 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 			return withOps(load, func(ops operations) error { return ops.UserDelete(args[0]) })
 		},
 	}
-	cmd.AddCommand(add, passwd, list, del)
+	requireTLS := &cobra.Command{
+		Use:   "require-tls NAME on|off",
+		Short: "Treat all of a user's mail as REQUIRETLS: verified TLS at every hop, or a bounce",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			on := args[1] == "on"
+			if !on && args[1] != "off" {
+				return &exitError{2, fmt.Errorf("say on or off, not %q", args[1])}
+			}
+			return withOps(load, func(ops operations) error { return ops.UserRequireTLS(args[0], on) })
+		},
+	}
+	cmd.AddCommand(add, passwd, list, del, requireTLS)
 	return cmd
 }
 

@@ -27,9 +27,12 @@ type User struct {
 	Hash string `json:"hash"`
 	// AllowFrom lists the envelope senders the user may use, as glob
 	// patterns ("*@example.com"); empty means any sender.
-	AllowFrom []string  `json:"allow_from,omitempty"`
-	Created   time.Time `json:"created"`
-	Updated   time.Time `json:"updated"`
+	AllowFrom []string `json:"allow_from,omitempty"`
+	// RequireTLS treats all of the user's mail as REQUIRETLS (RFC 8689):
+	// verified TLS at every hop, or a bounce. For a compliance egress.
+	RequireTLS bool      `json:"require_tls,omitempty"`
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
 }
 
 // MaySend reports whether the user may use from as envelope sender. The
@@ -132,6 +135,11 @@ func (s *Store) SetAllowFrom(name string, allowFrom []string) error {
 		return err
 	}
 	return s.change(name, func(u *User) { u.AllowFrom = allowFrom })
+}
+
+// SetRequireTLS marks (or unmarks) a user whose mail must all travel as REQUIRETLS.
+func (s *Store) SetRequireTLS(name string, on bool) error {
+	return s.change(name, func(u *User) { u.RequireTLS = on })
 }
 
 func (s *Store) change(name string, f func(*User)) error {

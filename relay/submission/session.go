@@ -140,7 +140,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		From:       from,
 		Return:     string(opts.Return),
 		EnvelopeID: opts.EnvelopeID,
-		RequireTLS: opts.RequireTLS,
+		RequireTLS: opts.RequireTLS || s.user.RequireTLS,
 		UTF8:       opts.UTF8,
 		BodyType:   string(opts.Body),
 		AuthUser:   s.user.Name,

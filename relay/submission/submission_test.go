@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
 )
 
@@ -356,5 +357,41 @@ func TestOldTLSRefused(t *testing.T) {
 	r.expect("STARTTLS", "220")
 	if err := tls.Client(r.conn, old).Handshake(); err == nil {
 		t.Fatal("TLS 1.1 handshake accepted after STARTTLS")
+	}
+}
+
+// A user marked require_tls has every message queued as REQUIRETLS, and
+// "TLS-Required: No" from such a user changes nothing; from others it is kept.
+func TestRequireTLSUserAndTLSRequiredNo(t *testing.T) {
+	h := newHarness(t)
+	if err := h.users.SetRequireTLS("free", true); err != nil {
+		t.Fatal(err)
+	}
+	send := func(user string) queue.Message {
+		c, err := smtp.DialStartTLS(h.starttls, clientTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Auth(sasl.NewPlainClient("", user, testPassword)); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SendMail("app@example.org", []string{"a@dest.test"}, strings.NewReader("TLS-Required: No\r\nSubject: x\r\n\r\nhi\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		list, _ := h.q.List(queue.Filter{})
+		for _, m := range list {
+			if m.AuthUser == user {
+				return m
+			}
+		}
+		t.Fatalf("no message from %s", user)
+		return queue.Message{}
+	}
+	if m := send("free"); !m.RequireTLS || m.TLSOptional {
+		t.Errorf("require_tls user: requiretls %v, tls optional %v", m.RequireTLS, m.TLSOptional)
+	}
+	if m := send(testUser); m.RequireTLS || !m.TLSOptional {
+		t.Errorf("ordinary user: requiretls %v, tls optional %v", m.RequireTLS, m.TLSOptional)
 	}
 }
