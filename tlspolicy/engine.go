@@ -33,6 +33,11 @@ type Config struct {
 	HonorTLSRequiredNo bool
 	STSPort            int           // where MTA-STS policies are fetched; 443
 	STSTimeout         time.Duration // for one policy fetch; default 30s
+	// DowngradeMemory says what to do when a domain offers weaker TLS
+	// than it has before; MemoryMaxAge is how long the memory lasts
+	// without a delivery that confirms it (default 30 days).
+	DowngradeMemory MemoryMode
+	MemoryMaxAge    time.Duration
 }
 
 // Deps are the engine's collaborators.
@@ -64,6 +69,17 @@ func NewEngine(cfg Config, d Deps) (*Engine, error) {
 	}
 	if cfg.STSTimeout <= 0 {
 		cfg.STSTimeout = 30 * time.Second
+	}
+	if cfg.MemoryMaxAge <= 0 {
+		cfg.MemoryMaxAge = 30 * 24 * time.Hour
+	}
+	if d.DB != nil {
+		if err := d.DB.Update(func(tx *bbolt.Tx) error {
+			_, err := tx.CreateBucketIfNotExists(memoryBucket)
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("tls memory: %w", err)
+		}
 	}
 	e := &Engine{cfg: cfg, d: d}
 	sts, err := newSTSCache(d.DB, d.Resolver, cfg.Roots, cfg.STSPort, cfg.STSTimeout, d.Clock, d.Log)
@@ -109,6 +125,7 @@ func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
 		if d, err = e.combine(r, base, local, published); err != nil {
 			return Decision{}, err
 		}
+		d = e.remembered(r, d)
 	}
 	if local != nil && local.MinVersion > d.MinVersion {
 		d.MinVersion = local.MinVersion

@@ -88,6 +88,9 @@ func (d Decision) Describe() string {
 type Verification struct {
 	Method  string // "DANE-EE", "DANE-TA", "PKIX", or "" when not authenticated
 	Failure string // why authentication failed (in testing mode, where it does not stop delivery)
+	// PassivePKIX: where nothing was required, the certificate would still
+	// have passed PKIX; the downgrade memory learns from it.
+	PassivePKIX bool
 }
 
 // ClientConfig is the TLS configuration that enforces d for host; the
@@ -140,10 +143,16 @@ func (d Decision) ClientConfig(host string) (*tls.Config, *Verification) {
 			}
 			return nil
 		}
-	case d.Level == May && d.MinVersion == 0:
-		// Opportunistic TLS takes what the server has: anything is better
-		// than the cleartext it would otherwise be (RFC 7435 3).
-		cfg.MinVersion = tls.VersionTLS10
+	default:
+		if d.Level == May && d.MinVersion == 0 {
+			// Opportunistic TLS takes what the server has: anything is
+			// better than the cleartext it would otherwise be (RFC 7435 3).
+			cfg.MinVersion = tls.VersionTLS10
+		}
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			v.PassivePKIX = verifyPKIX(cs.PeerCertificates, d.Roots, names) == nil
+			return nil
+		}
 	}
 	return cfg, v
 }
@@ -249,6 +258,11 @@ type Request struct {
 // means this host must not be used; a *Refusal says whether to wait or fail.
 type Policy interface {
 	Decide(ctx context.Context, r Request) (Decision, error)
+}
+
+// Observer learns how each delivery to a domain was protected.
+type Observer interface {
+	Observe(ctx context.Context, domain string, seen Seen)
 }
 
 // Refusal is a policy's "do not deliver to this host", with the enhanced

@@ -17,6 +17,7 @@ import (
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/tlspolicy"
 )
 
 // operations is what the queue and user commands do. It is served over the
@@ -31,6 +32,7 @@ type operations interface {
 	UserDelete(name string) error
 	UserPasswd(name, password string) error
 	UserRequireTLS(name string, on bool) error
+	PolicyForget(domain string) error
 	Close() error
 }
 
@@ -38,8 +40,11 @@ type operations interface {
 type local struct {
 	q     *queue.Queue
 	users *auth.Store
+	state *bolt.DB
 	close func() error
 }
+
+func (l *local) PolicyForget(domain string) error { return tlspolicy.ForgetMemory(l.state, domain) }
 
 func (l *local) QueueList(f queue.Filter) ([]queue.Message, error) { return l.q.List(f) }
 func (l *local) QueueShow(id string) (queue.Message, error)        { return l.q.Get(id) }
@@ -88,7 +93,7 @@ func openOperations(cfg *Config) (operations, error) {
 		q.Close()
 		return nil, err
 	}
-	return &local{q: q, users: users, close: func() error { db.Close(); return q.Close() }}, nil
+	return &local{q: q, users: users, state: db, close: func() error { db.Close(); return q.Close() }}, nil
 }
 
 func openState(cfg *Config) (*bolt.DB, *auth.Store, error) {
@@ -152,6 +157,9 @@ func adminHandler(ops operations) http.Handler {
 	})
 	mux.HandleFunc("DELETE /v1/users/{name}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]string{"ok": "true"}, ops.UserDelete(r.PathValue("name")))
+	})
+	mux.HandleFunc("DELETE /v1/policy/memory/{domain}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, map[string]string{"ok": "true"}, ops.PolicyForget(r.PathValue("domain")))
 	})
 	mux.HandleFunc("POST /v1/users/{name}/require-tls", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
@@ -268,6 +276,9 @@ func (r *remote) UserList() ([]auth.User, error) {
 }
 func (r *remote) UserDelete(name string) error {
 	return r.do("DELETE", "/v1/users/"+url.PathEscape(name), nil, nil)
+}
+func (r *remote) PolicyForget(domain string) error {
+	return r.do("DELETE", "/v1/policy/memory/"+url.PathEscape(domain), nil, nil)
 }
 func (r *remote) UserRequireTLS(name string, on bool) error {
 	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/require-tls", map[string]bool{"on": on}, nil)

@@ -124,6 +124,8 @@ type OutboundTLSConfig struct {
 	ClientKeyFile      string            `mapstructure:"client_key_file"`
 	HonorTLSRequiredNo bool              `mapstructure:"honor_tls_required_no"`
 	MTASTSTimeout      time.Duration     `mapstructure:"mta_sts_timeout"`
+	DowngradeMemory    string            `mapstructure:"downgrade_memory"`
+	MemoryMaxAge       time.Duration     `mapstructure:"downgrade_memory_max_age"`
 	Policies           []TLSPolicyConfig `mapstructure:"policies"`
 }
 
@@ -182,6 +184,8 @@ var defaults = map[string]any{
 	"tls.client_key_file":                 "",
 	"tls.honor_tls_required_no":           true,
 	"tls.mta_sts_timeout":                 "30s",
+	"tls.downgrade_memory":                "warn",
+	"tls.downgrade_memory_max_age":        "720h",
 	"delivery.port":                       25,
 	"delivery.workers":                    32,
 	"delivery.retry":                      []string{"1m", "5m", "15m", "30m", "1h", "2h"},
@@ -347,6 +351,7 @@ func (c *Config) validate() error {
 		"dns.cache_size":                      int64(c.DNS.CacheSize),
 		"dns.cache_max_ttl":                   int64(c.DNS.CacheMaxTTL),
 		"tls.mta_sts_timeout":                 int64(c.TLS.MTASTSTimeout),
+		"tls.downgrade_memory_max_age":        int64(c.TLS.MemoryMaxAge),
 		"delivery.workers":                    int64(c.Delivery.Workers),
 		"delivery.max_queue_lifetime":         int64(c.Delivery.MaxQueueLifetime),
 		"delivery.max_addr_attempts":          int64(c.Delivery.MaxAddrAttempts),
@@ -412,6 +417,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := tlspolicy.ParseMode(c.TLS.Default); err != nil {
 		bad("tls.default", "%v", err)
+	}
+	if _, err := tlspolicy.ParseMemoryMode(c.TLS.DowngradeMemory); err != nil {
+		bad("tls.downgrade_memory", "%v", err)
 	}
 	if c.TLS.CAFile != "" {
 		if _, err := c.roots(); err != nil {
@@ -590,7 +598,9 @@ func (c *Config) tlsPolicy(res tlspolicy.Resolver, db *bolt.DB, log *slog.Logger
 		return nil, nil, fmt.Errorf("tls.ca_file: %w", err)
 	}
 	def, _ := tlspolicy.ParseMode(c.TLS.Default)
-	cfg := tlspolicy.Config{Default: def, Roots: roots, HonorTLSRequiredNo: c.TLS.HonorTLSRequiredNo, STSTimeout: c.TLS.MTASTSTimeout}
+	memory, _ := tlspolicy.ParseMemoryMode(c.TLS.DowngradeMemory)
+	cfg := tlspolicy.Config{Default: def, Roots: roots, HonorTLSRequiredNo: c.TLS.HonorTLSRequiredNo, STSTimeout: c.TLS.MTASTSTimeout,
+		DowngradeMemory: memory, MemoryMaxAge: c.TLS.MemoryMaxAge}
 	for _, p := range c.TLS.Policies {
 		l, err := c.localPolicy(p)
 		if err != nil {

@@ -55,7 +55,7 @@ func bound(t *testing.T, key, env string) bool {
 		"submission.tls.cert_file": "", "submission.tls.key_file": "", "submission.tls.min_version": "1.3",
 		"dns.servers": "127.0.0.1:5353", "delivery.retry": "1m,2m", "delivery.prefer_ipv6": "true",
 		"dns.dnssec": "off", "dns.on_broken_upstream": "insecure", "dns.trust_ad_remote": "true",
-		"tls.default": "verify", "tls.honor_tls_required_no": "false",
+		"tls.default": "verify", "tls.honor_tls_required_no": "false", "tls.downgrade_memory": "defer",
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
 		if strings.HasSuffix(key, "_file") {

@@ -451,10 +451,14 @@ func TestPolicyCheck(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	for _, want := range []string{"MX (secure): 10 mx.dest.test", "MTA-STS record: none", "local policy: none", "decision: default may"} {
+	for _, want := range []string{"MX (secure): 10 mx.dest.test", "MTA-STS record: none", "local policy: none", "decision: default may",
+		"downgrade memory (warn): nothing remembered"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+	if out, err := d.run("", "policy", "forget", "dest.test"); err == nil || !strings.Contains(out, "nothing is remembered") {
+		t.Fatalf("forget without memory: %v\n%s", err, out)
 	}
 	// dane-only where no TLSA is published: undeliverable, exit status 4.
 	cmd := exec.Command(d.bin, "policy", "check", "dest.test", "-c", d.cfg)

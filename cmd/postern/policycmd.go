@@ -58,6 +58,12 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 			defer cancel()
 			r := engine.Check(ctx, args[0], port)
 			printReport(cmd.OutOrStdout(), r, port, db == nil)
+			if m, ok := engine.Memory(r.Domain); ok {
+				fmt.Fprintf(cmd.OutOrStdout(), "  downgrade memory (%s): %s TLS since %s, last %s\n", cfg.TLS.DowngradeMemory, m.Best,
+					m.First.UTC().Format(time.RFC3339), m.Last.UTC().Format(time.RFC3339))
+			} else if db != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "  downgrade memory (%s): nothing remembered\n", cfg.TLS.DowngradeMemory)
+			}
 			if !r.Deliverable() {
 				return &exitError{4, fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
 			}
@@ -65,7 +71,21 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 		},
 	}
 	check.Flags().IntVar(&port, "port", 0, "SMTP port of the MX hosts (default delivery.port)")
-	cmd.AddCommand(check)
+	forget := &cobra.Command{
+		Use:   "forget DOMAIN",
+		Short: "Clear the downgrade memory of a domain (after a genuine change of its TLS)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withOps(load, func(ops operations) error {
+				if err := ops.PolicyForget(args[0]); err != nil {
+					return &exitError{3, err}
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "forgot the TLS history of %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(check, forget)
 	return cmd
 }
 

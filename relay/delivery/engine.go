@@ -385,6 +385,17 @@ func (e *Engine) transact(m queue.Message, idxs []int, hop Hop, policy tlspolicy
 		out[k] = e.outcome(m, i, results[k], hop.Host, now)
 	}
 	e.logAttempt(m, idxs, hop.Host, addr, c.tls, summarize(results), "done")
+	if o, ok := e.d.Policy.(tlspolicy.Observer); ok && hop.Route == nil {
+		// What the domain's MX offered, for the downgrade memory.
+		seen := tlspolicy.SeenPlaintext
+		switch {
+		case c.tls.Verified || c.tls.PassivePKIX:
+			seen = tlspolicy.SeenVerified
+		case c.tls.Version != "":
+			seen = tlspolicy.SeenEncrypted
+		}
+		o.Observe(context.Background(), queue.Domain(m.Recipients[idxs[0]].Addr), seen)
+	}
 	return out, nil
 }
 

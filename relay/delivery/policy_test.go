@@ -280,3 +280,65 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestDowngradeMemory: a domain that has delivered over verified TLS and
+// then offers no STARTTLS is what a STARTTLS-stripping attacker looks like.
+func TestDowngradeMemory(t *testing.T) {
+	for _, mode := range []tlspolicy.MemoryMode{tlspolicy.MemoryWarn, tlspolicy.MemoryDefer} {
+		t.Run([]string{"warn", "defer"}[mode], func(t *testing.T) {
+			ca := tlstest.NewCA(t, "Test Root")
+			good := smtptest.Start(t, func(mx *smtptest.MX) {
+				mx.Server.TLSConfig = &tls.Config{Certificates: []tls.Certificate{ca.Leaf(t, false, "mx.dest.test")}}
+			})
+			stripped := smtptest.Start(t, func(mx *smtptest.MX) { mx.Server.TLSConfig = nil })
+			dnsSrv, anchors := resolvertest.StartSigned(t, testZone)
+			res, _ := resolver.New([]string{dnsSrv.Addr}, resolver.Options{Timeout: time.Second, Attempts: 1, Anchors: anchors})
+			db, err := bbolt.Open(filepath.Join(t.TempDir(), "state.db"), 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			log := &syncBuffer{}
+			policy, err := tlspolicy.NewEngine(tlspolicy.Config{Default: tlspolicy.ModeMay, Roots: ca.Pool(), DowngradeMemory: mode},
+				tlspolicy.Deps{Resolver: res, DB: db, Log: slog.New(slog.NewTextHandler(log, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := buildWorld(t, good, dnsSrv, res, policy, nil)
+			first.submit(sender, "a@dest.test")
+			first.run()
+			if len(good.Received()) != 1 {
+				t.Fatal("first delivery failed")
+			}
+			if m, ok := policy.Memory("dest.test"); !ok || m.Best != tlspolicy.SeenVerified {
+				t.Fatalf("memory after a verified delivery (opportunistic, checked passively): %+v %v", m, ok)
+			}
+
+			second := buildWorld(t, stripped, dnsSrv, res, policy, nil)
+			id := second.submit(sender, "b@dest.test")
+			second.run()
+			switch mode {
+			case tlspolicy.MemoryWarn:
+				if len(stripped.Received()) != 1 || !strings.Contains(log.String(), "TLS downgrade") {
+					t.Fatalf("warn mode delivers and warns; log:\n%s", log.String())
+				}
+				if m, _ := policy.Memory("dest.test"); m.Best != tlspolicy.SeenVerified {
+					t.Fatal("the downgrade overwrote the memory")
+				}
+			case tlspolicy.MemoryDefer:
+				r := second.state(id).Recipients[0]
+				if len(stripped.Received()) != 0 || !strings.Contains(r.LastReply, "4.7.4") || !strings.Contains(r.LastReply, "downgrade memory") {
+					t.Fatalf("defer mode: delivered %d, reply %q", len(stripped.Received()), r.LastReply)
+				}
+				if err := policy.Forget("dest.test"); err != nil {
+					t.Fatal(err)
+				}
+				second.clock.Advance(2 * time.Minute)
+				second.run()
+				if len(stripped.Received()) != 1 {
+					t.Fatal("not delivered after policy forget")
+				}
+			}
+		})
+	}
+}

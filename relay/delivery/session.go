@@ -43,6 +43,9 @@ type TLSInfo struct {
 	VerifyFailure string
 	// ResultType names a TLS failure as RFC 8460 does, for TLS reports.
 	ResultType string
+	// PassivePKIX: the certificate would have passed PKIX checks, although
+	// the policy did not ask (for the downgrade memory).
+	PassivePKIX bool
 }
 
 // conn is one open SMTP session to a next hop, ready for transactions.
@@ -104,7 +107,8 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		}
 		st := tc.ConnectionState()
 		info = TLSInfo{Version: tls.VersionName(st.Version), Cipher: tls.CipherSuiteName(st.CipherSuite),
-			Verified: verification.Method != "", Auth: verification.Method, VerifyFailure: verification.Failure}
+			Verified: verification.Method != "", Auth: verification.Method, VerifyFailure: verification.Failure,
+			PassivePKIX: verification.PassivePKIX}
 		next = tc
 	}
 	info.Policy = policy.Describe()
