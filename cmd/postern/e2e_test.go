@@ -457,6 +457,10 @@ func TestPolicyCheck(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
+	out, err = d.run("", "policy", "check", "dest.test", "--connect")
+	if err != nil || !strings.Contains(out, "127.0.0.1:") || !strings.Contains(out, "STARTTLS, TLS 1.3") || !strings.Contains(out, `certificate "mx.test"`) {
+		t.Fatalf("--connect: %v\n%s", err, out)
+	}
 	if out, err := d.run("", "policy", "forget", "dest.test"); err == nil || !strings.Contains(out, "nothing is remembered") {
 		t.Fatalf("forget without memory: %v\n%s", err, out)
 	}

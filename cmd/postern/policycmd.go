@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/postern/postern/relay/delivery"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
 )
@@ -20,13 +22,16 @@ import (
 func policyCommand(load func() (*Config, error)) *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Short: "Explain the outbound TLS policy for a domain"}
 	var port int
+	var connect bool
 	check := &cobra.Command{
 		Use:   "check DOMAIN",
 		Short: "Show the MX set, DANE, MTA-STS and local policy, and the decision per MX (exit 4 when undeliverable)",
 		Long: "Looks the domain up as delivery does (through dns.servers, validating DNSSEC) and prints\n" +
 			"the MX set with its DNSSEC status, the TLSA records of each MX and whether they are usable,\n" +
 			"the MTA-STS record and policy (and what is cached), the local tls.policies entry, and the\n" +
-			"decision for each MX with its reason. Exit status 4 when no MX may be used under the policy.",
+			"decision for each MX with its reason. With --connect it also connects to each MX (as\n" +
+			"posttls-finger does) and reports STARTTLS, protocol, cipher, chain and whether DANE or PKIX\n" +
+			"verification passes. Exit status 4 when no MX may be used (or, with --connect, reached) under the policy.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := load()
@@ -67,10 +72,14 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 			if !r.Deliverable() {
 				return &exitError{4, fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
 			}
+			if connect && !probeHosts(ctx, cmd.OutOrStdout(), cfg.Hostname, r, port) {
+				return &exitError{4, fmt.Errorf("no MX of %s could be reached under its TLS policy", r.Domain)}
+			}
 			return nil
 		},
 	}
 	check.Flags().IntVar(&port, "port", 0, "SMTP port of the MX hosts (default delivery.port)")
+	check.Flags().BoolVar(&connect, "connect", false, "also connect to each MX and report its TLS")
 	forget := &cobra.Command{
 		Use:   "forget DOMAIN",
 		Short: "Clear the downgrade memory of a domain (after a genuine change of its TLS)",
@@ -169,4 +178,47 @@ func printReport(out io.Writer, r tlspolicy.Report, port int, noCache bool) {
 		}
 		fmt.Fprintf(out, "    decision: %s (%s)\n", h.Decision.Describe(), h.Decision.Reason)
 	}
+}
+
+// probeHosts connects to the addresses of each usable MX under its
+// decision; it reports whether any session could be had.
+func probeHosts(ctx context.Context, out io.Writer, hostname string, r tlspolicy.Report, port int) bool {
+	ok := false
+	for _, h := range r.Hosts {
+		if h.Refused != nil {
+			continue
+		}
+		fmt.Fprintf(out, "  connect %s (%s)\n", h.Host, h.Decision.Describe())
+		for i, a := range h.Addrs.Addrs {
+			if i == 2 {
+				break
+			}
+			addr := netip.AddrPortFrom(a, uint16(port))
+			info, err := delivery.Probe(ctx, hostname, h.Host, addr, h.Decision, 20*time.Second)
+			if err != nil {
+				fmt.Fprintf(out, "    %s: %v\n", addr, err)
+				continue
+			}
+			ok = true
+			if info.Version == "" {
+				fmt.Fprintf(out, "    %s: no TLS (STARTTLS not offered, and the policy allows plaintext)\n", addr)
+				continue
+			}
+			auth := "not authenticated"
+			switch {
+			case info.Auth != "":
+				auth = "authenticated by " + info.Auth
+			case info.PassivePKIX:
+				auth = "not required, but the certificate passes PKIX"
+			case info.VerifyFailure != "":
+				auth = "not authenticated: " + info.VerifyFailure
+			}
+			fmt.Fprintf(out, "    %s: STARTTLS, %s, %s, %s\n", addr, info.Version, info.Cipher, auth)
+			for _, c := range info.Chain {
+				fmt.Fprintf(out, "      certificate %q issued by %q, valid until %s, names %v\n", c.Subject.CommonName,
+					c.Issuer.CommonName, c.NotAfter.UTC().Format(time.DateOnly), c.DNSNames)
+			}
+		}
+	}
+	return ok
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,8 @@ type TLSInfo struct {
 	// PassivePKIX: the certificate would have passed PKIX checks, although
 	// the policy did not ask (for the downgrade memory).
 	PassivePKIX bool
+	// Chain is what the server presented.
+	Chain []*x509.Certificate `json:"-"`
 }
 
 // conn is one open SMTP session to a next hop, ready for transactions.
@@ -108,7 +111,7 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		st := tc.ConnectionState()
 		info = TLSInfo{Version: tls.VersionName(st.Version), Cipher: tls.CipherSuiteName(st.CipherSuite),
 			Verified: verification.Method != "", Auth: verification.Method, VerifyFailure: verification.Failure,
-			PassivePKIX: verification.PassivePKIX}
+			PassivePKIX: verification.PassivePKIX, Chain: st.PeerCertificates}
 		next = tc
 	}
 	info.Policy = policy.Describe()
@@ -120,6 +123,21 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		return nil, asFailure(err, host, "EHLO")
 	}
 	return &conn{client: c, netConn: next, block: t.Block, host: host, addr: addr, tls: info}, nil
+}
+
+// Probe opens a session to host at addr under decision as a delivery
+// would (EHLO, STARTTLS, verification), then quits: for people checking a
+// destination (postern policy check --connect).
+func Probe(ctx context.Context, hostname, host string, addr netip.AddrPort, decision tlspolicy.Decision, timeout time.Duration) (TLSInfo, error) {
+	t := Timeouts{Connect: timeout, Greeting: timeout, Command: timeout, Block: timeout, FinalDot: timeout}
+	c, err := dialSession(ctx, &net.Dialer{}, hostname, host, addr, t, decision)
+	if err != nil {
+		return TLSInfo{}, err
+	}
+	info := c.tls
+	c.client.Quit()
+	c.close()
+	return info, nil
 }
 
 func readReply(text *textproto.Conn, want int) (int, string, error) {
