@@ -96,6 +96,7 @@ type MXAnswer struct {
 // AddrAnswer is the answer to an address question (A and AAAA together).
 type AddrAnswer struct {
 	Addrs    []netip.Addr
+	Aliases  []string // the CNAME chain from the host name, when it is an alias
 	NXDomain bool
 	Security Security
 	TTL      time.Duration
@@ -345,6 +346,9 @@ func (c *Client) LookupAddrs(ctx context.Context, host string) (AddrAnswer, erro
 		}
 		if weaker(a.Security, out.Security) != out.Security {
 			out.Security, out.Reason = a.Security, a.Reason
+		}
+		if len(a.Aliases) > len(out.Aliases) {
+			out.Aliases = a.Aliases
 		}
 		for _, rr := range a.Records {
 			var ip net.IP

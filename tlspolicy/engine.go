@@ -194,19 +194,12 @@ func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision,
 	if addrs.Security != resolver.Secure {
 		return nil, true, nil // RFC 7672 2.2.2: no TLSA lookup for insecure addresses
 	}
-	tlsa, err := e.d.Resolver.LookupTLSA(ctx, r.MXHost, r.Port)
+	tlsa, err := e.tlsaFor(ctx, r, addrs)
 	if err != nil {
-		return nil, true, &Refusal{Enhanced: "4.7.5", Reason: "TLSA lookup failed, so DANE cannot be checked: " + err.Error()}
+		return nil, true, err
 	}
-	switch tlsa.Security {
-	case resolver.Bogus:
-		return nil, true, &Refusal{Enhanced: "4.7.5", ResultType: "dnssec-invalid", Reason: "TLSA records of " + r.MXHost + " fail DNSSEC validation: " + tlsa.Reason}
-	case resolver.Secure:
-	default:
-		return nil, true, nil
-	}
-	if len(tlsa.Records) == 0 {
-		return nil, true, nil // securely no TLSA: DANE does not apply
+	if tlsa.Security != resolver.Secure || len(tlsa.Records) == 0 {
+		return nil, true, nil // insecure, or securely no TLSA: DANE does not apply
 	}
 	all := tlsaRecords(tlsa)
 	var records []string
@@ -230,8 +223,34 @@ func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision,
 	d.Level, d.TLSA, d.MinVersion = Verify, usable, tls.VersionTLS12
 	d.SNI = baseName
 	d.Names = uniq(baseName, r.MXHost, r.Domain)
-	d.Reason = fmt.Sprintf("%d usable TLSA records at _%d._tcp.%s", len(usable), r.Port, r.MXHost)
+	d.Reason = fmt.Sprintf("%d usable TLSA records at _%d._tcp.%s", len(usable), r.Port, baseName)
 	return &d, true, nil
+}
+
+// tlsaFor finds the TLSA records of the MX host. When the host name is an
+// alias with secure addresses, the expanded name is asked first, and the
+// original name only when the expanded one securely has none (RFC 7672
+// 2.2.3).
+func (e *Engine) tlsaFor(ctx context.Context, r Request, addrs resolver.AddrAnswer) (resolver.Answer, error) {
+	names := []string{r.MXHost}
+	if n := len(addrs.Aliases); n > 0 {
+		names = []string{strings.TrimSuffix(addrs.Aliases[n-1], "."), r.MXHost}
+	}
+	var tlsa resolver.Answer
+	for _, name := range names {
+		var err error
+		tlsa, err = e.d.Resolver.LookupTLSA(ctx, name, r.Port)
+		if err != nil {
+			return tlsa, &Refusal{Enhanced: "4.7.5", Reason: "TLSA lookup failed, so DANE cannot be checked: " + err.Error()}
+		}
+		switch {
+		case tlsa.Security == resolver.Bogus:
+			return tlsa, &Refusal{Enhanced: "4.7.5", ResultType: "dnssec-invalid", Reason: "TLSA records of " + name + " fail DNSSEC validation: " + tlsa.Reason}
+		case tlsa.Security != resolver.Secure || len(tlsa.Records) > 0:
+			return tlsa, nil
+		}
+	}
+	return tlsa, nil
 }
 
 // combine merges the published policy with the local entry (or default):

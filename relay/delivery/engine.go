@@ -421,7 +421,7 @@ func (e *Engine) logAttempt(m queue.Message, idxs []int, host string, addr netip
 		ip = addr.Addr().String()
 	}
 	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip,
-		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "tls_auth", t.Auth, "tls_policy", t.Policy, "tls_verify_failure", t.VerifyFailure, "tls_result", t.ResultType, "reply", reply,
+		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "tls_auth", t.Auth, "tls_policy", t.Policy, "tls_policy_type", t.PolicyType, "tls_verify_failure", t.VerifyFailure, "tls_result", t.ResultType, "reply", reply,
 		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
 }
 

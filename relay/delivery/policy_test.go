@@ -39,6 +39,9 @@ type policyCase struct {
 	// computed over the certificate (or the CA, for usage 2).
 	tlsa        []string
 	rawTLSA     string // a TLSA record given whole
+	// alias makes mx.dest.test a CNAME for real.dest.test, with the TLSA
+	// records at the name given ("mx" or "real").
+	alias string
 	unsigned    bool   // dest.test. is an unsigned delegation
 	noSTARTTLS  bool
 	sts         string // the MTA-STS policy body; "" publishes none
@@ -67,6 +70,9 @@ func TestTLSPolicy(t *testing.T) {
 		{name: "DANE-EE with an unrelated name and CA delivers", cert: func(t *testing.T, p *pki) tls.Certificate {
 			return p.other.Leaf(t, true, "unrelated.example")
 		}, tlsa: []string{"3 1 1"}, want: "delivered DANE-EE"},
+		{name: "MX host is an alias: TLSA at the expanded name", alias: "real", tlsa: []string{"3 1 1"}, want: "delivered DANE-EE"},
+		{name: "MX host is an alias: TLSA only at the original name", alias: "mx", tlsa: []string{"3 1 1"}, want: "delivered DANE-EE"},
+		{name: "MX host is an alias: mismatch at the expanded name", alias: "real", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32), want: "deferred 4.7.5 tlsa-invalid"},
 		{name: "DANE-TA", cert: func(t *testing.T, p *pki) tls.Certificate { return p.inter.Leaf(t, false, "mx.dest.test") },
 			tlsa: []string{"2 0 1"}, want: "delivered DANE-TA"},
 		{name: "DANE-TA with a certificate for neither the MX nor the domain", cert: func(t *testing.T, p *pki) tls.Certificate {
@@ -156,11 +162,16 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 	}
 
 	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
-	records := fmt.Sprintf("@ MX 10 mx\nmx A 127.0.0.1\nmta-sts A 127.0.0.1\n")
+	records := "@ MX 10 mx\nmx A 127.0.0.1\nmta-sts A 127.0.0.1\n"
+	tlsaHost := "mx"
+	if tc.alias != "" {
+		records = "@ MX 10 mx\nmx CNAME real\nreal A 127.0.0.1\nmta-sts A 127.0.0.1\n"
+		tlsaHost = tc.alias
+	}
 	if tc.sts != "" {
 		records += "_mta-sts TXT \"v=STSv1; id=20261129;\"\n"
 	}
-	tlsaOwner := fmt.Sprintf("_%d._tcp.mx", mx.Port)
+	tlsaOwner := fmt.Sprintf("_%d._tcp.%s", mx.Port, tlsaHost)
 	for _, spec := range tc.tlsa {
 		var usage, selector, matching uint8
 		fmt.Sscan(spec, &usage, &selector, &matching)

@@ -38,7 +38,7 @@ type TLSInfo struct {
 	Version, Cipher string // empty without TLS
 	Verified        bool   // the certificate was authenticated (Auth says how)
 	Auth            string // "DANE-EE", "DANE-TA", "PKIX" or ""
-	Policy          string // the decision enforced, e.g. "dane verify", "mta-sts verify", "default may"
+	Policy          string // the decision enforced, e.g. "dane", "mta-sts verify", "default may"
 	// VerifyFailure is why the certificate did not authenticate, where the
 	// policy (MTA-STS testing) let delivery go on anyway.
 	VerifyFailure string
@@ -47,6 +47,8 @@ type TLSInfo struct {
 	// PassivePKIX: the certificate would have passed PKIX checks, although
 	// the policy did not ask (for the downgrade memory).
 	PassivePKIX bool
+	// PolicyType is the RFC 8460 policy type: tlsa, sts or no-policy-found.
+	PolicyType string
 	// Chain is what the server presented.
 	Chain []*x509.Certificate `json:"-"`
 }
@@ -114,7 +116,7 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 			PassivePKIX: verification.PassivePKIX, Chain: st.PeerCertificates}
 		next = tc
 	}
-	info.Policy = policy.Describe()
+	info.Policy, info.PolicyType = policy.Describe(), policy.PolicyType
 	next.SetDeadline(time.Time{})
 	c := smtp.NewClient(&replayConn{Conn: next, pending: []byte("220 resumed\r\n")})
 	c.CommandTimeout, c.SubmissionTimeout = t.Command, t.FinalDot
