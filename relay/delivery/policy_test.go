@@ -37,12 +37,12 @@ type policyCase struct {
 	cert func(t *testing.T, p *pki) tls.Certificate
 	// tlsa lists TLSA records for the MX as "usage selector matching",
 	// computed over the certificate (or the CA, for usage 2).
-	tlsa        []string
-	rawTLSA     string // a TLSA record given whole
+	tlsa    []string
+	rawTLSA string // a TLSA record given whole
 	// alias makes mx.dest.test a CNAME for real.dest.test, with the TLSA
 	// records at the name given ("mx" or "real").
-	alias string
-	unsigned    bool   // dest.test. is an unsigned delegation
+	alias       string
+	unsigned    bool // dest.test. is an unsigned delegation
 	noSTARTTLS  bool
 	sts         string // the MTA-STS policy body; "" publishes none
 	local       []tlspolicy.Local
