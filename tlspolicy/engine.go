@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -54,6 +55,9 @@ type Engine struct {
 	cfg Config
 	d   Deps
 	sts *stsCache
+
+	memMu    sync.Mutex
+	memCache map[string]cachedMemory
 }
 
 // NewEngine returns an engine; it creates its bucket in DB.
@@ -81,7 +85,7 @@ func NewEngine(cfg Config, d Deps) (*Engine, error) {
 			return nil, fmt.Errorf("tls memory: %w", err)
 		}
 	}
-	e := &Engine{cfg: cfg, d: d}
+	e := &Engine{cfg: cfg, d: d, memCache: map[string]cachedMemory{}}
 	sts, err := newSTSCache(d.DB, d.Resolver, cfg.Roots, cfg.STSPort, cfg.STSTimeout, d.Clock, d.Log)
 	if err != nil {
 		return nil, err

@@ -68,8 +68,22 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 	}
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
 	now := e.d.Clock()
+	// Most deliveries confirm what is remembered: those touch only the
+	// copy in memory, and the database at most once per memoryWriteEvery,
+	// so that the memory costs no fsync per message.
+	e.memMu.Lock()
+	m, known := e.memCache[domain]
+	if known && seen == m.Best && now.Sub(m.written) < memoryWriteEvery {
+		m.Last = now
+		e.memCache[domain] = m
+		e.memMu.Unlock()
+		return
+	}
+	e.memMu.Unlock()
+
 	var before Memory
 	var had bool
+	var after Memory
 	err := e.d.DB.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(memoryBucket)
 		m, ok := decodeMemory(b.Get([]byte(domain)))
@@ -83,8 +97,10 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 		case seen == m.Best:
 			m.Last = now
 		default:
+			after = m
 			return nil // a downgrade: the memory keeps the better past
 		}
+		after = m
 		v, _ := json.Marshal(m)
 		return b.Put([]byte(domain), v)
 	})
@@ -92,6 +108,9 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 		e.d.Log.Error("recording TLS memory failed", "domain", domain, "err", err)
 		return
 	}
+	e.memMu.Lock()
+	e.memCache[domain] = cachedMemory{Memory: after, written: now}
+	e.memMu.Unlock()
 	if had && seen < before.Best && now.Sub(before.Last) <= e.cfg.MemoryMaxAge {
 		downgrades.Add(ctx, 1, metric.WithAttributes(attribute.String("seen", seen.String()), attribute.String("before", before.Best.String())))
 		e.d.Log.Warn("TLS downgrade: this domain was delivered with stronger TLS before (a STARTTLS-stripping attack looks like this)",
@@ -100,17 +119,38 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 	}
 }
 
+// memoryWriteEvery bounds how often a confirming delivery is written.
+const memoryWriteEvery = time.Hour
+
+// cachedMemory is the engine's copy of a domain's memory.
+type cachedMemory struct {
+	Memory
+	written time.Time
+}
+
 // Memory returns what is remembered of domain.
 func (e *Engine) Memory(domain string) (Memory, bool) {
 	if e.d.DB == nil {
 		return Memory{}, false
 	}
+	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	e.memMu.Lock()
+	c, cached := e.memCache[domain]
+	e.memMu.Unlock()
+	if cached {
+		return c.Memory, true
+	}
 	var m Memory
 	var ok bool
 	e.d.DB.View(func(tx *bbolt.Tx) error {
-		m, ok = decodeMemory(tx.Bucket(memoryBucket).Get([]byte(strings.ToLower(domain))))
+		m, ok = decodeMemory(tx.Bucket(memoryBucket).Get([]byte(domain)))
 		return nil
 	})
+	if ok {
+		e.memMu.Lock()
+		e.memCache[domain] = cachedMemory{Memory: m} // never written by this process yet
+		e.memMu.Unlock()
+	}
 	return m, ok
 }
 
@@ -119,6 +159,9 @@ func (e *Engine) Forget(domain string) error {
 	if e.d.DB == nil {
 		return fmt.Errorf("no state database")
 	}
+	e.memMu.Lock()
+	delete(e.memCache, strings.ToLower(strings.TrimSuffix(domain, ".")))
+	e.memMu.Unlock()
 	return ForgetMemory(e.d.DB, domain)
 }
 

@@ -41,10 +41,18 @@ type local struct {
 	q     *queue.Queue
 	users *auth.Store
 	state *bolt.DB
-	close func() error
+	// forget clears a domain's downgrade memory; in the daemon it goes
+	// through the policy engine, which keeps a copy in memory.
+	forget func(domain string) error
+	close  func() error
 }
 
-func (l *local) PolicyForget(domain string) error { return tlspolicy.ForgetMemory(l.state, domain) }
+func (l *local) PolicyForget(domain string) error {
+	if l.forget != nil {
+		return l.forget(domain)
+	}
+	return tlspolicy.ForgetMemory(l.state, domain)
+}
 
 func (l *local) QueueList(f queue.Filter) ([]queue.Message, error) { return l.q.List(f) }
 func (l *local) QueueShow(id string) (queue.Message, error)        { return l.q.Get(id) }

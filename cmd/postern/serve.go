@@ -110,7 +110,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if err := listen(cfg.Submission.TLSListen, "implicit-tls", srv.ServeTLS); err != nil {
 		return err
 	}
-	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB})
+	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget})
 	if err != nil {
 		return err
 	}
