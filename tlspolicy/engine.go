@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"go.etcd.io/bbolt"
 
 	"github.com/postern/postern/resolver"
@@ -56,8 +57,8 @@ type Engine struct {
 	d   Deps
 	sts *stsCache
 
-	memMu    sync.Mutex
-	memCache map[string]cachedMemory
+	memMu    sync.Mutex // makes the read-modify-write of a confirming delivery atomic
+	memCache *lru.Cache[string, cachedMemory]
 }
 
 // NewEngine returns an engine; it creates its bucket in DB.
@@ -85,7 +86,8 @@ func NewEngine(cfg Config, d Deps) (*Engine, error) {
 			return nil, fmt.Errorf("tls memory: %w", err)
 		}
 	}
-	e := &Engine{cfg: cfg, d: d, memCache: map[string]cachedMemory{}}
+	e := &Engine{cfg: cfg, d: d}
+	e.memCache, _ = lru.New[string, cachedMemory](10000)
 	sts, err := newSTSCache(d.DB, d.Resolver, cfg.Roots, cfg.STSPort, cfg.STSTimeout, d.Clock, d.Log)
 	if err != nil {
 		return nil, err

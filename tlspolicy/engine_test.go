@@ -27,7 +27,7 @@ import (
 
 // stsWorld serves example.test's MTA-STS record and policy.
 type stsWorld struct {
-	t       *testing.T
+	t       testing.TB
 	dns     *resolvertest.Server
 	zone    *resolvertest.Zone
 	res     *resolver.Client
@@ -41,7 +41,7 @@ type stsWorld struct {
 	dbPath  string
 }
 
-func newSTSWorld(t *testing.T) *stsWorld {
+func newSTSWorld(t testing.TB) *stsWorld {
 	w := &stsWorld{t: t, ca: tlstest.NewCA(t, "Test Root"), status: 200, ctype: "text/plain; charset=utf-8",
 		body: "version: STSv1\nmode: enforce\nmx: mx1.example.test\nmax_age: 86400\n", dbPath: filepath.Join(t.TempDir(), "state.db")}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {

@@ -72,10 +72,10 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 	// copy in memory, and the database at most once per memoryWriteEvery,
 	// so that the memory costs no fsync per message.
 	e.memMu.Lock()
-	m, known := e.memCache[domain]
+	m, known := e.memCache.Get(domain)
 	if known && seen == m.Best && now.Sub(m.written) < memoryWriteEvery {
 		m.Last = now
-		e.memCache[domain] = m
+		e.memCache.Add(domain, m)
 		e.memMu.Unlock()
 		return
 	}
@@ -108,9 +108,7 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 		e.d.Log.Error("recording TLS memory failed", "domain", domain, "err", err)
 		return
 	}
-	e.memMu.Lock()
-	e.memCache[domain] = cachedMemory{Memory: after, written: now}
-	e.memMu.Unlock()
+	e.memCache.Add(domain, cachedMemory{Memory: after, written: now})
 	if had && seen < before.Best && now.Sub(before.Last) <= e.cfg.MemoryMaxAge {
 		downgrades.Add(ctx, 1, metric.WithAttributes(attribute.String("seen", seen.String()), attribute.String("before", before.Best.String())))
 		e.d.Log.Warn("TLS downgrade: this domain was delivered with stronger TLS before (a STARTTLS-stripping attack looks like this)",
@@ -134,10 +132,7 @@ func (e *Engine) Memory(domain string) (Memory, bool) {
 		return Memory{}, false
 	}
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
-	e.memMu.Lock()
-	c, cached := e.memCache[domain]
-	e.memMu.Unlock()
-	if cached {
+	if c, cached := e.memCache.Get(domain); cached {
 		return c.Memory, true
 	}
 	var m Memory
@@ -147,9 +142,7 @@ func (e *Engine) Memory(domain string) (Memory, bool) {
 		return nil
 	})
 	if ok {
-		e.memMu.Lock()
-		e.memCache[domain] = cachedMemory{Memory: m} // never written by this process yet
-		e.memMu.Unlock()
+		e.memCache.Add(domain, cachedMemory{Memory: m}) // never written by this process yet
 	}
 	return m, ok
 }
@@ -159,9 +152,7 @@ func (e *Engine) Forget(domain string) error {
 	if e.d.DB == nil {
 		return fmt.Errorf("no state database")
 	}
-	e.memMu.Lock()
-	delete(e.memCache, strings.ToLower(strings.TrimSuffix(domain, ".")))
-	e.memMu.Unlock()
+	e.memCache.Remove(strings.ToLower(strings.TrimSuffix(domain, ".")))
 	return ForgetMemory(e.d.DB, domain)
 }
 

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"go.etcd.io/bbolt"
 	"golang.org/x/sync/singleflight"
 
@@ -48,6 +49,9 @@ type stsCache struct {
 	mu     sync.Mutex
 	// lastErr keeps, per domain, why the last fetch failed, for reports.
 	lastErr map[string]string
+	// mem mirrors recently used entries of the database, so that a
+	// decision decodes nothing.
+	mem *lru.Cache[string, *CachedSTS]
 }
 
 func newSTSCache(db *bbolt.DB, res Resolver, roots *x509.CertPool, port int, timeout time.Duration, now func() time.Time, log *slog.Logger) (*stsCache, error) {
@@ -60,6 +64,7 @@ func newSTSCache(db *bbolt.DB, res Resolver, roots *x509.CertPool, port int, tim
 		}
 	}
 	c := &stsCache{db: db, res: res, now: now, log: log, lastErr: map[string]string{}}
+	c.mem, _ = lru.New[string, *CachedSTS](10000)
 	dialer := &net.Dialer{Timeout: timeout}
 	c.client = &http.Client{
 		Timeout: timeout,
@@ -183,6 +188,9 @@ func (c *stsCache) fetch(ctx context.Context, domain string) (STSPolicy, error) 
 }
 
 func (c *stsCache) load(domain string) *CachedSTS {
+	if e, ok := c.mem.Get(domain); ok {
+		return e
+	}
 	if c.db == nil {
 		return nil
 	}
@@ -196,10 +204,12 @@ func (c *stsCache) load(domain string) *CachedSTS {
 		}
 		return nil
 	})
+	c.mem.Add(domain, out) // nil too: the database has nothing for it
 	return out
 }
 
 func (c *stsCache) store(domain string, e CachedSTS) {
+	c.mem.Add(domain, &e)
 	if c.db == nil {
 		return
 	}
