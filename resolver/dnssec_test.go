@@ -265,8 +265,19 @@ func TestModes(t *testing.T) {
 	if a, _ := ad.Lookup(ctx, "ed.test", dns.TypeMX); a.Security != resolver.Insecure {
 		t.Fatalf("trust-ad without AD: %s", a.Security)
 	}
-	// An anchor that covers only test. leaves other names Indeterminate.
+	// An anchor that covers only test. leaves other names Indeterminate,
+	// and the probe asks for the anchored zone's keys.
 	partial := h.client(t, resolver.Options{Anchors: h.tld.DS()})
+	if health := partial.Probe(ctx); health.Broken {
+		t.Fatalf("probe with an anchor at test.: %s", health.Problem)
+	}
+	before := len(h.srv.Asked())
+	partial.Probe(ctx)
+	for _, q := range h.srv.Asked()[before:] {
+		if q.Name != "test." || q.Qtype != dns.TypeDNSKEY {
+			t.Fatalf("the probe asked %v", q)
+		}
+	}
 	if a, _ := partial.Lookup(ctx, "secure.test", dns.TypeMX); a.Security != resolver.Secure {
 		t.Fatalf("anchored at test.: %s %s", a.Security, a.Reason)
 	}

@@ -39,9 +39,10 @@ func (c *Client) Probe(ctx context.Context) Health {
 		c.health.Store(&h)
 		return h
 	}
-	zone := "."
+	// The highest anchored zone: the root, unless the anchors are private.
+	zone := ""
 	for z := range c.anchors {
-		if dns.CountLabel(z) < dns.CountLabel(zone) || zone == "." && z == "." {
+		if zone == "" || dns.CountLabel(z) < dns.CountLabel(zone) {
 			zone = z
 		}
 	}
