@@ -105,6 +105,11 @@ type Outcome struct {
 	RetryAt   time.Time
 	// DelayNotified marks that the worker queued a delay notice.
 	DelayNotified bool
+	// Journal, when set, is appended to the journal in the same
+	// transaction as the outcome (only if the outcome is applied), so that
+	// what the caller records about a delivery is durable exactly when
+	// the delivery is.
+	Journal []byte
 }
 
 // Record stores the outcomes of a lease and returns the message as it now
@@ -129,6 +134,9 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 		m := old.clone()
 		if applied := apply(&m, seq, outcomes, now); applied == 0 && len(outcomes) > 0 {
 			return fmt.Errorf("record %s: %w", id, ErrLeaseLost)
+		}
+		if err := journal(tx, old, seq, outcomes, now); err != nil {
+			return err
 		}
 		if m.Done() && len(quiet) > 0 && quiet[0](m) {
 			out = m.clone()

@@ -42,6 +42,8 @@ type Envelope struct {
 	Return     string `json:"ret,omitempty"`
 	EnvelopeID string `json:"envid,omitempty"`
 	RequireTLS bool   `json:"requiretls,omitempty"`
+	// MessageID is the message's Message-ID header, for evidence and logs.
+	MessageID string `json:"message_id,omitempty"`
 	// TLSOptional: the message says "TLS-Required: No" (RFC 8689 5).
 	TLSOptional bool   `json:"tls_optional,omitempty"`
 	UTF8        bool   `json:"utf8,omitempty"`

@@ -38,6 +38,7 @@ var (
 	bucketMessages = []byte("messages")
 	bucketBodies   = []byte("bodies")
 	bucketSchedule = []byte("schedule")
+	bucketJournal  = []byte("journal")
 )
 
 // Options configure Open. Zero values take the defaults.
@@ -95,7 +96,7 @@ func Open(path string, opts Options) (*Queue, error) {
 		return nil, fmt.Errorf("open queue %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMessages, bucketBodies, bucketSchedule} {
+		for _, b := range [][]byte{bucketMessages, bucketBodies, bucketSchedule, bucketJournal} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/tlspolicy"
 )
@@ -33,6 +34,7 @@ type operations interface {
 	UserPasswd(name, password string) error
 	UserRequireTLS(name string, on bool) error
 	PolicyForget(domain string) error
+	Audit(f audit.Filter) ([]audit.Record, error)
 	Close() error
 }
 
@@ -46,6 +48,8 @@ type local struct {
 	forget func(domain string) error
 	close  func() error
 }
+
+func (l *local) Audit(f audit.Filter) ([]audit.Record, error) { return audit.Query(l.q, f) }
 
 func (l *local) PolicyForget(domain string) error {
 	if l.forget != nil {
@@ -143,6 +147,23 @@ func adminHandler(ops operations) http.Handler {
 		q := r.URL.Query()
 		msgs, err := ops.QueueList(queue.Filter{RcptDomain: q.Get("domain"), Sender: q.Get("sender"), State: q.Get("state")})
 		reply(w, msgs, err)
+	})
+	mux.HandleFunc("GET /v1/audit", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := audit.Filter{RcptDomain: q.Get("rcpt_domain"), MessageID: q.Get("message_id")}
+		var err error
+		if v := q.Get("since"); v != "" {
+			f.Since, err = time.Parse(time.RFC3339Nano, v)
+		}
+		if v := q.Get("until"); v != "" && err == nil {
+			f.Until, err = time.Parse(time.RFC3339Nano, v)
+		}
+		if err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
+			return
+		}
+		records, err := ops.Audit(f)
+		reply(w, records, err)
 	})
 	mux.HandleFunc("GET /v1/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
 		m, err := ops.QueueShow(r.PathValue("id"))
@@ -267,6 +288,17 @@ func (r *remote) QueueList(f queue.Filter) ([]queue.Message, error) {
 	var out []queue.Message
 	v := url.Values{"domain": {f.RcptDomain}, "sender": {f.Sender}, "state": {f.State}}
 	return out, r.do("GET", "/v1/queue?"+v.Encode(), nil, &out)
+}
+func (r *remote) Audit(f audit.Filter) ([]audit.Record, error) {
+	var out []audit.Record
+	v := url.Values{"rcpt_domain": {f.RcptDomain}, "message_id": {f.MessageID}}
+	if !f.Since.IsZero() {
+		v.Set("since", f.Since.Format(time.RFC3339Nano))
+	}
+	if !f.Until.IsZero() {
+		v.Set("until", f.Until.Format(time.RFC3339Nano))
+	}
+	return out, r.do("GET", "/v1/audit?"+v.Encode(), nil, &out)
 }
 func (r *remote) QueueShow(id string) (queue.Message, error) {
 	var m queue.Message

@@ -36,6 +36,7 @@ type Config struct {
 	DNS        DNSConfig         `mapstructure:"dns"`
 	Delivery   DeliveryConfig    `mapstructure:"delivery"`
 	TLS        OutboundTLSConfig `mapstructure:"tls"`
+	Audit      AuditConfig       `mapstructure:"audit"`
 	Shutdown   ShutdownConfig    `mapstructure:"shutdown"`
 
 	file string // where it came from, for messages
@@ -139,6 +140,11 @@ type TLSPolicyConfig struct {
 	Override      bool     `mapstructure:"override"`
 }
 
+// AuditConfig keeps the delivery evidence.
+type AuditConfig struct {
+	Retention time.Duration `mapstructure:"retention"`
+}
+
 type ShutdownConfig struct {
 	Timeout time.Duration `mapstructure:"timeout"`
 }
@@ -185,6 +191,7 @@ var defaults = map[string]any{
 	"tls.honor_tls_required_no":           true,
 	"tls.mta_sts_timeout":                 "30s",
 	"tls.downgrade_memory":                "warn",
+	"audit.retention":                     "2160h",
 	"tls.downgrade_memory_max_age":        "720h",
 	"delivery.port":                       25,
 	"delivery.workers":                    32,
@@ -352,6 +359,7 @@ func (c *Config) validate() error {
 		"dns.cache_max_ttl":                   int64(c.DNS.CacheMaxTTL),
 		"tls.mta_sts_timeout":                 int64(c.TLS.MTASTSTimeout),
 		"tls.downgrade_memory_max_age":        int64(c.TLS.MemoryMaxAge),
+		"audit.retention":                     int64(c.Audit.Retention),
 		"delivery.workers":                    int64(c.Delivery.Workers),
 		"delivery.max_queue_lifetime":         int64(c.Delivery.MaxQueueLifetime),
 		"delivery.max_addr_attempts":          int64(c.Delivery.MaxAddrAttempts),

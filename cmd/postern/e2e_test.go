@@ -24,6 +24,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/smtptest"
 	"github.com/postern/postern/resolver/resolvertest"
 )
@@ -223,6 +224,22 @@ func TestBinaryLifecycle(t *testing.T) {
 	if !strings.HasSuffix(arrived, content) || !strings.HasPrefix(arrived, "Received: from ") ||
 		!strings.Contains(arrived, "by e2e.test (Postern) with ESMTPSA") {
 		t.Fatalf("at the MX: %q", arrived)
+	}
+	// The evidence of that delivery, through the admin socket. The outcome
+	// is recorded just after the MX answers: wait for it.
+	var evidence string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if evidence, _ = d.run("", "audit", "--rcpt-domain", "dest.test", "--format", "json"); strings.Contains(evidence, "rcpt@dest.test") {
+			break
+		}
+	}
+	var rec audit.Record
+	if err := json.Unmarshal([]byte(evidence), &rec); err != nil || rec.MessageID != "<e2e-1@example.org>" || rec.Result != "delivered" ||
+		rec.IP != "127.0.0.1" || rec.TLSVersion == "" || rec.PeerCertSHA256 == "" || rec.PolicyMode != "default may" || rec.Verified {
+		t.Fatalf("audit record: %v\n%s", err, evidence)
+	}
+	if out, err := d.run("", "audit", "--since", "1h"); err != nil || !strings.Contains(out, "1 records: 0 delivered verified, 1 delivered unverified") {
+		t.Fatalf("audit table: %v\n%s", err, out)
 	}
 	reply, err := submit(d.starttls, "app", "s3cret", "app@example.org", "rcpt@stuck.test", []byte("Subject: e2e\r\n\r\nhello\r\n"))
 	if err != nil {

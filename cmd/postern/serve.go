@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"golang.org/x/term"
 
@@ -86,6 +87,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	defer stop()
 	go certs.Watch(ctx, cfg.Submission.TLS.ReloadInterval)
 	go res.RunProbes(ctx, cfg.DNS.ProbeInterval)
+	go pruneEvidence(ctx, q, cfg.Audit.Retention, log)
 	deliveryDone := make(chan struct{})
 	go func() { engine.Run(ctx); close(deliveryDone) }()
 	defer func() { stop(); <-deliveryDone }()
@@ -143,6 +145,25 @@ func serve(cfg *Config, log *slog.Logger) error {
 			if err != nil {
 				return fmt.Errorf("submission server: %w", err)
 			}
+		}
+	}
+}
+
+// pruneEvidence deletes delivery evidence older than the retention, at
+// start and then daily.
+func pruneEvidence(ctx context.Context, q *queue.Queue, retention time.Duration, log *slog.Logger) {
+	t := time.NewTicker(24 * time.Hour)
+	defer t.Stop()
+	for {
+		if n, err := q.PruneJournal(time.Now().Add(-retention)); err != nil {
+			log.Error("pruning delivery evidence failed", "err", err)
+		} else if n > 0 {
+			log.Info("delivery evidence pruned", "records", n, "retention", retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -7,7 +7,9 @@ package delivery
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +27,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/dsn"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
@@ -383,6 +386,7 @@ func (e *Engine) transact(m queue.Message, idxs []int, hop Hop, policy tlspolicy
 	out := make([]queue.Outcome, len(idxs))
 	for k, i := range idxs {
 		out[k] = e.outcome(m, i, results[k], hop.Host, now)
+		e.attachEvidence(&out[k], m, addr, c.tls, policy.Source, now)
 	}
 	e.logAttempt(m, idxs, hop.Host, addr, c.tls, summarize(results), "done")
 	if o, ok := e.d.Policy.(tlspolicy.Observer); ok && hop.Route == nil {
@@ -429,8 +433,34 @@ func (e *Engine) outcomesFor(m queue.Message, idxs []int, f *Failure, now time.T
 	out := make([]queue.Outcome, len(idxs))
 	for k, i := range idxs {
 		out[k] = e.outcome(m, i, f, f.Host, now)
+		e.attachEvidence(&out[k], m, netip.AddrPort{}, TLSInfo{}, "", now)
 	}
 	return out
+}
+
+// attachEvidence adds the audit record of a final outcome, which the queue
+// journals in the same transaction as the outcome itself.
+func (e *Engine) attachEvidence(o *queue.Outcome, m queue.Message, addr netip.AddrPort, t TLSInfo, source string, now time.Time) {
+	if o.Result == queue.ResultDeferred {
+		return
+	}
+	r := audit.Record{Time: now, QueueID: m.ID, MessageID: m.MessageID, Sender: m.From, Recipient: m.Recipients[o.Recipient].Addr,
+		Result: audit.Delivered, MX: o.Host, TLSVersion: t.Version, TLSCipher: t.Cipher, PolicySource: source,
+		PolicyMode: t.Policy, Verified: t.Verified, VerifiedBy: t.Auth, Reply: o.Reply}
+	if o.Result == queue.ResultFailed {
+		r.Result = audit.Bounced
+		if strings.HasPrefix(o.Reply, "4.4.7 ") {
+			r.Result = audit.Expired
+		}
+	}
+	if addr.IsValid() {
+		r.IP = addr.Addr().String()
+	}
+	if len(t.Chain) > 0 {
+		sum := sha256.Sum256(t.Chain[0].Raw)
+		r.PeerCertSHA256 = hex.EncodeToString(sum[:])
+	}
+	o.Journal = r.Encode()
 }
 
 // outcome turns one recipient's result into what the queue records: a

@@ -2,8 +2,10 @@ package delivery
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -20,6 +22,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/smtptest"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/resolver/resolvertest"
@@ -235,7 +238,30 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 			delivered++
 		}
 	}
+	// The evidence: one record per final outcome, with what the wire saw.
+	evidence, err := audit.Query(w.q, audit.Filter{RcptDomain: "dest.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	verb, detail, _ := strings.Cut(tc.want, " ")
+	switch verb {
+	case "delivered":
+		sum := sha256.Sum256(cert.Certificate[0])
+		if len(evidence) != 1 || evidence[0].Result != audit.Delivered || evidence[0].Recipient != "rcpt@dest.test" ||
+			evidence[0].IP != "127.0.0.1" || evidence[0].MX != "mx.dest.test" || evidence[0].TLSVersion == "" ||
+			evidence[0].PeerCertSHA256 != hex.EncodeToString(sum[:]) || evidence[0].PolicyMode == "" ||
+			(detail != "none") != evidence[0].Verified || (detail != "none" && evidence[0].VerifiedBy != detail) {
+			t.Errorf("evidence of the delivery: %+v", evidence)
+		}
+	case "bounced":
+		if len(evidence) != 1 || evidence[0].Result != audit.Bounced || !strings.Contains(evidence[0].Reply, detail) {
+			t.Errorf("evidence of the bounce: %+v", evidence)
+		}
+	case "deferred":
+		if len(evidence) != 0 {
+			t.Errorf("evidence for a deferral: %+v", evidence)
+		}
+	}
 	detail, result, _ := strings.Cut(detail, " ")
 	if result != "" && !strings.Contains(log.String(), "tls_result="+result) {
 		t.Errorf("the log does not name the RFC 8460 result %s:\n%s", result, log.String())

@@ -90,6 +90,7 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 // headerFacts is what Postern needs to know of a message's header section.
 type headerFacts struct {
 	hasMessageID, hasDate bool
+	messageID             string // as the message gives it, for the delivery evidence
 	// tlsOptional: "TLS-Required: No" asks that recipient-published TLS
 	// policies be ignored for this message (RFC 8689 5).
 	tlsOptional bool
@@ -131,6 +132,7 @@ func readHeader(r *bufio.Reader) ([]byte, headerFacts, error) {
 		switch strings.ToLower(string(bytes.TrimSpace(name))) {
 		case "message-id":
 			facts.hasMessageID = true
+			facts.messageID = strings.TrimSpace(string(value))
 		case "date":
 			facts.hasDate = true
 		case "tls-required":

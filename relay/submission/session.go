@@ -189,6 +189,10 @@ func (s *session) Data(r io.Reader) error {
 	if err == nil {
 		s.env.TLSOptional = facts.tlsOptional && !s.env.RequireTLS // RFC 8689 5: REQUIRETLS wins
 		trace := s.trace(id, start)
+		s.env.MessageID = facts.messageID
+		if !facts.hasMessageID {
+			s.env.MessageID = "<" + id + "@" + trace.hostname + ">"
+		}
 		body := io.MultiReader(bytes.NewReader(trace.headers(facts)), bytes.NewReader(header), br)
 		_, err = s.srv.queue.Enqueue(id, s.env, body)
 	}

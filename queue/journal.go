@@ -1,0 +1,91 @@
+package queue
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The journal is an append-only log of opaque entries written together
+// with delivery outcomes (Outcome.Journal). The queue keeps them in time
+// order and knows nothing of what they say; its users keep evidence there
+// because it then costs no extra fsync and cannot disagree with the queue.
+
+// JournalEntry is one entry, with the time it was written.
+type JournalEntry struct {
+	Time time.Time
+	Data []byte
+}
+
+// journal appends the entries of the outcomes that apply (their recipient
+// was leased under seq), under keys that sort by time.
+func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now time.Time) error {
+	b := tx.Bucket(bucketJournal)
+	for _, o := range outcomes {
+		if o.Journal == nil || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
+			continue
+		}
+		if r := before.Recipients[o.Recipient]; r.State != Leased || r.Lease != seq {
+			continue
+		}
+		n, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		if err := b.Put(journalKey(now, n), o.Journal); err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+	}
+	return nil
+}
+
+func journalKey(t time.Time, n uint64) []byte {
+	k := make([]byte, 16)
+	if ns := t.UnixNano(); ns > 0 && t.After(time.Unix(0, 0)) { // the zero time and earlier sort first
+		binary.BigEndian.PutUint64(k, uint64(ns))
+	}
+	binary.BigEndian.PutUint64(k[8:], n)
+	return k
+}
+
+// ReadJournal calls fn for each entry written in [from, to), oldest first,
+// until fn returns false. A zero to means no upper bound.
+func (q *Queue) ReadJournal(from, to time.Time, fn func(JournalEntry) bool) error {
+	return q.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketJournal).Cursor()
+		for k, v := c.Seek(journalKey(from, 0)); k != nil; k, v = c.Next() {
+			t := time.Unix(0, int64(binary.BigEndian.Uint64(k)))
+			if !to.IsZero() && !t.Before(to) {
+				return nil
+			}
+			if !fn(JournalEntry{Time: t, Data: append([]byte(nil), v...)}) {
+				return nil
+			}
+		}
+		return nil
+	})
+}
+
+// PruneJournal deletes the entries written before cutoff and says how many.
+func (q *Queue) PruneJournal(cutoff time.Time) (int, error) {
+	n := 0
+	err := q.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketJournal)
+		end := string(journalKey(cutoff, 0))
+		var old [][]byte
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && string(k) < end; k, _ = c.Next() {
+			old = append(old, append([]byte(nil), k...))
+		}
+		for _, k := range old {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(old)
+		return nil
+	})
+	return n, err
+}

@@ -1,0 +1,51 @@
+package queue
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestJournalIsWrittenWithTheOutcome(t *testing.T) {
+	clock := newClock()
+	q := openTest(t, clock, t.TempDir(), 0)
+	defer q.Close()
+	id, err := q.Enqueue("", envelope("a@x.test", "b@x.test"), strings.NewReader("hello\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases, _ := q.Lease(10, time.Minute)
+	start := clock.Now()
+	if _, err := q.Record(id, leases[0].Seq, []Outcome{
+		{Recipient: 0, Result: ResultDelivered, Journal: []byte("a delivered")},
+		{Recipient: 1, Result: ResultDeferred, RetryAt: clock.Now().Add(time.Hour)}, // nothing to journal
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A stale holder's outcome is not applied, so not journalled either.
+	q.Record(id, leases[0].Seq, []Outcome{{Recipient: 1, Result: ResultFailed, Journal: []byte("stale")}})
+
+	clock.Advance(2 * time.Hour)
+	leases, _ = q.Lease(10, time.Minute)
+	if _, err := q.Record(id, leases[0].Seq, []Outcome{{Recipient: 1, Result: ResultFailed, Journal: []byte("b bounced")}}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	q.ReadJournal(start, time.Time{}, func(e JournalEntry) bool { got = append(got, string(e.Data)); return true })
+	if strings.Join(got, ",") != "a delivered,b bounced" {
+		t.Fatalf("journal: %q", got)
+	}
+	got = nil
+	q.ReadJournal(start.Add(time.Hour), time.Time{}, func(e JournalEntry) bool { got = append(got, string(e.Data)); return true })
+	if strings.Join(got, ",") != "b bounced" {
+		t.Fatalf("journal from an hour on: %q", got)
+	}
+	if n, err := q.PruneJournal(start.Add(time.Hour)); err != nil || n != 1 {
+		t.Fatalf("prune: %d %v", n, err)
+	}
+	got = nil
+	q.ReadJournal(time.Time{}, time.Time{}, func(e JournalEntry) bool { got = append(got, string(e.Data)); return true })
+	if strings.Join(got, ",") != "b bounced" {
+		t.Fatalf("after prune: %q", got)
+	}
+}

@@ -1,0 +1,93 @@
+// Package audit keeps the delivery evidence a compliance team asks for: for
+// every recipient delivered, bounced or expired, how the message left (MX,
+// address, TLS version and cipher, the peer certificate's SHA-256, the TLS
+// policy and how the peer was authenticated) and what the next hop said.
+// Records are written into the queue's journal in the same transaction as
+// the outcome they describe, so evidence exists exactly when the outcome does.
+package audit
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/postern/postern/queue"
+)
+
+// Result says how a recipient's delivery ended.
+const (
+	Delivered = "delivered"
+	Bounced   = "bounced"
+	Expired   = "expired"
+)
+
+// Record is the evidence for one recipient.
+type Record struct {
+	Time           time.Time `json:"time"`
+	QueueID        string    `json:"queue_id"`
+	MessageID      string    `json:"message_id,omitempty"`
+	Sender         string    `json:"sender"`
+	Recipient      string    `json:"recipient"`
+	Result         string    `json:"result"`
+	MX             string    `json:"mx,omitempty"`
+	IP             string    `json:"ip,omitempty"`
+	TLSVersion     string    `json:"tls_version,omitempty"`
+	TLSCipher      string    `json:"tls_cipher,omitempty"`
+	PeerCertSHA256 string    `json:"peer_cert_sha256,omitempty"`
+	PolicySource   string    `json:"policy_source,omitempty"` // dane, mta-sts, local, default, route, memory
+	PolicyMode     string    `json:"policy_mode,omitempty"`   // e.g. "dane", "mta-sts verify", "default may"
+	Verified       bool      `json:"verified"`
+	VerifiedBy     string    `json:"verified_by,omitempty"` // DANE-EE, DANE-TA, PKIX
+	Reply          string    `json:"reply"`
+}
+
+// Encode is the record as stored in the journal.
+func (r Record) Encode() []byte {
+	b, _ := json.Marshal(r)
+	return b
+}
+
+// Filter selects records; zero fields select everything.
+type Filter struct {
+	RcptDomain string
+	Since      time.Time
+	Until      time.Time
+	MessageID  string
+}
+
+func (f Filter) matches(r Record) bool {
+	if f.RcptDomain != "" && !strings.EqualFold(queue.Domain(r.Recipient), strings.TrimSuffix(f.RcptDomain, ".")) {
+		return false
+	}
+	if f.MessageID != "" && strings.Trim(r.MessageID, "<>") != strings.Trim(f.MessageID, "<>") {
+		return false
+	}
+	return true
+}
+
+// Journal is where records are read from: the queue.
+type Journal interface {
+	ReadJournal(from, to time.Time, fn func(queue.JournalEntry) bool) error
+}
+
+// Query returns the records that match f, oldest first.
+func Query(j Journal, f Filter) ([]Record, error) {
+	var out []Record
+	var bad error
+	err := j.ReadJournal(f.Since, f.Until, func(e queue.JournalEntry) bool {
+		var r Record
+		if err := json.Unmarshal(e.Data, &r); err != nil {
+			bad = fmt.Errorf("journal entry of %s: %w", e.Time.Format(time.RFC3339), err)
+			return true
+		}
+		if f.matches(r) {
+			out = append(out, r)
+		}
+		return true
+	})
+	if err == nil {
+		err = bad
+	}
+	return out, err
+}
