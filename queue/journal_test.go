@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -47,5 +49,39 @@ func TestJournalIsWrittenWithTheOutcome(t *testing.T) {
 	q.ReadJournal(time.Time{}, time.Time{}, func(e JournalEntry) bool { got = append(got, string(e.Data)); return true })
 	if strings.Join(got, ",") != "b bounced" {
 		t.Fatalf("after prune: %q", got)
+	}
+}
+
+func TestEnqueueSealed(t *testing.T) {
+	for _, size := range []int{100, 200 << 10} { // inline and spooled
+		q := openTest(t, newClock(), t.TempDir(), 0)
+		body := strings.Repeat("x", size)
+		var seen int
+		id, err := q.EnqueueSealed("", envelope("a@x.test"), strings.NewReader(body), func() ([]byte, error) {
+			seen = size // the seal runs after the whole body was read
+			return []byte("Sealed: yes\r\n"), nil
+		})
+		if err != nil || seen != size {
+			t.Fatal(err)
+		}
+		r, err := q.Body(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(r)
+		r.Close()
+		m, _ := q.Get(id)
+		if string(got) != "Sealed: yes\r\n"+body || m.Size != int64(len(got)) {
+			t.Fatalf("size %d: body %d bytes (%q…), recorded size %d", size, len(got), got[:min(20, len(got))], m.Size)
+		}
+		if _, err := q.EnqueueSealed("", envelope("a@x.test"), strings.NewReader(body), func() ([]byte, error) {
+			return nil, errors.New("no key")
+		}); err == nil {
+			t.Fatal("a failed seal stored the message")
+		}
+		if n, _ := q.Count(); n != 1 {
+			t.Fatalf("%d messages after a failed seal", n)
+		}
+		q.Close()
 	}
 }

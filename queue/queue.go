@@ -151,6 +151,15 @@ func (q *Queue) NewID() string {
 // read error aborts the enqueue, stores nothing, and is returned as it came
 // (errors.Is and errors.As see the reader's error).
 func (q *Queue) Enqueue(id string, env Envelope, body io.Reader) (string, error) {
+	return q.EnqueueSealed(id, env, body, nil)
+}
+
+// EnqueueSealed is Enqueue with a seal: once the body has been read and
+// stored, and before anything is committed, seal returns bytes that become
+// the start of the stored message. It is for what can only be computed
+// over the whole body (a signature header), without holding the body in
+// memory. An error from seal refuses the message.
+func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func() ([]byte, error)) (string, error) {
 	if id == "" {
 		id = q.NewID()
 	}
@@ -158,7 +167,27 @@ func (q *Queue) Enqueue(id string, env Envelope, body io.Reader) (string, error)
 	if err != nil {
 		return "", err
 	}
-	err = q.update(func(tx *bolt.Tx) error { return putNew(tx, m, inline) })
+	var prefix []byte
+	if seal != nil {
+		if prefix, err = seal(); err != nil {
+			if m.Spooled {
+				os.Remove(q.spoolPath(id))
+			}
+			return "", fmt.Errorf("seal message %s: %w", id, err)
+		}
+		m.Size += int64(len(prefix))
+		if !m.Spooled {
+			inline, prefix = append(prefix, inline...), nil
+		}
+	}
+	err = q.update(func(tx *bolt.Tx) error {
+		if len(prefix) > 0 {
+			if err := tx.Bucket(bucketBodies).Put(prefixKey(id), prefix); err != nil {
+				return err
+			}
+		}
+		return putNew(tx, m, inline)
+	})
 	if err != nil {
 		if m.Spooled {
 			os.Remove(q.spoolPath(id))
@@ -303,13 +332,14 @@ func (q *Queue) Get(id string) (Message, error) {
 // Body opens a message's body for reading. An inline body is found in its
 // bucket without decoding the envelope; otherwise it is a spool file.
 func (q *Queue) Body(id string) (io.ReadCloser, error) {
-	var inline []byte
+	var inline, prefix []byte
 	var known bool
 	err := q.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketBodies).Get([]byte(id)); v != nil {
 			inline, known = bytes.Clone(v), true
 			return nil
 		}
+		prefix = bytes.Clone(tx.Bucket(bucketBodies).Get(prefixKey(id)))
 		known = tx.Bucket(bucketMessages).Get([]byte(id)) != nil
 		return nil
 	})
@@ -326,8 +356,18 @@ func (q *Queue) Body(id string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open body of %s: %w", id, err)
 	}
+	if prefix != nil {
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(prefix), f), f}, nil
+	}
 	return f, nil
 }
+
+// prefixKey keeps the seal of a spooled message beside the inline bodies
+// (a message ID never contains a slash).
+func prefixKey(id string) []byte { return []byte(id + "/prefix") }
 
 // Filter selects messages for List. Zero fields match everything.
 type Filter struct {
@@ -456,6 +496,9 @@ func deleteMessage(tx *bolt.Tx, m *Message) error {
 		}
 	}
 	if err := tx.Bucket(bucketBodies).Delete([]byte(m.ID)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketBodies).Delete(prefixKey(m.ID)); err != nil {
 		return err
 	}
 	return tx.Bucket(bucketMessages).Delete([]byte(m.ID))

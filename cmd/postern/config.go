@@ -20,6 +20,7 @@ import (
 
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/delivery"
+	"github.com/postern/postern/relay/dkim"
 	"github.com/postern/postern/relay/submission"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
@@ -37,6 +38,7 @@ type Config struct {
 	Delivery   DeliveryConfig    `mapstructure:"delivery"`
 	TLS        OutboundTLSConfig `mapstructure:"tls"`
 	Audit      AuditConfig       `mapstructure:"audit"`
+	DKIM       DKIMConfig        `mapstructure:"dkim"`
 	Shutdown   ShutdownConfig    `mapstructure:"shutdown"`
 
 	file string // where it came from, for messages
@@ -140,6 +142,19 @@ type TLSPolicyConfig struct {
 	Override      bool     `mapstructure:"override"`
 }
 
+// DKIMConfig lists the signing keys.
+type DKIMConfig struct {
+	Headers []string        `mapstructure:"headers"`
+	Keys    []DKIMKeyConfig `mapstructure:"keys"`
+}
+
+// DKIMKeyConfig is one key of dkim.keys.
+type DKIMKeyConfig struct {
+	Domain   string `mapstructure:"domain"`
+	Selector string `mapstructure:"selector"`
+	KeyFile  string `mapstructure:"key_file"`
+}
+
 // AuditConfig keeps the delivery evidence.
 type AuditConfig struct {
 	Retention time.Duration `mapstructure:"retention"`
@@ -192,6 +207,7 @@ var defaults = map[string]any{
 	"tls.mta_sts_timeout":                 "30s",
 	"tls.downgrade_memory":                "warn",
 	"audit.retention":                     "2160h",
+	"dkim.headers":                        []string{},
 	"tls.downgrade_memory_max_age":        "720h",
 	"delivery.port":                       25,
 	"delivery.workers":                    32,
@@ -446,6 +462,14 @@ func (c *Config) validate() error {
 			bad(fmt.Sprintf("tls.policies[%d]", i), "%v", err)
 		}
 	}
+	for i, k := range c.DKIM.Keys {
+		key := fmt.Sprintf("dkim.keys[%d]", i)
+		if k.Domain == "" || k.Selector == "" || strings.ContainsAny(k.Domain+k.Selector, " @*") {
+			bad(key, "needs a domain and a selector")
+		} else if _, err := dkim.LoadKey(k.Domain, k.Selector, k.KeyFile); err != nil {
+			bad(key+".key_file", "%v", err)
+		}
+	}
 	if c.DNS.ProbeInterval < 0 {
 		bad("dns.probe_interval", "must not be negative (0 probes only at start)")
 	}
@@ -625,4 +649,24 @@ func (c *Config) tlsPolicy(res tlspolicy.Resolver, db *bolt.DB, log *slog.Logger
 	}
 	e, err := tlspolicy.NewEngine(cfg, tlspolicy.Deps{Resolver: res, DB: db, Log: log})
 	return e, roots, err
+}
+
+// dkimSigner loads the configured keys; nil when there are none.
+func (c *Config) dkimSigner() (*dkim.Signer, error) {
+	if len(c.DKIM.Keys) == 0 {
+		return nil, nil
+	}
+	var keys []dkim.Key
+	for i, k := range c.DKIM.Keys {
+		key, err := dkim.LoadKey(strings.ToLower(k.Domain), k.Selector, k.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("dkim.keys[%d].key_file: %w", i, err)
+		}
+		keys = append(keys, key)
+	}
+	headers := c.DKIM.Headers
+	if len(headers) == 0 {
+		headers = nil
+	}
+	return dkim.New(keys, headers), nil
 }

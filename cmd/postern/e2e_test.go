@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	msgauth "github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
@@ -488,5 +489,46 @@ func TestPolicyCheck(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(string(out2), "do not use") || !strings.Contains(string(out2), "dane-only") {
 		t.Fatalf("dane-only: %v\n%s", err, out2)
+	}
+}
+
+func TestDKIMKeygenAndSigning(t *testing.T) {
+	d := newDaemon(t)
+	keyFile := filepath.Join(t.TempDir(), "ed.pem")
+	out, err := d.run("", "dkim", "keygen", "example.org", "ed2026", "--algorithm", "ed25519", "--out", keyFile)
+	if err != nil || !strings.Contains(out, `ed2026._domainkey.example.org. IN TXT ( "v=DKIM1; k=ed25519; p=`) {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	if out, err := d.run("", "dkim", "keygen", "example.org", "ed2026", "--algorithm", "ed25519", "--out", keyFile); err == nil {
+		t.Fatalf("keygen overwrote a key:\n%s", out)
+	}
+	record := out[strings.Index(out, "v=DKIM1"):strings.LastIndex(out, `"`)]
+	f, _ := os.OpenFile(d.cfg, os.O_APPEND|os.O_WRONLY, 0)
+	fmt.Fprintf(f, "dkim:\n  keys:\n    - {domain: example.org, selector: ed2026, key_file: %s}\n", keyFile)
+	f.Close()
+	if out, err := d.run("s3cret\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	if _, err := submit(d.starttls, "app", "s3cret", "app@example.org", "rcpt@dest.test",
+		[]byte("From: App <app@example.org>\r\nSubject: signed\r\n\r\nhello\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.sink.Arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("message never reached the MX")
+	}
+	arrived := d.sink.Received()[0].Data
+	verifications, err := msgauth.VerifyWithOptions(bytes.NewReader(arrived), &msgauth.VerifyOptions{
+		LookupTXT: func(name string) ([]string, error) {
+			if name != "ed2026._domainkey.example.org" {
+				return nil, fmt.Errorf("asked for %s", name)
+			}
+			return []string{record}, nil
+		},
+	})
+	if err != nil || len(verifications) != 1 || verifications[0].Err != nil {
+		t.Fatalf("verification at the MX: %v %+v\n%s", err, verifications, arrived)
 	}
 }

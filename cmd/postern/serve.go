@@ -78,7 +78,12 @@ func serve(cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	engine := delivery.New(cfg.deliveryConfig(), delivery.Deps{Queue: q, Resolver: res, Log: log, Policy: policy, Roots: roots})
+	signer, err := cfg.dkimSigner()
+	if err != nil {
+		return err
+	}
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
+		DKIM:  signer,
 		Queue: q, Auth: auth.NewVerifier(users, cfg.authLimits(), nil),
 		GetCertificate: certs.GetCertificate, Log: log, Queued: engine.Kick,
 	})

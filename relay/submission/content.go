@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/mail"
 	"strings"
 	"time"
 )
@@ -91,6 +92,7 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 type headerFacts struct {
 	hasMessageID, hasDate bool
 	messageID             string // as the message gives it, for the delivery evidence
+	fromDomain            string // of the From header, which picks the DKIM keys
 	// tlsOptional: "TLS-Required: No" asks that recipient-published TLS
 	// policies be ignored for this message (RFC 8689 5).
 	tlsOptional bool
@@ -135,6 +137,12 @@ func readHeader(r *bufio.Reader) ([]byte, headerFacts, error) {
 			facts.messageID = strings.TrimSpace(string(value))
 		case "date":
 			facts.hasDate = true
+		case "from":
+			if a, err := mail.ParseAddress(strings.TrimSpace(string(value))); err == nil {
+				if _, d, ok := strings.Cut(a.Address, "@"); ok {
+					facts.fromDomain = strings.ToLower(d)
+				}
+			}
 		case "tls-required":
 			facts.tlsOptional = strings.EqualFold(string(bytes.TrimSpace(value)), "no")
 		}

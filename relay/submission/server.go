@@ -17,6 +17,7 @@ import (
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/dkim"
 )
 
 // Config is the submission service's settings, already validated.
@@ -36,6 +37,7 @@ type Config struct {
 type Queue interface {
 	NewID() string
 	Enqueue(id string, env queue.Envelope, body io.Reader) (string, error)
+	EnqueueSealed(id string, env queue.Envelope, body io.Reader, seal func() ([]byte, error)) (string, error)
 }
 
 // Authenticator checks credentials, with its own throttling.
@@ -52,6 +54,7 @@ type Deps struct {
 	Clock          func() time.Time    // default time.Now
 	Sleep          func(time.Duration) // default time.Sleep; delays failed AUTH replies
 	Queued         func()              // called after each accepted message, e.g. to wake delivery
+	DKIM           *dkim.Signer        // signs messages of the domains it has keys for; nil signs none
 }
 
 // Server runs the submission listeners.
@@ -63,6 +66,7 @@ type Server struct {
 	clock  func() time.Time
 	sleep  func(time.Duration)
 	queued func()
+	dkim   *dkim.Signer
 	tls    *tls.Config
 	smtp   *smtp.Server
 
@@ -84,7 +88,7 @@ func New(cfg Config, d Deps) *Server {
 	if cfg.MinTLSVersion == 0 {
 		cfg.MinTLSVersion = tls.VersionTLS12
 	}
-	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep, queued: d.Queued}
+	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep, queued: d.Queued, dkim: d.DKIM}
 	s.tls = &tls.Config{MinVersion: cfg.MinTLSVersion, GetCertificate: d.GetCertificate}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname

@@ -177,6 +177,26 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	return nil
 }
 
+// enqueue stores the message, DKIM-signed when there are keys for the
+// domain of its From header (else of its envelope sender): the signature
+// is computed as the message streams to the queue, and sealed in front of
+// it before the commit.
+func (s *session) enqueue(id string, body io.Reader, facts headerFacts) (string, error) {
+	keys := s.srv.dkim.Keys(facts.fromDomain)
+	if len(keys) == 0 {
+		keys = s.srv.dkim.Keys(queue.Domain(s.env.From))
+	}
+	sign, err := s.srv.dkim.Start(keys)
+	if err != nil {
+		return "", err
+	}
+	if sign == nil {
+		return s.srv.queue.Enqueue(id, s.env, body)
+	}
+	defer sign.Close()
+	return s.srv.queue.EnqueueSealed(id, s.env, io.TeeReader(body, sign), sign.Finish)
+}
+
 func (s *session) Data(r io.Reader) error {
 	if s.user == nil || !s.inMail {
 		return errAuthRequired
@@ -194,7 +214,7 @@ func (s *session) Data(r io.Reader) error {
 			s.env.MessageID = "<" + id + "@" + trace.hostname + ">"
 		}
 		body := io.MultiReader(bytes.NewReader(trace.headers(facts)), bytes.NewReader(header), br)
-		_, err = s.srv.queue.Enqueue(id, s.env, body)
+		_, err = s.enqueue(id, body, facts)
 	}
 	if err != nil {
 		return s.refuse(err)
