@@ -24,18 +24,20 @@ type JournalEntry struct {
 func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now time.Time) error {
 	b := tx.Bucket(bucketJournal)
 	for _, o := range outcomes {
-		if o.Journal == nil || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
+		if len(o.Journal) == 0 || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
 			continue
 		}
 		if r := before.Recipients[o.Recipient]; r.State != Leased || r.Lease != seq {
 			continue
 		}
-		n, err := b.NextSequence()
-		if err != nil {
-			return err
-		}
-		if err := b.Put(journalKey(now, n), o.Journal); err != nil {
-			return fmt.Errorf("journal: %w", err)
+		for _, entry := range o.Journal {
+			n, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := b.Put(journalKey(now, n), entry); err != nil {
+				return fmt.Errorf("journal: %w", err)
+			}
 		}
 	}
 	return nil

@@ -19,17 +19,17 @@ func TestJournalIsWrittenWithTheOutcome(t *testing.T) {
 	leases, _ := q.Lease(10, time.Minute)
 	start := clock.Now()
 	if _, err := q.Record(id, leases[0].Seq, []Outcome{
-		{Recipient: 0, Result: ResultDelivered, Journal: []byte("a delivered")},
+		{Recipient: 0, Result: ResultDelivered, Journal: [][]byte{[]byte("a delivered")}},
 		{Recipient: 1, Result: ResultDeferred, RetryAt: clock.Now().Add(time.Hour)}, // nothing to journal
 	}); err != nil {
 		t.Fatal(err)
 	}
 	// A stale holder's outcome is not applied, so not journalled either.
-	q.Record(id, leases[0].Seq, []Outcome{{Recipient: 1, Result: ResultFailed, Journal: []byte("stale")}})
+	q.Record(id, leases[0].Seq, []Outcome{{Recipient: 1, Result: ResultFailed, Journal: [][]byte{[]byte("stale")}}})
 
 	clock.Advance(2 * time.Hour)
 	leases, _ = q.Lease(10, time.Minute)
-	if _, err := q.Record(id, leases[0].Seq, []Outcome{{Recipient: 1, Result: ResultFailed, Journal: []byte("b bounced")}}); err != nil {
+	if _, err := q.Record(id, leases[0].Seq, []Outcome{{Recipient: 1, Result: ResultFailed, Journal: [][]byte{[]byte("b bounced")}}}); err != nil {
 		t.Fatal(err)
 	}
 	var got []string

@@ -105,11 +105,10 @@ type Outcome struct {
 	RetryAt   time.Time
 	// DelayNotified marks that the worker queued a delay notice.
 	DelayNotified bool
-	// Journal, when set, is appended to the journal in the same
-	// transaction as the outcome (only if the outcome is applied), so that
-	// what the caller records about a delivery is durable exactly when
-	// the delivery is.
-	Journal []byte
+	// Journal entries are appended to the journal in the same transaction
+	// as the outcome (only if the outcome is applied), so that what the
+	// caller records about a delivery is durable exactly when the delivery is.
+	Journal [][]byte
 }
 
 // Record stores the outcomes of a lease and returns the message as it now

@@ -42,6 +42,9 @@ type Envelope struct {
 	Return     string `json:"ret,omitempty"`
 	EnvelopeID string `json:"envid,omitempty"`
 	RequireTLS bool   `json:"requiretls,omitempty"`
+	// TLSReport marks a TLS report (RFC 8460): its delivery is not held to
+	// the recipient's published TLS policy, nor reported itself.
+	TLSReport bool `json:"tls_report,omitempty"`
 	// MessageID is the message's Message-ID header, for evidence and logs.
 	MessageID string `json:"message_id,omitempty"`
 	// TLSOptional: the message says "TLS-Required: No" (RFC 8689 5).

@@ -146,6 +146,9 @@ func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
 // else MTA-STS; nil when neither applies), and whether the MX set was
 // DNSSEC-secure and the host listed by an MTA-STS policy, for REQUIRETLS.
 func (e *Engine) published(ctx context.Context, r Request, base Decision) (*Decision, bool, bool, error) {
+	if r.Report {
+		return nil, false, false, nil
+	}
 	if r.TLSOptional && e.cfg.HonorTLSRequiredNo {
 		e.d.Log.Info("TLS-Required: No: the domain's published TLS policies are set aside for this message", "domain", r.Domain, "mx", r.MXHost)
 		return nil, false, false, nil
@@ -172,7 +175,7 @@ func (e *Engine) published(ctx context.Context, r Request, base Decision) (*Deci
 		return &d, mxSecure, listed, nil
 	}
 	if !listed {
-		return nil, mxSecure, false, &Refusal{Enhanced: "4.7.5", ResultType: "validation-failure",
+		return nil, mxSecure, false, &Refusal{Enhanced: "4.7.5", ResultType: "validation-failure", PolicyType: "sts", PolicyStrings: pol.Strings(),
 			Reason: fmt.Sprintf("%s is not an MX host the MTA-STS policy of %s allows (%s)", r.MXHost, r.Domain, strings.Join(pol.MX, ", "))}
 	}
 	d.Level, d.MinVersion = Verify, tls.VersionTLS12

@@ -252,6 +252,9 @@ type Request struct {
 	Port        int    // its SMTP port (the TLSA records are at _PORT._tcp.host)
 	RequireTLS  bool   // the message carries REQUIRETLS (RFC 8689)
 	TLSOptional bool   // the message has "TLS-Required: No"
+	// Report marks a TLS report's own delivery, which is not held to the
+	// recipient's published policies (RFC 8460 3).
+	Report bool
 }
 
 // Policy decides for a recipient domain and one of its MX hosts. An error
@@ -272,6 +275,9 @@ type Refusal struct {
 	Enhanced   string // 4.7.x or 5.7.x
 	Reason     string
 	ResultType string // RFC 8460 4.3.2, when the refusal is a TLS policy failure
+	// PolicyType and PolicyStrings name the policy that refused, for TLS reports.
+	PolicyType    string
+	PolicyStrings []string
 }
 
 func (r *Refusal) Error() string { return r.Reason }

@@ -42,10 +42,14 @@ type Record struct {
 	Reply          string    `json:"reply"`
 }
 
+// Kind is the first byte of an audit record in the journal, which other
+// packages share (TLS report data has its own).
+const Kind = 'A'
+
 // Encode is the record as stored in the journal.
 func (r Record) Encode() []byte {
 	b, _ := json.Marshal(r)
-	return b
+	return append([]byte{Kind}, b...)
 }
 
 // Filter selects records; zero fields select everything.
@@ -76,8 +80,11 @@ func Query(j Journal, f Filter) ([]Record, error) {
 	var out []Record
 	var bad error
 	err := j.ReadJournal(f.Since, f.Until, func(e queue.JournalEntry) bool {
+		if len(e.Data) == 0 || e.Data[0] != Kind {
+			return true
+		}
 		var r Record
-		if err := json.Unmarshal(e.Data, &r); err != nil {
+		if err := json.Unmarshal(e.Data[1:], &r); err != nil {
 			bad = fmt.Errorf("journal entry of %s: %w", e.Time.Format(time.RFC3339), err)
 			return true
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/dsn"
+	"github.com/postern/postern/relay/tlsrpt"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
 )
@@ -211,6 +212,27 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 
 // deliverDomain makes one attempt for the recipients of one domain.
 func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain string, idxs []int) []queue.Outcome {
+	var seen []tlsrpt.Attempt
+	note := func(a tlsrpt.Attempt) {
+		if !m.TLSReport { // a report's own delivery is not reported (RFC 8460 3)
+			a.PolicyDomain = domain
+			seen = append(seen, a)
+		}
+	}
+	out := e.tryHops(ctx, m, domain, idxs, note)
+	if len(out) > 0 {
+		// What each attempt saw of the domain's TLS policy is journalled
+		// with the outcomes, for the domain's TLS reports.
+		for _, a := range seen {
+			out[0].Journal = append(out[0].Journal, a.Encode())
+		}
+	}
+	return out
+}
+
+// tryHops makes one attempt for the recipients of one domain, trying its
+// hops in order; note hears of every session attempted under a policy.
+func (e *Engine) tryHops(ctx context.Context, m queue.Message, domain string, idxs []int, note func(tlsrpt.Attempt)) []queue.Outcome {
 	now := e.d.Clock()
 	hopList, err := hops(ctx, e.d.Resolver, e.cfg.Routes, e.cfg.Port, domain, e.d.Shuffle)
 	if err != nil {
@@ -232,6 +254,10 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 			var refusal *tlspolicy.Refusal
 			if errors.As(err, &refusal) {
 				f.Temporary, f.Enhanced, f.ResultType = !refusal.Permanent, refusal.Enhanced, refusal.ResultType
+				if hop.Route == nil && refusal.ResultType != "" {
+					note(tlsrpt.Attempt{PolicyType: orNoPolicy(refusal.PolicyType), PolicyStrings: refusal.PolicyStrings,
+						MXHost: hop.Host, Result: refusal.ResultType, Info: refusal.Reason})
+				}
 			}
 			e.logAttempt(m, idxs, hop.Host, netip.AddrPort{}, TLSInfo{ResultType: f.ResultType}, f.Error(), "skipped")
 			if !f.Temporary {
@@ -252,6 +278,15 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 		}
 		addrs, f := e.addresses(ctx, hop.Host)
 		if f != nil {
+			if hop.Route == nil {
+				// DNS failures count too: they keep mail from the domain as surely as TLS ones.
+				result := "validation-failure"
+				if strings.Contains(f.Text, "DNSSEC") {
+					result = "dnssec-invalid"
+				}
+				note(tlsrpt.Attempt{PolicyType: orNoPolicy(policy.PolicyType), PolicyStrings: policy.PolicyStrings,
+					MXHost: hop.Host, Result: result, Info: f.Text})
+			}
 			last = f
 			continue
 		}
@@ -260,7 +295,7 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 				break
 			}
 			tried++
-			out, f := e.attempt(ctx, m, idxs, hop, policy, netip.AddrPortFrom(a, uint16(hop.Port)), now)
+			out, f := e.attempt(ctx, m, idxs, hop, policy, netip.AddrPortFrom(a, uint16(hop.Port)), now, note)
 			if f == nil {
 				return out
 			}
@@ -306,12 +341,26 @@ func (e *Engine) addresses(ctx context.Context, host string) ([]netip.Addr, *Fai
 
 // attempt delivers over one connection. A non-nil Failure means this host
 // could not take the transaction at all and the next may be tried.
-func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop Hop, policy tlspolicy.Decision, addr netip.AddrPort, now time.Time) ([]queue.Outcome, *Failure) {
+func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop Hop, policy tlspolicy.Decision, addr netip.AddrPort, now time.Time, note func(tlsrpt.Attempt)) ([]queue.Outcome, *Failure) {
 	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, policy)
+	seen := tlsrpt.Attempt{PolicyType: orNoPolicy(policy.PolicyType), PolicyStrings: policy.PolicyStrings,
+		MXHost: hop.Host, ReceivingIP: addr.Addr().String()}
 	if err != nil {
 		f := asFailure(err, hop.Host, "connect")
+		switch {
+		case f.ResultType != "":
+			seen.Result, seen.Info = f.ResultType, f.Text
+		case f.Enhanced == "4.4.1":
+			seen.Result, seen.Info = "validation-failure", "connection failed: "+f.Text
+		}
+		if hop.Route == nil && seen.Result != "" {
+			note(seen)
+		}
 		e.logAttempt(m, idxs, hop.Host, addr, TLSInfo{Policy: policy.Describe(), ResultType: f.ResultType}, f.Error(), "deferred")
 		return nil, f
+	}
+	if hop.Route == nil {
+		note(seen) // a session under the policy: a success for the report
 	}
 	if r := hop.Route; r != nil && r.Username != "" {
 		if c.tls.Version == "" {
@@ -328,6 +377,13 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 	return e.transact(m, idxs, hop, policy, &pooled{c: c}, now)
 }
 
+func orNoPolicy(policyType string) string {
+	if policyType == "" {
+		return "no-policy-found"
+	}
+	return policyType
+}
+
 // decide asks the policy, unless the hop is a route with its own level.
 func (e *Engine) decide(ctx context.Context, m queue.Message, domain string, hop Hop) (tlspolicy.Decision, error) {
 	if hop.Route != nil && hop.Route.TLS != nil {
@@ -335,7 +391,7 @@ func (e *Engine) decide(ctx context.Context, m queue.Message, domain string, hop
 			PolicyType: "no-policy-found"}, nil
 	}
 	return e.d.Policy.Decide(ctx, tlspolicy.Request{Domain: domain, MXHost: hop.Host, Port: hop.Port,
-		RequireTLS: m.Envelope.RequireTLS, TLSOptional: m.Envelope.TLSOptional})
+		RequireTLS: m.Envelope.RequireTLS, TLSOptional: m.Envelope.TLSOptional, Report: m.Envelope.TLSReport})
 }
 
 // poolKey names the sessions that may be shared: same host, port and TLS
@@ -460,7 +516,7 @@ func (e *Engine) attachEvidence(o *queue.Outcome, m queue.Message, addr netip.Ad
 		sum := sha256.Sum256(t.Chain[0].Raw)
 		r.PeerCertSHA256 = hex.EncodeToString(sum[:])
 	}
-	o.Journal = r.Encode()
+	o.Journal = append(o.Journal, r.Encode())
 }
 
 // outcome turns one recipient's result into what the queue records: a

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/smtptest"
+	"github.com/postern/postern/relay/tlsrpt"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/resolver/resolvertest"
 	"github.com/postern/postern/tlspolicy"
@@ -243,7 +245,27 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What the TLS report of the day will say of dest.test.
+	reports, err := tlsrpt.Aggregate(w.q, w.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sessions tlsrpt.Summary
+	var results []string
+	for _, p := range reports["dest.test"] {
+		sessions.Successful += p.Summary.Successful
+		sessions.Failed += p.Summary.Failed
+		for _, f := range p.FailureDetails {
+			results = append(results, f.ResultType)
+		}
+	}
 	verb, detail, _ := strings.Cut(tc.want, " ")
+	if _, result, ok := strings.Cut(detail, " "); ok && !slices.Contains(results, result) {
+		t.Errorf("the TLS report lacks a %s failure: %v (%+v)", result, results, reports["dest.test"])
+	}
+	if verb == "delivered" && sessions.Successful == 0 {
+		t.Errorf("the TLS report has no successful session: %+v", reports["dest.test"])
+	}
 	switch verb {
 	case "delivered":
 		sum := sha256.Sum256(cert.Certificate[0])
