@@ -6,6 +6,7 @@
 package tlsrpt
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -168,14 +169,18 @@ func stsMXPatterns(policy []string) []string {
 	return out
 }
 
-// NewReport assembles the report of domain for day.
-func NewReport(organization, contact, domain string, day time.Time, policies []PolicyResult) Report {
+// NewReport assembles the report of domain for day; the report ID names
+// the day, the domain and the submitter, with a random part so that a
+// report sent again (tlsrpt send) is told apart.
+func NewReport(organization, contact, submitter, domain string, day time.Time, policies []PolicyResult) Report {
 	start := Day(day)
+	var nonce [4]byte
+	rand.Read(nonce[:])
 	return Report{
 		OrganizationName: organization,
 		DateRange:        DateRange{Start: start, End: start.Add(24*time.Hour - time.Second)},
 		ContactInfo:      contact,
-		ReportID:         fmt.Sprintf("%s_%s@%s", start.Format("2006-01-02"), domain, strings.TrimPrefix(contact, "mailto:")),
+		ReportID:         fmt.Sprintf("%s.%s.%x@%s", start.Format("20060102"), domain, nonce, submitter),
 		Policies:         policies,
 	}
 }

@@ -1,0 +1,307 @@
+package tlsrpt
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime/multipart"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/dkim"
+)
+
+// Config is the reporter's identity and schedule (the tlsrpt section).
+type Config struct {
+	OrganizationName string
+	ContactInfo      string // an address or URL people can write to
+	Submitter        string // the host name that submits the reports
+	From             string // envelope and header sender of mailed reports
+	SendHour         int    // UTC hour after which yesterday's reports go out
+	Roots            *x509.CertPool
+}
+
+// Deps are the reporter's collaborators.
+type Deps struct {
+	Queue     *queue.Queue
+	LookupTXT func(ctx context.Context, name string) ([]string, error)
+	DKIM      *dkim.Signer
+	DB        *bbolt.DB // which reports went out (bucket "tlsrpt-sent")
+	Clock     func() time.Time
+	Log       *slog.Logger
+	Kick      func() // wakes delivery after a report is queued
+	HTTP      *http.Client
+}
+
+// Reporter sends each day's reports once.
+type Reporter struct {
+	cfg Config
+	d   Deps
+}
+
+var sentBucket = []byte("tlsrpt-sent")
+
+// NewReporter returns a reporter; it creates its bucket in DB.
+func NewReporter(cfg Config, d Deps) (*Reporter, error) {
+	if d.Clock == nil {
+		d.Clock = time.Now
+	}
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	if d.Kick == nil {
+		d.Kick = func() {}
+	}
+	if d.HTTP == nil {
+		d.HTTP = &http.Client{
+			Timeout:       time.Minute,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cfg.Roots, MinVersion: tls.VersionTLS12},
+				Proxy: nil, DisableKeepAlives: true},
+		}
+	}
+	if err := d.DB.Update(func(tx *bbolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(sentBucket)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("tlsrpt: %w", err)
+	}
+	return &Reporter{cfg: cfg, d: d}, nil
+}
+
+// Run sends yesterday's reports after SendHour (UTC), checking hourly.
+func (r *Reporter) Run(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		now := r.d.Clock().UTC()
+		if now.Hour() >= r.cfg.SendHour {
+			if _, err := r.Send(ctx, Day(now).Add(-24*time.Hour)); err != nil {
+				r.d.Log.Error("sending TLS reports failed; will retry within the hour", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Outcome is what Send did for one report address.
+type Outcome struct {
+	Domain string
+	URI    string
+	Err    error
+}
+
+// Send delivers the reports of day to every domain that asks for them, and
+// says what it did. A report already sent to an address is not sent again;
+// one that failed is tried again at the next call.
+func (r *Reporter) Send(ctx context.Context, day time.Time) ([]Outcome, error) {
+	agg, err := Aggregate(r.d.Queue, day)
+	if err != nil {
+		return nil, err
+	}
+	domains := make([]string, 0, len(agg))
+	for d := range agg {
+		domains = append(domains, d)
+	}
+	sort.Strings(domains)
+	var out []Outcome
+	for _, domain := range domains {
+		txts, err := r.d.LookupTXT(ctx, "_smtp._tls."+domain)
+		if err != nil {
+			out = append(out, Outcome{Domain: domain, Err: fmt.Errorf("_smtp._tls.%s: %w", domain, err)})
+			continue
+		}
+		ruas, err := FindRecord(txts)
+		if err != nil {
+			continue // the domain asks for no reports
+		}
+		report := NewReport(r.cfg.OrganizationName, r.cfg.ContactInfo, r.cfg.Submitter, domain, day, agg[domain])
+		body, err := json.Marshal(report)
+		if err != nil {
+			return out, err
+		}
+		gz := gzipped(body)
+		for _, rua := range ruas {
+			key := []byte(Day(day).Format("2006-01-02") + " " + domain + " " + rua.String())
+			if r.sent(key) {
+				continue
+			}
+			var err error
+			switch rua.Scheme {
+			case "mailto":
+				err = r.mail(domain, rua.Opaque, report, gz)
+			case "https":
+				err = r.post(ctx, rua, gz)
+			}
+			if err == nil {
+				r.markSent(key)
+				r.d.Log.Info("TLS report sent", "domain", domain, "to", rua.String(), "report_id", report.ReportID)
+			}
+			out = append(out, Outcome{Domain: domain, URI: rua.String(), Err: err})
+		}
+	}
+	var errs []error
+	for _, o := range out {
+		if o.Err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", o.Domain, o.URI, o.Err))
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (r *Reporter) sent(key []byte) bool {
+	var ok bool
+	r.d.DB.View(func(tx *bbolt.Tx) error { ok = tx.Bucket(sentBucket).Get(key) != nil; return nil })
+	return ok
+}
+
+func (r *Reporter) markSent(key []byte) {
+	now := r.d.Clock().UTC().Format(time.RFC3339)
+	if err := r.d.DB.Update(func(tx *bbolt.Tx) error { return tx.Bucket(sentBucket).Put(key, []byte(now)) }); err != nil {
+		r.d.Log.Error("remembering a sent TLS report failed", "err", err)
+	}
+}
+
+func gzipped(b []byte) []byte {
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+// post delivers over HTTPS (RFC 8460 5.2), verified, three tries.
+func (r *Reporter) post(ctx context.Context, u *url.URL, gz []byte) error {
+	var err error
+	for try := 0; try < 3; try++ {
+		if try > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(try) * 2 * time.Second):
+			}
+		}
+		var req *http.Request
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(gz))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/tlsrpt+gzip")
+		var resp *http.Response
+		resp, err = r.d.HTTP.Do(req)
+		if err != nil {
+			continue
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		if resp.StatusCode/100 == 2 {
+			return nil
+		}
+		err = fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return err
+}
+
+// mail queues the report as RFC 8460 5.3 asks: multipart/report with
+// report-type="tlsrpt", the gzipped JSON attached, TLS-Report-Domain and
+// TLS-Report-Submitter headers, "TLS-Required: No", and a DKIM signature.
+func (r *Reporter) mail(domain, to string, report Report, gz []byte) error {
+	msg, err := r.message(domain, to, report, gz)
+	if err != nil {
+		return err
+	}
+	if keys := r.d.DKIM.Keys(queue.Domain(r.cfg.From)); len(keys) > 0 {
+		sign, err := r.d.DKIM.Start(keys)
+		if err != nil {
+			return err
+		}
+		sign.Write(msg)
+		sig, err := sign.Finish()
+		if err != nil {
+			return err
+		}
+		msg = append(sig, msg...)
+	}
+	env := queue.Envelope{From: r.cfg.From, TLSReport: true, TLSOptional: true, MessageID: messageID(msg),
+		Recipients: []queue.Recipient{{Addr: to}}}
+	if _, err := r.d.Queue.Enqueue("", env, bytes.NewReader(msg)); err != nil {
+		return err
+	}
+	r.d.Kick()
+	return nil
+}
+
+func (r *Reporter) message(domain, to string, report Report, gz []byte) ([]byte, error) {
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	var b bytes.Buffer
+	id := randomID()
+	fmt.Fprintf(&b, "From: %s\r\n", r.cfg.From)
+	fmt.Fprintf(&b, "To: %s\r\n", to)
+	fmt.Fprintf(&b, "Date: %s\r\n", r.d.Clock().Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "Subject: Report Domain: %s Submitter: %s Report-ID: <%s>\r\n", domain, r.cfg.Submitter, report.ReportID)
+	fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", id, r.cfg.Submitter)
+	fmt.Fprintf(&b, "TLS-Report-Domain: %s\r\n", domain)
+	fmt.Fprintf(&b, "TLS-Report-Submitter: %s\r\n", r.cfg.Submitter)
+	fmt.Fprintf(&b, "TLS-Required: No\r\n")
+	fmt.Fprintf(&b, "MIME-Version: 1.0\r\n")
+	fmt.Fprintf(&b, "Content-Type: multipart/report; report-type=\"tlsrpt\"; boundary=\"%s\"\r\n\r\n", mw.Boundary())
+	text, _ := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {`text/plain; charset="us-ascii"`}, "Content-Transfer-Encoding": {"7bit"}})
+	fmt.Fprintf(text, "This is an aggregate TLS report from %s for %s, %s.\r\n", r.cfg.Submitter, domain, report.DateRange.Start.Format("2006-01-02"))
+	name := fmt.Sprintf("%s!%s!%d!%d!%s.json.gz", r.cfg.Submitter, domain, report.DateRange.Start.Unix(), report.DateRange.End.Unix(), id[:8])
+	att, _ := mw.CreatePart(textproto.MIMEHeader{
+		"Content-Type":              {"application/tlsrpt+gzip"},
+		"Content-Transfer-Encoding": {"base64"},
+		"Content-Disposition":       {`attachment; filename="` + name + `"`},
+	})
+	enc := base64.StdEncoding.EncodeToString(gz)
+	for len(enc) > 76 {
+		io.WriteString(att, enc[:76]+"\r\n")
+		enc = enc[76:]
+	}
+	io.WriteString(att, enc+"\r\n")
+	if err := mw.Close(); err != nil {
+		return nil, err
+	}
+	b.Write(body.Bytes())
+	return b.Bytes(), nil
+}
+
+func randomID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func messageID(msg []byte) string {
+	for _, line := range strings.Split(string(msg), "\r\n") {
+		if v, ok := strings.CutPrefix(line, "Message-ID: "); ok {
+			return v
+		}
+		if line == "" {
+			break
+		}
+	}
+	return ""
+}

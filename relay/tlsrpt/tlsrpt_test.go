@@ -1,0 +1,134 @@
+package tlsrpt_test
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/tlsrpt"
+)
+
+type clock struct{ now time.Time }
+
+func (c *clock) Now() time.Time { return c.now }
+
+// A scripted day of attempts becomes the RFC 8460 report, field by field.
+func TestReportFromScriptedAttempts(t *testing.T) {
+	c := &clock{now: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)}
+	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	sts := []string{"version: STSv1", "mode: enforce", "mx: *.mail.company-y.example", "max_age: 86400"}
+	script := []tlsrpt.Attempt{
+		{PolicyDomain: "company-y.example", PolicyType: "sts", PolicyStrings: sts, MXHost: "mx1.mail.company-y.example", ReceivingIP: "203.0.113.56"},
+		{PolicyDomain: "company-y.example", PolicyType: "sts", PolicyStrings: sts, MXHost: "mx1.mail.company-y.example", ReceivingIP: "203.0.113.56"},
+		{PolicyDomain: "company-y.example", PolicyType: "sts", PolicyStrings: sts, MXHost: "mx2.mail.company-y.example",
+			ReceivingIP: "203.0.113.57", Result: "certificate-expired", Info: "x509: certificate has expired"},
+		{PolicyDomain: "company-y.example", PolicyType: "sts", PolicyStrings: sts, MXHost: "mx2.mail.company-y.example",
+			ReceivingIP: "203.0.113.57", Result: "certificate-expired", Info: "x509: certificate has expired"},
+		{PolicyDomain: "company-y.example", PolicyType: "sts", PolicyStrings: sts, MXHost: "mx3.mail.company-y.example",
+			Result: "starttls-not-supported", ReceivingIP: "203.0.113.58"},
+		{PolicyDomain: "other.example", PolicyType: "no-policy-found", MXHost: "mx.other.example", ReceivingIP: "192.0.2.9"},
+	}
+	for _, a := range script {
+		id, _ := q.Enqueue("", queue.Envelope{From: "a@b.example", Recipients: []queue.Recipient{{Addr: "x@" + a.PolicyDomain}}}, strings.NewReader("x\r\n"))
+		l, _ := q.Lease(1, time.Minute)
+		if _, err := q.Record(id, l[0].Seq, []queue.Outcome{{Recipient: 0, Result: queue.ResultDelivered, Journal: [][]byte{a.Encode()}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another day's attempt is not in this day's report.
+	c.now = c.now.Add(24 * time.Hour)
+	id, _ := q.Enqueue("", queue.Envelope{From: "a@b.example", Recipients: []queue.Recipient{{Addr: "x@company-y.example"}}}, strings.NewReader("x\r\n"))
+	l, _ := q.Lease(1, time.Minute)
+	q.Record(id, l[0].Seq, []queue.Outcome{{Recipient: 0, Result: queue.ResultDelivered, Journal: [][]byte{script[0].Encode()}}})
+
+	agg, err := tlsrpt.Aggregate(q, time.Date(2026, 11, 28, 23, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := tlsrpt.NewReport("Company-X", "sts-reporting@company-x.example", "mail.company-x.example", "company-y.example",
+		time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC), agg["company-y.example"])
+	got, _ := json.Marshal(report)
+	var generic map[string]any
+	json.Unmarshal(got, &generic)
+	id0 := generic["report-id"].(string)
+	if !strings.HasPrefix(id0, "20261128.company-y.example.") || !strings.HasSuffix(id0, "@mail.company-x.example") {
+		t.Errorf("report-id %q", id0)
+	}
+	delete(generic, "report-id")
+	want := `{
+	  "organization-name": "Company-X",
+	  "date-range": {"start-datetime": "2026-11-28T00:00:00Z", "end-datetime": "2026-11-28T23:59:59Z"},
+	  "contact-info": "sts-reporting@company-x.example",
+	  "policies": [{
+	    "policy": {
+	      "policy-type": "sts",
+	      "policy-string": ["version: STSv1", "mode: enforce", "mx: *.mail.company-y.example", "max_age: 86400"],
+	      "policy-domain": "company-y.example",
+	      "mx-host": ["*.mail.company-y.example"]
+	    },
+	    "summary": {"total-successful-session-count": 2, "total-failure-session-count": 3},
+	    "failure-details": [
+	      {"result-type": "certificate-expired", "receiving-mx-hostname": "mx2.mail.company-y.example",
+	       "receiving-ip": "203.0.113.57", "failed-session-count": 2, "additional-information": "x509: certificate has expired"},
+	      {"result-type": "starttls-not-supported", "receiving-mx-hostname": "mx3.mail.company-y.example",
+	       "receiving-ip": "203.0.113.58", "failed-session-count": 1}
+	    ]
+	  }]
+	}`
+	var wantGeneric map[string]any
+	if err := json.Unmarshal([]byte(want), &wantGeneric); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := json.MarshalIndent(generic, "", " ")
+	b, _ := json.MarshalIndent(wantGeneric, "", " ")
+	if string(a) != string(b) {
+		t.Fatalf("report:\n%s\nwant:\n%s", a, b)
+	}
+	if len(agg["other.example"]) != 1 || agg["other.example"][0].Policy.Type != "no-policy-found" {
+		t.Fatalf("other domain: %+v", agg["other.example"])
+	}
+}
+
+func TestParseRecord(t *testing.T) {
+	uris, err := tlsrpt.FindRecord([]string{"v=spf1 -all", "v=TLSRPTv1; rua=mailto:reports@example.com,https://reporting.example.com/v1/tlsrpt"})
+	if err != nil || len(uris) != 2 || uris[0].Opaque != "reports@example.com" || uris[1].Host != "reporting.example.com" {
+		t.Fatalf("%v %v", uris, err)
+	}
+	for _, bad := range [][]string{
+		{"v=TLSRPTv1;"},
+		{"v=TLSRPTv1; rua=ftp://x.example/"},
+		{"v=TLSRPTv1; rua=mailto:not an address"},
+		{"v=TLSRPTv1; rua=mailto:a@b.example", "v=TLSRPTv1; rua=mailto:c@d.example"},
+		{"rua=mailto:a@b.example; v=TLSRPTv1"},
+		{"v=TLSRPTv1; rua=mailto:a@b.example; rua=mailto:c@d.example"},
+	} {
+		if _, err := tlsrpt.FindRecord(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// FuzzRecord: the _smtp._tls parser never panics and only returns
+// mailto: and https: addresses.
+func FuzzRecord(f *testing.F) {
+	f.Add("v=TLSRPTv1; rua=mailto:reports@example.com,https://reporting.example.com/v1/tlsrpt")
+	f.Add("v=TLSRPTv1;rua=mailto:a@b;ext=1;")
+	f.Fuzz(func(t *testing.T, txt string) {
+		uris, err := tlsrpt.ParseRecord(txt)
+		if err != nil {
+			return
+		}
+		for _, u := range uris {
+			if u.Scheme != "mailto" && u.Scheme != "https" {
+				t.Fatalf("%q gave %s", txt, u)
+			}
+		}
+	})
+}
