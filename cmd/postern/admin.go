@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -18,6 +19,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/tlsrpt"
 	"github.com/postern/postern/tlspolicy"
 )
 
@@ -35,6 +37,8 @@ type operations interface {
 	UserRequireTLS(name string, on bool) error
 	PolicyForget(domain string) error
 	Audit(f audit.Filter) ([]audit.Record, error)
+	TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error)
+	TLSReportSend(day time.Time) ([]reportOutcome, error)
 	Close() error
 }
 
@@ -46,7 +50,53 @@ type local struct {
 	// forget clears a domain's downgrade memory; in the daemon it goes
 	// through the policy engine, which keeps a copy in memory.
 	forget func(domain string) error
+	// report sends a day's TLS reports; outside the daemon it is built on
+	// first use.
+	report func(ctx context.Context, day time.Time) ([]tlsrpt.Outcome, error)
+	cfg    *Config
 	close  func() error
+}
+
+func (l *local) TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error) {
+	return tlsrpt.Aggregate(l.q, day)
+}
+
+func (l *local) TLSReportSend(day time.Time) ([]reportOutcome, error) {
+	if l.report == nil {
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		res, _, err := l.cfg.resolver(log)
+		if err != nil {
+			return nil, err
+		}
+		signer, err := l.cfg.dkimSigner()
+		if err != nil {
+			return nil, err
+		}
+		r, err := l.cfg.reporter(l.q, res, signer, l.state, nil, log)
+		if err != nil {
+			return nil, err
+		}
+		l.report = r.Send
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	outcomes, err := l.report(ctx, day)
+	var out []reportOutcome
+	for _, o := range outcomes {
+		ro := reportOutcome{Domain: o.Domain, URI: o.URI}
+		if o.Err != nil {
+			ro.Error = o.Err.Error()
+		}
+		out = append(out, ro)
+	}
+	return out, err
+}
+
+// reportOutcome is a tlsrpt.Outcome that travels as JSON.
+type reportOutcome struct {
+	Domain string `json:"domain"`
+	URI    string `json:"uri,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 func (l *local) Audit(f audit.Filter) ([]audit.Record, error) { return audit.Query(l.q, f) }
@@ -105,7 +155,7 @@ func openOperations(cfg *Config) (operations, error) {
 		q.Close()
 		return nil, err
 	}
-	return &local{q: q, users: users, state: db, close: func() error { db.Close(); return q.Close() }}, nil
+	return &local{q: q, users: users, state: db, cfg: cfg, close: func() error { db.Close(); return q.Close() }}, nil
 }
 
 func openState(cfg *Config) (*bolt.DB, *auth.Store, error) {
@@ -147,6 +197,31 @@ func adminHandler(ops operations) http.Handler {
 		q := r.URL.Query()
 		msgs, err := ops.QueueList(queue.Filter{RcptDomain: q.Get("domain"), Sender: q.Get("sender"), State: q.Get("state")})
 		reply(w, msgs, err)
+	})
+	mux.HandleFunc("GET /v1/tlsrpt/{day}", func(w http.ResponseWriter, r *http.Request) {
+		day, err := time.Parse("2006-01-02", r.PathValue("day"))
+		if err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
+			return
+		}
+		agg, err := ops.TLSReports(day)
+		reply(w, agg, err)
+	})
+	mux.HandleFunc("POST /v1/tlsrpt/{day}/send", func(w http.ResponseWriter, r *http.Request) {
+		day, err := time.Parse("2006-01-02", r.PathValue("day"))
+		if err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
+			return
+		}
+		out, err := ops.TLSReportSend(day)
+		if err != nil {
+			// Partial results matter: say what went out and what did not.
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadGateway)
+			json.NewEncoder(w).Encode(map[string]any{"error": err.Error(), "outcomes": out})
+			return
+		}
+		reply(w, out, nil)
 	})
 	mux.HandleFunc("GET /v1/audit", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -288,6 +363,14 @@ func (r *remote) QueueList(f queue.Filter) ([]queue.Message, error) {
 	var out []queue.Message
 	v := url.Values{"domain": {f.RcptDomain}, "sender": {f.Sender}, "state": {f.State}}
 	return out, r.do("GET", "/v1/queue?"+v.Encode(), nil, &out)
+}
+func (r *remote) TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error) {
+	var out map[string][]tlsrpt.PolicyResult
+	return out, r.do("GET", "/v1/tlsrpt/"+day.Format("2006-01-02"), nil, &out)
+}
+func (r *remote) TLSReportSend(day time.Time) ([]reportOutcome, error) {
+	var out []reportOutcome
+	return out, r.do("POST", "/v1/tlsrpt/"+day.Format("2006-01-02")+"/send", nil, &out)
 }
 func (r *remote) Audit(f audit.Filter) ([]audit.Record, error) {
 	var out []audit.Record

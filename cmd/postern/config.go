@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -18,10 +19,12 @@ import (
 	"github.com/spf13/viper"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/delivery"
 	"github.com/postern/postern/relay/dkim"
 	"github.com/postern/postern/relay/submission"
+	"github.com/postern/postern/relay/tlsrpt"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
 )
@@ -39,6 +42,7 @@ type Config struct {
 	TLS        OutboundTLSConfig `mapstructure:"tls"`
 	Audit      AuditConfig       `mapstructure:"audit"`
 	DKIM       DKIMConfig        `mapstructure:"dkim"`
+	TLSRPT     TLSRPTConfig      `mapstructure:"tlsrpt"`
 	Shutdown   ShutdownConfig    `mapstructure:"shutdown"`
 
 	file string // where it came from, for messages
@@ -155,6 +159,16 @@ type DKIMKeyConfig struct {
 	KeyFile  string `mapstructure:"key_file"`
 }
 
+// TLSRPTConfig sends TLS reports (RFC 8460).
+type TLSRPTConfig struct {
+	Enabled          bool   `mapstructure:"enabled"`
+	OrganizationName string `mapstructure:"organization_name"`
+	ContactInfo      string `mapstructure:"contact_info"`
+	Submitter        string `mapstructure:"submitter"`
+	From             string `mapstructure:"from"`
+	SendHour         int    `mapstructure:"send_hour"`
+}
+
 // AuditConfig keeps the delivery evidence.
 type AuditConfig struct {
 	Retention time.Duration `mapstructure:"retention"`
@@ -208,6 +222,12 @@ var defaults = map[string]any{
 	"tls.downgrade_memory":                "warn",
 	"audit.retention":                     "2160h",
 	"dkim.headers":                        []string{},
+	"tlsrpt.enabled":                      false,
+	"tlsrpt.organization_name":            "",
+	"tlsrpt.contact_info":                 "",
+	"tlsrpt.submitter":                    "",
+	"tlsrpt.from":                         "",
+	"tlsrpt.send_hour":                    1,
 	"tls.downgrade_memory_max_age":        "720h",
 	"delivery.port":                       25,
 	"delivery.workers":                    32,
@@ -462,6 +482,20 @@ func (c *Config) validate() error {
 			bad(fmt.Sprintf("tls.policies[%d]", i), "%v", err)
 		}
 	}
+	if r := c.TLSRPT; r.Enabled {
+		if r.OrganizationName == "" {
+			bad("tlsrpt.organization_name", "is needed when tlsrpt.enabled is true")
+		}
+		if r.ContactInfo == "" {
+			bad("tlsrpt.contact_info", "is needed when tlsrpt.enabled is true")
+		}
+	}
+	if c.TLSRPT.From != "" && !strings.Contains(c.TLSRPT.From, "@") {
+		bad("tlsrpt.from", "%q is not a mail address", c.TLSRPT.From)
+	}
+	if c.TLSRPT.SendHour < 0 || c.TLSRPT.SendHour > 23 {
+		bad("tlsrpt.send_hour", "%d is not an hour of the day (0-23, UTC)", c.TLSRPT.SendHour)
+	}
 	for i, k := range c.DKIM.Keys {
 		key := fmt.Sprintf("dkim.keys[%d]", i)
 		if k.Domain == "" || k.Selector == "" || strings.ContainsAny(k.Domain+k.Selector, " @*") {
@@ -669,4 +703,26 @@ func (c *Config) dkimSigner() (*dkim.Signer, error) {
 		headers = nil
 	}
 	return dkim.New(keys, headers), nil
+}
+
+// reporter builds the TLS report sender (also for "tlsrpt send" without a daemon).
+func (c *Config) reporter(q *queue.Queue, res *resolver.Client, signer *dkim.Signer, state *bolt.DB, kick func(), log *slog.Logger) (*tlsrpt.Reporter, error) {
+	roots, err := c.roots()
+	if err != nil {
+		return nil, fmt.Errorf("tls.ca_file: %w", err)
+	}
+	r := c.TLSRPT
+	if r.Submitter == "" {
+		r.Submitter = c.Hostname
+	}
+	if r.From == "" {
+		r.From = "tls-reports@" + c.Hostname
+	}
+	return tlsrpt.NewReporter(tlsrpt.Config{OrganizationName: r.OrganizationName, ContactInfo: r.ContactInfo,
+		Submitter: r.Submitter, From: r.From, SendHour: r.SendHour, Roots: roots},
+		tlsrpt.Deps{Queue: q, DKIM: signer, DB: state, Log: log, Kick: kick,
+			LookupTXT: func(ctx context.Context, name string) ([]string, error) {
+				txts, _, err := res.LookupTXT(ctx, name)
+				return txts, err
+			}})
 }

@@ -56,6 +56,7 @@ func bound(t *testing.T, key, env string) bool {
 		"dns.servers": "127.0.0.1:5353", "delivery.retry": "1m,2m", "delivery.prefer_ipv6": "true",
 		"dns.dnssec": "off", "dns.on_broken_upstream": "insecure", "dns.trust_ad_remote": "true",
 		"tls.default": "verify", "tls.honor_tls_required_no": "false", "tls.downgrade_memory": "defer",
+		"tlsrpt.from": "reports@env.test", "tlsrpt.send_hour": "7",
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
 		if strings.HasSuffix(key, "_file") {
@@ -69,6 +70,12 @@ func bound(t *testing.T, key, env string) bool {
 		default:
 			value = "7000"
 		}
+	}
+	if key == "tlsrpt.enabled" { // enabling needs two more settings
+		value = "true"
+		t.Setenv("POSTERN_TLSRPT_ORGANIZATION_NAME", "Env")
+		t.Setenv("POSTERN_TLSRPT_CONTACT_INFO", "env@env.test")
+		before.TLSRPT.OrganizationName, before.TLSRPT.ContactInfo = "Env", "env@env.test"
 	}
 	t.Setenv(env, value)
 	after, err := loadConfig("")

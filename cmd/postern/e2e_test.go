@@ -239,6 +239,9 @@ func TestBinaryLifecycle(t *testing.T) {
 		rec.IP != "127.0.0.1" || rec.TLSVersion == "" || rec.PeerCertSHA256 == "" || rec.PolicyMode != "default may" || rec.Verified {
 		t.Fatalf("audit record: %v\n%s", err, evidence)
 	}
+	if out, err := d.run("", "tlsrpt", "show"); err != nil || !regexp.MustCompile(`dest\.test\s+no-policy-found\s+1\s+0`).MatchString(out) {
+		t.Fatalf("tlsrpt show: %v\n%s", err, out)
+	}
 	if out, err := d.run("", "audit", "--since", "1h"); err != nil || !strings.Contains(out, "1 records: 0 delivered verified, 1 delivered unverified") {
 		t.Fatalf("audit table: %v\n%s", err, out)
 	}
@@ -478,6 +481,9 @@ func TestPolicyCheck(t *testing.T) {
 	out, err = d.run("", "policy", "check", "dest.test", "--connect")
 	if err != nil || !strings.Contains(out, "127.0.0.1:") || !strings.Contains(out, "STARTTLS, TLS 1.3") || !strings.Contains(out, `certificate "mx.test"`) {
 		t.Fatalf("--connect: %v\n%s", err, out)
+	}
+	if out, err := d.run("", "tlsrpt", "send", "--day", "2026-01-01"); err != nil || !strings.Contains(out, "nothing to send for 2026-01-01") {
+		t.Fatalf("tlsrpt send without a daemon: %v\n%s", err, out)
 	}
 	if out, err := d.run("", "policy", "forget", "dest.test"); err == nil || !strings.Contains(out, "nothing is remembered") {
 		t.Fatalf("forget without memory: %v\n%s", err, out)

@@ -109,7 +109,7 @@ func rootCommand() *cobra.Command {
 			return nil
 		},
 	})
-	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand())
+	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load))
 	return root
 }
 

@@ -87,12 +87,19 @@ func serve(cfg *Config, log *slog.Logger) error {
 		Queue: q, Auth: auth.NewVerifier(users, cfg.authLimits(), nil),
 		GetCertificate: certs.GetCertificate, Log: log, Queued: engine.Kick,
 	})
+	reporter, err := cfg.reporter(q, res, signer, stateDB, engine.Kick, log)
+	if err != nil {
+		return err
+	}
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go certs.Watch(ctx, cfg.Submission.TLS.ReloadInterval)
 	go res.RunProbes(ctx, cfg.DNS.ProbeInterval)
 	go pruneEvidence(ctx, q, cfg.Audit.Retention, log)
+	if cfg.TLSRPT.Enabled {
+		go reporter.Run(ctx)
+	}
 	deliveryDone := make(chan struct{})
 	go func() { engine.Run(ctx); close(deliveryDone) }()
 	defer func() { stop(); <-deliveryDone }()
@@ -117,7 +124,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if err := listen(cfg.Submission.TLSListen, "implicit-tls", srv.ServeTLS); err != nil {
 		return err
 	}
-	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget})
+	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send})
 	if err != nil {
 		return err
 	}
