@@ -3,6 +3,8 @@ package submission
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -10,6 +12,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/relay/dkim"
 )
 
 // BenchmarkSubmit measures durable submissions (STARTTLS, AUTH PLAIN, a 2 KB
@@ -20,10 +24,31 @@ import (
 func BenchmarkSubmit(b *testing.B) {
 	body := []byte("Subject: bench\r\nMessage-ID: <b@bench>\r\n\r\n" +
 		strings.Repeat(strings.Repeat("x", 76)+"\r\n", 26))
-	for _, clients := range []int{1, 16} {
-		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+	for _, tc := range []struct {
+		clients int
+		dkim    string // "", "ed25519" or "rsa"
+	}{{1, ""}, {16, ""}, {16, "ed25519"}, {16, "rsa"}} {
+		clients := tc.clients
+		name := fmt.Sprintf("clients=%d", clients)
+		if tc.dkim != "" {
+			name += "/dkim=" + tc.dkim
+		}
+		b.Run(name, func(b *testing.B) {
 			h := newHarness(b)
 			defer h.srv.smtp.Close()
+			if tc.dkim != "" {
+				pemKey, _, err := dkim.Generate("example.org", "bench", tc.dkim, 2048)
+				if err != nil {
+					b.Fatal(err)
+				}
+				path := filepath.Join(b.TempDir(), "k.pem")
+				os.WriteFile(path, pemKey, 0o600)
+				key, err := dkim.LoadKey("example.org", "bench", path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				h.srv.dkim = dkim.New([]dkim.Key{key}, nil)
+			}
 			var next atomic.Int64
 			var wg sync.WaitGroup
 			b.ResetTimer()
