@@ -44,6 +44,7 @@ func BenchmarkEnqueue(b *testing.B) {
 func BenchmarkLease(b *testing.B) {
 	q := openTest(b, SystemClock{}, b.TempDir(), 0)
 	defer q.Close()
+	b.ReportAllocs()
 	const batch = 100
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()

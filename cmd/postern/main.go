@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -67,7 +68,8 @@ func rootCommand() *cobra.Command {
 	root.PersistentFlags().StringVarP(&configFile, "config", "c", "", "configuration file (YAML); default: built-in defaults and POSTERN_* environment")
 	load := func() (*Config, error) { return loadConfig(configFile) }
 
-	root.AddCommand(&cobra.Command{
+	var cpuProfile string
+	serveCmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the relay",
 		Args:  cobra.NoArgs,
@@ -76,9 +78,22 @@ func rootCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if cpuProfile != "" {
+				// For measuring (bench/run.sh): the profile covers the whole run.
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
+			}
 			return serve(cfg, newLogger(cfg.Log, os.Stderr))
 		},
-	})
+	}
+	serveCmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the run to this file")
+	root.AddCommand(serveCmd)
 	root.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version and build information",

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -197,6 +198,10 @@ func (s *session) enqueue(id string, body io.Reader, facts headerFacts) (string,
 	return s.srv.queue.EnqueueSealed(id, s.env, io.TeeReader(body, sign), sign.Finish)
 }
 
+// dataReaders keeps the 64 KiB buffers that read DATA, which would
+// otherwise be allocated (and cleared) for every message.
+var dataReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+
 func (s *session) Data(r io.Reader) error {
 	if s.user == nil || !s.inMail {
 		return errAuthRequired
@@ -204,7 +209,9 @@ func (s *session) Data(r io.Reader) error {
 	start := s.srv.clock()
 	id := s.srv.queue.NewID()
 	guard := &crlfGuard{r: clientReader{deadlineReader{r, s.conn.Conn(), s.srv.cfg.DataTimeout}}}
-	br := bufio.NewReaderSize(guard, 64<<10)
+	br := dataReaders.Get().(*bufio.Reader)
+	br.Reset(guard)
+	defer func() { br.Reset(nil); dataReaders.Put(br) }()
 	header, facts, err := readHeader(br)
 	if err == nil {
 		s.env.TLSOptional = facts.tlsOptional && !s.env.RequireTLS // RFC 8689 5: REQUIRETLS wins

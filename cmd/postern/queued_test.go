@@ -1,0 +1,76 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/queue"
+)
+
+// TestQueuedStartupAndMemory measures (it asserts nothing about time) how
+// long the daemon takes to start with many messages queued, and its RSS
+// then and after it has tried each once. Run it with
+//
+//	POSTERN_QUEUED=100000 go test ./cmd/postern -run QueuedStartup -v -timeout 30m
+func TestQueuedStartupAndMemory(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("POSTERN_QUEUED"))
+	if n == 0 {
+		t.Skip("set POSTERN_QUEUED to the number of messages to queue")
+	}
+	d := newDaemon(t)
+	os.MkdirAll(d.dataDir, 0o700)
+	q, err := queue.Open(d.dataDir+"/queue.db", queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := "Subject: queued\r\n\r\n" + strings.Repeat(strings.Repeat("x", 76)+"\r\n", 26) // about 2 KB
+	fill := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += 16 {
+				env := queue.Envelope{From: "app@example.org", Recipients: []queue.Recipient{{Addr: fmt.Sprintf("r%d@stuck.test", i)}}}
+				if _, err := q.Enqueue("", env, strings.NewReader(body)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	q.Close()
+	t.Logf("queued %d messages of %d bytes in %s", n, len(body), time.Since(fill).Round(time.Millisecond))
+
+	start := time.Now()
+	d.start()
+	t.Logf("startup with %d queued: %s to listening", n, time.Since(start).Round(time.Millisecond))
+	t.Logf("RSS just after start: %s", rss(d.cmd.Process.Pid))
+	// Every message is tried once (its MX refuses connections) and deferred.
+	time.Sleep(30 * time.Second)
+	t.Logf("RSS after 30 s of deferring: %s", rss(d.cmd.Process.Pid))
+}
+
+func rss(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return err.Error()
+	}
+	// RSS counts the pages of the memory-mapped database too (RssFile);
+	// RssAnon is the process's own memory.
+	var parts []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"VmRSS:", "RssAnon:", "RssFile:"} {
+			if strings.HasPrefix(l, k) {
+				parts = append(parts, k+" "+strings.Join(strings.Fields(strings.TrimPrefix(l, k)), " "))
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
+}
