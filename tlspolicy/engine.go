@@ -131,7 +131,9 @@ func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
 		if d, err = e.combine(r, base, local, published); err != nil {
 			return Decision{}, err
 		}
-		d = e.remembered(r, d)
+		if !r.Route {
+			d = e.remembered(r, d) // the memory is of the domain's own MX hosts
+		}
 	}
 	if local != nil && local.MinVersion > d.MinVersion {
 		d.MinVersion = local.MinVersion
@@ -146,7 +148,7 @@ func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
 // else MTA-STS; nil when neither applies), and whether the MX set was
 // DNSSEC-secure and the host listed by an MTA-STS policy, for REQUIRETLS.
 func (e *Engine) published(ctx context.Context, r Request, base Decision) (*Decision, bool, bool, error) {
-	if r.Report {
+	if r.Report || r.Route {
 		return nil, false, false, nil
 	}
 	if r.TLSOptional && e.cfg.HonorTLSRequiredNo {
@@ -314,7 +316,7 @@ func (e *Engine) combine(r Request, base Decision, local *Local, published *Deci
 // requireTLS applies RFC 8689 4.2: an MX from a DNSSEC-secure lookup or an
 // MTA-STS policy, reached over TLS verified by DANE or PKIX.
 func (e *Engine) requireTLS(ctx context.Context, r Request, d Decision, mxSecure, stsListed bool) (Decision, error) {
-	if !mxSecure && !stsListed {
+	if !mxSecure && !stsListed && !r.Route { // a smarthost is the operator's choice, not a lookup's
 		if d.Source != "mta-sts" {
 			if pol, _ := e.sts.policy(ctx, r.Domain); pol != nil && pol.Mode != "none" && pol.Matches(r.MXHost) {
 				stsListed = true
@@ -326,7 +328,7 @@ func (e *Engine) requireTLS(ctx context.Context, r Request, d Decision, mxSecure
 			return Decision{}, &Refusal{Enhanced: "4.4.3", Reason: "MX lookup: " + err.Error()}
 		}
 	}
-	if !mxSecure && !stsListed {
+	if !mxSecure && !stsListed && !r.Route {
 		return Decision{}, &Refusal{Permanent: true, Enhanced: "5.7.30",
 			Reason: fmt.Sprintf("REQUIRETLS: %s comes neither from a DNSSEC-secure MX lookup nor from an MTA-STS policy", r.MXHost)}
 	}

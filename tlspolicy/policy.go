@@ -255,6 +255,9 @@ type Request struct {
 	// Report marks a TLS report's own delivery, which is not held to the
 	// recipient's published policies (RFC 8460 3).
 	Report bool
+	// Route marks a configured next hop (a smarthost): the recipient's
+	// DANE and MTA-STS policies describe its MX hosts, not this host.
+	Route bool
 }
 
 // Policy decides for a recipient domain and one of its MX hosts. An error

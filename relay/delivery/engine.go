@@ -387,11 +387,16 @@ func orNoPolicy(policyType string) string {
 // decide asks the policy, unless the hop is a route with its own level.
 func (e *Engine) decide(ctx context.Context, m queue.Message, domain string, hop Hop) (tlspolicy.Decision, error) {
 	if hop.Route != nil && hop.Route.TLS != nil {
-		return tlspolicy.Decision{Level: *hop.Route.TLS, Source: "route", Roots: e.d.Roots, Reason: "route for " + hop.Route.Match,
-			PolicyType: "no-policy-found"}, nil
+		d := tlspolicy.Decision{Level: *hop.Route.TLS, Source: "route", Roots: e.d.Roots, Reason: "route for " + hop.Route.Match,
+			PolicyType: "no-policy-found"}
+		if m.RequireTLS && d.Level < tlspolicy.Verify {
+			// RFC 8689 4.2: verified TLS to the next hop, whatever the route says.
+			d.Level, d.Reason = tlspolicy.Verify, d.Reason+"; REQUIRETLS"
+		}
+		return d, nil
 	}
 	return e.d.Policy.Decide(ctx, tlspolicy.Request{Domain: domain, MXHost: hop.Host, Port: hop.Port,
-		RequireTLS: m.Envelope.RequireTLS, TLSOptional: m.Envelope.TLSOptional, Report: m.Envelope.TLSReport})
+		RequireTLS: m.Envelope.RequireTLS, TLSOptional: m.Envelope.TLSOptional, Report: m.Envelope.TLSReport, Route: hop.Route != nil})
 }
 
 // poolKey names the sessions that may be shared: same host, port and TLS

@@ -55,6 +55,8 @@ type policyCase struct {
 	tamper      func(q dns.Question, m *dns.Msg)
 	requireTLS  bool
 	tlsOptional bool
+	route       *tlspolicy.Level // send through a smarthost route (to mx.dest.test) at this level; nil level: a route with none
+	viaRoute    bool
 	// want is "delivered AUTH" (AUTH: DANE-EE, DANE-TA, PKIX or none),
 	// "deferred CODE [RFC 8460 RESULT]" or "bounced CODE".
 	want string
@@ -123,6 +125,13 @@ func TestTLSPolicy(t *testing.T) {
 		{name: "REQUIRETLS to a plaintext MX is bounced, never delivered", unsigned: true, noSTARTTLS: true, requireTLS: true, want: "bounced 5.7.30"},
 		{name: "REQUIRETLS over DANE", tlsa: []string{"3 1 1"}, requireTLS: true, want: "delivered DANE-EE"},
 		{name: "REQUIRETLS with a secure MX set verifies PKIX", requireTLS: true, want: "delivered PKIX"},
+		{name: "a route without its own level ignores the recipient's MTA-STS", viaRoute: true,
+			sts: "version: STSv1\nmode: enforce\nmx: mail.other.test\nmax_age: 86400\n", want: "delivered none"},
+		{name: "REQUIRETLS through a route at may still verifies the smarthost", viaRoute: true, route: levelPtr(tlspolicy.May), requireTLS: true,
+			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") }, want: "deferred 4.7.5"},
+		{name: "REQUIRETLS through a route at may, trusted smarthost", viaRoute: true, route: levelPtr(tlspolicy.May), requireTLS: true,
+			want: "delivered PKIX"},
+		{name: "REQUIRETLS through a route without a level, trusted smarthost", viaRoute: true, requireTLS: true, want: "delivered PKIX"},
 		{name: "TLS-Required: No sets a failing DANE aside", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32), tlsOptional: true, want: "delivered none"},
 		{name: "TLS-Required: No does not set a local policy aside", unsigned: true, tlsOptional: true,
 			cert:  func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") },
@@ -224,7 +233,12 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 			HonorTLSRequiredNo: true, STSPort: stsPort}, tlspolicy.Deps{Resolver: res, DB: db})
 	}
 	log := &syncBuffer{}
-	w := buildWorld(t, mx, dnsSrv, res, policy, slog.New(slog.NewTextHandler(log, nil)))
+	var routes []Route
+	if tc.viaRoute {
+		routes = []Route{{Match: "*", Host: "mx.dest.test", TLS: tc.route}}
+	}
+	w := buildWorld(t, mx, dnsSrv, res, policy, slog.New(slog.NewTextHandler(log, nil)), routes...)
+	w.engine.d.Roots = p.ca.Pool() // as serve gives routes the same roots as the policy
 
 	env := queue.Envelope{From: sender, RequireTLS: tc.requireTLS, TLSOptional: tc.tlsOptional,
 		Recipients: []queue.Recipient{{Addr: "rcpt@dest.test"}}}
@@ -263,7 +277,7 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 	if _, result, ok := strings.Cut(detail, " "); ok && !slices.Contains(results, result) {
 		t.Errorf("the TLS report lacks a %s failure: %v (%+v)", result, results, reports["dest.test"])
 	}
-	if verb == "delivered" && sessions.Successful == 0 {
+	if verb == "delivered" && sessions.Successful == 0 && !tc.viaRoute { // a smarthost is not the domain's MX: not reported
 		t.Errorf("the TLS report has no successful session: %+v", reports["dest.test"])
 	}
 	switch verb {
@@ -291,7 +305,7 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 	switch verb {
 	case "delivered":
 		if delivered != 1 {
-			t.Fatalf("not delivered; log:\n%s", log.String())
+			t.Fatalf("not delivered (%q); log:\n%s", w.state(id).Recipients[0].LastReply, log.String())
 		}
 		want := "tls_auth=" + detail + " "
 		if detail == "none" {
@@ -401,3 +415,5 @@ func TestDowngradeMemory(t *testing.T) {
 		})
 	}
 }
+
+func levelPtr(l tlspolicy.Level) *tlspolicy.Level { return &l }
