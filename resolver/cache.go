@@ -1,6 +1,8 @@
 package resolver
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -39,6 +41,9 @@ func (c *ttlCache[T]) get(key string, fill func() (T, time.Duration, error)) (T,
 	v, ttl, err := fill()
 	if err != nil {
 		ttl = failureTTL
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			ttl = 0 // the asker gave up; the upstream did not fail
+		}
 	}
 	if ttl > 0 {
 		c.lru.Add(key, cached[T]{value: v, err: err, expires: now.Add(ttl)})

@@ -438,3 +438,17 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// A lookup abandoned by its caller is not remembered as a failure.
+func TestCancelledLookupIsNotCached(t *testing.T) {
+	h := newHierarchy(t)
+	c := h.client(t, resolver.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.Lookup(ctx, "secure.test", dns.TypeMX); err == nil {
+		t.Fatal("a cancelled lookup succeeded")
+	}
+	if a, err := c.Lookup(context.Background(), "secure.test", dns.TypeMX); err != nil || a.Security != resolver.Secure {
+		t.Fatalf("after a cancelled lookup: %+v %v", a, err)
+	}
+}

@@ -26,7 +26,7 @@ func (c *Client) exchange(ctx context.Context, name string, qtype uint16) (*dns.
 	for attempt := 0; attempt < c.attempts; attempt++ {
 		for _, server := range servers {
 			if err := ctx.Err(); err != nil {
-				return nil, fmt.Errorf("%s %s: %w: %v", dns.TypeToString[qtype], name, ErrTemporary, err)
+				return nil, fmt.Errorf("%s %s: %w: %w", dns.TypeToString[qtype], name, ErrTemporary, err)
 			}
 			msg, err := c.exchangeWith(ctx, q, server, "udp")
 			if err != nil {
