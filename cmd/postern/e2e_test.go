@@ -118,7 +118,19 @@ func (d *daemon) start() {
 	}
 	d.exited = make(chan error, 1)
 	ready := make(chan struct{})
+	stopped := make(chan struct{})
+	// A test that leaves the daemon running must not leave a process (and
+	// this reader) behind.
+	d.t.Cleanup(func() {
+		select {
+		case <-stopped:
+		default:
+			d.cmd.Process.Kill()
+			<-stopped
+		}
+	})
 	go func() {
+		defer close(stopped)
 		sc := bufio.NewScanner(stderr)
 		started := false
 		for sc.Scan() {
