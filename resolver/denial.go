@@ -47,6 +47,9 @@ func proofRecords(msg *dns.Msg, zs zoneState, now time.Time) ([]*dns.NSEC, []*dn
 		}
 		done[key] = true
 		rrs, sigs := rrsetAt(msg.Ns, owner, h.Rrtype)
+		if len(rrs) == 0 {
+			continue // not of the class IN
+		}
 		if !dns.IsSubDomain(zs.Zone, owner) {
 			problems = append(problems, owner+" is outside the zone "+zs.Zone)
 			continue

@@ -142,7 +142,7 @@ func (c *Client) alias(ctx context.Context, v *validation, msg *dns.Msg, owner s
 		for _, rr := range msg.Answer {
 			d, ok := rr.(*dns.DNAME)
 			dOwner := canonical(rr.Header().Name)
-			if !ok || dOwner == owner || !dns.IsSubDomain(dOwner, owner) {
+			if !ok || rr.Header().Class != dns.ClassINET || dOwner == owner || !dns.IsSubDomain(dOwner, owner) {
 				continue
 			}
 			rrs, sigs := rrsetAt(msg.Answer, dOwner, dns.TypeDNAME)
@@ -307,7 +307,7 @@ func (c *Client) stepDown(ctx context.Context, name string, parent zoneState) (z
 	same.Proof = clone(parent.Proof)
 	for _, rr := range msg.Answer {
 		dOwner := canonical(rr.Header().Name)
-		if _, ok := rr.(*dns.DNAME); !ok || dOwner == name || !dns.IsSubDomain(dOwner, name) {
+		if _, ok := rr.(*dns.DNAME); !ok || rr.Header().Class != dns.ClassINET || dOwner == name || !dns.IsSubDomain(dOwner, name) {
 			continue
 		}
 		// Below a DNAME nothing exists in this zone, so no zone cut either.
@@ -446,6 +446,9 @@ type verified struct {
 // verifyRRset accepts rrs when one of sigs is a valid, current signature by
 // a key of zs made for this owner (RFC 4035 5.3).
 func verifyRRset(rrs []dns.RR, sigs []*dns.RRSIG, zs zoneState, now time.Time) (verified, error) {
+	if len(rrs) == 0 {
+		return verified{}, errors.New("no records of the class IN")
+	}
 	if len(sigs) == 0 {
 		return verified{}, errors.New("no RRSIG where the zone is signed (stripped?)")
 	}
