@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -23,6 +24,7 @@ import (
 // Config is the submission service's settings, already validated.
 type Config struct {
 	Hostname            string
+	HandshakeTimeout    time.Duration // for implicit TLS (465); default 30s
 	MaxMessageBytes     int64
 	MaxRecipients       int
 	MaxLineLength       int
@@ -124,7 +126,55 @@ func (s *Server) limit(l net.Listener) *limitListener {
 
 // ServeTLS serves implicit-TLS submission on l (port 465).
 func (s *Server) ServeTLS(l net.Listener) error {
-	return s.smtp.Serve(tls.NewListener(s.limit(l), s.tls))
+	timeout := s.cfg.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	return s.smtp.Serve(&implicitTLSListener{Listener: s.limit(l), config: s.tls, timeout: timeout})
+}
+
+// implicitTLSListener hands out TLS connections whose handshake must end
+// within timeout. go-smtp would give it the whole command timeout, so a
+// client that connects to 465 and says nothing (slowloris) would hold a
+// connection slot for minutes.
+type implicitTLSListener struct {
+	net.Listener
+	config  *tls.Config
+	timeout time.Duration
+}
+
+func (l *implicitTLSListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	hc := &handshakeConn{Conn: c, until: time.Now().Add(l.timeout)}
+	hc.Conn.SetDeadline(hc.until)
+	cfg := l.config.Clone()
+	// Called at the end of every server handshake, client certificate or not.
+	cfg.VerifyConnection = func(tls.ConnectionState) error { hc.done.Store(true); return nil }
+	return tls.Server(hc, cfg), nil
+}
+
+// handshakeConn keeps every deadline at or before until while the TLS
+// handshake runs; afterwards deadlines pass through unchanged.
+type handshakeConn struct {
+	net.Conn
+	until time.Time
+	done  atomic.Bool
+}
+
+func (c *handshakeConn) clamp(t time.Time) time.Time {
+	if c.done.Load() || (!t.IsZero() && t.Before(c.until)) {
+		return t
+	}
+	return c.until
+}
+
+func (c *handshakeConn) SetDeadline(t time.Time) error     { return c.Conn.SetDeadline(c.clamp(t)) }
+func (c *handshakeConn) SetReadDeadline(t time.Time) error { return c.Conn.SetReadDeadline(c.clamp(t)) }
+func (c *handshakeConn) SetWriteDeadline(t time.Time) error {
+	return c.Conn.SetWriteDeadline(c.clamp(t))
 }
 
 // Shutdown stops accepting and waits for sessions to end until ctx does,

@@ -1,10 +1,12 @@
 package submission
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -393,5 +395,40 @@ func TestRequireTLSUserAndTLSRequiredNo(t *testing.T) {
 	}
 	if m := send(testUser); m.RequireTLS || !m.TLSOptional {
 		t.Errorf("ordinary user: requiretls %v, tls optional %v", m.RequireTLS, m.TLSOptional)
+	}
+}
+
+// A client that connects to the implicit-TLS port and never finishes the
+// handshake loses its connection after the handshake timeout, not after the
+// command timeout (slowloris); a client that finished it keeps the command
+// timeout.
+func TestImplicitTLSHandshakeTimeout(t *testing.T) {
+	h := newHarness(t, func(c *Config, _ *auth.Limits) { c.HandshakeTimeout = 300 * time.Millisecond })
+	silent, err := net.Dial("tcp", h.implicit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := silent.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the server sent something to a client that sent nothing")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("the server kept a silent connection open for %s", time.Since(start).Round(time.Millisecond))
+	}
+
+	c, err := tls.Dial("tcp", h.implicit, clientTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(600 * time.Millisecond) // past the handshake timeout, within the command timeout
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "220 ") {
+		t.Fatalf("greeting: %q %v", line, err)
+	}
+	fmt.Fprintf(c, "NOOP\r\n")
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "250 ") {
+		t.Fatalf("after the handshake the session was cut: %q %v", line, err)
 	}
 }
