@@ -61,6 +61,7 @@ type conn struct {
 	host    string
 	addr    netip.AddrPort
 	tls     TLSInfo
+	capped  *cappedConn // bounds what the server may make us read
 }
 
 // dialSession opens a session: connect, greeting, EHLO with our name,
@@ -78,6 +79,11 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	if err != nil {
 		return nil, &Failure{Temporary: true, Enhanced: "4.4.1", Text: fmt.Sprintf("connect to %s [%s]: %v", host, addr, err)}
 	}
+	// Everything a server says in a session is a few kilobytes; a peer
+	// that streams an endless reply line is cut off here, before it can
+	// fill memory for the whole command timeout.
+	capped := &cappedConn{Conn: raw, left: maxSessionRead}
+	raw = capped
 	fail := func(f *Failure) (*conn, error) { raw.Close(); return nil, f }
 	raw.SetDeadline(time.Now().Add(t.Greeting))
 	text := textproto.NewConn(raw)
@@ -124,7 +130,7 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		c.Close()
 		return nil, asFailure(err, host, "EHLO")
 	}
-	return &conn{client: c, netConn: next, block: t.Block, host: host, addr: addr, tls: info}, nil
+	return &conn{client: c, netConn: next, block: t.Block, host: host, addr: addr, tls: info, capped: capped}, nil
 }
 
 // Probe opens a session to host at addr under decision as a delivery
@@ -140,6 +146,29 @@ func Probe(ctx context.Context, hostname, host string, addr netip.AddrPort, deci
 	c.client.Quit()
 	c.close()
 	return info, nil
+}
+
+// maxSessionRead bounds what an outbound session may read while opening
+// (greeting, EHLO, the TLS handshake) and then in each transaction.
+const maxSessionRead = 1 << 20
+
+var errReplyTooLong = errors.New("the server's replies are too long (over 1 MiB)")
+
+type cappedConn struct {
+	net.Conn
+	left int64
+}
+
+func (c *cappedConn) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		return 0, errReplyTooLong
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.Conn.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
 func readReply(text *textproto.Conn, want int) (int, string, error) {
@@ -230,6 +259,7 @@ type TxRecipient struct {
 // each recipient (nil when accepted and the message delivered), or one
 // error for the whole transaction when it failed before any recipient mattered.
 func (c *conn) send(tx Transaction) ([]*Failure, error) {
+	c.capped.left = maxSessionRead // the budget is per transaction on a reused session
 	opts := tx.Options
 	opts.Size = tx.Size
 	if opts.UTF8 {
