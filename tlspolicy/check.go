@@ -70,7 +70,8 @@ func (e *Engine) Check(ctx context.Context, domain string, port int) Report {
 	for _, h := range hosts {
 		hr := HostReport{Host: h}
 		hr.Addrs, hr.AddrErr = e.d.Resolver.LookupAddrs(ctx, h)
-		hr.TLSA, hr.TLSAErr = e.d.Resolver.LookupTLSA(ctx, h, port)
+		// The same lookup the decision makes (the expanded name of an alias first).
+		hr.TLSA, hr.TLSAErr = e.tlsaFor(ctx, Request{Domain: domain, MXHost: h, Port: port}, hr.Addrs)
 		hr.Usable = len(Usable(tlsaRecords(hr.TLSA)))
 		hr.Decision, hr.Refused = e.Decide(ctx, Request{Domain: domain, MXHost: h, Port: port})
 		r.Hosts = append(r.Hosts, hr)

@@ -86,8 +86,13 @@ func cliResolver(load func() (*Config, error)) (*resolver.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, _, err := cfg.resolver(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
+	res, _, err := cfg.resolver(errorsOnly())
 	return res, err
+}
+
+// errorsOnly is the logger of one-shot commands: their output is the answer.
+func errorsOnly() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 }
 
 func printAnswer(cmd *cobra.Command, a resolver.Answer) {

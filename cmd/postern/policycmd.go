@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
@@ -38,7 +37,7 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+			quiet := errorsOnly()
 			res, _, err := cfg.resolver(quiet)
 			if err != nil {
 				return err

@@ -7,9 +7,7 @@ package delivery
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -507,7 +505,7 @@ func (e *Engine) attachEvidence(o *queue.Outcome, m queue.Message, addr netip.Ad
 	}
 	r := audit.Record{Time: now, QueueID: m.ID, MessageID: m.MessageID, Sender: m.From, Recipient: m.Recipients[o.Recipient].Addr,
 		Result: audit.Delivered, MX: o.Host, TLSVersion: t.Version, TLSCipher: t.Cipher, PolicySource: source,
-		PolicyMode: t.Policy, Verified: t.Verified, VerifiedBy: t.Auth, Reply: o.Reply}
+		PolicyMode: t.Policy, Verified: t.Verified, VerifiedBy: t.Auth, Reply: o.Reply, PeerCertSHA256: t.PeerSHA256}
 	if o.Result == queue.ResultFailed {
 		r.Result = audit.Bounced
 		if strings.HasPrefix(o.Reply, "4.4.7 ") {
@@ -516,10 +514,6 @@ func (e *Engine) attachEvidence(o *queue.Outcome, m queue.Message, addr netip.Ad
 	}
 	if addr.IsValid() {
 		r.IP = addr.Addr().String()
-	}
-	if len(t.Chain) > 0 {
-		sum := sha256.Sum256(t.Chain[0].Raw)
-		r.PeerCertSHA256 = hex.EncodeToString(sum[:])
 	}
 	o.Journal = append(o.Journal, r.Encode())
 }

@@ -3,8 +3,10 @@ package delivery
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -49,8 +51,10 @@ type TLSInfo struct {
 	PassivePKIX bool
 	// PolicyType is the RFC 8460 policy type: tlsa, sts or no-policy-found.
 	PolicyType string
-	// Chain is what the server presented.
-	Chain []*x509.Certificate `json:"-"`
+	// Chain is what the server presented; PeerSHA256 is the hex SHA-256 of
+	// its first certificate, computed once per connection for the evidence.
+	Chain      []*x509.Certificate `json:"-"`
+	PeerSHA256 string
 }
 
 // conn is one open SMTP session to a next hop, ready for transactions.
@@ -120,6 +124,10 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		info = TLSInfo{Version: tls.VersionName(st.Version), Cipher: tls.CipherSuiteName(st.CipherSuite),
 			Verified: verification.Method != "", Auth: verification.Method, VerifyFailure: verification.Failure,
 			PassivePKIX: verification.PassivePKIX, Chain: st.PeerCertificates}
+		if len(st.PeerCertificates) > 0 {
+			sum := sha256.Sum256(st.PeerCertificates[0].Raw)
+			info.PeerSHA256 = hex.EncodeToString(sum[:])
+		}
 		next = tc
 	}
 	info.Policy, info.PolicyType = policy.Describe(), policy.PolicyType

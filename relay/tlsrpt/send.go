@@ -92,9 +92,14 @@ func (r *Reporter) Run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		now := r.d.Clock().UTC()
-		if now.Hour() >= r.cfg.SendHour {
-			if _, err := r.Send(ctx, Day(now).Add(-24*time.Hour)); err != nil {
+		day := Day(now).Add(-24 * time.Hour)
+		// A day whose reports all went out is not aggregated again each hour.
+		dayKey := []byte(day.Format("2006-01-02") + " done")
+		if now.Hour() >= r.cfg.SendHour && !r.sent(dayKey) {
+			if _, err := r.Send(ctx, day); err != nil {
 				r.d.Log.Error("sending TLS reports failed; will retry within the hour", "err", err)
+			} else {
+				r.markSent(dayKey)
 			}
 		}
 		select {

@@ -1,11 +1,14 @@
 package tlsrpt_test
 
 import (
+	"context"
 	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"go.etcd.io/bbolt"
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/tlsrpt"
@@ -131,4 +134,52 @@ func FuzzRecord(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Run sends yesterday's reports once after the send hour, and does not
+// aggregate a finished day again at the next hourly pass.
+func TestRunSendsYesterdayOnce(t *testing.T) {
+	c := &clock{now: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)}
+	dir := t.TempDir()
+	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	id, _ := q.Enqueue("", queue.Envelope{From: "a@b.example", Recipients: []queue.Recipient{{Addr: "x@dest.example"}}}, strings.NewReader("x\r\n"))
+	l, _ := q.Lease(1, time.Minute)
+	a := tlsrpt.Attempt{PolicyDomain: "dest.example", PolicyType: "no-policy-found", MXHost: "mx.dest.example"}
+	q.Record(id, l[0].Seq, []queue.Outcome{{Recipient: 0, Result: queue.ResultDelivered, Journal: [][]byte{a.Encode()}}})
+
+	db, err := bbolt.Open(filepath.Join(dir, "state.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	lookups := 0
+	r, err := tlsrpt.NewReporter(tlsrpt.Config{OrganizationName: "O", ContactInfo: "c@b.example", Submitter: "relay.example",
+		From: "reports@b.example", SendHour: 1},
+		tlsrpt.Deps{Queue: q, DB: db, Clock: c.Now, LookupTXT: func(context.Context, string) ([]string, error) {
+			lookups++
+			return []string{"v=TLSRPTv1; rua=mailto:tlsrpt@dest.example"}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.now = time.Date(2026, 11, 29, 0, 30, 0, 0, time.UTC) // before the send hour
+	run := func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // one pass, then Run returns
+		r.Run(ctx)
+	}
+	run()
+	if lookups != 0 {
+		t.Fatal("sent before the send hour")
+	}
+	c.now = c.now.Add(time.Hour)
+	run()
+	run()
+	if n, _ := q.Count(); lookups != 1 || n != 2 {
+		t.Fatalf("%d lookups, %d messages queued (the delivered one and one report)", lookups, n)
+	}
 }
