@@ -24,7 +24,7 @@ type JournalEntry struct {
 func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now time.Time) error {
 	b := tx.Bucket(bucketJournal)
 	for _, o := range outcomes {
-		if len(o.Journal) == 0 || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
+		if len(o.Journal) == 0 || o.Result == ResultReturned || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
 			continue
 		}
 		if r := before.Recipients[o.Recipient]; r.State != Leased || r.Lease != seq {

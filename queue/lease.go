@@ -94,6 +94,10 @@ const (
 	ResultDelivered Result = iota + 1
 	ResultDeferred
 	ResultFailed
+	// ResultReturned gives a recipient back unattempted, due at once: the
+	// worker stopped (a shutdown) before it could learn anything. It does
+	// not count as an attempt.
+	ResultReturned
 )
 
 // Outcome reports what happened to one leased recipient.
@@ -169,6 +173,10 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) int {
 			continue
 		}
 		applied++
+		if o.Result == ResultReturned {
+			r.State, r.Due, r.Lease = Pending, now, 0
+			continue
+		}
 		r.Attempts++
 		r.LastAttempt, r.LastReply, r.LastHost, r.Lease = now, o.Reply, o.Host, 0
 		r.DelayNotified = r.DelayNotified || o.DelayNotified

@@ -417,3 +417,32 @@ func TestRecordRetiresQuietMessageAtOnce(t *testing.T) {
 		t.Fatal("failed message retired without its notice")
 	}
 }
+
+func TestReturnedRecipientIsDueAtOnceWithoutAnAttempt(t *testing.T) {
+	clock := newClock()
+	q := openTest(t, clock, t.TempDir(), 0)
+	defer q.Close()
+	id, _ := q.Enqueue("", envelope("a@x.test", "b@y.test"), strings.NewReader("x"))
+	l, _ := q.Lease(1, time.Hour)
+	m, err := q.Record(id, l[0].Seq, []Outcome{
+		{Recipient: 0, Result: ResultDelivered, Reply: "250 ok"},
+		{Recipient: 1, Result: ResultReturned, Journal: [][]byte{[]byte("not journalled")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := m.Recipients[1]
+	if b.State != Pending || b.Attempts != 0 || !b.LastAttempt.IsZero() || !b.Due.Equal(clock.Now()) {
+		t.Fatalf("returned recipient: %+v", b)
+	}
+	// Due now, not an hour from now when the lease would have run out.
+	again, _ := q.Lease(1, time.Minute)
+	if len(again) != 1 || len(again[0].Recipients) != 1 || again[0].Recipients[0] != 1 {
+		t.Fatalf("returned recipient not leased again at once: %+v", again)
+	}
+	n := 0
+	q.ReadJournal(time.Time{}, clock.Now().Add(time.Hour), func(JournalEntry) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("a returned recipient's journal entries were written: %d", n)
+	}
+}

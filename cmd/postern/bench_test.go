@@ -18,7 +18,7 @@ import (
 //
 //	go test ./cmd/postern -run XXX -bench EndToEnd -benchtime 4000x
 func BenchmarkEndToEnd(b *testing.B) {
-	d := newDaemon(b)
+	d := newDaemon(b, nil)
 	if out, err := d.run("pw\n", "user", "add", "load", "--password-stdin"); err != nil {
 		b.Fatalf("%v %s", err, out)
 	}

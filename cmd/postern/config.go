@@ -548,7 +548,8 @@ func (c *Config) deliveryConfig() delivery.Config {
 	out := delivery.Config{Hostname: c.Hostname, Port: d.Port, Workers: d.Workers, LeaseTime: d.LeaseTime,
 		Retry: d.Retry, MaxQueueLifetime: d.MaxQueueLifetime, DelayWarning: d.DelayWarning,
 		MaxAddrAttempts: d.MaxAddrAttempts, PreferIPv6: d.PreferIPv6, PollInterval: d.PollInterval,
-		ReuseCount: d.ReuseCount, ReuseIdle: d.ReuseIdle, MaxConnectionsPerDomain: d.MaxConnsPerDom}
+		ReuseCount: d.ReuseCount, ReuseIdle: d.ReuseIdle, MaxConnectionsPerDomain: d.MaxConnsPerDom,
+		DrainTimeout: c.Shutdown.Timeout}
 	for _, r := range d.Routes {
 		host, port, _ := net.SplitHostPort(r.NextHop)
 		p, _ := strconv.Atoi(port)

@@ -22,7 +22,7 @@ func TestQueuedStartupAndMemory(t *testing.T) {
 	if n == 0 {
 		t.Skip("set POSTERN_QUEUED to the number of messages to queue")
 	}
-	d := newDaemon(t)
+	d := newDaemon(t, nil)
 	os.MkdirAll(d.dataDir, 0o700)
 	q, err := queue.Open(d.dataDir+"/queue.db", queue.Options{})
 	if err != nil {

@@ -144,13 +144,18 @@ func serve(cfg *Config, log *slog.Logger) error {
 				}
 				continue
 			}
+			// Drain: no new sessions or leases; transactions in flight on
+			// both sides get until the deadline; then what is left of
+			// delivery goes back to the queue untried.
 			log.Info("shutting down", "signal", sig.String(), "deadline", cfg.Shutdown.Timeout)
+			stop()
 			sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout)
 			err := srv.Shutdown(sctx)
 			cancel()
 			if err != nil {
-				log.Warn("sessions cut at the shutdown deadline", "err", err)
+				log.Warn("submission sessions cut at the shutdown deadline", "err", err)
 			}
+			<-deliveryDone
 			log.Info("stopped")
 			return nil
 		case err := <-serveErr:

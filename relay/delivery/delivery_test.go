@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -454,6 +455,65 @@ func TestBogusDNSDefersAndDeliversNothing(t *testing.T) {
 			}
 			if len(w.mx.Received()) != 0 || len(w.bounces()) != 0 {
 				t.Fatal("delivered or bounced on a bogus answer")
+			}
+		})
+	}
+}
+
+// TestShutdownDrainsDeliveries: when Run's context ends, an attempt in
+// flight finishes within the drain deadline and is recorded once; past the
+// deadline it is cut off and its recipient goes back to the queue untried,
+// due at once.
+func TestShutdownDrainsDeliveries(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		drain time.Duration
+	}{{"finishes within the deadline", time.Minute}, {"cut off at the deadline", 50 * time.Millisecond}} {
+		t.Run(tc.name, func(t *testing.T) {
+			inRcpt, release := make(chan struct{}, 1), make(chan struct{})
+			var once sync.Once
+			t.Cleanup(func() { once.Do(func() { close(release) }) })
+			mx := smtptest.Start(t, func(mx *smtptest.MX) {
+				mx.RcptReply = func(string) error { inRcpt <- struct{}{}; <-release; return nil }
+			})
+			w := newWorld(t, mx)
+			w.engine.cfg.DrainTimeout = tc.drain
+			id := w.submit("app@example.org", "user@dest.test")
+			ctx, cancel := context.WithCancel(context.Background())
+			stopped := make(chan struct{})
+			go func() { w.engine.Run(ctx); close(stopped) }()
+			<-inRcpt // the transaction is under way
+			cancel()
+			if tc.drain == time.Minute {
+				select {
+				case <-stopped:
+					t.Fatal("Run returned with an attempt in flight")
+				case <-time.After(100 * time.Millisecond):
+				}
+				once.Do(func() { close(release) })
+			}
+			select {
+			case <-stopped:
+			case <-time.After(20 * time.Second):
+				t.Fatal("Run did not return")
+			}
+			m, err := w.q.Get(id)
+			if tc.drain == time.Minute {
+				// Delivered, recorded, and retired (no notice was asked for).
+				if !errors.Is(err, queue.ErrNotFound) || len(mx.Received()) != 1 {
+					t.Fatalf("drained attempt: %v, %d at the MX", err, len(mx.Received()))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := m.Recipients[0]
+			if r.State != queue.Pending || r.Attempts != 0 || r.LastReply != "" || r.Due.After(w.clock.Now()) {
+				t.Fatalf("cut-off attempt not given back untried: %+v", r)
+			}
+			if len(mx.Received()) != 0 {
+				t.Fatal("the cut-off message arrived")
 			}
 		})
 	}

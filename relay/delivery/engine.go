@@ -52,6 +52,9 @@ type Config struct {
 	ReuseCount              int
 	ReuseIdle               time.Duration
 	MaxConnectionsPerDomain int
+	// DrainTimeout is how long attempts in flight may go on after Run's
+	// context ends.
+	DrainTimeout time.Duration
 }
 
 // Queue is what delivery needs of the queue.
@@ -122,19 +125,23 @@ func (e *Engine) Kick() {
 	}
 }
 
-// Run delivers until ctx ends. Leases in flight finish or run out and
-// become due again on the next start.
+// Run delivers until ctx ends, then drains: it takes no more work and
+// lets attempts in flight finish for up to Config.DrainTimeout. Attempts
+// still running then are cut off, and their recipients given back to the
+// queue unattempted, due at once; nothing is recorded as tried that was not.
 func (e *Engine) Run(ctx context.Context) {
 	sem := make(chan struct{}, e.cfg.Workers)
 	var wg sync.WaitGroup
+	work, abort := context.WithCancel(context.WithoutCancel(ctx))
+	defer abort()
 	defer e.conns.closeAll()
-	defer wg.Wait()
+	defer e.drain(&wg, abort)
 	ticker := time.NewTicker(e.cfg.PollInterval)
 	defer ticker.Stop()
 	for {
 		free := cap(sem) - len(sem)
 		var leases []queue.Lease
-		if free > 0 {
+		if free > 0 && ctx.Err() == nil {
 			var err error
 			leases, err = e.d.Queue.Lease(free, e.cfg.LeaseTime)
 			if err != nil {
@@ -146,7 +153,7 @@ func (e *Engine) Run(ctx context.Context) {
 			wg.Add(1)
 			go func() {
 				defer func() { <-sem; wg.Done(); e.Kick() }()
-				e.process(ctx, l)
+				e.process(work, l)
 			}()
 		}
 		if len(leases) > 0 && len(leases) == free {
@@ -160,6 +167,22 @@ func (e *Engine) Run(ctx context.Context) {
 			e.conns.reap()
 		}
 	}
+}
+
+// drain waits for the workers, cutting them off at the drain deadline.
+func (e *Engine) drain(wg *sync.WaitGroup, abort context.CancelFunc) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	timer := time.NewTimer(e.cfg.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+	}
+	e.d.Log.Warn("delivery drain deadline reached: cutting off attempts in flight; their recipients stay queued", "deadline", e.cfg.DrainTimeout)
+	abort()
+	<-done
 }
 
 // RunDue processes everything due now, one lease at a time, and returns
@@ -193,7 +216,22 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 	}
 	var outcomes []queue.Outcome
 	for _, domain := range order {
-		outcomes = append(outcomes, e.deliverDomain(ctx, m, domain, byDomain[domain])...)
+		if ctx.Err() != nil {
+			outcomes = append(outcomes, returned(byDomain[domain])...)
+			continue
+		}
+		out := e.deliverDomain(ctx, m, domain, byDomain[domain])
+		if ctx.Err() != nil {
+			// Cut off by shutdown: a deferral now says nothing about the
+			// destination, so the recipient goes back untried. What was
+			// delivered or refused stands.
+			for i := range out {
+				if out[i].Result == queue.ResultDeferred {
+					out[i] = queue.Outcome{Recipient: out[i].Recipient, Result: queue.ResultReturned}
+				}
+			}
+		}
+		outcomes = append(outcomes, out...)
 	}
 	e.maybeWarnDelay(m, outcomes)
 	after, err := e.d.Queue.Record(m.ID, l.Seq, outcomes, e.quiet)
@@ -206,6 +244,14 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 	} else if after.Done() {
 		e.retire(after, after.RetireSeq)
 	}
+}
+
+func returned(idxs []int) []queue.Outcome {
+	out := make([]queue.Outcome, len(idxs))
+	for i, idx := range idxs {
+		out[i] = queue.Outcome{Recipient: idx, Result: queue.ResultReturned}
+	}
+	return out
 }
 
 // deliverDomain makes one attempt for the recipients of one domain.
@@ -266,7 +312,7 @@ func (e *Engine) tryHops(ctx context.Context, m queue.Message, domain string, id
 		}
 		// A session kept from an earlier message to this hop goes first.
 		if pc := e.conns.take(poolKey(hop, policy)); pc != nil {
-			out, f := e.transact(m, idxs, hop, policy, pc, now)
+			out, f := e.transact(ctx, m, idxs, hop, policy, pc, now)
 			if f == nil {
 				return out
 			}
@@ -372,7 +418,7 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 			return nil, f
 		}
 	}
-	return e.transact(m, idxs, hop, policy, &pooled{c: c}, now)
+	return e.transact(ctx, m, idxs, hop, policy, &pooled{c: c}, now)
 }
 
 func orNoPolicy(policyType string) string {
@@ -405,10 +451,16 @@ func poolKey(h Hop, d tlspolicy.Decision) string {
 
 // transact sends one message on an open session, and keeps the session for
 // the next message when it is still in good order.
-func (e *Engine) transact(m queue.Message, idxs []int, hop Hop, policy tlspolicy.Decision, pc *pooled, now time.Time) ([]queue.Outcome, *Failure) {
+func (e *Engine) transact(ctx context.Context, m queue.Message, idxs []int, hop Hop, policy tlspolicy.Decision, pc *pooled, now time.Time) ([]queue.Outcome, *Failure) {
 	c, addr := pc.c, pc.c.addr
 	keep := false
+	// go-smtp's client knows no context, and sets its own deadlines: a
+	// shutdown that cuts attempts off closes the connection beneath it.
+	cutOff := context.AfterFunc(ctx, func() { c.netConn.Close() })
 	defer func() {
+		if !cutOff() {
+			keep = false
+		}
 		if keep {
 			e.conns.put(poolKey(hop, policy), pc)
 		} else {

@@ -1,6 +1,7 @@
 package submission
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"sync"
@@ -90,14 +91,35 @@ func remoteHost(c net.Conn) string {
 }
 
 // closeAll cuts every connection still open.
-func (l *limitListener) closeAll() {
+func (l *limitListener) closeAll() { l.closeIf(func(*countedConn) bool { return true }) }
+
+// closeIf cuts the open connections that cut selects.
+func (l *limitListener) closeIf(cut func(*countedConn) bool) {
 	l.mu.Lock()
-	conns := make([]*countedConn, 0, len(l.conns))
+	var conns []*countedConn
 	for c := range l.conns {
-		conns = append(conns, c)
+		if cut(c) {
+			conns = append(conns, c)
+		}
 	}
 	l.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
+	}
+}
+
+// countedUnder finds the accepted connection beneath TLS layers.
+func countedUnder(c net.Conn) *countedConn {
+	for {
+		switch x := c.(type) {
+		case *countedConn:
+			return x
+		case *tls.Conn:
+			c = x.NetConn()
+		case *handshakeConn:
+			c = x.Conn
+		default:
+			return nil
+		}
 	}
 }

@@ -74,6 +74,8 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners []*limitListener
+	sessions  map[*session]struct{}
+	draining  bool
 }
 
 // New builds a server; call ServeSTARTTLS and ServeTLS with listeners.
@@ -90,7 +92,8 @@ func New(cfg Config, d Deps) *Server {
 	if cfg.MinTLSVersion == 0 {
 		cfg.MinTLSVersion = tls.VersionTLS12
 	}
-	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep, queued: d.Queued, dkim: d.DKIM}
+	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep, queued: d.Queued, dkim: d.DKIM,
+		sessions: map[*session]struct{}{}}
 	s.tls = &tls.Config{MinVersion: cfg.MinTLSVersion, GetCertificate: d.GetCertificate}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
@@ -177,10 +180,27 @@ func (c *handshakeConn) SetWriteDeadline(t time.Time) error {
 	return c.Conn.SetWriteDeadline(c.clamp(t))
 }
 
-// Shutdown stops accepting and waits for sessions to end until ctx does,
-// then closes what is left. A transaction cut off before its 250 was never
-// acknowledged, so the client will send it again.
+// Shutdown stops accepting, says 421 to sessions between transactions and
+// closes them, and lets each transaction in progress finish (the session
+// closes after its reply) until ctx ends; then it closes what is left. A
+// transaction cut off before its 250 was never acknowledged, so the client
+// will send it again.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	owned := map[*countedConn]bool{}
+	for sess := range s.sessions {
+		owned[sess.counted] = true
+		if !sess.busy.Load() {
+			sess.hangUp()
+		}
+	}
+	// Connections with no session yet (before EHLO, or in a handshake)
+	// have nothing in flight.
+	for _, l := range s.listeners {
+		l.closeIf(func(c *countedConn) bool { return !owned[c] })
+	}
+	s.mu.Unlock()
 	err := s.smtp.Shutdown(ctx)
 	if err != nil {
 		// go-smtp's Close is a no-op once Shutdown has begun, so the

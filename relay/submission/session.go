@@ -9,6 +9,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ var (
 	errLocal              = reply(451, "4.3.0", "Local error in processing, try again later")
 	errReadFailed         = reply(421, "4.4.2", "Error reading message data, closing connection")
 	errDuplicateMail      = reply(503, "5.5.1", "Nested MAIL command")
+	errShuttingDown       = reply(421, "4.3.2", "Shutting down; try again shortly")
 	errTooManyRcpts       = reply(452, "4.5.3", "Too many recipients")
 	errRequireTLSPlain    = reply(530, "5.7.10", "REQUIRETLS needs a TLS session")
 
@@ -54,16 +56,35 @@ type session struct {
 	user *auth.User
 
 	inMail bool
-	env    queue.Envelope
-	rcpts  map[string]bool
+	// busy is set from MAIL until the transaction ends, so that a
+	// shutdown lets the transaction finish.
+	busy    atomic.Bool
+	counted *countedConn // the accepted connection beneath any TLS
+	env     queue.Envelope
+	rcpts   map[string]bool
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
-	sess := &session{srv: s, conn: c, ip: remoteHost(c.Conn())}
+	sess := &session{srv: s, conn: c, ip: remoteHost(c.Conn()), counted: countedUnder(c.Conn())}
 	if state, ok := c.TLSConnectionState(); ok {
 		sess.tls = &state
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return nil, errShuttingDown
+	}
+	s.sessions[sess] = struct{}{}
 	return sess, nil
+}
+
+// hangUp tells an idle client the service is closing (RFC 5321 3.8) and
+// closes the connection. Called with srv.mu held.
+func (s *session) hangUp() {
+	c := s.conn.Conn()
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	io.WriteString(c, "421 4.3.2 "+s.srv.cfg.Hostname+" shutting down; try again shortly\r\n")
+	c.Close()
 }
 
 // AuthMechanisms offers nothing before TLS, so AUTH is not even advertised
@@ -135,6 +156,13 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	if !s.user.MaySend(from) {
 		return errSenderNotAllowed
+	}
+	s.srv.mu.Lock()
+	draining := s.srv.draining
+	s.busy.Store(!draining)
+	s.srv.mu.Unlock()
+	if draining {
+		return errShuttingDown
 	}
 	s.inMail = true
 	s.env = queue.Envelope{
@@ -281,9 +309,22 @@ func (s *session) Reset() {
 	s.inMail = false
 	s.env = queue.Envelope{}
 	s.rcpts = nil
+	s.srv.mu.Lock()
+	defer s.srv.mu.Unlock()
+	s.busy.Store(false)
+	if s.srv.draining {
+		// The transaction's reply is out; go-smtp holds its own lock here,
+		// so the connection is closed beneath it.
+		s.conn.Conn().Close()
+	}
 }
 
-func (s *session) Logout() error { return nil }
+func (s *session) Logout() error {
+	s.srv.mu.Lock()
+	delete(s.srv.sessions, s)
+	s.srv.mu.Unlock()
+	return nil
+}
 
 // clientError marks a failure of the client connection, as opposed to a
 // refusal of the content or a local storage failure.

@@ -3,10 +3,13 @@ package submission
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -430,5 +433,58 @@ func TestImplicitTLSHandshakeTimeout(t *testing.T) {
 	fmt.Fprintf(c, "NOOP\r\n")
 	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "250 ") {
 		t.Fatalf("after the handshake the session was cut: %q %v", line, err)
+	}
+}
+
+// TestShutdownDrains: on shutdown an idle session is told 421 and closed at
+// once, a connection before EHLO is closed, and a transaction in progress
+// finishes with its 250 before its session closes; nothing waits for the
+// deadline.
+func TestShutdownDrains(t *testing.T) {
+	h := newHarness(t)
+	idle := h.loggedIn(testUser)
+	fresh := dialRaw(t, h.implicit) // no handshake, no session
+	busy := h.inTransaction(testUser)
+	busy.expect("DATA", "354")
+	io.WriteString(busy.conn, "Subject: half\r\n\r\nfirst half\r\n")
+
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- h.srv.Shutdown(ctx)
+	}()
+	if got := idle.reply(); !strings.HasPrefix(got, "421 4.3.2") {
+		t.Fatalf("idle session got %q, want 421 4.3.2", got)
+	}
+	fresh.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fresh.conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a connection without a session stayed open: %v", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("shutdown returned (%v) while a transaction was in progress", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	io.WriteString(busy.conn, "second half\r\n.\r\n")
+	if got := busy.reply(); !strings.HasPrefix(got, "250") {
+		t.Fatalf("transaction in progress at shutdown: %q", got)
+	}
+	if got := busy.reply(); !strings.HasPrefix(got, "EOF") {
+		t.Fatalf("session stayed open after its transaction: %q", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("shutdown took %v", d)
+	}
+	if _, body := h.only(); !bytes.Contains(body, []byte("first half\r\nsecond half\r\n")) {
+		t.Fatalf("message finished during shutdown not queued whole: %q", body)
+	}
+	if c, err := net.Dial("tcp", h.starttls); err == nil {
+		c.Close()
+		t.Fatal("still accepting after shutdown")
 	}
 }
