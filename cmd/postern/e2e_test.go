@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -643,4 +644,96 @@ func TestDKIMKeygenAndSigning(t *testing.T) {
 	if err != nil || len(verifications) != 1 || verifications[0].Err != nil {
 		t.Fatalf("verification at the MX: %v %+v\n%s", err, verifications, arrived)
 	}
+}
+
+// TestDiskFull puts data_dir on a small tmpfs and fills it: submissions get
+// 452 4.3.1, the daemon keeps running, what was queued stays whole, and
+// submissions are accepted again once space returns. It needs root (for
+// the mount) and is skipped without it.
+func TestDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	d := newDaemon(t, nil)
+	os.MkdirAll(d.dataDir, 0o700)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", d.dataDir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", d.dataDir).Run() })
+	if out, err := d.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	acked := map[string][32]byte{} // queue ID -> sha256 of the content
+	n := 0
+	send := func(size int) (string, error) {
+		n++
+		content := []byte(fmt.Sprintf("Subject: full %d\r\nMessage-ID: <%d@full>\r\n\r\n%s\r\n", n, n,
+			strings.Repeat(strings.Repeat("x", 98)+"\r\n", size/100)))
+		reply, err := submit(d.starttls, "app", "pw", "app@example.org", "rcpt@stuck.test", content)
+		if err == nil {
+			acked[queueID(reply)] = sha256.Sum256(content)
+		}
+		return reply, err
+	}
+	for _, size := range []int{100, 300 << 10, 100, 300 << 10} {
+		if _, err := send(size); err != nil {
+			t.Fatalf("before the disk filled: %v", err)
+		}
+	}
+	// Fill the file system.
+	filler, err := os.Create(filepath.Join(d.dataDir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 256<<10)
+	for {
+		if _, err := filler.Write(chunk); err != nil {
+			break
+		}
+	}
+	filler.Close()
+	// Large messages need spool space; small ones fit in pages the queue
+	// already has until they too run out.
+	for _, size := range []int{300 << 10, 100} {
+		var err error
+		for i := 0; i < 2000 && err == nil; i++ {
+			_, err = send(size)
+		}
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) || se.Code != 452 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 1}) {
+			t.Fatalf("size %d on a full disk: %v, want 452 4.3.1", size, err)
+		}
+	}
+	out, err := d.run("", "queue", "list", "--json")
+	var msgs []queue.Message
+	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != len(acked) {
+		t.Fatalf("queue list on a full disk: %v, %d listed, %d acknowledged\n%s", err, len(msgs), len(acked), out)
+	}
+	os.Remove(filepath.Join(d.dataDir, "filler"))
+	for _, size := range []int{100, 300 << 10} {
+		if _, err := send(size); err != nil {
+			t.Fatalf("after space returned: %v", err)
+		}
+	}
+	if err := d.signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM exit: %v", err)
+	}
+	q, err := queue.Open(filepath.Join(d.dataDir, "queue.db"), queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for id, sum := range acked {
+		rc, err := q.Body(id)
+		if err != nil {
+			t.Fatalf("acknowledged %s: %v", id, err)
+		}
+		body, _ := io.ReadAll(rc)
+		rc.Close()
+		if i := bytes.Index(body, []byte("Subject: full ")); i < 0 || sha256.Sum256(body[i:]) != sum {
+			t.Fatalf("acknowledged %s damaged", id)
+		}
+	}
+	t.Logf("disk full: %d messages acknowledged and intact; 452 4.3.1 while full; accepted again after", len(acked))
 }
