@@ -737,3 +737,13 @@ func TestDiskFull(t *testing.T) {
 	}
 	t.Logf("disk full: %d messages acknowledged and intact; 452 4.3.1 while full; accepted again after", len(acked))
 }
+
+// editConfig changes the daemon's configuration before it starts.
+func (d *daemon) editConfig(old, new string) {
+	d.t.Helper()
+	b, _ := os.ReadFile(d.cfg)
+	if !strings.Contains(string(b), old) {
+		d.t.Fatalf("config has no %q", old)
+	}
+	os.WriteFile(d.cfg, []byte(strings.Replace(string(b), old, new, 1)), 0o600)
+}

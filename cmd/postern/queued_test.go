@@ -74,3 +74,57 @@ func rss(pid int) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// TestLargeMessageStreams submits a 50 MB message and waits for it at the
+// MX: the daemon's peak RSS grows by much less than the message, because
+// submission streams it to the spool and delivery streams it from there.
+func TestLargeMessageStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("50 MB through the daemon skipped in -short mode")
+	}
+	d := newDaemon(t, nil)
+	d.editConfig(`tls_listen: ["127.0.0.1:0"]`, `tls_listen: ["127.0.0.1:0"]
+  max_message_bytes: 67108864`)
+	if out, err := d.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	pid := d.cmd.Process.Pid
+	before := procStatusKB(t, pid, "VmHWM:")
+	const size = 50 << 20
+	line := strings.Repeat("0123456789", 9) + "abcdefgh\r\n" // 100 bytes
+	content := "Subject: large\r\nMessage-ID: <large@stream>\r\n\r\n" + strings.Repeat(line, size/len(line))
+	if _, err := submit(d.starttls, "app", "pw", "app@example.org", "rcpt@dest.test", []byte(content)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.sink.Arrived:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the large message never reached the MX")
+	}
+	if got := d.sink.Received()[0].Data; !strings.HasSuffix(string(got), content) {
+		t.Fatalf("the MX received %d bytes, not the message", len(got))
+	}
+	after := procStatusKB(t, pid, "VmHWM:")
+	t.Logf("50 MB message: peak RSS %d MB before, %d MB after (grew %d MB); now %s",
+		before>>10, after>>10, (after-before)>>10, rss(pid))
+	if grew := (after - before) << 10; grew >= size {
+		t.Fatalf("peak RSS grew by %d bytes for a %d-byte message: it was held in memory whole", grew, size)
+	}
+}
+
+func procStatusKB(t *testing.T, pid int, key string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, key) {
+			v, _ := strconv.ParseInt(strings.Fields(strings.TrimPrefix(l, key))[0], 10, 64)
+			return v
+		}
+	}
+	t.Fatalf("%s not in /proc/%d/status", key, pid)
+	return 0
+}
