@@ -518,3 +518,42 @@ func TestShutdownDrainsDeliveries(t *testing.T) {
 		})
 	}
 }
+
+// TestDNSOutageDefersThenRecovers: with every upstream silent or answering
+// garbage, mail is deferred (never bounced), and delivered at the next try
+// once DNS is back.
+func TestDNSOutageDefersThenRecovers(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		failure resolvertest.Failure
+	}{{"silent", resolvertest.Silent}, {"garbage", resolvertest.Garbage}} {
+		t.Run(tc.name, func(t *testing.T) {
+			mx := smtptest.Start(t, nil)
+			dnsSrv, anchors := resolvertest.StartSigned(t, testZone)
+			// The resolver's clock is real time (the zones are signed for
+			// now) moved on as far as the test moves the world's clock.
+			var w *world
+			var start time.Time
+			res, _ := resolver.New([]string{dnsSrv.Addr}, resolver.Options{Timeout: 200 * time.Millisecond, Attempts: 2,
+				Anchors: anchors, Clock: func() time.Time { return time.Now().Add(w.clock.Now().Sub(start)) }})
+			w = buildWorld(t, mx, dnsSrv, res, nil, nil)
+			start = w.clock.Now()
+			dnsSrv.Fail(tc.failure)
+			id := w.submit(sender, "a@dest.test")
+			w.run()
+			r := w.state(id).Recipients[0]
+			if r.State != queue.Pending || r.Attempts != 1 || !strings.Contains(r.LastReply, "4.4.3") {
+				t.Fatalf("during the outage: %+v", r)
+			}
+			if len(w.bounces()) != 0 || len(mx.Received()) != 0 {
+				t.Fatal("bounced or delivered during a DNS outage")
+			}
+			dnsSrv.Fail(resolvertest.Healthy)
+			w.clock.Advance(2 * time.Minute) // past the retry and the cached failure
+			w.run()
+			if _, err := w.q.Get(id); !errors.Is(err, queue.ErrNotFound) || len(mx.Received()) != 1 {
+				t.Fatalf("after DNS returned: %v, %d delivered, %+v", err, len(mx.Received()), w.state(id).Recipients[0])
+			}
+		})
+	}
+}

@@ -26,6 +26,23 @@ type Server struct {
 	queries  int
 	asked    []dns.Question
 	noTCP    bool
+	failure  Failure
+}
+
+// Failure is how the whole server misbehaves.
+type Failure int
+
+const (
+	Healthy Failure = iota
+	Silent          // answers nothing, as a dead upstream
+	Garbage         // answers every question with bytes that are not DNS
+)
+
+// Fail makes the server misbehave as f until Fail(Healthy).
+func (s *Server) Fail(f Failure) {
+	s.mu.Lock()
+	s.failure = f
+	s.mu.Unlock()
 }
 
 // Start serves zone (RRs in zone-file syntax, one per line) as one unsigned
@@ -154,6 +171,15 @@ func (s *Server) zoneOf(name string, qtype uint16) *Zone {
 
 func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	s.mu.Lock()
+	switch s.failure {
+	case Silent:
+		s.mu.Unlock()
+		return
+	case Garbage:
+		s.mu.Unlock()
+		w.Write([]byte("\x13\x37HTTP/1.1 400 Bad Request\r\n\r\n"))
+		return
+	}
 	_, isUDP := w.RemoteAddr().(*net.UDPAddr)
 	if !isUDP && s.noTCP {
 		s.mu.Unlock()
