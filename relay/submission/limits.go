@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// limitListener refuses connections beyond a total and a per-address cap
-// with a 421 greeting, so that a client learns why instead of hanging.
+// limitListener refuses connections beyond a per-address cap with a 421
+// greeting, so that a client learns why instead of hanging. At the total
+// cap it makes room by closing the oldest connection that has not
+// authenticated: idle connections from many addresses (slowloris) can then
+// never lock out a client that has a password, and only a client that has
+// one can hold a slot.
 type limitListener struct {
 	net.Listener
 	hostname       string
@@ -32,14 +37,22 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		host := remoteHost(c)
-		l.mu.Lock()
 		refuse := ""
-		switch {
-		case l.total > 0 && l.open >= l.total:
-			refuse = "Too many connections"
-		case l.perHost > 0 && l.byHost[host] >= l.perHost:
+		l.mu.Lock()
+		for refuse == "" && l.total > 0 && l.open >= l.total {
+			victim := l.oldestUnauthenticated()
+			if victim == nil {
+				refuse = "Too many connections"
+				break
+			}
+			l.mu.Unlock()
+			victim.Close() // releases its slot
+			l.mu.Lock()
+		}
+		if refuse == "" && l.perHost > 0 && l.byHost[host] >= l.perHost {
 			refuse = "Too many connections from your address"
-		default:
+		}
+		if refuse == "" {
 			l.open++
 			l.byHost[host]++
 		}
@@ -52,13 +65,28 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			}()
 			continue
 		}
-		cc := &countedConn{Conn: c}
+		cc := &countedConn{Conn: c, opened: time.Now()}
 		cc.release = func() { l.release(host, cc) }
 		l.mu.Lock()
 		l.conns[cc] = struct{}{}
 		l.mu.Unlock()
 		return cc, nil
 	}
+}
+
+// oldestUnauthenticated picks the connection to give up at the total cap.
+// Called with l.mu held.
+func (l *limitListener) oldestUnauthenticated() *countedConn {
+	var oldest *countedConn
+	for c := range l.conns {
+		if !c.authenticated.Load() && !c.closing.Load() && (oldest == nil || c.opened.Before(oldest.opened)) {
+			oldest = c
+		}
+	}
+	if oldest != nil {
+		oldest.closing.Store(true)
+	}
+	return oldest
 }
 
 func (l *limitListener) release(host string, c *countedConn) {
@@ -73,8 +101,11 @@ func (l *limitListener) release(host string, c *countedConn) {
 
 type countedConn struct {
 	net.Conn
-	once    sync.Once
-	release func()
+	opened        time.Time
+	authenticated atomic.Bool // set by the session after a successful AUTH
+	closing       atomic.Bool // chosen to make room
+	once          sync.Once
+	release       func()
 }
 
 func (c *countedConn) Close() error {

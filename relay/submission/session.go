@@ -118,6 +118,9 @@ func (s *session) authenticate(username, password string) error {
 	u, delay, err := s.srv.auth.Verify(s.ip, username, password)
 	if err == nil {
 		s.user = &u
+		if s.counted != nil {
+			s.counted.authenticated.Store(true)
+		}
 		s.srv.log.Info("authenticated", "user", u.Name, "client_ip", s.ip)
 		return nil
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -486,5 +487,77 @@ func TestShutdownDrains(t *testing.T) {
 	if c, err := net.Dial("tcp", h.starttls); err == nil {
 		c.Close()
 		t.Fatal("still accepting after shutdown")
+	}
+}
+
+// TestIdleFloodDoesNotLockOut: 1,000 idle connections (slowloris) from one
+// address hit the per-address cap; 1,000 spread over twenty addresses fill
+// the server, and still a client with a password from another address gets
+// in and submits, because the oldest unauthenticated connection gives way.
+func TestIdleFloodDoesNotLockOut(t *testing.T) {
+	h := newHarness(t, func(c *Config, _ *auth.Limits) { c.MaxConnections, c.MaxConnectionsPerIP = 1000, 50 })
+	dialFrom := func(ip string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+		c, err := d.Dial("tcp", h.starttls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	greeting := func(c net.Conn) string {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return "EOF"
+		}
+		return line
+	}
+	flood := func(ips []string, perIP int) (served, refused int) {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for _, ip := range ips {
+			for range perIP {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					g := greeting(dialFrom(ip))
+					mu.Lock()
+					defer mu.Unlock()
+					switch {
+					case strings.HasPrefix(g, "220"):
+						served++
+					case strings.HasPrefix(g, "421 4.7.0"):
+						refused++
+					default:
+						t.Errorf("flood connection from %s: %q", ip, g)
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		return served, refused
+	}
+	if served, refused := flood([]string{"127.0.0.3"}, 1000); served != 50 || refused != 950 {
+		t.Fatalf("1,000 from one address: %d served, %d refused; want 50 and 950", served, refused)
+	}
+	var ips []string
+	for i := 10; i < 30; i++ {
+		ips = append(ips, fmt.Sprintf("127.0.0.%d", i))
+	}
+	if served, refused := flood(ips, 50); served != 1000 || refused != 0 {
+		t.Fatalf("1,000 from twenty addresses: %d served, %d refused", served, refused)
+	}
+	// The server is full of idle connections; a real client still gets in.
+	c, err := smtp.NewClientStartTLS(dialFrom("127.0.0.2"), clientTLS)
+	if err != nil {
+		t.Fatalf("legitimate client locked out: %v", err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", testUser, testPassword)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendMail("app@example.org", []string{"a@dest.test"}, strings.NewReader(sample)); err != nil {
+		t.Fatalf("legitimate client during the flood: %v", err)
 	}
 }
