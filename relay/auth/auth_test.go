@@ -10,7 +10,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-func newStore(t *testing.T) *Store {
+func newStore(t testing.TB) *Store {
 	t.Helper()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), 0o600, nil)
 	if err != nil {
@@ -126,5 +126,27 @@ func TestNamesAndHashes(t *testing.T) {
 	}
 	if _, err := checkPassword("$argon2id$garbage", "pw"); err == nil {
 		t.Error("malformed hash accepted")
+	}
+}
+
+// BenchmarkFailedAuth compares the cost of a wrong password for a real user
+// with that of an unknown user: the dummy hash makes them alike, so timing
+// does not tell which user names exist.
+//
+//	go test ./relay/auth -run '^$' -bench FailedAuth -benchtime 20x -count 5
+func BenchmarkFailedAuth(b *testing.B) {
+	s := newStore(b)
+	if err := s.Add("app", "s3cret", nil); err != nil {
+		b.Fatal(err)
+	}
+	v := NewVerifier(s, Limits{}, nil)
+	for _, name := range []string{"app", "ghost"} {
+		b.Run(map[string]string{"app": "wrong-password", "ghost": "unknown-user"}[name], func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := v.Verify("192.0.2.1", name, "guess"); !errors.Is(err, ErrBadCredentials) {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -560,4 +561,53 @@ func TestIdleFloodDoesNotLockOut(t *testing.T) {
 	if err := c.SendMail("app@example.org", []string{"a@dest.test"}, strings.NewReader(sample)); err != nil {
 		t.Fatalf("legitimate client during the flood: %v", err)
 	}
+}
+
+// TestAuthFailuresRevealNothing: an unknown user and a wrong password get
+// the same reply, and the log names the client address and the (escaped)
+// user name but never the password.
+func TestAuthFailuresRevealNothing(t *testing.T) {
+	h := newHarness(t)
+	var logged bytes.Buffer
+	var mu sync.Mutex
+	h.srv.log = slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logged}, nil))
+	const secret = "hunter2-must-not-be-logged"
+	replies := map[string]string{}
+	for _, name := range []string{testUser, "ghost", "evil\r\nX-Injected: yes"} {
+		r := dialRawTLS(t, h.implicit)
+		r.expect("", "220")
+		r.expect("EHLO client.test", "250")
+		replies[name] = r.expect("AUTH PLAIN "+plainToken(name, secret), "535 5.7.8")
+		r.expect("AUTH LOGIN", "334")
+		r.expect(b64(name), "334")
+		if got := r.expect(b64(secret), "535 5.7.8"); got != replies[name] {
+			t.Errorf("LOGIN and PLAIN failures differ: %q vs %q", got, replies[name])
+		}
+	}
+	if replies[testUser] != replies["ghost"] {
+		t.Fatalf("a wrong password (%q) and an unknown user (%q) are told apart", replies[testUser], replies["ghost"])
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	log := logged.String()
+	if strings.Contains(log, secret) {
+		t.Fatalf("the password is in the log:\n%s", log)
+	}
+	if !strings.Contains(log, `"client_ip":"127.0.0.1"`) || !strings.Contains(log, `"user":"evil\r\nX-Injected: yes"`) {
+		t.Fatalf("failures not logged with the address and the escaped name:\n%s", log)
+	}
+	if strings.Contains(log, "\nX-Injected") {
+		t.Fatalf("a user name broke a log line:\n%s", log)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
