@@ -37,6 +37,7 @@ var (
 	errReadFailed         = reply(421, "4.4.2", "Error reading message data, closing connection")
 	errDuplicateMail      = reply(503, "5.5.1", "Nested MAIL command")
 	errShuttingDown       = reply(421, "4.3.2", "Shutting down; try again shortly")
+	errMalformedSASL      = reply(501, "5.5.2", "Malformed authentication response")
 	errTooManyRcpts       = reply(452, "4.5.3", "Too many recipients")
 	errRequireTLSPlain    = reply(530, "5.7.10", "REQUIRETLS needs a TLS session")
 
@@ -102,16 +103,30 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 	switch mech {
 	case sasl.Plain:
-		return sasl.NewPlainServer(func(identity, username, password string) error {
+		return malformedIs501{sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
 				return errBadCredentials // no acting on behalf of another user
 			}
 			return s.authenticate(username, password)
-		}), nil
+		})}, nil
 	case sasl.Login:
-		return newLoginServer(s.authenticate), nil
+		return malformedIs501{newLoginServer(s.authenticate)}, nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// malformedIs501 answers a SASL response that cannot be parsed with 501
+// 5.5.2 (RFC 4954 4); go-smtp would say 454, a temporary failure, and the
+// client would retry the same broken exchange.
+type malformedIs501 struct{ sasl.Server }
+
+func (m malformedIs501) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := m.Server.Next(response)
+	var se *smtp.SMTPError
+	if err != nil && !errors.As(err, &se) {
+		err = errMalformedSASL
+	}
+	return challenge, done, err
 }
 
 func (s *session) authenticate(username, password string) error {

@@ -611,3 +611,82 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestNoPathRelaysWithoutAuth is the open-relay matrix: every way to reach
+// RCPT and DATA without a successful AUTH is refused, and nothing is queued.
+func TestNoPathRelaysWithoutAuth(t *testing.T) {
+	type step struct{ send, want string }
+	for _, tc := range []struct {
+		name     string
+		implicit bool
+		steps    []step
+	}{
+		{"no AUTH at all", true, []step{{"MAIL FROM:<app@example.org>", "530 5.7.0"},
+			{"RCPT TO:<a@dest.test>", "5"}, {"DATA", "5"}, {"BDAT 5 LAST", "5"}}},
+		{"null sender, postmaster recipient", true, []step{{"MAIL FROM:<>", "530 5.7.0"},
+			{"RCPT TO:<postmaster@dest.test>", "5"}}},
+		{"AUTH in cleartext", false, []step{{"AUTH PLAIN " + plainToken(testUser, testPassword), "538 5.7.11"},
+			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		{"AUTH LOGIN in cleartext", false, []step{{"AUTH LOGIN", "538 5.7.11"}, {"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		// go-smtp answers undecodable base64 itself, with 454 4.7.0.
+		{"malformed base64", true, []step{{"AUTH PLAIN !!!notbase64", "454 4.7.0"}, {"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		{"PLAIN without the NUL separators", true, []step{{"AUTH PLAIN " + b64(testUser+testPassword), "501 5.5.2"},
+			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		{"empty initial response then cancel", true, []step{{"AUTH PLAIN =", "501 5.5.2"}, {"AUTH PLAIN", "334"}, {"*", "501"},
+			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		{"LOGIN abandoned after the name", true, []step{{"AUTH LOGIN", "334"}, {b64(testUser), "334"}, {"*", "501"},
+			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		{"unknown mechanism", true, []step{{"AUTH CRAM-MD5", "504"}, {"AUTH ANONYMOUS", "504"},
+			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		{"right user, empty password", true, []step{{"AUTH PLAIN " + plainToken(testUser, ""), "5"},
+			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		{"authorization identity of another user", true, []step{{"AUTH PLAIN " + b64("free\x00"+testUser+"\x00"+testPassword), "535 5.7.8"},
+			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			var r *raw
+			if tc.implicit {
+				r = dialRawTLS(t, h.implicit)
+			} else {
+				r = dialRaw(t, h.starttls)
+			}
+			r.expect("", "220")
+			r.expect("EHLO client.test", "250")
+			for _, s := range tc.steps {
+				r.expect(s.send, s.want)
+			}
+			if h.count() != 0 {
+				t.Fatal("a message was queued without AUTH")
+			}
+		})
+	}
+	t.Run("pipelined behind a failed AUTH", func(t *testing.T) {
+		h := newHarness(t)
+		r := dialRawTLS(t, h.implicit)
+		r.expect("", "220")
+		r.expect("EHLO client.test", "250")
+		fmt.Fprintf(r.conn, "AUTH PLAIN %s\r\nMAIL FROM:<app@example.org>\r\nRCPT TO:<a@dest.test>\r\nDATA\r\nSubject: relayed\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+			plainToken(testUser, "wrong"))
+		for _, want := range []string{"535 5.7.8", "530 5.7.0", "5", "5"} {
+			r.expect("", want)
+		}
+		if h.count() != 0 {
+			t.Fatal("pipelined message was queued after a failed AUTH")
+		}
+	})
+	t.Run("pipelined behind a good AUTH with a refused sender", func(t *testing.T) {
+		h := newHarness(t)
+		r := dialRawTLS(t, h.implicit)
+		r.expect("", "220")
+		r.expect("EHLO client.test", "250")
+		fmt.Fprintf(r.conn, "AUTH PLAIN %s\r\nMAIL FROM:<ceo@elsewhere.example>\r\nRCPT TO:<a@dest.test>\r\nDATA\r\nSubject: relayed\r\n\r\nhi\r\n.\r\n",
+			plainToken(testUser, testPassword))
+		for _, want := range []string{"235", "553 5.7.1", "5", "5"} {
+			r.expect("", want)
+		}
+		if h.count() != 0 {
+			t.Fatal("message with a forbidden sender was queued")
+		}
+	})
+}
