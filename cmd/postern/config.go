@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -247,6 +248,20 @@ var defaults = map[string]any{
 // loadConfig reads file (may be empty: defaults and environment only). Every
 // key can be set as POSTERN_<KEY> with dots as underscores, lists comma-separated.
 func loadConfig(file string) (*Config, error) {
+	if file == "" {
+		return parseConfig("", nil)
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("read config %s: %w", file, err)
+	}
+	defer f.Close()
+	return parseConfig(file, f)
+}
+
+// parseConfig reads YAML from r (none when nil) over the defaults and the
+// environment; file names it in errors.
+func parseConfig(file string, r io.Reader) (*Config, error) {
 	v := viper.New()
 	for k, val := range defaults {
 		v.SetDefault(k, val)
@@ -263,10 +278,9 @@ func loadConfig(file string) (*Config, error) {
 	// turns the implicit-TLS listener off.
 	v.AllowEmptyEnv(true)
 	where := "defaults and environment"
-	if file != "" {
-		v.SetConfigFile(file)
+	if r != nil {
 		v.SetConfigType("yaml")
-		if err := v.ReadInConfig(); err != nil {
+		if err := v.ReadConfig(r); err != nil {
 			return nil, fmt.Errorf("read config %s: %w", file, err)
 		}
 		where = file
