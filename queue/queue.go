@@ -373,12 +373,20 @@ func prefixKey(id string) []byte { return []byte(id + "/prefix") }
 type Filter struct {
 	RcptDomain string
 	Sender     string
-	State      string // "active", "deferred" or "held"
-	Limit      int
+	State      string // "active", "deferred" or "held", as Message.State says
+	// ArrivedBefore and ArrivedAfter bound the arrival time (age filters).
+	ArrivedBefore, ArrivedAfter time.Time
+	Limit                       int
 }
 
 func (f Filter) match(m *Message) bool {
 	if f.Sender != "" && m.From != f.Sender {
+		return false
+	}
+	if !f.ArrivedBefore.IsZero() && !m.Arrival.Before(f.ArrivedBefore) {
+		return false
+	}
+	if !f.ArrivedAfter.IsZero() && !m.Arrival.After(f.ArrivedAfter) {
 		return false
 	}
 	if f.RcptDomain != "" {
@@ -390,20 +398,56 @@ func (f Filter) match(m *Message) bool {
 			return false
 		}
 	}
-	switch f.State {
-	case "held":
-		return m.Held
-	case "deferred":
-		for _, r := range m.Recipients {
-			if r.State == Pending && r.Attempts > 0 {
-				return !m.Held
-			}
-		}
-		return false
-	case "active":
-		return !m.Held
+	return f.State == "" || f.State == m.State()
+}
+
+// State is where a message stands as a whole: "held" by the operator;
+// "deferred" when a pending recipient has been tried and must wait; else
+// "active" (new, being delivered, or finished and awaiting its notices).
+func (m *Message) State() string {
+	if m.Held {
+		return "held"
 	}
-	return true
+	for _, r := range m.Recipients {
+		if r.State == Pending && r.Attempts > 0 {
+			return "deferred"
+		}
+	}
+	return "active"
+}
+
+// Stats is the queue at a glance.
+type Stats struct {
+	Messages map[string]int // by State: active, deferred, held
+	// Recipients still to be delivered (pending or in flight).
+	Recipients int
+	// Oldest is the arrival time of the oldest message (zero when empty).
+	Oldest time.Time
+}
+
+// Stats counts the queue. It reads every message, so callers that ask
+// often (metrics) should keep the result a while.
+func (q *Queue) Stats() (Stats, error) {
+	st := Stats{Messages: map[string]int{"active": 0, "deferred": 0, "held": 0}}
+	err := q.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
+			var m Message
+			if err := json.Unmarshal(v, &m); err != nil {
+				return fmt.Errorf("decode message %s: %w", k, err)
+			}
+			st.Messages[m.State()]++
+			for _, r := range m.Recipients {
+				if !r.State.Final() {
+					st.Recipients++
+				}
+			}
+			if st.Oldest.IsZero() || m.Arrival.Before(st.Oldest) {
+				st.Oldest = m.Arrival
+			}
+			return nil
+		})
+	})
+	return st, err
 }
 
 // List returns the messages that match f, oldest ID first.
@@ -470,6 +514,78 @@ func (q *Queue) RetryNow(id string) error {
 		}
 		return nil
 	})
+}
+
+// RetryAllNow makes every pending recipient of every deferred message due
+// now (postqueue -f), and returns how many messages it touched.
+func (q *Queue) RetryAllNow() (int, error) {
+	var n int
+	err := q.update(func(tx *bolt.Tx) error {
+		n = 0
+		now := q.clock.Now()
+		var changed []*Message
+		var olds []*Message
+		err := tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
+			var old Message
+			if err := json.Unmarshal(v, &old); err != nil {
+				return fmt.Errorf("decode message %s: %w", k, err)
+			}
+			if old.State() != "deferred" {
+				return nil
+			}
+			m := old.clone()
+			for i := range m.Recipients {
+				if m.Recipients[i].State == Pending {
+					m.Recipients[i].Due = now
+				}
+			}
+			changed, olds = append(changed, &m), append(olds, &old)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Written after the walk: bbolt forbids changing a bucket while
+		// iterating over it.
+		for i, m := range changed {
+			if err := putMessage(tx, m, olds[i]); err != nil {
+				return err
+			}
+		}
+		n = len(changed)
+		return nil
+	})
+	return n, err
+}
+
+// ErrInFlight means a recipient is leased to a worker and cannot be changed
+// until its attempt ends.
+var ErrInFlight = errors.New("a delivery attempt is in flight")
+
+// FailNow gives every pending recipient of a message a final failure with
+// reply, so that the sender is notified as for any permanent failure (the
+// delivery engine retires the message and sends the notice). Recipients
+// leased to a worker are left alone, and the error is ErrInFlight.
+func (q *Queue) FailNow(id, reply string) (int, error) {
+	var n, leased int
+	err := q.modify(id, func(m *Message, now time.Time) error {
+		n, leased = 0, 0
+		for i := range m.Recipients {
+			r := &m.Recipients[i]
+			switch r.State {
+			case Pending:
+				r.State, r.FinalAt, r.LastReply, r.LastHost = Failed, now, reply, ""
+				n++
+			case Leased:
+				leased++
+			}
+		}
+		return nil
+	})
+	if err == nil && leased > 0 {
+		err = fmt.Errorf("%s: %d recipients not failed: %w", id, leased, ErrInFlight)
+	}
+	return n, err
 }
 
 // Delete removes a message without any notice to its sender.

@@ -446,3 +446,73 @@ func TestReturnedRecipientIsDueAtOnceWithoutAnAttempt(t *testing.T) {
 		t.Fatalf("a returned recipient's journal entries were written: %d", n)
 	}
 }
+
+func TestStatsFlushAndFailNow(t *testing.T) {
+	clock := newClock()
+	q := openTest(t, clock, t.TempDir(), 0)
+	defer q.Close()
+	fresh, _ := q.Enqueue("", envelope("a@x.test"), strings.NewReader("x"))
+	clock.Advance(time.Minute)
+	deferred, _ := q.Enqueue("", envelope("b@y.test", "c@y.test"), strings.NewReader("x"))
+	held, _ := q.Enqueue("", envelope("d@z.test"), strings.NewReader("x"))
+	q.Hold(held)
+	for _, l := range mustLease(t, q, 2) {
+		if l.Message.ID == deferred {
+			q.Record(deferred, l.Seq, []Outcome{{Recipient: 0, Result: ResultDeferred, RetryAt: clock.Now().Add(time.Hour)},
+				{Recipient: 1, Result: ResultDeferred, RetryAt: clock.Now().Add(time.Hour)}})
+		} else {
+			q.Record(l.Message.ID, l.Seq, []Outcome{{Recipient: 0, Result: ResultReturned}})
+		}
+	}
+	st, err := q.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Messages["active"] != 1 || st.Messages["deferred"] != 1 || st.Messages["held"] != 1 || st.Recipients != 4 ||
+		!st.Oldest.Equal(clock.Now().Add(-time.Minute)) {
+		t.Fatalf("stats %+v", st)
+	}
+	if msgs, _ := q.List(Filter{State: "deferred"}); len(msgs) != 1 || msgs[0].ID != deferred {
+		t.Fatalf("deferred filter: %+v", msgs)
+	}
+	if msgs, _ := q.List(Filter{ArrivedBefore: clock.Now().Add(-30 * time.Second)}); len(msgs) != 1 || msgs[0].ID != fresh {
+		t.Fatalf("age filter: %+v", msgs)
+	}
+	if n, err := q.RetryAllNow(); err != nil || n != 1 {
+		t.Fatalf("flush: %d %v", n, err)
+	}
+	if m, _ := q.Get(deferred); !m.Recipients[0].Due.Equal(clock.Now()) || !m.Recipients[1].Due.Equal(clock.Now()) {
+		t.Fatalf("flush left %+v", m.Recipients)
+	}
+	l := mustLease(t, q, 10)
+	n, err := q.FailNow(deferred, "5.0.0 bounced by the operator")
+	if !errors.Is(err, ErrInFlight) || n != 0 {
+		t.Fatalf("bounce while leased: %d %v", n, err)
+	}
+	for _, x := range l {
+		q.Record(x.Message.ID, x.Seq, []Outcome{{Recipient: x.Recipients[0], Result: ResultReturned}})
+		if len(x.Recipients) > 1 {
+			q.Record(x.Message.ID, x.Seq, []Outcome{{Recipient: x.Recipients[1], Result: ResultReturned}})
+		}
+	}
+	if n, err := q.FailNow(deferred, "5.0.0 bounced by the operator"); err != nil || n != 2 {
+		t.Fatalf("bounce: %d %v", n, err)
+	}
+	m, _ := q.Get(deferred)
+	if !m.Done() || m.Recipients[0].State != Failed || m.Recipients[0].LastReply != "5.0.0 bounced by the operator" {
+		t.Fatalf("after bounce: %+v", m)
+	}
+	// A finished message is due for retirement (and its notices) at once.
+	if r := mustLease(t, q, 10); len(r) == 0 || !r[0].Retire {
+		t.Fatalf("bounced message not up for retirement: %+v", r)
+	}
+}
+
+func mustLease(t *testing.T, q *Queue, n int) []Lease {
+	t.Helper()
+	l, err := q.Lease(n, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}

@@ -6,6 +6,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"io"
 	"log/slog"
 	"mime"
@@ -157,6 +160,19 @@ func (c *stsCache) resolve(ctx context.Context, domain string) (*STSPolicy, erro
 func refreshAfter(p STSPolicy) time.Duration { return min(24*time.Hour, p.MaxAge/2) }
 
 func (c *stsCache) fetch(ctx context.Context, domain string) (STSPolicy, error) {
+	pol, err := c.fetchPolicy(ctx, domain)
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	stsFetches.Add(ctx, 1, metric.WithAttributes(attribute.String("result", result)))
+	return pol, err
+}
+
+var stsFetches, _ = otel.GetMeterProvider().Meter("github.com/postern/postern/tlspolicy").Int64Counter(
+	"postern.mta_sts.fetches", metric.WithDescription("MTA-STS policy fetches by result (ok, error)"))
+
+func (c *stsCache) fetchPolicy(ctx context.Context, domain string) (STSPolicy, error) {
 	url := "https://mta-sts." + domain + "/.well-known/mta-sts.txt"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

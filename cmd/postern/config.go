@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -45,6 +46,8 @@ type Config struct {
 	DKIM       DKIMConfig        `mapstructure:"dkim"`
 	TLSRPT     TLSRPTConfig      `mapstructure:"tlsrpt"`
 	Shutdown   ShutdownConfig    `mapstructure:"shutdown"`
+	Admin      AdminConfig       `mapstructure:"admin"`
+	Telemetry  TelemetryConfig   `mapstructure:"telemetry"`
 
 	file string // where it came from, for messages
 }
@@ -179,6 +182,20 @@ type ShutdownConfig struct {
 	Timeout time.Duration `mapstructure:"timeout"`
 }
 
+// AdminConfig is the HTTP listener for metrics, health checks and the
+// status page (the admin socket needs no settings).
+type AdminConfig struct {
+	MetricsListen string `mapstructure:"metrics_listen"`
+	Password      string `mapstructure:"password"`
+}
+
+// TelemetryConfig sends metrics and traces over OTLP/HTTP.
+type TelemetryConfig struct {
+	OTLPEndpoint     string        `mapstructure:"otlp_endpoint"`
+	OTLPInterval     time.Duration `mapstructure:"otlp_interval"`
+	TraceSampleRatio float64       `mapstructure:"trace_sample_ratio"`
+}
+
 // defaults are the production values; configs/postern.yaml documents each.
 var defaults = map[string]any{
 	"hostname":                            "",
@@ -243,6 +260,11 @@ var defaults = map[string]any{
 	"delivery.reuse_idle":                 "10s",
 	"delivery.max_connections_per_domain": 20,
 	"shutdown.timeout":                    "30s",
+	"admin.metrics_listen":                "127.0.0.1:9587",
+	"admin.password":                      "",
+	"telemetry.otlp_endpoint":             "",
+	"telemetry.otlp_interval":             "60s",
+	"telemetry.trace_sample_ratio":        1.0,
 }
 
 // loadConfig reads file (may be empty: defaults and environment only). Every
@@ -404,6 +426,7 @@ func (c *Config) validate() error {
 		"submission.auth.lockout":             int64(s.Auth.Lockout),
 		"queue.inline_limit":                  c.Queue.InlineLimit,
 		"shutdown.timeout":                    int64(c.Shutdown.Timeout),
+		"telemetry.otlp_interval":             int64(c.Telemetry.OTLPInterval),
 		"dns.timeout":                         int64(c.DNS.Timeout),
 		"dns.cache_size":                      int64(c.DNS.CacheSize),
 		"dns.cache_max_ttl":                   int64(c.DNS.CacheMaxTTL),
@@ -523,6 +546,23 @@ func (c *Config) validate() error {
 	}
 	if s.Auth.FreeFailures < 0 || s.Auth.FailureDelay < 0 || s.Auth.MaxFailureDelay < 0 {
 		bad("submission.auth", "values must not be negative")
+	}
+	if a := c.Admin.MetricsListen; a != "" {
+		host, _, err := net.SplitHostPort(a)
+		switch {
+		case err != nil:
+			bad("admin.metrics_listen", "%q is not host:port", a)
+		case !isLoopback(host) && c.Admin.Password == "":
+			bad("admin.password", "must be set when admin.metrics_listen (%s) is not a loopback address: the status page shows who sends mail where", a)
+		}
+	}
+	if e := c.Telemetry.OTLPEndpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("telemetry.otlp_endpoint", "%q: want an http:// or https:// URL such as http://collector:4318", e)
+		}
+	}
+	if r := c.Telemetry.TraceSampleRatio; r < 0 || r > 1 {
+		bad("telemetry.trace_sample_ratio", "%v: want a fraction from 0 to 1", r)
 	}
 	return errors.Join(errs...)
 }
@@ -740,4 +780,14 @@ func (c *Config) reporter(q *queue.Queue, res *resolver.Client, signer *dkim.Sig
 				txts, _, err := res.LookupTXT(ctx, name)
 				return txts, err
 			}})
+}
+
+// isLoopback reports whether a listen host binds only the loopback
+// interface ("localhost", 127.0.0.0/8, ::1).
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

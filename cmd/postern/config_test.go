@@ -57,6 +57,8 @@ func bound(t *testing.T, key, env string) bool {
 		"dns.dnssec": "off", "dns.on_broken_upstream": "insecure", "dns.trust_ad_remote": "true",
 		"tls.default": "verify", "tls.honor_tls_required_no": "false", "tls.downgrade_memory": "defer",
 		"tlsrpt.from": "reports@env.test", "tlsrpt.send_hour": "7",
+		"admin.metrics_listen": "127.0.0.1:9999", "telemetry.otlp_endpoint": "http://collector.test:4318",
+		"telemetry.trace_sample_ratio": "0.25",
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
 		if strings.HasSuffix(key, "_file") {
@@ -117,6 +119,10 @@ func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
 		"submission:\n  tls:\n    min_version: \"1.1\"\n":                         "submission.tls.min_version",
 		"submission: [1, 2]\n":                                                    "submission",
 		"dns:\n  dnssec: maybe\n":                                                 "dns.dnssec",
+		"admin:\n  metrics_listen: \"0.0.0.0:9587\"\n":                            "admin.password",
+		"admin:\n  metrics_listen: \"9587\"\n":                                    "admin.metrics_listen",
+		"telemetry:\n  otlp_endpoint: collector:4318\n":                           "telemetry.otlp_endpoint",
+		"telemetry:\n  trace_sample_ratio: 2\n":                                   "telemetry.trace_sample_ratio",
 		"dns:\n  on_broken_upstream: ignore\n":                                    "dns.on_broken_upstream",
 		"dns:\n  trust_anchor_file: /nonexistent\n":                               "dns.trust_anchor_file",
 		"dns:\n  cache_size: 0\n":                                                 "dns.cache_size",

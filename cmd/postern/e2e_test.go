@@ -52,6 +52,7 @@ type daemon struct {
 	cmd      *exec.Cmd
 	starttls string
 	implicit string
+	web      string // the admin HTTP listener
 	exited   chan error
 	sink     *smtptest.MX
 }
@@ -97,6 +98,7 @@ delivery:
   port: %d
   poll_interval: 100ms
 shutdown: {timeout: 5s}
+admin: {metrics_listen: "127.0.0.1:0"}
 `, filepath.Join(dir, "data"), dns.Addr, anchorFile, sink.Port)), 0o600)
 	return &daemon{t: t, bin: bin, cfg: cfg, dataDir: filepath.Join(dir, "data"), sink: sink}
 }
@@ -150,6 +152,8 @@ func (d *daemon) start() {
 				} else {
 					d.implicit = line["addr"].(string)
 				}
+			case "admin listening":
+				d.web = line["addr"].(string)
 			case "postern started":
 				if !started {
 					started = true

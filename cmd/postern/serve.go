@@ -7,11 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/miekg/dns"
 	"golang.org/x/term"
 
 	"github.com/postern/postern/queue"
@@ -54,6 +57,22 @@ func serve(cfg *Config, log *slog.Logger) error {
 		"leases_returned", rep.LeasesReturned, "orphan_spool_files_removed", rep.OrphansRemoved)
 	if len(rep.MissingBodies) > 0 {
 		log.Error("queued messages whose spool file is missing; storage was damaged", "queue_ids", rep.MissingBodies)
+	}
+
+	tel, err := startTelemetry(cfg.Telemetry, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tel.Close(ctx); err != nil {
+			log.Warn("telemetry not flushed", "err", err)
+		}
+	}()
+	stats := &statsCache{q: q, maxAge: time.Second}
+	if err := queueGauges(stats); err != nil {
+		return err
 	}
 
 	stateDB, users, err := openState(cfg)
@@ -129,6 +148,29 @@ func serve(cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	defer admin.Close()
+	var accepting atomic.Bool
+	accepting.Store(true)
+	if cfg.Admin.MetricsListen != "" {
+		web := &adminHTTP{hostname: cfg.Hostname, password: cfg.Admin.Password, metrics: tel.metrics, q: q, stats: stats, log: log,
+			ready: []readiness{
+				{"queue", func(context.Context) error { _, err := q.Count(); return err }},
+				{"listeners", func(context.Context) error {
+					if !accepting.Load() {
+						return errors.New("shutting down")
+					}
+					return nil
+				}},
+				{"dns", func(ctx context.Context) error { _, err := res.Lookup(ctx, ".", dns.TypeNS); return err }},
+			}}
+		l, err := net.Listen("tcp", cfg.Admin.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("admin.metrics_listen %s: %w", cfg.Admin.MetricsListen, err)
+		}
+		httpSrv := &http.Server{Handler: web.handler(), ReadHeaderTimeout: 10 * time.Second}
+		go httpSrv.Serve(l)
+		defer httpSrv.Close()
+		log.Info("admin listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /", "password", cfg.Admin.Password != "")
+	}
 	log.Info("postern started", "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "config", cfg.file, "version", version())
 
 	signals := make(chan os.Signal, 4)
@@ -148,6 +190,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 			// both sides get until the deadline; then what is left of
 			// delivery goes back to the queue untried.
 			log.Info("shutting down", "signal", sig.String(), "deadline", cfg.Shutdown.Timeout)
+			accepting.Store(false)
 			stop()
 			sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout)
 			err := srv.Shutdown(sctx)

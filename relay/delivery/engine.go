@@ -23,6 +23,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
@@ -87,10 +89,11 @@ type Deps struct {
 
 // Engine runs delivery workers.
 type Engine struct {
-	cfg   Config
-	d     Deps
-	kick  chan struct{}
-	conns *pool
+	cfg     Config
+	d       Deps
+	kick    chan struct{}
+	conns   *pool
+	metrics instruments
 }
 
 // New builds an engine.
@@ -114,7 +117,7 @@ func New(cfg Config, d Deps) *Engine {
 		cfg.Timeouts = DefaultTimeouts
 	}
 	return &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1),
-		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock)}
+		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock), metrics: newInstruments()}
 }
 
 // Kick makes the engine look for due work now, as after a submission.
@@ -205,6 +208,9 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 		e.retire(m, l.Seq)
 		return
 	}
+	ctx, span := e.metrics.tracer.Start(ctx, "delivery", trace.WithAttributes(attribute.String("postern.queue_id", m.ID),
+		attribute.Int("postern.recipients", len(l.Recipients))))
+	defer span.End()
 	byDomain := map[string][]int{}
 	var order []string
 	for _, i := range l.Recipients {
@@ -256,6 +262,8 @@ func returned(idxs []int) []queue.Outcome {
 
 // deliverDomain makes one attempt for the recipients of one domain.
 func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain string, idxs []int) []queue.Outcome {
+	ctx, span := e.metrics.tracer.Start(ctx, "delivery.domain", trace.WithAttributes(attribute.String("postern.domain", domain)))
+	defer span.End()
 	var seen []tlsrpt.Attempt
 	note := func(a tlsrpt.Attempt) {
 		if !m.TLSReport { // a report's own delivery is not reported (RFC 8460 3)
@@ -278,7 +286,9 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 // hops in order; note hears of every session attempted under a policy.
 func (e *Engine) tryHops(ctx context.Context, m queue.Message, domain string, idxs []int, note func(tlsrpt.Attempt)) []queue.Outcome {
 	now := e.d.Clock()
-	hopList, err := hops(ctx, e.d.Resolver, e.cfg.Routes, e.cfg.Port, domain, e.d.Shuffle)
+	dnsCtx, dnsSpan := e.metrics.tracer.Start(ctx, "dns.mx")
+	hopList, err := hops(dnsCtx, e.d.Resolver, e.cfg.Routes, e.cfg.Port, domain, e.d.Shuffle)
+	dnsSpan.End()
 	if err != nil {
 		f := asFailure(err, "", "route")
 		e.logAttempt(m, idxs, "", netip.AddrPort{}, TLSInfo{}, f.Error(), map[bool]string{true: "deferred", false: "failed"}[f.Temporary])
@@ -292,7 +302,10 @@ func (e *Engine) tryHops(ctx context.Context, m queue.Message, domain string, id
 	var last *Failure
 	tried := 0
 	for _, hop := range hopList {
-		policy, err := e.decide(ctx, m, domain, hop)
+		policyCtx, policySpan := e.metrics.tracer.Start(ctx, "tls.policy", trace.WithAttributes(attribute.String("postern.mx", hop.Host)))
+		policy, err := e.decide(policyCtx, m, domain, hop)
+		policySpan.SetAttributes(attribute.String("postern.tls_policy", policy.Describe()))
+		policySpan.End()
 		if err != nil {
 			f := &Failure{Temporary: true, Enhanced: "4.7.5", Host: hop.Host, Text: "TLS policy for " + hop.Host + ": " + err.Error()}
 			var refusal *tlspolicy.Refusal
@@ -320,7 +333,9 @@ func (e *Engine) tryHops(ctx context.Context, m queue.Message, domain string, id
 				return e.outcomesFor(m, idxs, f, now)
 			}
 		}
-		addrs, f := e.addresses(ctx, hop.Host)
+		addrCtx, addrSpan := e.metrics.tracer.Start(ctx, "dns.address", trace.WithAttributes(attribute.String("postern.mx", hop.Host)))
+		addrs, f := e.addresses(addrCtx, hop.Host)
+		addrSpan.End()
 		if f != nil {
 			if hop.Route == nil {
 				// DNS failures count too: they keep mail from the domain as surely as TLS ones.
@@ -386,7 +401,15 @@ func (e *Engine) addresses(ctx context.Context, host string) ([]netip.Addr, *Fai
 // attempt delivers over one connection. A non-nil Failure means this host
 // could not take the transaction at all and the next may be tried.
 func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop Hop, policy tlspolicy.Decision, addr netip.AddrPort, now time.Time, note func(tlsrpt.Attempt)) ([]queue.Outcome, *Failure) {
-	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, policy)
+	ctx, span := e.metrics.tracer.Start(ctx, "smtp.attempt", trace.WithAttributes(attribute.String("postern.mx", hop.Host),
+		attribute.String("postern.ip", addr.Addr().String())))
+	defer span.End()
+	connectCtx, connectSpan := e.metrics.tracer.Start(ctx, "connect")
+	c, err := dialSession(connectCtx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, policy)
+	if err == nil {
+		connectSpan.SetAttributes(attribute.String("postern.tls_version", c.tls.Version), attribute.String("postern.tls_auth", c.tls.Auth))
+	}
+	connectSpan.End()
 	seen := tlsrpt.Attempt{PolicyType: orNoPolicy(policy.PolicyType), PolicyStrings: policy.PolicyStrings,
 		MXHost: hop.Host, ReceivingIP: addr.Addr().String()}
 	if err != nil {
@@ -454,6 +477,8 @@ func poolKey(h Hop, d tlspolicy.Decision) string {
 func (e *Engine) transact(ctx context.Context, m queue.Message, idxs []int, hop Hop, policy tlspolicy.Decision, pc *pooled, now time.Time) ([]queue.Outcome, *Failure) {
 	c, addr := pc.c, pc.c.addr
 	keep := false
+	_, span := e.metrics.tracer.Start(ctx, "smtp.transaction")
+	defer span.End()
 	// go-smtp's client knows no context, and sets its own deadlines: a
 	// shutdown that cuts attempts off closes the connection beneath it.
 	cutOff := context.AfterFunc(ctx, func() { c.netConn.Close() })
@@ -499,7 +524,7 @@ func (e *Engine) transact(ctx context.Context, m queue.Message, idxs []int, hop 
 		out[k] = e.outcome(m, i, results[k], hop.Host, now)
 		e.attachEvidence(&out[k], m, addr, c.tls, policy.Source, now)
 	}
-	e.logAttempt(m, idxs, hop.Host, addr, c.tls, summarize(results), "done")
+	e.logAttempt(m, idxs, hop.Host, addr, c.tls, summarize(results), transactionResult(results))
 	if o, ok := e.d.Policy.(tlspolicy.Observer); ok && hop.Route == nil {
 		// What the domain's MX offered, for the downgrade memory.
 		seen := tlspolicy.SeenPlaintext
@@ -512,6 +537,29 @@ func (e *Engine) transact(ctx context.Context, m queue.Message, idxs []int, hop 
 		o.Observe(context.Background(), queue.Domain(m.Recipients[idxs[0]].Addr), seen)
 	}
 	return out, nil
+}
+
+// transactionResult names what a finished transaction did for its
+// recipients: delivered (all), partial, deferred or refused (none).
+func transactionResult(results []*Failure) string {
+	delivered, temporary := 0, 0
+	for _, f := range results {
+		switch {
+		case f == nil:
+			delivered++
+		case f.Temporary:
+			temporary++
+		}
+	}
+	switch {
+	case delivered == len(results):
+		return "delivered"
+	case delivered > 0:
+		return "partial"
+	case temporary > 0:
+		return "deferred"
+	}
+	return "refused"
 }
 
 func summarize(results []*Failure) string {
@@ -538,6 +586,7 @@ func (e *Engine) logAttempt(m queue.Message, idxs []int, host string, addr netip
 	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip,
 		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "tls_auth", t.Auth, "tls_policy", t.Policy, "tls_policy_type", t.PolicyType, "tls_verify_failure", t.VerifyFailure, "tls_result", t.ResultType, "reply", reply,
 		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
+	e.metrics.attempt(result, t)
 }
 
 func (e *Engine) outcomesFor(m queue.Message, idxs []int, f *Failure, now time.Time) []queue.Outcome {
@@ -568,6 +617,7 @@ func (e *Engine) attachEvidence(o *queue.Outcome, m queue.Message, addr netip.Ad
 		r.IP = addr.Addr().String()
 	}
 	o.Journal = append(o.Journal, r.Encode())
+	e.metrics.finished(r.Result, source, t.Verified, now.Sub(m.Arrival).Seconds())
 }
 
 // outcome turns one recipient's result into what the queue records: a
@@ -631,6 +681,8 @@ func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) {
 	if draft, ok := e.notice(m, rcpts, true); ok {
 		if _, err := e.d.Queue.Enqueue("", draft.Envelope, bytes.NewReader(draft.Body)); err != nil {
 			e.d.Log.Error("queueing delay notice failed", "queue_id", m.ID, "err", err)
+		} else {
+			e.metrics.notice("delay")
 		}
 	}
 }
@@ -672,6 +724,7 @@ func (e *Engine) retire(m queue.Message, seq uint64) {
 	if len(rcpts) > 0 && m.From != "" {
 		if d, ok := e.notice(m, rcpts, false); ok {
 			notices = append(notices, d)
+			e.metrics.notice("failure")
 		}
 	}
 	if err := e.d.Queue.Retire(m.ID, seq, notices...); err != nil {

@@ -61,16 +61,17 @@ type Deps struct {
 
 // Server runs the submission listeners.
 type Server struct {
-	cfg    Config
-	queue  Queue
-	auth   Authenticator
-	log    *slog.Logger
-	clock  func() time.Time
-	sleep  func(time.Duration)
-	queued func()
-	dkim   *dkim.Signer
-	tls    *tls.Config
-	smtp   *smtp.Server
+	cfg     Config
+	queue   Queue
+	auth    Authenticator
+	log     *slog.Logger
+	clock   func() time.Time
+	sleep   func(time.Duration)
+	queued  func()
+	dkim    *dkim.Signer
+	tls     *tls.Config
+	smtp    *smtp.Server
+	metrics *instruments
 
 	mu        sync.Mutex
 	listeners []*limitListener
@@ -93,7 +94,7 @@ func New(cfg Config, d Deps) *Server {
 		cfg.MinTLSVersion = tls.VersionTLS12
 	}
 	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep, queued: d.Queued, dkim: d.DKIM,
-		sessions: map[*session]struct{}{}}
+		sessions: map[*session]struct{}{}, metrics: newInstruments()}
 	s.tls = &tls.Config{MinVersion: cfg.MinTLSVersion, GetCertificate: d.GetCertificate}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname

@@ -3,6 +3,7 @@ package submission
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -15,6 +16,9 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
@@ -145,15 +149,36 @@ func (s *session) authenticate(username, password string) error {
 		s.srv.sleep(delay)
 	}
 	if errors.Is(err, auth.ErrThrottled) {
+		s.srv.metrics.authFailed("throttled")
 		return errThrottled
 	}
 	if errors.Is(err, auth.ErrBadCredentials) {
+		s.srv.metrics.authFailed("bad_credentials")
 		return errBadCredentials
 	}
+	s.srv.metrics.authFailed("error")
 	return errLocal
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	err := s.mail(from, opts)
+	s.srv.metrics.command("MAIL", err)
+	return err
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	err := s.rcpt(to, opts)
+	s.srv.metrics.command("RCPT", err)
+	return err
+}
+
+func (s *session) Data(r io.Reader) error {
+	err := s.data(r)
+	s.srv.metrics.command("DATA", err)
+	return err
+}
+
+func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	if s.user == nil {
 		return errAuthRequired
 	}
@@ -197,7 +222,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.user == nil {
 		return errAuthRequired
 	}
@@ -248,12 +273,16 @@ func (s *session) enqueue(id string, body io.Reader, facts headerFacts) (string,
 // otherwise be allocated (and cleared) for every message.
 var dataReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
 
-func (s *session) Data(r io.Reader) error {
+func (s *session) data(r io.Reader) error {
 	if s.user == nil || !s.inMail {
 		return errAuthRequired
 	}
 	start := s.srv.clock()
 	id := s.srv.queue.NewID()
+	ctx, span := s.srv.metrics.tracer.Start(context.Background(), "submission", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("postern.queue_id", id), attribute.String("postern.user", s.user.Name),
+			attribute.Int("postern.recipients", len(s.env.Recipients))))
+	defer span.End()
 	guard := &crlfGuard{r: clientReader{deadlineReader{r, s.conn.Conn(), s.srv.cfg.DataTimeout}}}
 	br := dataReaders.Get().(*bufio.Reader)
 	br.Reset(guard)
@@ -261,18 +290,22 @@ func (s *session) Data(r io.Reader) error {
 	header, facts, err := readHeader(br)
 	if err == nil {
 		s.env.TLSOptional = facts.tlsOptional && !s.env.RequireTLS // RFC 8689 5: REQUIRETLS wins
-		trace := s.trace(id, start)
+		received := s.trace(id, start)
 		s.env.MessageID = facts.messageID
 		if !facts.hasMessageID {
-			s.env.MessageID = "<" + id + "@" + trace.hostname + ">"
+			s.env.MessageID = "<" + id + "@" + received.hostname + ">"
 		}
-		body := io.MultiReader(bytes.NewReader(trace.headers(facts)), bytes.NewReader(header), br)
+		body := io.MultiReader(bytes.NewReader(received.headers(facts)), bytes.NewReader(header), br)
+		_, commit := s.srv.metrics.tracer.Start(ctx, "queue.commit")
 		_, err = s.enqueue(id, body, facts)
+		commit.End()
 	}
 	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		return s.refuse(err)
 	}
 	s.srv.queued()
+	s.srv.metrics.queued(s.srv.clock().Sub(start))
 	tlsVersion := ""
 	if s.tls != nil {
 		tlsVersion = tls.VersionName(s.tls.Version)

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"crypto/subtle"
+	"embed"
+	"encoding/json"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/audit"
+	"github.com/postern/postern/relay/tlsrpt"
+)
+
+//go:embed status.html
+var statusFS embed.FS
+
+var statusTemplate = template.Must(template.New("status.html").Funcs(template.FuncMap{
+	"ago": func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return time.Since(t).Round(time.Second).String()
+	},
+}).ParseFS(statusFS, "status.html"))
+
+// adminHTTP serves the admin listener: Prometheus metrics, health checks
+// and the status page.
+type adminHTTP struct {
+	hostname string
+	password string // for /metrics and the status page; empty: none (loopback only)
+	metrics  http.Handler
+	q        *queue.Queue
+	stats    *statsCache
+	ready    []readiness
+	log      *slog.Logger
+}
+
+// readiness is one check of /readyz.
+type readiness struct {
+	name  string
+	check func(ctx context.Context) error
+}
+
+func (a *adminHTTP) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", a.readyz)
+	mux.Handle("GET /metrics", a.protect(a.metrics))
+	mux.Handle("GET /{$}", a.protect(http.HandlerFunc(a.status)))
+	return mux
+}
+
+func (a *adminHTTP) protect(h http.Handler) http.Handler {
+	if a.password == "" {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, pw, ok := r.BasicAuth()
+		if !ok || subtle.ConstantTimeCompare([]byte(pw), []byte(a.password)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="postern"`)
+			http.Error(w, "authentication required", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (a *adminHTTP) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	checks := map[string]string{}
+	ready := true
+	for _, c := range a.ready {
+		if err := c.check(ctx); err != nil {
+			checks[c.name], ready = err.Error(), false
+		} else {
+			checks[c.name] = "ok"
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if !ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(map[string]any{"ready": ready, "checks": checks})
+}
+
+// statusData is what the status page shows.
+type statusData struct {
+	Hostname, Version string
+	Generated         time.Time
+	Queue             queue.Stats
+	LastHour          []count        // final outcomes in the last hour
+	Failures          []tlsFailure   // today's TLS failures by destination
+	Posture           []postureEntry // how the busiest destinations were reached
+	PostureWindow     time.Duration
+}
+
+type count struct {
+	Name string
+	N    int
+}
+
+type tlsFailure struct {
+	Domain, Result, MX, Info string
+	Sessions                 int
+}
+
+// postureEntry counts a destination's deliveries by the strongest
+// protection each had.
+type postureEntry struct {
+	Domain                                           string
+	Total, DANE, MTASTS, Verified, Unverified, Plain int
+}
+
+func (a *adminHTTP) status(w http.ResponseWriter, r *http.Request) {
+	data, err := a.collect(time.Now())
+	if err != nil {
+		a.log.Error("status page", "err", err)
+		http.Error(w, "status unavailable: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+	if err := statusTemplate.Execute(w, data); err != nil {
+		a.log.Error("status page", "err", err)
+	}
+}
+
+// collect reads the queue and the evidence journal. The journal holds a
+// record for each final outcome and each TLS session, so the page reads
+// one hour of records for the posture, and today's TLS attempts.
+func (a *adminHTTP) collect(now time.Time) (statusData, error) {
+	d := statusData{Hostname: a.hostname, Version: version(), Generated: now, PostureWindow: time.Hour}
+	var err error
+	if d.Queue, err = a.stats.get(); err != nil {
+		return d, err
+	}
+	records, err := audit.Query(a.q, audit.Filter{Since: now.Add(-d.PostureWindow)})
+	if err != nil {
+		return d, err
+	}
+	outcomes := map[string]int{audit.Delivered: 0, audit.Bounced: 0, audit.Expired: 0}
+	byDomain := map[string]*postureEntry{}
+	for _, rec := range records {
+		outcomes[rec.Result]++
+		if rec.Result != audit.Delivered {
+			continue
+		}
+		dom := queue.Domain(rec.Recipient)
+		p := byDomain[dom]
+		if p == nil {
+			p = &postureEntry{Domain: dom}
+			byDomain[dom] = p
+		}
+		p.Total++
+		switch {
+		case rec.VerifiedBy == "DANE-EE" || rec.VerifiedBy == "DANE-TA":
+			p.DANE++
+		case rec.Verified && rec.PolicySource == "mta-sts":
+			p.MTASTS++
+		case rec.Verified:
+			p.Verified++
+		case rec.TLSVersion != "":
+			p.Unverified++
+		default:
+			p.Plain++
+		}
+	}
+	for _, name := range []string{audit.Delivered, audit.Bounced, audit.Expired} {
+		d.LastHour = append(d.LastHour, count{name, outcomes[name]})
+	}
+	for _, p := range byDomain {
+		d.Posture = append(d.Posture, *p)
+	}
+	slices.SortFunc(d.Posture, func(x, y postureEntry) int {
+		return cmp.Or(cmp.Compare(y.Total, x.Total), cmp.Compare(x.Domain, y.Domain))
+	})
+	d.Posture = d.Posture[:min(len(d.Posture), 20)]
+
+	agg, err := tlsrpt.Aggregate(a.q, now)
+	if err != nil {
+		return d, err
+	}
+	for domain, results := range agg {
+		for _, pr := range results {
+			for _, f := range pr.FailureDetails {
+				d.Failures = append(d.Failures, tlsFailure{Domain: domain, Result: f.ResultType, MX: f.ReceivingMXHostname,
+					Info: f.AdditionalInfo, Sessions: f.FailedSessionCount})
+			}
+		}
+	}
+	slices.SortFunc(d.Failures, func(x, y tlsFailure) int {
+		return cmp.Or(cmp.Compare(y.Sessions, x.Sessions), cmp.Compare(x.Domain, y.Domain), cmp.Compare(x.MX, y.MX))
+	})
+	return d, nil
+}
+
+// statsCache keeps the queue counts for a few seconds: counting reads
+// every message, and metrics scrapes and the status page both ask.
+type statsCache struct {
+	q      *queue.Queue
+	maxAge time.Duration
+
+	mu    sync.Mutex
+	at    time.Time
+	stats queue.Stats
+}
+
+func (c *statsCache) get() (queue.Stats, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.at) < c.maxAge {
+		return c.stats, nil
+	}
+	st, err := c.q.Stats()
+	if err != nil {
+		return st, err
+	}
+	c.stats, c.at = st, time.Now()
+	return st, nil
+}

@@ -1,0 +1,59 @@
+package delivery
+
+import (
+	"context"
+	"strconv"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// instruments are delivery's OpenTelemetry metrics and tracer, made on the
+// global providers (no-ops until the daemon installs real ones).
+type instruments struct {
+	attempts    metric.Int64Counter
+	final       metric.Int64Counter
+	timeInQueue metric.Float64Histogram
+	notices     metric.Int64Counter
+	tracer      trace.Tracer
+}
+
+func newInstruments() instruments {
+	m := otel.GetMeterProvider().Meter("github.com/postern/postern/relay/delivery")
+	in := instruments{tracer: otel.Tracer("github.com/postern/postern/relay/delivery")}
+	in.attempts, _ = m.Int64Counter("postern.delivery.attempts",
+		metric.WithDescription("Delivery attempts by result (delivered, partial, deferred, refused; failed-transaction, connect failures as deferred, skipped by policy), RFC 8460 policy type (tlsa, sts, no-policy-found), TLS version and whether the server was authenticated"))
+	in.final, _ = m.Int64Counter("postern.delivery.recipients",
+		metric.WithDescription("Recipients with a final outcome, by result (delivered, bounced, expired), policy source and whether the server was authenticated (verified)"))
+	in.timeInQueue, _ = m.Float64Histogram("postern.delivery.time_in_queue", metric.WithUnit("s"),
+		metric.WithDescription("From arrival to the final outcome, per recipient"),
+		metric.WithExplicitBucketBoundaries(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4*3600, 24*3600, 5*24*3600))
+	in.notices, _ = m.Int64Counter("postern.delivery.notices",
+		metric.WithDescription("Delivery status notifications queued for senders, by kind (failure, delay)"))
+	return in
+}
+
+func (in instruments) attempt(result string, t TLSInfo) {
+	version := t.Version
+	if version == "" {
+		version = "none"
+	}
+	in.attempts.Add(context.Background(), 1, metric.WithAttributes(attribute.String("result", result),
+		attribute.String("policy_type", orNoPolicy(t.PolicyType)), attribute.String("tls_version", version),
+		attribute.String("verified", strconv.FormatBool(t.Verified))))
+}
+
+func (in instruments) finished(result, source string, verified bool, seconds float64) {
+	if source == "" {
+		source = "none"
+	}
+	in.final.Add(context.Background(), 1, metric.WithAttributes(attribute.String("result", result),
+		attribute.String("policy_source", source), attribute.String("verified", strconv.FormatBool(verified))))
+	in.timeInQueue.Record(context.Background(), seconds)
+}
+
+func (in instruments) notice(kind string) {
+	in.notices.Add(context.Background(), 1, metric.WithAttributes(attribute.String("kind", kind)))
+}
