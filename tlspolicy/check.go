@@ -52,7 +52,7 @@ func (r Report) Deliverable() bool {
 func (e *Engine) Check(ctx context.Context, domain string, port int) Report {
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
 	r := Report{Domain: domain}
-	r.Local, r.Lapsed = localFor(e.cfg.Policies, domain, e.d.Clock())
+	r.Local, r.Lapsed = localFor(e.rules.Load().Policies, domain, e.d.Clock())
 	r.MX, r.MXErr = e.d.Resolver.LookupMX(ctx, domain)
 	r.STSRecords, _, r.STSErr = e.d.Resolver.LookupTXT(ctx, "_mta-sts."+domain)
 	r.STSPolicy, _ = e.sts.policy(ctx, domain)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -53,9 +54,10 @@ type Deps struct {
 // Engine decides from local policy, DANE, MTA-STS and the default, in that
 // order of strength (the "Sources, strongest first").
 type Engine struct {
-	cfg Config
-	d   Deps
-	sts *stsCache
+	cfg   Config
+	d     Deps
+	sts   *stsCache
+	rules atomic.Pointer[rules] // the part of cfg a reload may change
 
 	memMu    sync.Mutex // makes the read-modify-write of a confirming delivery atomic
 	memCache *lru.Cache[string, cachedMemory]
@@ -87,6 +89,7 @@ func NewEngine(cfg Config, d Deps) (*Engine, error) {
 		}
 	}
 	e := &Engine{cfg: cfg, d: d}
+	e.SetRules(cfg.Default, cfg.Policies, cfg.HonorTLSRequiredNo)
 	e.memCache, _ = lru.New[string, cachedMemory](10000)
 	sts, err := newSTSCache(d.DB, d.Resolver, cfg.Roots, cfg.STSPort, cfg.STSTimeout, d.Clock, d.Log)
 	if err != nil {
@@ -96,6 +99,20 @@ func NewEngine(cfg Config, d Deps) (*Engine, error) {
 	return e, nil
 }
 
+// rules are the operator's choices that a configuration reload may change
+// while deliveries run.
+type rules struct {
+	Default            Mode
+	Policies           []Local
+	HonorTLSRequiredNo bool
+}
+
+// SetRules replaces the default mode, the per-domain policies and the
+// TLS-Required: No setting; decisions made from now on use them.
+func (e *Engine) SetRules(def Mode, policies []Local, honorTLSRequiredNo bool) {
+	e.rules.Store(&rules{Default: def, Policies: policies, HonorTLSRequiredNo: honorTLSRequiredNo})
+}
+
 // Decide implements Policy.
 func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
 	r.Domain, r.MXHost = strings.ToLower(strings.TrimSuffix(r.Domain, ".")), strings.ToLower(strings.TrimSuffix(r.MXHost, "."))
@@ -103,7 +120,7 @@ func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
 		r.Port = 25
 	}
 	now := e.d.Clock()
-	local, lapsed := localFor(e.cfg.Policies, r.Domain, now)
+	local, lapsed := localFor(e.rules.Load().Policies, r.Domain, now)
 	if lapsed != nil && local == nil {
 		e.d.Log.Info("a time-boxed TLS policy entry has lapsed and no longer applies", "domain", r.Domain,
 			"entry", lapsed.Domain, "mode", lapsed.Mode.String(), "until", lapsed.Until)
@@ -151,7 +168,7 @@ func (e *Engine) published(ctx context.Context, r Request, base Decision) (*Deci
 	if r.Report || r.Route {
 		return nil, false, false, nil
 	}
-	if r.TLSOptional && e.cfg.HonorTLSRequiredNo {
+	if r.TLSOptional && e.rules.Load().HonorTLSRequiredNo {
 		e.d.Log.Info("TLS-Required: No: the domain's published TLS policies are set aside for this message", "domain", r.Domain, "mx", r.MXHost)
 		return nil, false, false, nil
 	}
@@ -267,12 +284,12 @@ func (e *Engine) tlsaFor(ctx context.Context, r Request, addrs resolver.AddrAnsw
 // combine merges the published policy with the local entry (or default):
 // the stronger wins, except that an MTA-STS testing policy only observes.
 func (e *Engine) combine(r Request, base Decision, local *Local, published *Decision) (Decision, error) {
-	mode, source := e.cfg.Default, "default"
+	mode, source := e.rules.Load().Default, "default"
 	if local != nil {
 		mode, source = local.Mode, "local"
 	}
 	if mode == ModeDANE && local != nil {
-		mode = e.cfg.Default // "DANE where published, else the default"
+		mode = e.rules.Load().Default // "DANE where published, else the default"
 	}
 	isDANE := published != nil && published.Source == "dane"
 	if mode == ModeDANEOnly && !isDANE {

@@ -30,6 +30,8 @@ type operations interface {
 	QueueList(f queue.Filter) ([]queue.Message, error)
 	QueueShow(id string) (queue.Message, error)
 	QueueAction(action, id string) error
+	QueueFlush() (int, error)
+	Reload() (string, error)
 	UserAdd(name, password string, allowFrom []string) error
 	UserList() ([]auth.User, error)
 	UserDelete(name string) error
@@ -55,6 +57,29 @@ type local struct {
 	report func(ctx context.Context, day time.Time) ([]tlsrpt.Outcome, error)
 	cfg    *Config
 	close  func() error
+	// reload re-reads the configuration; only the daemon has one.
+	reload func() (string, error)
+	// kick wakes the daemon's delivery after a change that makes work due.
+	kick func()
+}
+
+func (l *local) wake() {
+	if l.kick != nil {
+		l.kick()
+	}
+}
+
+func (l *local) QueueFlush() (int, error) {
+	n, err := l.q.RetryAllNow()
+	l.wake()
+	return n, err
+}
+
+func (l *local) Reload() (string, error) {
+	if l.reload == nil {
+		return "", errors.New("postern is not running: nothing to reload")
+	}
+	return l.reload()
 }
 
 func (l *local) TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error) {
@@ -123,6 +148,7 @@ func (l *local) Close() error {
 func (l *local) UserAdd(name, pw string, allow []string) error { return l.users.Add(name, pw, allow) }
 
 func (l *local) QueueAction(action, id string) error {
+	defer l.wake()
 	switch action {
 	case "hold":
 		return l.q.Hold(id)
@@ -132,9 +158,16 @@ func (l *local) QueueAction(action, id string) error {
 		return l.q.Delete(id)
 	case "retry":
 		return l.q.RetryNow(id)
+	case "bounce":
+		_, err := l.q.FailNow(id, operatorBounce)
+		return err
 	}
 	return fmt.Errorf("unknown queue action %q", action)
 }
+
+// operatorBounce is the reply recorded, and quoted in the notice, for
+// recipients bounced with "queue bounce".
+const operatorBounce = "5.0.0 returned to the sender by the postmaster (postern queue bounce)"
 
 // openOperations connects to the running daemon, or opens the databases
 // itself when none runs.
@@ -195,8 +228,28 @@ func adminHandler(ops operations) http.Handler {
 	}
 	mux.HandleFunc("GET /v1/queue", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		msgs, err := ops.QueueList(queue.Filter{RcptDomain: q.Get("domain"), Sender: q.Get("sender"), State: q.Get("state")})
+		f := queue.Filter{RcptDomain: q.Get("domain"), Sender: q.Get("sender"), State: q.Get("state")}
+		var err error
+		if v := q.Get("arrived_before"); v != "" {
+			f.ArrivedBefore, err = time.Parse(time.RFC3339Nano, v)
+		}
+		if v := q.Get("arrived_after"); v != "" && err == nil {
+			f.ArrivedAfter, err = time.Parse(time.RFC3339Nano, v)
+		}
+		if err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
+			return
+		}
+		msgs, err := ops.QueueList(f)
 		reply(w, msgs, err)
+	})
+	mux.HandleFunc("POST /v1/queue/flush", func(w http.ResponseWriter, r *http.Request) {
+		n, err := ops.QueueFlush()
+		reply(w, map[string]int{"messages": n}, err)
+	})
+	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		summary, err := ops.Reload()
+		reply(w, map[string]string{"summary": summary}, err)
 	})
 	mux.HandleFunc("GET /v1/tlsrpt/{day}", func(w http.ResponseWriter, r *http.Request) {
 		day, err := time.Parse("2006-01-02", r.PathValue("day"))
@@ -362,7 +415,23 @@ func (r *remote) do(method, path string, body, out any) error {
 func (r *remote) QueueList(f queue.Filter) ([]queue.Message, error) {
 	var out []queue.Message
 	v := url.Values{"domain": {f.RcptDomain}, "sender": {f.Sender}, "state": {f.State}}
+	if !f.ArrivedBefore.IsZero() {
+		v.Set("arrived_before", f.ArrivedBefore.Format(time.RFC3339Nano))
+	}
+	if !f.ArrivedAfter.IsZero() {
+		v.Set("arrived_after", f.ArrivedAfter.Format(time.RFC3339Nano))
+	}
 	return out, r.do("GET", "/v1/queue?"+v.Encode(), nil, &out)
+}
+func (r *remote) QueueFlush() (int, error) {
+	var out map[string]int
+	err := r.do("POST", "/v1/queue/flush", nil, &out)
+	return out["messages"], err
+}
+func (r *remote) Reload() (string, error) {
+	var out map[string]string
+	err := r.do("POST", "/v1/reload", nil, &out)
+	return out["summary"], err
 }
 func (r *remote) TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error) {
 	var out map[string][]tlsrpt.PolicyResult

@@ -50,6 +50,7 @@ type Config struct {
 	Telemetry  TelemetryConfig   `mapstructure:"telemetry"`
 
 	file string // where it came from, for messages
+	path string // the file read, if any, to read again on reload
 }
 
 type LogConfig struct {
@@ -307,7 +308,7 @@ func parseConfig(file string, r io.Reader) (*Config, error) {
 		}
 		where = file
 	}
-	cfg := &Config{file: where}
+	cfg := &Config{file: where, path: file}
 	err := v.Unmarshal(cfg, func(dc *mapstructure.DecoderConfig) {
 		dc.ErrorUnused = true
 		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
@@ -718,17 +719,13 @@ func (c *Config) tlsPolicy(res tlspolicy.Resolver, db *bolt.DB, log *slog.Logger
 	if err != nil {
 		return nil, nil, fmt.Errorf("tls.ca_file: %w", err)
 	}
-	def, _ := tlspolicy.ParseMode(c.TLS.Default)
-	memory, _ := tlspolicy.ParseMemoryMode(c.TLS.DowngradeMemory)
-	cfg := tlspolicy.Config{Default: def, Roots: roots, HonorTLSRequiredNo: c.TLS.HonorTLSRequiredNo, STSTimeout: c.TLS.MTASTSTimeout,
-		DowngradeMemory: memory, MemoryMaxAge: c.TLS.MemoryMaxAge}
-	for _, p := range c.TLS.Policies {
-		l, err := c.localPolicy(p)
-		if err != nil {
-			return nil, nil, err
-		}
-		cfg.Policies = append(cfg.Policies, l)
+	def, policies, err := c.tlsRules()
+	if err != nil {
+		return nil, nil, err
 	}
+	memory, _ := tlspolicy.ParseMemoryMode(c.TLS.DowngradeMemory)
+	cfg := tlspolicy.Config{Default: def, Policies: policies, Roots: roots, HonorTLSRequiredNo: c.TLS.HonorTLSRequiredNo,
+		STSTimeout: c.TLS.MTASTSTimeout, DowngradeMemory: memory, MemoryMaxAge: c.TLS.MemoryMaxAge}
 	if c.TLS.ClientCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.TLS.ClientCertFile, c.TLS.ClientKeyFile)
 		if err != nil {
@@ -738,6 +735,20 @@ func (c *Config) tlsPolicy(res tlspolicy.Resolver, db *bolt.DB, log *slog.Logger
 	}
 	e, err := tlspolicy.NewEngine(cfg, tlspolicy.Deps{Resolver: res, DB: db, Log: log})
 	return e, roots, err
+}
+
+// tlsRules is the default mode and the per-domain policies.
+func (c *Config) tlsRules() (tlspolicy.Mode, []tlspolicy.Local, error) {
+	def, _ := tlspolicy.ParseMode(c.TLS.Default)
+	var policies []tlspolicy.Local
+	for _, p := range c.TLS.Policies {
+		l, err := c.localPolicy(p)
+		if err != nil {
+			return 0, nil, err
+		}
+		policies = append(policies, l)
+	}
+	return def, policies, nil
 }
 
 // dkimSigner loads the configured keys; nil when there are none.

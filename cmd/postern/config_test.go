@@ -25,6 +25,7 @@ func TestReferenceConfigsAreValidAndMatchDefaults(t *testing.T) {
 	ref, _ := loadConfig("../../configs/postern.yaml")
 	def, _ := loadConfig("")
 	ref.file, def.file = "", ""
+	ref.path, def.path = "", ""
 	ref.Hostname, def.Hostname = "", ""
 	if !sameConfig(ref, def) {
 		t.Errorf("configs/postern.yaml does not show the built-in defaults:\n%+v\n%+v", ref, def)

@@ -124,6 +124,21 @@ func rootCommand() *cobra.Command {
 			return nil
 		},
 	})
+	root.AddCommand(&cobra.Command{
+		Use:   "reload",
+		Short: "Make the running daemon re-read its configuration (as SIGHUP does) and say what changed",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withOps(load, func(ops operations) error {
+				summary, err := ops.Reload()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(c.OutOrStdout(), summary)
+				return nil
+			})
+		},
+	})
 	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load))
 	return root
 }
@@ -278,42 +293,62 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 	cmd := &cobra.Command{Use: "queue", Short: "Inspect and act on the queue"}
 	var f queue.Filter
 	var asJSON bool
+	var olderThan, newerThan time.Duration
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List queued messages",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			switch f.State {
+			case "", "active", "deferred", "held":
+			default:
+				return &exitError{2, fmt.Errorf("--state %q: use active, deferred or held", f.State)}
+			}
+			if olderThan > 0 {
+				f.ArrivedBefore = time.Now().Add(-olderThan)
+			}
+			if newerThan > 0 {
+				f.ArrivedAfter = time.Now().Add(-newerThan)
+			}
 			return withOps(load, func(ops operations) error {
 				msgs, err := ops.QueueList(f)
 				if err != nil {
 					return err
 				}
 				if asJSON {
+					if msgs == nil {
+						msgs = []queue.Message{} // an empty list, not null
+					}
 					return json.NewEncoder(c.OutOrStdout()).Encode(msgs)
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "ID\tARRIVED\tSIZE\tSENDER\tPENDING/RCPTS\tSTATE")
+				fmt.Fprintln(w, "ID\tARRIVED\tSIZE\tSENDER\tPENDING/RCPTS\tSTATE\tLAST REPLY")
 				for _, m := range msgs {
-					pending := 0
+					pending, last := 0, ""
 					for _, r := range m.Recipients {
 						if !r.State.Final() {
 							pending++
+							if r.LastReply != "" {
+								last = r.LastReply
+							}
 						}
 					}
-					state := "active"
-					if m.Held {
-						state = "held"
-					}
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d/%d\t%s\n", m.ID, m.Arrival.Local().Format(time.DateTime), m.Size,
-						orNull(m.From), pending, len(m.Recipients), state)
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d/%d\t%s\t%s\n", m.ID, m.Arrival.Local().Format(time.DateTime), m.Size,
+						orNull(m.From), pending, len(m.Recipients), m.State(), truncate(last, 80))
 				}
-				return w.Flush()
+				if err := w.Flush(); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.ErrOrStderr(), "%d messages\n", len(msgs))
+				return nil
 			})
 		},
 	}
 	list.Flags().StringVar(&f.RcptDomain, "domain", "", "only messages with a recipient in this domain")
 	list.Flags().StringVar(&f.Sender, "sender", "", "only messages from this sender")
 	list.Flags().StringVar(&f.State, "state", "", "active, deferred or held")
+	list.Flags().DurationVar(&olderThan, "older-than", 0, "only messages that arrived longer ago than this (e.g. 4h)")
+	list.Flags().DurationVar(&newerThan, "newer-than", 0, "only messages that arrived within this (e.g. 10m)")
 	list.Flags().BoolVar(&asJSON, "json", false, "JSON output")
 
 	var showJSON bool
@@ -331,16 +366,20 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 					return json.NewEncoder(c.OutOrStdout()).Encode(m)
 				}
 				out := c.OutOrStdout()
-				fmt.Fprintf(out, "id:          %s\nfrom:        %s\nuser:        %s (%s)\narrived:     %s\nsize:        %d\nheld:        %v\nrequiretls:  %v\n",
-					m.ID, orNull(m.From), m.AuthUser, m.ClientIP, m.Arrival.Local().Format(time.RFC3339), m.Size, m.Held, m.RequireTLS)
+				fmt.Fprintf(out, "id:          %s\nstate:       %s\nfrom:        %s\nuser:        %s (%s)\narrived:     %s (%s ago)\nsize:        %d\nmessage-id:  %s\nrequiretls:  %v\n",
+					m.ID, m.State(), orNull(m.From), m.AuthUser, m.ClientIP, m.Arrival.Local().Format(time.RFC3339),
+					time.Since(m.Arrival).Round(time.Second), m.Size, orDash(m.MessageID), m.RequireTLS)
 				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "\nRECIPIENT\tSTATE\tATTEMPTS\tNEXT\tLAST REPLY")
+				fmt.Fprintln(w, "\nRECIPIENT\tSTATE\tATTEMPTS\tLAST TRY\tNEXT\tSERVER\tLAST REPLY")
 				for _, r := range m.Recipients {
-					next := "-"
+					next, lastTry := "-", "-"
 					if !r.State.Final() {
 						next = r.Due.Local().Format(time.DateTime)
 					}
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", r.Addr, r.State, r.Attempts, next, r.LastReply)
+					if !r.LastAttempt.IsZero() {
+						lastTry = r.LastAttempt.Local().Format(time.DateTime)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Addr, r.State, r.Attempts, lastTry, next, orDash(r.LastHost), r.LastReply)
 				}
 				return w.Flush()
 			})
@@ -353,6 +392,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 		{"release", "Let a held message be delivered again"},
 		{"delete", "Delete a message without notifying its sender"},
 		{"retry", "Make a message's pending recipients due now"},
+		{"bounce", "Fail a message's pending recipients now and send its sender the failure notice"},
 	} {
 		cmd.AddCommand(&cobra.Command{
 			Use:   a.name + " ID...",
@@ -374,7 +414,29 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 			},
 		})
 	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "flush",
+		Short: "Make every deferred message due now (postqueue -f)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withOps(load, func(ops operations) error {
+				n, err := ops.QueueFlush()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "%d deferred messages due now\n", n)
+				return nil
+			})
+		},
+	})
 	return cmd
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
 }
 
 func orNull(from string) string {

@@ -1,13 +1,28 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/submission"
 )
 
 func httpGet(t *testing.T, url string) (int, string) {
@@ -106,4 +121,161 @@ func containsAll(text string, lines []string) bool {
 		}
 	}
 	return true
+}
+
+// TestQueueOperations drives the queue commands through the admin socket:
+// filters by state and age, flush, bounce with its notice, and the exit
+// code for a message that does not exist.
+func TestQueueOperations(t *testing.T) {
+	d := newDaemon(t, nil)
+	if out, err := d.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	reply, err := submit(d.starttls, "app", "pw", "app@dest.test", "rcpt@stuck.test", []byte("Subject: stuck\r\n\r\nx\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(reply)
+	// Its MX refuses connections: after the first attempt it is deferred.
+	var msgs []queue.Message
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		out, _ := d.run("", "queue", "list", "--state", "deferred", "--json")
+		if json.Unmarshal([]byte(out), &msgs) == nil && len(msgs) == 1 {
+			break
+		}
+	}
+	if len(msgs) != 1 || msgs[0].ID != id || msgs[0].Recipients[0].Attempts != 1 || !strings.Contains(msgs[0].Recipients[0].LastReply, "4.4.1") {
+		t.Fatalf("deferred list: %+v", msgs)
+	}
+	if out, _ := d.run("", "queue", "list", "--older-than", "1h"); strings.Contains(out, id) {
+		t.Fatalf("--older-than 1h lists a new message:\n%s", out)
+	}
+	if out, _ := d.run("", "queue", "list", "--newer-than", "1h"); !regexp.MustCompile(id + `\s.*\s1/1\s+deferred\s+4\.4\.1`).MatchString(out) {
+		t.Fatalf("queue list table:\n%s", out)
+	}
+	if out, err := d.run("", "queue", "show", id); err != nil || !regexp.MustCompile(`state:\s+deferred\n`).MatchString(out) ||
+		!regexp.MustCompile(`rcpt@stuck\.test\s+pending\s+1\s.*4\.4\.1 connect to mx\.stuck\.test`).MatchString(out) {
+		t.Fatalf("queue show: %v\n%s", err, out)
+	}
+	if out, err := d.run("", "queue", "flush"); err != nil || !strings.Contains(out, "1 deferred messages due now") {
+		t.Fatalf("flush: %v %s", err, out)
+	}
+	if out, err := d.run("", "queue", "list", "--state", "parked"); err == nil || exitCode(err) != 2 {
+		t.Fatalf("bad --state: %v %s", err, out)
+	}
+	if _, err := d.run("", "queue", "bounce", "nonexistent"); exitCode(err) != 3 {
+		t.Fatalf("bounce of a missing ID: %v", err)
+	}
+	// Bounce: the message goes, and a failure notice to its sender comes.
+	var bounced bool
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !bounced; time.Sleep(100 * time.Millisecond) {
+		// A retry may be in flight (the flush made it due): then bounce says so and exits 3.
+		_, err := d.run("", "queue", "bounce", id)
+		bounced = err == nil
+	}
+	if !bounced {
+		t.Fatal("bounce never succeeded")
+	}
+	// The sender's domain is the sink's: the notice arrives there.
+	select {
+	case <-d.sink.Arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no failure notice")
+	}
+	dsn := d.sink.Received()[0]
+	if dsn.From != "" || dsn.Rcpts[0] != "app@dest.test" || !strings.Contains(string(dsn.Data), "Action: failed") ||
+		!strings.Contains(string(dsn.Data), "postern queue bounce") {
+		t.Fatalf("failure notice: from %q to %v\n%s", dsn.From, dsn.Rcpts, dsn.Data)
+	}
+	if out, _ := d.run("", "queue", "list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("queue after the bounce: %s", out)
+	}
+	d.signal(syscall.SIGTERM)
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// TestReload: SIGHUP makes new connections see a replaced certificate, and
+// "postern reload" applies a changed limit at once and names a setting that
+// needs a restart.
+func TestReload(t *testing.T) {
+	d := newDaemon(t, nil)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeCert := func(name string) {
+		cert, err := submission.SelfSigned(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, _ := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+		os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600)
+		os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600)
+	}
+	writeCert("first.test")
+	d.editConfig(`tls_listen: ["127.0.0.1:0"]`, fmt.Sprintf(`tls_listen: ["127.0.0.1:0"]
+  max_recipients: 5
+  tls: {cert_file: %s, key_file: %s, reload_interval: 1h}`, certFile, keyFile))
+	if out, err := d.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	served := func() string {
+		c, err := tls.Dial("tcp", d.implicit, e2eTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	if name := served(); name != "first.test" {
+		t.Fatalf("serving %q", name)
+	}
+	writeCert("second.test")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	var name string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if name = served(); name == "second.test" {
+			break
+		}
+	}
+	if name != "second.test" {
+		t.Fatalf("after SIGHUP a new connection sees %q", name)
+	}
+
+	b, _ := os.ReadFile(d.cfg)
+	text := strings.Replace(string(b), "max_recipients: 5", "max_recipients: 1\n  max_message_bytes: 1000000", 1)
+	os.WriteFile(d.cfg, []byte(text), 0o600)
+	out, err := d.run("", "reload")
+	if err != nil || !strings.Contains(out, "applied: submission.max_recipients") || !strings.Contains(out, "need a restart: submission.max_message_bytes") {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	c, err := smtp.DialStartTLS(d.starttls, e2eTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", "app", "pw")); err != nil {
+		t.Fatal(err)
+	}
+	c.Mail("app@example.org", nil)
+	if err := c.Rcpt("a@dest.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	var se *smtp.SMTPError
+	if err := c.Rcpt("b@dest.test", nil); !errors.As(err, &se) || se.Code != 452 {
+		t.Fatalf("second recipient after max_recipients went to 1: %v", err)
+	}
+	// A configuration that does not validate changes nothing.
+	os.WriteFile(d.cfg, []byte(strings.Replace(text, "max_recipients: 1", "max_recipients: 0", 1)), 0o600)
+	if out, err := d.run("", "reload"); err == nil || !strings.Contains(out, "submission.max_recipients") {
+		t.Fatalf("bad reload: %v\n%s", err, out)
+	}
+	d.signal(syscall.SIGTERM)
 }

@@ -24,10 +24,12 @@ import (
 	"github.com/postern/postern/resolver"
 )
 
+// logLevel is the daemon's log level, which a reload may change.
+var logLevel = new(slog.LevelVar)
+
 func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.Level))
-	opts := &slog.HandlerOptions{Level: level}
+	logLevel.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: logLevel}
 	if cfg.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
@@ -101,9 +103,10 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	verifier := auth.NewVerifier(users, cfg.authLimits(), nil)
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
 		DKIM:  signer,
-		Queue: q, Auth: auth.NewVerifier(users, cfg.authLimits(), nil),
+		Queue: q, Auth: verifier,
 		GetCertificate: certs.GetCertificate, Log: log, Queued: engine.Kick,
 	})
 	reporter, err := cfg.reporter(q, res, signer, stateDB, engine.Kick, log)
@@ -143,7 +146,9 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if err := listen(cfg.Submission.TLSListen, "implicit-tls", srv.ServeTLS); err != nil {
 		return err
 	}
-	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send})
+	reload := newReloader(cfg, certs, srv, verifier, policy, engine, log)
+	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send,
+		reload: reload.reload, kick: engine.Kick})
 	if err != nil {
 		return err
 	}
@@ -179,11 +184,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 		select {
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
-				if changed, err := certs.Reload(); err != nil {
-					log.Error("reload: certificate not replaced", "err", err)
-				} else {
-					log.Info("reload: certificates checked", "changed", changed)
-				}
+				reload.reload() // it logs what it did
 				continue
 			}
 			// Drain: no new sessions or leases; transactions in flight on

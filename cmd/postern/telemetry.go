@@ -77,7 +77,9 @@ func (t *telemetry) Close(ctx context.Context) error {
 
 type slogPromLogger struct{ log *slog.Logger }
 
-func (l slogPromLogger) Println(v ...any) { l.log.Error("metrics exposition", "detail", fmt.Sprint(v...)) }
+func (l slogPromLogger) Println(v ...any) {
+	l.log.Error("metrics exposition", "detail", fmt.Sprint(v...))
+}
 
 // queueGauges reports the queue's size by state and the age of its oldest
 // message at each collection.

@@ -129,22 +129,30 @@ func (v *Verifier) check(name, password, hash string) bool {
 	return ok && err == nil
 }
 
+// SetLimits replaces the throttling limits (a configuration reload).
+func (v *Verifier) SetLimits(l Limits) {
+	v.mu.Lock()
+	v.limits = l
+	v.mu.Unlock()
+}
+
 func (v *Verifier) fail(ip string) time.Duration {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	now := v.clock()
 	rec, ok := v.failures.Get(ip)
-	if !ok || now.Sub(rec.first) > v.limits.Window && now.After(rec.lockedUntil) {
+	limits := v.limits
+	if !ok || now.Sub(rec.first) > limits.Window && now.After(rec.lockedUntil) {
 		rec = &failureRecord{first: now}
 		v.failures.Add(ip, rec)
 	}
 	rec.count++
-	if v.limits.MaxFailures > 0 && rec.count >= v.limits.MaxFailures {
-		rec.lockedUntil = now.Add(v.limits.Lockout)
+	if limits.MaxFailures > 0 && rec.count >= limits.MaxFailures {
+		rec.lockedUntil = now.Add(limits.Lockout)
 	}
-	excess := rec.count - v.limits.FreeFailures
+	excess := rec.count - limits.FreeFailures
 	if excess <= 0 {
 		return 0
 	}
-	return min(time.Duration(excess)*v.limits.Delay, v.limits.MaxDelay)
+	return min(time.Duration(excess)*limits.Delay, limits.MaxDelay)
 }

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -94,7 +95,12 @@ type Engine struct {
 	kick    chan struct{}
 	conns   *pool
 	metrics instruments
+	routes  atomic.Pointer[[]Route] // Config.Routes, replaced by SetRoutes
 }
+
+// SetRoutes replaces the routes (a configuration reload); deliveries that
+// start from now on use them.
+func (e *Engine) SetRoutes(routes []Route) { e.routes.Store(&routes) }
 
 // New builds an engine.
 func New(cfg Config, d Deps) *Engine {
@@ -116,8 +122,10 @@ func New(cfg Config, d Deps) *Engine {
 	if cfg.Timeouts == (Timeouts{}) {
 		cfg.Timeouts = DefaultTimeouts
 	}
-	return &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1),
+	e := &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1),
 		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock), metrics: newInstruments()}
+	e.SetRoutes(cfg.Routes)
+	return e
 }
 
 // Kick makes the engine look for due work now, as after a submission.
@@ -287,7 +295,7 @@ func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain stri
 func (e *Engine) tryHops(ctx context.Context, m queue.Message, domain string, idxs []int, note func(tlsrpt.Attempt)) []queue.Outcome {
 	now := e.d.Clock()
 	dnsCtx, dnsSpan := e.metrics.tracer.Start(ctx, "dns.mx")
-	hopList, err := hops(dnsCtx, e.d.Resolver, e.cfg.Routes, e.cfg.Port, domain, e.d.Shuffle)
+	hopList, err := hops(dnsCtx, e.d.Resolver, *e.routes.Load(), e.cfg.Port, domain, e.d.Shuffle)
 	dnsSpan.End()
 	if err != nil {
 		f := asFailure(err, "", "route")

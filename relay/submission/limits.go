@@ -18,7 +18,7 @@ import (
 type limitListener struct {
 	net.Listener
 	hostname       string
-	total, perHost int
+	total, perHost *atomic.Int64 // shared with the server, which may change them
 
 	mu     sync.Mutex
 	open   int
@@ -26,7 +26,7 @@ type limitListener struct {
 	conns  map[*countedConn]struct{}
 }
 
-func newLimitListener(l net.Listener, hostname string, total, perHost int) *limitListener {
+func newLimitListener(l net.Listener, hostname string, total, perHost *atomic.Int64) *limitListener {
 	return &limitListener{Listener: l, hostname: hostname, total: total, perHost: perHost, byHost: map[string]int{}, conns: map[*countedConn]struct{}{}}
 }
 
@@ -39,7 +39,8 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		host := remoteHost(c)
 		refuse := ""
 		l.mu.Lock()
-		for refuse == "" && l.total > 0 && l.open >= l.total {
+		total, perHost := int(l.total.Load()), int(l.perHost.Load())
+		for refuse == "" && total > 0 && l.open >= total {
 			victim := l.oldestUnauthenticated()
 			if victim == nil {
 				refuse = "Too many connections"
@@ -49,7 +50,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			victim.Close() // releases its slot
 			l.mu.Lock()
 		}
-		if refuse == "" && l.perHost > 0 && l.byHost[host] >= l.perHost {
+		if refuse == "" && perHost > 0 && l.byHost[host] >= perHost {
 			refuse = "Too many connections from your address"
 		}
 		if refuse == "" {

@@ -73,6 +73,9 @@ type Server struct {
 	smtp    *smtp.Server
 	metrics *instruments
 
+	// The limits a configuration reload may change (SetLimits).
+	maxRecipients, maxConnections, maxConnectionsPerIP atomic.Int64
+
 	mu        sync.Mutex
 	listeners []*limitListener
 	sessions  map[*session]struct{}
@@ -95,6 +98,9 @@ func New(cfg Config, d Deps) *Server {
 	}
 	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep, queued: d.Queued, dkim: d.DKIM,
 		sessions: map[*session]struct{}{}, metrics: newInstruments()}
+	s.maxRecipients.Store(int64(cfg.MaxRecipients))
+	s.maxConnections.Store(int64(cfg.MaxConnections))
+	s.maxConnectionsPerIP.Store(int64(cfg.MaxConnectionsPerIP))
 	s.tls = &tls.Config{MinVersion: cfg.MinTLSVersion, GetCertificate: d.GetCertificate}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
@@ -121,11 +127,19 @@ func (s *Server) ServeSTARTTLS(l net.Listener) error {
 }
 
 func (s *Server) limit(l net.Listener) *limitListener {
-	ll := newLimitListener(l, s.cfg.Hostname, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerIP)
+	ll := newLimitListener(l, s.cfg.Hostname, &s.maxConnections, &s.maxConnectionsPerIP)
 	s.mu.Lock()
 	s.listeners = append(s.listeners, ll)
 	s.mu.Unlock()
 	return ll
+}
+
+// SetLimits changes the recipient and connection limits (a configuration
+// reload); sessions and connections from now on obey them.
+func (s *Server) SetLimits(maxRecipients, maxConnections, maxConnectionsPerIP int) {
+	s.maxRecipients.Store(int64(maxRecipients))
+	s.maxConnections.Store(int64(maxConnections))
+	s.maxConnectionsPerIP.Store(int64(maxConnectionsPerIP))
 }
 
 // ServeTLS serves implicit-TLS submission on l (port 465).

@@ -234,7 +234,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.rcpts[key] {
 		return nil // the same recipient twice gets one copy
 	}
-	if max := s.srv.cfg.MaxRecipients; max > 0 && len(s.env.Recipients) >= max {
+	if max := int(s.srv.maxRecipients.Load()); max > 0 && len(s.env.Recipients) >= max {
 		return errTooManyRcpts
 	}
 	r := queue.Recipient{Addr: canon}
