@@ -96,7 +96,7 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 	}
 	code, page := httpGet(t, base+"/")
 	if code != 200 || !regexp.MustCompile(`<td>dest\.test</td><td class="n">1</td>`).MatchString(page) ||
-		!strings.Contains(page, `<th>delivered</th>`) {
+		!strings.Contains(page, `<th class="n">delivered</th>`) {
 		t.Fatalf("status page: %d\n%s", code, page)
 	}
 	if err := d.signal(syscall.SIGTERM); err != nil {
