@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,12 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/smtptest"
@@ -555,5 +562,41 @@ func TestDNSOutageDefersThenRecovers(t *testing.T) {
 				t.Fatalf("after DNS returned: %v, %d delivered, %+v", err, len(mx.Received()), w.state(id).Recipients[0])
 			}
 		})
+	}
+}
+
+// TestDeliveryTrace: a delivery makes one trace with spans for DNS, the
+// TLS policy, the connection (TLS included) and the SMTP transaction, under
+// a root span that carries the queue ID.
+func TestDeliveryTrace(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	t.Cleanup(func() { otel.SetTracerProvider(tracenoop.NewTracerProvider()) })
+	w := newWorld(t, smtptest.Start(t, nil))
+	id := w.submit(sender, "a@dest.test")
+	w.run()
+	spans := map[string]sdktrace.ReadOnlySpan{}
+	for _, s := range rec.Ended() {
+		spans[s.Name()] = s
+	}
+	root, ok := spans["delivery"]
+	if !ok {
+		t.Fatalf("no delivery span among %v", spans)
+	}
+	if !slices.Contains(root.Attributes(), attribute.String("postern.queue_id", id)) {
+		t.Errorf("delivery span attributes %v lack the queue ID", root.Attributes())
+	}
+	for _, name := range []string{"delivery.domain", "dns.mx", "tls.policy", "dns.address", "smtp.attempt", "connect", "smtp.transaction"} {
+		s, ok := spans[name]
+		if !ok {
+			t.Errorf("no %s span", name)
+			continue
+		}
+		if s.SpanContext().TraceID() != root.SpanContext().TraceID() {
+			t.Errorf("%s is not in the delivery's trace", name)
+		}
+	}
+	if c := spans["connect"]; c != nil && !slices.Contains(c.Attributes(), attribute.String("postern.tls_version", "TLS 1.3")) {
+		t.Errorf("connect span attributes %v lack the TLS version", c.Attributes())
 	}
 }

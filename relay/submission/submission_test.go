@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +21,12 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
@@ -689,4 +696,30 @@ func TestNoPathRelaysWithoutAuth(t *testing.T) {
 			t.Fatal("message with a forbidden sender was queued")
 		}
 	})
+}
+
+// TestSubmissionTrace: an accepted message has a submission span with its
+// queue ID, and the queue commit inside it.
+func TestSubmissionTrace(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	t.Cleanup(func() { otel.SetTracerProvider(tracenoop.NewTracerProvider()) })
+	h := newHarness(t)
+	r := h.inTransaction(testUser)
+	r.sendData(sample + ".\r\n")
+	m, _ := h.only()
+	spans := map[string]sdktrace.ReadOnlySpan{}
+	for _, s := range rec.Ended() {
+		spans[s.Name()] = s
+	}
+	sub, commit := spans["submission"], spans["queue.commit"]
+	if sub == nil || commit == nil {
+		t.Fatalf("spans %v", spans)
+	}
+	if !slices.Contains(sub.Attributes(), attribute.String("postern.queue_id", m.ID)) {
+		t.Errorf("submission span attributes %v lack queue ID %s", sub.Attributes(), m.ID)
+	}
+	if commit.Parent().SpanID() != sub.SpanContext().SpanID() {
+		t.Error("queue.commit is not inside the submission span")
+	}
 }
