@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -67,7 +69,7 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 		`postern_submission_accepted_total 1`,
 		`postern_submission_auth_failures_total{reason="bad_credentials"} 1`,
 		`postern_submission_duration_seconds_count 1`,
-		`postern_delivery_attempts_total{policy_type="no-policy-found",result="delivered",tls_version="TLS 1.3",verified="false"} 1`,
+		`postern_delivery_attempts_total{policy_type="no-policy-found",result="delivered",tls_failure="none",tls_version="TLS 1.3",verified="false"} 1`,
 		`postern_delivery_recipients_total{policy_source="default",result="delivered",verified="false"} 1`,
 		`postern_delivery_time_in_queue_seconds_count 1`,
 		`postern_queue_messages{state="active"} 0`,
@@ -91,6 +93,7 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 	if !regexp.MustCompile(`postern_dns_validation_total\{status="secure"\} [1-9]`).MatchString(metrics) {
 		t.Error("scrape lacks secure DNS validations")
 	}
+	checkMetricNamesInConfigs(t, metrics)
 	if t.Failed() {
 		t.Logf("scrape:\n%s", grepLines(metrics, "postern_"))
 	}
@@ -278,4 +281,93 @@ func TestReload(t *testing.T) {
 		t.Fatalf("bad reload: %v\n%s", err, out)
 	}
 	d.signal(syscall.SIGTERM)
+}
+
+// TestOTLPExport: with telemetry.otlp_endpoint set, the daemon pushes
+// metrics and the traces of a submission and its delivery to the collector.
+func TestOTLPExport(t *testing.T) {
+	var mu sync.Mutex
+	posts := map[string]int{}
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		if r.Method == "POST" && r.Header.Get("Content-Type") == "application/x-protobuf" && len(b) > 0 {
+			posts[r.URL.Path]++
+		}
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	}))
+	defer collector.Close()
+	d := newDaemon(t, nil)
+	d.editConfig(`admin: {metrics_listen: "127.0.0.1:0"}`, fmt.Sprintf(`admin: {metrics_listen: "127.0.0.1:0"}
+telemetry: {otlp_endpoint: %q, otlp_interval: 200ms}`, collector.URL))
+	if out, err := d.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	if _, err := submit(d.starttls, "app", "pw", "app@example.org", "rcpt@dest.test", []byte("Subject: m\r\n\r\nhi\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	<-d.sink.Arrived
+	// Spans are batched; the stop flushes them.
+	d.signal(syscall.SIGTERM)
+	mu.Lock()
+	defer mu.Unlock()
+	if posts["/v1/metrics"] == 0 || posts["/v1/traces"] == 0 {
+		t.Fatalf("collector received %v", posts)
+	}
+}
+
+// checkMetricNamesInConfigs: every metric the alert rules and the Grafana
+// dashboard use is one Postern exports (a typo would make an alert that
+// never fires). Counters that only appear once their event has happened
+// are listed.
+func checkMetricNamesInConfigs(t *testing.T, scrape string) {
+	t.Helper()
+	eventOnly := map[string]bool{"postern_tls_downgrades_total": true, "postern_mta_sts_fetches_total": true,
+		"postern_delivery_notices_total": true, "postern_submission_refused_total": true}
+	for _, file := range []string{"../../configs/prometheus-alerts.yaml", "../../configs/grafana-dashboard.json"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := regexp.MustCompile(`postern_[a-z_]+`).FindAllString(string(b), -1)
+		if len(names) < 5 {
+			t.Errorf("%s uses only %d metrics", file, len(names))
+		}
+		for _, n := range names {
+			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, "_bucket"), "_count"), "_sum")
+			if !strings.Contains(scrape, "# HELP "+base+" ") && !eventOnly[base] {
+				t.Errorf("%s uses %s, which Postern does not export", file, n)
+			}
+		}
+	}
+}
+
+// TestServiceUnit: the systemd unit is hardened as the design asks, may
+// write only data_dir, and gives the drain time to finish.
+func TestServiceUnit(t *testing.T) {
+	b, err := os.ReadFile("../../configs/postern.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := string(b)
+	cfg, err := loadConfig("../../configs/postern.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=" + cfg.DataDir + "\n",
+		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "User=postern", "ExecReload=/bin/kill -HUP $MAINPID",
+		"ExecStart=/usr/local/bin/postern serve -c /etc/postern/postern.yaml"} {
+		if !strings.Contains(unit, want) {
+			t.Errorf("unit lacks %q", want)
+		}
+	}
+	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindStringSubmatch(unit)
+	if m == nil {
+		t.Fatal("no TimeoutStopSec")
+	}
+	if stop, err := time.ParseDuration(m[1]); err != nil || stop <= cfg.Shutdown.Timeout {
+		t.Errorf("TimeoutStopSec=%s must exceed shutdown.timeout (%s)", m[1], cfg.Shutdown.Timeout)
+	}
 }
