@@ -516,3 +516,41 @@ func mustLease(t *testing.T, q *Queue, n int) []Lease {
 	}
 	return l
 }
+
+func TestBackupIsARestorableSnapshot(t *testing.T) {
+	clock := newClock()
+	dir := t.TempDir()
+	q := openTest(t, clock, dir, 16) // bodies over 16 bytes are spooled
+	defer q.Close()
+	small, _ := q.Enqueue("", envelope("a@x.test"), strings.NewReader("tiny"))
+	big, _ := q.Enqueue("", envelope("b@x.test"), strings.NewReader(strings.Repeat("spooled body ", 10)))
+	gone, _ := q.Enqueue("", envelope("c@x.test"), strings.NewReader(strings.Repeat("finished body ", 10)))
+	// As if gone finished between the snapshot and the copy of its file.
+	os.Remove(filepath.Join(dir, "spool", gone))
+	backup := filepath.Join(t.TempDir(), "backup")
+	rep, err := q.Backup(backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Messages != 2 || rep.Spooled != 1 || rep.Gone != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	if _, err := q.Backup(backup); err == nil {
+		t.Fatal("backup over a non-empty directory")
+	}
+	// Restore: the backup directory is a data_dir's queue.
+	r := openTest(t, clock, backup, 16)
+	defer r.Close()
+	if rec, err := r.Recover(); err != nil || len(rec.MissingBodies) != 0 || rec.Messages != 2 {
+		t.Fatalf("recover the backup: %+v %v", rec, err)
+	}
+	if got := readBody(t, r, small); string(got) != "tiny" {
+		t.Fatalf("small body %q", got)
+	}
+	if got := readBody(t, r, big); string(got) != strings.Repeat("spooled body ", 10) {
+		t.Fatalf("spooled body %q", got)
+	}
+	if _, err := r.Get(gone); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("finished message in the backup: %v", err)
+	}
+}

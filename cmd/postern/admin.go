@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -31,6 +32,7 @@ type operations interface {
 	QueueShow(id string) (queue.Message, error)
 	QueueAction(action, id string) error
 	QueueFlush() (int, error)
+	Backup(dir string) (backupReport, error)
 	Reload() (string, error)
 	UserAdd(name, password string, allowFrom []string) error
 	UserList() ([]auth.User, error)
@@ -67,6 +69,41 @@ func (l *local) wake() {
 	if l.kick != nil {
 		l.kick()
 	}
+}
+
+// backupReport is what "postern backup" made.
+type backupReport struct {
+	Dir string `json:"dir"`
+	queue.BackupReport
+}
+
+// Backup snapshots the queue (with its spool) and the state database into
+// dir, which then serves as a data_dir.
+func (l *local) Backup(dir string) (backupReport, error) {
+	rep := backupReport{Dir: dir}
+	var err error
+	if rep.BackupReport, err = l.q.Backup(dir); err != nil {
+		return rep, err
+	}
+	err = l.state.View(func(tx *bolt.Tx) error {
+		f, err := os.OpenFile(filepath.Join(dir, "state.db"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.WriteTo(f); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
+	})
+	if err != nil {
+		return rep, fmt.Errorf("backup state.db: %w", err)
+	}
+	return rep, nil
 }
 
 func (l *local) QueueFlush() (int, error) {
@@ -242,6 +279,17 @@ func adminHandler(ops operations) http.Handler {
 		}
 		msgs, err := ops.QueueList(f)
 		reply(w, msgs, err)
+	})
+	mux.HandleFunc("POST /v1/backup", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Dir string `json:"dir"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil || !filepath.IsAbs(req.Dir) {
+			reply(w, nil, fmt.Errorf("bad request: want an absolute directory (%v)", err))
+			return
+		}
+		rep, err := ops.Backup(req.Dir)
+		reply(w, rep, err)
 	})
 	mux.HandleFunc("POST /v1/queue/flush", func(w http.ResponseWriter, r *http.Request) {
 		n, err := ops.QueueFlush()
@@ -422,6 +470,10 @@ func (r *remote) QueueList(f queue.Filter) ([]queue.Message, error) {
 		v.Set("arrived_after", f.ArrivedAfter.Format(time.RFC3339Nano))
 	}
 	return out, r.do("GET", "/v1/queue?"+v.Encode(), nil, &out)
+}
+func (r *remote) Backup(dir string) (backupReport, error) {
+	var out backupReport
+	return out, r.do("POST", "/v1/backup", map[string]string{"dir": dir}, &out)
 }
 func (r *remote) QueueFlush() (int, error) {
 	var out map[string]int

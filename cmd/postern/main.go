@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
@@ -122,6 +123,26 @@ func rootCommand() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "configuration %s is valid (hostname %s, data_dir %s)\n", cfg.file, cfg.Hostname, cfg.DataDir)
 			return nil
+		},
+	})
+	root.AddCommand(&cobra.Command{
+		Use:   "backup DIR",
+		Short: "Copy a consistent snapshot of data_dir (queue, spool, users and state) into DIR, new or empty, while Postern runs",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			dir, err := filepath.Abs(args[0]) // the daemon has its own working directory
+			if err != nil {
+				return err
+			}
+			return withOps(load, func(ops operations) error {
+				rep, err := ops.Backup(dir)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "backup in %s: %d messages (%d spool files); %d finished during the copy and left out\n",
+					rep.Dir, rep.Messages, rep.Spooled, rep.Gone)
+				return nil
+			})
 		},
 	})
 	root.AddCommand(&cobra.Command{

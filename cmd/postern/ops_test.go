@@ -22,8 +22,10 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/submission"
 )
 
@@ -363,11 +365,72 @@ func TestServiceUnit(t *testing.T) {
 			t.Errorf("unit lacks %q", want)
 		}
 	}
+	// systemd's own check, where it is installed, with the binary the test built.
+	if analyze, err := exec.LookPath("systemd-analyze"); err == nil {
+		bin, err := buildOnce()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(t.TempDir(), "postern.service")
+		os.WriteFile(f, []byte(strings.ReplaceAll(unit, "/usr/local/bin/postern", bin)), 0o644)
+		if out, err := exec.Command(analyze, "verify", f).CombinedOutput(); err != nil || len(out) > 0 {
+			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+		}
+	}
 	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindStringSubmatch(unit)
 	if m == nil {
 		t.Fatal("no TimeoutStopSec")
 	}
 	if stop, err := time.ParseDuration(m[1]); err != nil || stop <= cfg.Shutdown.Timeout {
 		t.Errorf("TimeoutStopSec=%s must exceed shutdown.timeout (%s)", m[1], cfg.Shutdown.Timeout)
+	}
+}
+
+// TestBackupWhileRunning: "postern backup" through the running daemon
+// gives a directory that opens as a data_dir with the queued messages, their
+// bodies and the users.
+func TestBackupWhileRunning(t *testing.T) {
+	d := newDaemon(t, nil)
+	if out, err := d.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("b", 98)+"\r\n", 2000) // spooled
+	var ids []string
+	for _, body := range []string{"Subject: small\r\n\r\nx\r\n", big} {
+		reply, err := submit(d.starttls, "app", "pw", "app@example.org", "rcpt@stuck.test", []byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, queueID(reply))
+	}
+	dir := filepath.Join(t.TempDir(), "backup")
+	out, err := d.run("", "backup", dir)
+	if err != nil || !strings.Contains(out, "2 messages (1 spool files)") {
+		t.Fatalf("backup: %v %s", err, out)
+	}
+	d.signal(syscall.SIGTERM)
+	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	rc, err := q.Body(ids[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(rc)
+	rc.Close()
+	if !strings.HasSuffix(string(body), big) {
+		t.Fatalf("spooled body in the backup: %d bytes", len(body))
+	}
+	state, err := bolt.Open(filepath.Join(dir, "state.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer state.Close()
+	users, _ := auth.NewStore(state, nil)
+	if _, err := users.Get("app"); err != nil {
+		t.Fatalf("user in the backup: %v", err)
 	}
 }
