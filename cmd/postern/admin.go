@@ -85,25 +85,23 @@ func (l *local) Backup(dir string) (backupReport, error) {
 	if rep.BackupReport, err = l.q.Backup(dir); err != nil {
 		return rep, err
 	}
-	err = l.state.View(func(tx *bolt.Tx) error {
-		f, err := os.OpenFile(filepath.Join(dir, "state.db"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.WriteTo(f); err != nil {
-			f.Close()
-			return err
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
-		}
-		return f.Close()
-	})
+	path := filepath.Join(dir, "state.db")
+	if err = l.state.View(func(tx *bolt.Tx) error { return tx.CopyFile(path, 0o600) }); err == nil {
+		err = syncFile(path)
+	}
 	if err != nil {
 		return rep, fmt.Errorf("backup state.db: %w", err)
 	}
 	return rep, nil
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 func (l *local) QueueFlush() (int, error) {

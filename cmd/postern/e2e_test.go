@@ -368,41 +368,20 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 		share := minAcked / minKills
 		target := share/2 + rand.IntN(share)
 		progress := make(chan struct{}, 1<<12)
-		var wg sync.WaitGroup
-		for w := 0; w < clients; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c, err := smtp.DialStartTLS(d.starttls, e2eTLS)
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				if err := c.Auth(sasl.NewPlainClient("", "load", "pw")); err != nil {
-					return
-				}
-				for i := 0; ; i++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					msgID := fmt.Sprintf("<%d.%d.%d@load>", kills, w, i)
-					content := []byte(fmt.Sprintf("Subject: crash %d/%d/%d\r\nMessage-ID: %s\r\n\r\n%s\r\n",
-						kills, w, i, msgID, strings.Repeat(strings.Repeat("0123456789", 10)+"\r\n", 20)))
-					if _, err := submitOn(c, "", "", "load@example.org", "rcpt@dest.test", content); err != nil {
-						return // the daemon died mid-transaction: not acknowledged
-					}
-					mu.Lock()
-					acked[msgID] = sha256.Sum256(content)
-					mu.Unlock()
-					select {
-					case progress <- struct{}{}:
-					default:
-					}
-				}
-			}()
-		}
+		round := kills
+		wg := d.load(clients, stop, func(w, i int) (string, []byte) {
+			msgID := fmt.Sprintf("<%d.%d.%d@load>", round, w, i)
+			return msgID, []byte(fmt.Sprintf("Subject: crash %d/%d/%d\r\nMessage-ID: %s\r\n\r\n%s\r\n",
+				round, w, i, msgID, strings.Repeat(strings.Repeat("0123456789", 10)+"\r\n", 20)))
+		}, func(msgID string, content []byte) {
+			mu.Lock()
+			acked[msgID] = sha256.Sum256(content)
+			mu.Unlock()
+			select {
+			case progress <- struct{}{}:
+			default:
+			}
+		})
 		deadline := time.After(30 * time.Second)
 	wait:
 		for n := 0; n < target; n++ {
@@ -476,31 +455,14 @@ func TestSIGTERMDrainsWithoutRedelivery(t *testing.T) {
 	d.start()
 	var mu sync.Mutex
 	acked := map[string]bool{}
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := smtp.DialStartTLS(d.starttls, e2eTLS)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			if err := c.Auth(sasl.NewPlainClient("", "load", "pw")); err != nil {
-				return
-			}
-			for i := 0; ; i++ {
-				msgID := fmt.Sprintf("<%d.%d@drain>", w, i)
-				if _, err := submitOn(c, "", "", "load@example.org", "rcpt@dest.test",
-					[]byte("Subject: drain\r\nMessage-ID: "+msgID+"\r\n\r\nx\r\n")); err != nil {
-					return // closed by the shutdown: not acknowledged
-				}
-				mu.Lock()
-				acked[msgID] = true
-				mu.Unlock()
-			}
-		}()
-	}
+	wg := d.load(4, nil, func(w, i int) (string, []byte) {
+		msgID := fmt.Sprintf("<%d.%d@drain>", w, i)
+		return msgID, []byte("Subject: drain\r\nMessage-ID: " + msgID + "\r\n\r\nx\r\n")
+	}, func(msgID string, _ []byte) {
+		mu.Lock()
+		acked[msgID] = true
+		mu.Unlock()
+	})
 	// Stop once deliveries are under way, so some are in flight.
 	select {
 	case <-d.sink.Arrived:
@@ -529,6 +491,41 @@ func TestSIGTERMDrainsWithoutRedelivery(t *testing.T) {
 		}
 	}
 	t.Logf("drain: %d acknowledged, each delivered once", len(acked))
+}
+
+// load runs clients that each submit, as user load, the messages next
+// makes until stop closes or the daemon stops answering, and tells acked of
+// each one answered 250. Wait on the result for them to finish.
+func (d *daemon) load(clients int, stop <-chan struct{}, next func(client, i int) (msgID string, content []byte),
+	acked func(msgID string, content []byte)) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := smtp.DialStartTLS(d.starttls, e2eTLS)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			if err := c.Auth(sasl.NewPlainClient("", "load", "pw")); err != nil {
+				return
+			}
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				msgID, content := next(w, i)
+				if _, err := submitOn(c, "", "", "load@example.org", "rcpt@dest.test", content); err != nil {
+					return // the daemon died or closed mid-transaction: not acknowledged
+				}
+				acked(msgID, content)
+			}
+		}()
+	}
+	return &wg
 }
 
 func messageID(data []byte) string {
