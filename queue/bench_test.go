@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,4 +62,30 @@ func BenchmarkLease(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "leases/s")
+}
+
+// BenchmarkStats counts a queue of 10,000 messages, as each metrics scrape
+// and status page view does (at most once a second, cached).
+//
+//	go test ./queue -run '^$' -bench Stats
+func BenchmarkStats(b *testing.B) {
+	q := openTest(b, SystemClock{}, b.TempDir(), 0)
+	defer q.Close()
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < 10000; i += 16 {
+				q.Enqueue("", envelope(fmt.Sprintf("r%d@x.test", i)), strings.NewReader("x"))
+			}
+		}()
+	}
+	wg.Wait()
+	for b.Loop() {
+		st, err := q.Stats()
+		if err != nil || st.Messages["active"] != 10000 {
+			b.Fatalf("%+v %v", st, err)
+		}
+	}
 }

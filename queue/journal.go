@@ -70,6 +70,32 @@ func (q *Queue) ReadJournal(from, to time.Time, fn func(JournalEntry) bool) erro
 	})
 }
 
+// ReadJournalNewestFirst calls fn for each entry written in [from, to),
+// newest first, until fn returns false. A zero to means no upper bound.
+func (q *Queue) ReadJournalNewestFirst(from, to time.Time, fn func(JournalEntry) bool) error {
+	return q.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketJournal).Cursor()
+		var k, v []byte
+		if to.IsZero() {
+			k, v = c.Last()
+		} else if k, v = c.Seek(journalKey(to, 0)); k == nil {
+			k, v = c.Last() // nothing at or after to: start from the newest
+		} else {
+			k, v = c.Prev() // the entry found is at or after to
+		}
+		for ; k != nil; k, v = c.Prev() {
+			t := time.Unix(0, int64(binary.BigEndian.Uint64(k)))
+			if t.Before(from) {
+				return nil
+			}
+			if !fn(JournalEntry{Time: t, Data: append([]byte(nil), v...)}) {
+				return nil
+			}
+		}
+		return nil
+	})
+}
+
 // PruneJournal deletes the entries written before cutoff and says how many.
 func (q *Queue) PruneJournal(cutoff time.Time) (int, error) {
 	n := 0

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -83,5 +84,44 @@ func TestEnqueueSealed(t *testing.T) {
 			t.Fatalf("%d messages after a failed seal", n)
 		}
 		q.Close()
+	}
+}
+
+func TestJournalNewestFirst(t *testing.T) {
+	clock := newClock()
+	q := openTest(t, clock, t.TempDir(), 0)
+	defer q.Close()
+	start := clock.Now()
+	for i := range 4 {
+		id, _ := q.Enqueue("", envelope("a@x.test"), strings.NewReader("x"))
+		for _, l := range mustLease(t, q, 10) {
+			if l.Message.ID == id {
+				if _, err := q.Record(id, l.Seq, []Outcome{{Recipient: 0, Result: ResultDelivered, Journal: [][]byte{[]byte(fmt.Sprint(i))}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		clock.Advance(time.Minute)
+	}
+	read := func(from, to time.Time, max int) string {
+		var got []string
+		q.ReadJournalNewestFirst(from, to, func(e JournalEntry) bool { got = append(got, string(e.Data)); return len(got) < max })
+		return strings.Join(got, ",")
+	}
+	for _, tc := range []struct {
+		from, to time.Time
+		max      int
+		want     string
+	}{
+		{time.Time{}, time.Time{}, 10, "3,2,1,0"},
+		{start.Add(time.Minute), time.Time{}, 10, "3,2,1"},
+		{time.Time{}, start.Add(2 * time.Minute), 10, "1,0"},
+		{start.Add(time.Minute), start.Add(3 * time.Minute), 10, "2,1"},
+		{time.Time{}, start.Add(time.Hour), 2, "3,2"},
+		{time.Time{}, start, 10, ""},
+	} {
+		if got := read(tc.from, tc.to, tc.max); got != tc.want {
+			t.Errorf("[%v, %v) max %d: %q, want %q", tc.from.Sub(start), tc.to.Sub(start), tc.max, got, tc.want)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +41,9 @@ type adminHTTP struct {
 	stats    *statsCache
 	ready    []readiness
 	log      *slog.Logger
+	// maxEntries bounds the journal entries the status page reads
+	// (statusMaxEntries when zero).
+	maxEntries int
 }
 
 // readiness is one check of /readyz.
@@ -100,10 +104,20 @@ type statusData struct {
 	Generated         time.Time
 	Queue             queue.Stats
 	LastHour          []count        // final outcomes in the last hour
-	Failures          []tlsFailure   // today's TLS failures by destination
-	Posture           []postureEntry // how the busiest destinations were reached
-	PostureWindow     time.Duration
+	Posture           []postureEntry // how the busiest destinations were reached in the last hour
+	Failures          []tlsFailure   // TLS failures by destination, last day
+	// Partial: the journal held more than the page reads; the tables
+	// cover the newest statusMaxEntries entries.
+	Partial bool
 }
+
+// The status page reads the journal newest first, at most this far back
+// and this many entries, so that it stays quick on a busy relay.
+const (
+	postureWindow    = time.Hour
+	failureWindow    = 24 * time.Hour
+	statusMaxEntries = 500_000
+)
 
 type count struct {
 	Name string
@@ -111,8 +125,10 @@ type count struct {
 }
 
 type tlsFailure struct {
-	Domain, Result, MX, Info string
-	Sessions                 int
+	Domain, Result, MX string
+	Info               string // the newest reason given
+	Sessions           int
+	Last               time.Time
 }
 
 // postureEntry counts a destination's deliveries by the strongest
@@ -136,45 +152,47 @@ func (a *adminHTTP) status(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// collect reads the queue and the evidence journal. The journal holds a
-// record for each final outcome and each TLS session, so the page reads
-// one hour of records for the posture, and today's TLS attempts.
+// collect reads the queue counts and, in one pass over the evidence
+// journal from the newest entry back, the last hour's outcomes and TLS
+// posture and the last day's TLS failures.
 func (a *adminHTTP) collect(now time.Time) (statusData, error) {
-	d := statusData{Hostname: a.hostname, Version: version(), Generated: now, PostureWindow: time.Hour}
+	d := statusData{Hostname: a.hostname, Version: version(), Generated: now}
 	var err error
 	if d.Queue, err = a.stats.get(); err != nil {
 		return d, err
 	}
-	records, err := audit.Query(a.q, audit.Filter{Since: now.Add(-d.PostureWindow)})
-	if err != nil {
-		return d, err
-	}
 	outcomes := map[string]int{audit.Delivered: 0, audit.Bounced: 0, audit.Expired: 0}
 	byDomain := map[string]*postureEntry{}
-	for _, rec := range records {
+	type failKey struct{ domain, result, mx string }
+	failures := map[failKey]*tlsFailure{}
+	read, max := 0, cmp.Or(a.maxEntries, statusMaxEntries)
+	err = a.q.ReadJournalNewestFirst(now.Add(-failureWindow), time.Time{}, func(e queue.JournalEntry) bool {
+		if read++; read > max {
+			d.Partial = true
+			return false
+		}
+		if at, ok, _ := tlsrpt.DecodeAttempt(e.Data); ok && at.Result != "" {
+			k := failKey{strings.ToLower(at.PolicyDomain), at.Result, at.MXHost}
+			f := failures[k]
+			if f == nil { // the first seen is the newest
+				f = &tlsFailure{Domain: k.domain, Result: at.Result, MX: at.MXHost, Info: at.Info, Last: e.Time}
+				failures[k] = f
+			}
+			f.Sessions++
+			return true
+		}
+		rec, ok, _ := audit.Decode(e.Data)
+		if !ok || e.Time.Before(now.Add(-postureWindow)) {
+			return true
+		}
 		outcomes[rec.Result]++
-		if rec.Result != audit.Delivered {
-			continue
+		if rec.Result == audit.Delivered {
+			countPosture(byDomain, rec)
 		}
-		dom := queue.Domain(rec.Recipient)
-		p := byDomain[dom]
-		if p == nil {
-			p = &postureEntry{Domain: dom}
-			byDomain[dom] = p
-		}
-		p.Total++
-		switch {
-		case rec.VerifiedBy == "DANE-EE" || rec.VerifiedBy == "DANE-TA":
-			p.DANE++
-		case rec.Verified && rec.PolicySource == "mta-sts":
-			p.MTASTS++
-		case rec.Verified:
-			p.Verified++
-		case rec.TLSVersion != "":
-			p.Unverified++
-		default:
-			p.Plain++
-		}
+		return true
+	})
+	if err != nil {
+		return d, err
 	}
 	for _, name := range []string{audit.Delivered, audit.Bounced, audit.Expired} {
 		d.LastHour = append(d.LastHour, count{name, outcomes[name]})
@@ -186,23 +204,35 @@ func (a *adminHTTP) collect(now time.Time) (statusData, error) {
 		return cmp.Or(cmp.Compare(y.Total, x.Total), cmp.Compare(x.Domain, y.Domain))
 	})
 	d.Posture = d.Posture[:min(len(d.Posture), 20)]
-
-	agg, err := tlsrpt.Aggregate(a.q, now)
-	if err != nil {
-		return d, err
-	}
-	for domain, results := range agg {
-		for _, pr := range results {
-			for _, f := range pr.FailureDetails {
-				d.Failures = append(d.Failures, tlsFailure{Domain: domain, Result: f.ResultType, MX: f.ReceivingMXHostname,
-					Info: f.AdditionalInfo, Sessions: f.FailedSessionCount})
-			}
-		}
+	for _, f := range failures {
+		d.Failures = append(d.Failures, *f)
 	}
 	slices.SortFunc(d.Failures, func(x, y tlsFailure) int {
 		return cmp.Or(cmp.Compare(y.Sessions, x.Sessions), cmp.Compare(x.Domain, y.Domain), cmp.Compare(x.MX, y.MX))
 	})
 	return d, nil
+}
+
+func countPosture(byDomain map[string]*postureEntry, rec audit.Record) {
+	dom := queue.Domain(rec.Recipient)
+	p := byDomain[dom]
+	if p == nil {
+		p = &postureEntry{Domain: dom}
+		byDomain[dom] = p
+	}
+	p.Total++
+	switch {
+	case rec.VerifiedBy == "DANE-EE" || rec.VerifiedBy == "DANE-TA":
+		p.DANE++
+	case rec.Verified && rec.PolicySource == "mta-sts":
+		p.MTASTS++
+	case rec.Verified:
+		p.Verified++
+	case rec.TLSVersion != "":
+		p.Unverified++
+	default:
+		p.Plain++
+	}
 }
 
 // statsCache keeps the queue counts for a few seconds: counting reads

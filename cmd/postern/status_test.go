@@ -24,7 +24,7 @@ import (
 // statusWorld is a queue with one message delivered over DANE, one to an
 // MTA-STS domain, one in plaintext, one deferred by a TLS failure, and one
 // held, served by the admin HTTP handler.
-func statusWorld(t *testing.T, password string) *httptest.Server {
+func statusWorld(t *testing.T, password string, maxEntries ...int) *httptest.Server {
 	t.Helper()
 	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{})
 	if err != nil {
@@ -67,6 +67,9 @@ func statusWorld(t *testing.T, password string) *httptest.Server {
 	web := &adminHTTP{hostname: "relay.example", password: password, metrics: http.NotFoundHandler(), q: q,
 		stats: &statsCache{q: q}, log: slog.New(slog.DiscardHandler),
 		ready: []readiness{{"queue", func(context.Context) error { _, err := q.Count(); return err }}}}
+	if len(maxEntries) > 0 {
+		web.maxEntries = maxEntries[0]
+	}
 	srv := httptest.NewServer(web.handler())
 	t.Cleanup(srv.Close)
 	return srv
@@ -87,7 +90,8 @@ func TestStatusPage(t *testing.T) {
 		`<td>dane.test</td><td class="n">2</td><td class="n">2</td>`,
 		`<td>sts.test</td><td class="n">1</td><td class="n">0</td><td class="n">1</td>`,
 		`<td class="n bad">1</td>`, // plain.test went in plaintext
-		`<td>broken.test</td><td class="bad">certificate-expired</td><td>mx.broken.test</td><td class="n">1</td><td>x509: certificate has expired</td>`,
+		`<td>broken.test</td><td class="bad">certificate-expired</td><td>mx.broken.test</td><td class="n">1</td>`,
+		`<td>x509: certificate has expired</td>`,
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("status page lacks %s", want)
@@ -98,6 +102,23 @@ func TestStatusPage(t *testing.T) {
 	}
 	if resp.Header.Get("Content-Security-Policy") == "" {
 		t.Error("no Content-Security-Policy")
+	}
+}
+
+// TestStatusPageReadsNewestFirst: with a cap on the journal entries read,
+// the page shows the newest and says it is partial.
+func TestStatusPageReadsNewestFirst(t *testing.T) {
+	srv := statusWorld(t, "", 2) // the newest two entries: broken.test's failure and plain.test's delivery
+	resp, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	page := string(body)
+	if !strings.Contains(page, "newest entries only") || !strings.Contains(page, "<td>broken.test</td>") ||
+		strings.Contains(page, "<td>dane.test</td>") {
+		t.Fatalf("capped page:\n%s", page)
 	}
 }
 

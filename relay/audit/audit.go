@@ -52,6 +52,18 @@ func (r Record) Encode() []byte {
 	return append([]byte{Kind}, b...)
 }
 
+// Decode reads a journal entry; ok is false for entries of other kinds,
+// and for a record that does not decode (err says why).
+func Decode(entry []byte) (r Record, ok bool, err error) {
+	if len(entry) == 0 || entry[0] != Kind {
+		return r, false, nil
+	}
+	if err := json.Unmarshal(entry[1:], &r); err != nil {
+		return r, false, err
+	}
+	return r, true, nil
+}
+
 // Filter selects records; zero fields select everything.
 type Filter struct {
 	RcptDomain string
@@ -80,12 +92,11 @@ func Query(j Journal, f Filter) ([]Record, error) {
 	var out []Record
 	var bad error
 	err := j.ReadJournal(f.Since, f.Until, func(e queue.JournalEntry) bool {
-		if len(e.Data) == 0 || e.Data[0] != Kind {
-			return true
-		}
-		var r Record
-		if err := json.Unmarshal(e.Data[1:], &r); err != nil {
+		r, ok, err := Decode(e.Data)
+		if err != nil {
 			bad = fmt.Errorf("journal entry of %s: %w", e.Time.Format(time.RFC3339), err)
+		}
+		if !ok {
 			return true
 		}
 		if f.matches(r) {

@@ -34,6 +34,18 @@ type Attempt struct {
 	Info          string   `json:"i,omitempty"`
 }
 
+// DecodeAttempt reads a journal entry; ok is false for entries of other
+// kinds, and for an attempt that does not decode (err says why).
+func DecodeAttempt(entry []byte) (a Attempt, ok bool, err error) {
+	if len(entry) == 0 || entry[0] != Kind {
+		return a, false, nil
+	}
+	if err := json.Unmarshal(entry[1:], &a); err != nil {
+		return a, false, err
+	}
+	return a, true, nil
+}
+
 // Encode is the attempt as stored in the journal.
 func (a Attempt) Encode() []byte {
 	b, _ := json.Marshal(a)
@@ -106,12 +118,11 @@ func Aggregate(j Journal, day time.Time) (map[string][]PolicyResult, error) {
 	failures := map[policyKey]map[failKey]int{}
 	var bad error
 	err := j.ReadJournal(start, start.Add(24*time.Hour), func(e queue.JournalEntry) bool {
-		if len(e.Data) == 0 || e.Data[0] != Kind {
-			return true
-		}
-		var a Attempt
-		if err := json.Unmarshal(e.Data[1:], &a); err != nil {
+		a, ok, err := DecodeAttempt(e.Data)
+		if err != nil {
 			bad = fmt.Errorf("journal entry of %s: %w", e.Time.Format(time.RFC3339), err)
+		}
+		if !ok {
 			return true
 		}
 		k := policyKey{strings.ToLower(a.PolicyDomain), a.PolicyType, strings.Join(a.PolicyStrings, "\n")}
