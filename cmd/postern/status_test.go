@@ -5,7 +5,6 @@ import (
 	"context"
 	"image"
 	"image/png"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -81,9 +80,11 @@ func TestStatusPage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	page := string(body)
+	if resp.Header.Get("Content-Security-Policy") == "" {
+		t.Error("no Content-Security-Policy")
+	}
+	_, page := httpGet(t, srv.URL+"/")
 	for _, want := range []string{
 		`<div class="tile" id="q-deferred"><b>1</b>deferred</div>`,
 		`<div class="tile" id="q-held"><b>1</b>held</div>`,
@@ -100,22 +101,13 @@ func TestStatusPage(t *testing.T) {
 	if t.Failed() {
 		t.Log(page)
 	}
-	if resp.Header.Get("Content-Security-Policy") == "" {
-		t.Error("no Content-Security-Policy")
-	}
 }
 
 // TestStatusPageReadsNewestFirst: with a cap on the journal entries read,
 // the page shows the newest and says it is partial.
 func TestStatusPageReadsNewestFirst(t *testing.T) {
 	srv := statusWorld(t, "", 2) // the newest two entries: broken.test's failure and plain.test's delivery
-	resp, err := http.Get(srv.URL + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	page := string(body)
+	_, page := httpGet(t, srv.URL+"/")
 	if !strings.Contains(page, "newest entries only") || !strings.Contains(page, "<td>broken.test</td>") ||
 		strings.Contains(page, "<td>dane.test</td>") {
 		t.Fatalf("capped page:\n%s", page)
