@@ -111,3 +111,26 @@ func (c *Client) RunProbes(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// Ping asks each upstream server, past the cache, for the SOA of the
+// trust anchor zone, and returns nil as soon as one answers. It is the
+// readiness check: an error means no server answers at all, so no lookup
+// can succeed once the cache runs out.
+func (c *Client) Ping(ctx context.Context) error {
+	q := new(dns.Msg)
+	q.SetQuestion(".", dns.TypeSOA)
+	q.RecursionDesired = true
+	var problems []string
+	for _, server := range c.servers {
+		msg, err := c.exchangeWith(ctx, q, server, "udp")
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("%s: %v", server, err))
+		case msg.Rcode == dns.RcodeServerFailure || msg.Rcode == dns.RcodeRefused:
+			problems = append(problems, fmt.Sprintf("%s answered %s", server, dns.RcodeToString[msg.Rcode]))
+		default:
+			return nil
+		}
+	}
+	return fmt.Errorf("no DNS server answers: %s", strings.Join(problems, "; "))
+}

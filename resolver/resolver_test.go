@@ -99,3 +99,26 @@ func TestTruncatedAnswerRetriedOverTCP(t *testing.T) {
 		t.Fatalf("got %d records, %v", len(mx.Records), err)
 	}
 }
+
+// TestPing: the readiness check goes past the cache, so it notices when
+// the upstream stops answering even while answers are cached.
+func TestPing(t *testing.T) {
+	srv := resolvertest.Start(t, "example.test. 60 IN A 192.0.2.1\n")
+	c := newClient(t, srv.Addr)
+	if _, err := c.LookupAddrs(context.Background(), "example.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ping(context.Background()); err != nil {
+		t.Fatalf("healthy upstream: %v", err)
+	}
+	for _, f := range []resolvertest.Failure{resolvertest.Silent, resolvertest.Garbage} {
+		srv.Fail(f)
+		if err := c.Ping(context.Background()); err == nil || !strings.Contains(err.Error(), srv.Addr) {
+			t.Errorf("upstream failing (%d): %v", f, err)
+		}
+	}
+	srv.Fail(resolvertest.Healthy)
+	if err := c.Ping(context.Background()); err != nil {
+		t.Fatalf("upstream back: %v", err)
+	}
+}

@@ -55,6 +55,7 @@ type daemon struct {
 	web      string // the admin HTTP listener
 	exited   chan error
 	sink     *smtptest.MX
+	dns      *resolvertest.Server
 }
 
 // The daemon's world: its own DNS, where dest.test's MX is the test's sink
@@ -100,7 +101,7 @@ delivery:
 shutdown: {timeout: 5s}
 admin: {metrics_listen: "127.0.0.1:0"}
 `, filepath.Join(dir, "data"), dns.Addr, anchorFile, sink.Port)), 0o600)
-	return &daemon{t: t, bin: bin, cfg: cfg, dataDir: filepath.Join(dir, "data"), sink: sink}
+	return &daemon{t: t, bin: bin, cfg: cfg, dataDir: filepath.Join(dir, "data"), sink: sink, dns: dns}
 }
 
 // run executes a postern subcommand to completion.

@@ -27,6 +27,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/submission"
+	"github.com/postern/postern/resolver/resolvertest"
 )
 
 func httpGet(t *testing.T, url string) (int, string) {
@@ -103,6 +104,14 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 	if code != 200 || !regexp.MustCompile(`<td>dest\.test</td><td class="n">1</td>`).MatchString(page) ||
 		!strings.Contains(page, `<th class="n">delivered</th>`) {
 		t.Fatalf("status page: %d\n%s", code, page)
+	}
+	// With DNS down the relay is alive but not ready.
+	d.dns.Fail(resolvertest.Silent)
+	if code, body := httpGet(t, base+"/readyz"); code != 503 || !strings.Contains(body, "no DNS server answers") {
+		t.Fatalf("readyz with DNS down: %d %s", code, body)
+	}
+	if code, _ := httpGet(t, base+"/healthz"); code != 200 {
+		t.Fatalf("healthz with DNS down: %d", code)
 	}
 	if err := d.signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/miekg/dns"
 	"golang.org/x/term"
 
 	"github.com/postern/postern/queue"
@@ -165,7 +164,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 					}
 					return nil
 				}},
-				{"dns", func(ctx context.Context) error { _, err := res.Lookup(ctx, ".", dns.TypeNS); return err }},
+				{"dns", res.Ping},
 			}}
 		l, err := net.Listen("tcp", cfg.Admin.MetricsListen)
 		if err != nil {
