@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"image"
 	"image/png"
 	"log/slog"
@@ -214,4 +215,41 @@ func inkCount(img image.Image) (dark, red int) {
 		}
 	}
 	return dark, red
+}
+
+// BenchmarkStatusPage renders the status page over a journal of 200,000
+// entries in its window (100,000 deliveries, each with its TLS session).
+//
+//	go test ./cmd/postern -run '^$' -bench StatusPage -benchtime 5x
+func BenchmarkStatusPage(b *testing.B) {
+	q, err := queue.Open(filepath.Join(b.TempDir(), "queue.db"), queue.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer q.Close()
+	now := time.Now()
+	for batch := range 100 {
+		id, _ := q.Enqueue("", queue.Envelope{From: "app@example.org", Recipients: []queue.Recipient{{Addr: "r@x.test"}}}, strings.NewReader("x"))
+		l, _ := q.Lease(1, time.Minute)
+		o := queue.Outcome{Recipient: 0, Result: queue.ResultDelivered}
+		for i := range 1000 {
+			dom := fmt.Sprintf("d%d.test", (batch*1000+i)%500)
+			o.Journal = append(o.Journal, tlsrpt.Attempt{PolicyDomain: dom, PolicyType: "sts", MXHost: "mx." + dom}.Encode(),
+				audit.Record{Time: now, QueueID: id, Recipient: "r@" + dom, Result: audit.Delivered, TLSVersion: "TLS 1.3",
+					Verified: true, VerifiedBy: "PKIX", PolicySource: "mta-sts"}.Encode())
+		}
+		if _, err := q.Record(id, l[0].Seq, []queue.Outcome{o}); err != nil {
+			b.Fatal(err)
+		}
+		q.Retire(id, l[0].Seq+1)
+	}
+	web := &adminHTTP{hostname: "relay.example", q: q, stats: &statsCache{q: q}, log: slog.New(slog.DiscardHandler), metrics: http.NotFoundHandler()}
+	h := web.handler()
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
+		if w.Code != 200 || !strings.Contains(w.Body.String(), "d1.test") {
+			b.Fatalf("%d", w.Code)
+		}
+	}
 }
