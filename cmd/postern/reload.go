@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/postern/postern/relay/auth"
@@ -33,6 +34,7 @@ func isLive(key string) bool {
 
 // reloader re-reads the configuration on SIGHUP or "postern reload".
 type reloader struct {
+	mu      sync.Mutex        // SIGHUP and the admin socket may ask at once
 	path    string            // the file the daemon started with ("" for none)
 	running map[string]string // every key as the daemon runs it
 	certs   *submission.Certificates
@@ -51,6 +53,8 @@ func newReloader(cfg *Config, certs *submission.Certificates, srv *submission.Se
 // reload applies what it can and reports what changed. A configuration
 // that does not validate changes nothing.
 func (r *reloader) reload() (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	next, err := loadConfig(r.path)
 	if err != nil {
 		r.log.Error("reload: configuration refused; nothing changed", "err", err)

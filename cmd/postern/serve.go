@@ -154,27 +154,22 @@ func serve(cfg *Config, log *slog.Logger) error {
 	defer admin.Close()
 	var accepting atomic.Bool
 	accepting.Store(true)
-	if cfg.Admin.MetricsListen != "" {
-		web := &adminHTTP{hostname: cfg.Hostname, password: cfg.Admin.Password, metrics: tel.metrics, q: q, stats: stats, log: log,
-			ready: []readiness{
-				{"queue", func(context.Context) error { _, err := q.Count(); return err }},
-				{"listeners", func(context.Context) error {
-					if !accepting.Load() {
-						return errors.New("shutting down")
-					}
-					return nil
-				}},
-				{"dns", res.Ping},
-			}}
-		l, err := net.Listen("tcp", cfg.Admin.MetricsListen)
-		if err != nil {
-			return fmt.Errorf("admin.metrics_listen %s: %w", cfg.Admin.MetricsListen, err)
-		}
-		httpSrv := &http.Server{Handler: web.handler(), ReadHeaderTimeout: 10 * time.Second}
-		go httpSrv.Serve(l)
-		defer httpSrv.Close()
-		log.Info("admin listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /", "password", cfg.Admin.Password != "")
+	web := &adminHTTP{hostname: cfg.Hostname, password: cfg.Admin.Password, metrics: tel.metrics, q: q, stats: stats, log: log,
+		ready: []readiness{
+			{"queue", func(context.Context) error { _, err := q.Count(); return err }},
+			{"listeners", func(context.Context) error {
+				if !accepting.Load() {
+					return errors.New("shutting down")
+				}
+				return nil
+			}},
+			{"dns", res.Ping},
+		}}
+	stopWeb, err := serveWeb(cfg.Admin.MetricsListen, web, log)
+	if err != nil {
+		return err
 	}
+	defer stopWeb()
 	log.Info("postern started", "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "config", cfg.file, "version", version())
 
 	signals := make(chan os.Signal, 4)
@@ -207,6 +202,21 @@ func serve(cfg *Config, log *slog.Logger) error {
 			}
 		}
 	}
+}
+
+// serveWeb runs the admin HTTP listener at addr ("" turns it off).
+func serveWeb(addr string, web *adminHTTP, log *slog.Logger) (stop func() error, err error) {
+	if addr == "" {
+		return func() error { return nil }, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin.metrics_listen %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: web.handler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	log.Info("admin listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /", "password", web.password != "")
+	return srv.Close, nil
 }
 
 // pruneEvidence deletes delivery evidence older than the retention, at
