@@ -72,7 +72,7 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 		`postern_submission_accepted_total 1`,
 		`postern_submission_auth_failures_total{reason="bad_credentials"} 1`,
 		`postern_submission_duration_seconds_count 1`,
-		`postern_delivery_attempts_total{policy_type="no-policy-found",result="delivered",tls_failure="none",tls_version="TLS 1.3",verified="false"} 1`,
+		`postern_delivery_attempts_total{policy_source="default",policy_type="no-policy-found",result="delivered",tls_failure="none",tls_version="TLS 1.3",verified="false"} 1`,
 		`postern_delivery_recipients_total{policy_source="default",result="delivered",verified="false"} 1`,
 		`postern_delivery_time_in_queue_seconds_count 1`,
 		`postern_queue_messages{state="active"} 0`,

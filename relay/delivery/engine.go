@@ -431,7 +431,7 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 		if hop.Route == nil && seen.Result != "" {
 			note(seen)
 		}
-		e.logAttempt(m, idxs, hop.Host, addr, TLSInfo{Policy: policy.Describe(), ResultType: f.ResultType}, f.Error(), "deferred")
+		e.logAttempt(m, idxs, hop.Host, addr, TLSInfo{Policy: policy.Describe(), PolicySource: policy.Source, ResultType: f.ResultType}, f.Error(), "deferred")
 		return nil, f
 	}
 	if hop.Route == nil {

@@ -24,7 +24,7 @@ func newInstruments() instruments {
 	m := otel.GetMeterProvider().Meter("github.com/postern/postern/relay/delivery")
 	in := instruments{tracer: otel.Tracer("github.com/postern/postern/relay/delivery")}
 	in.attempts, _ = m.Int64Counter("postern.delivery.attempts",
-		metric.WithDescription("Delivery attempts by result (delivered, partial, deferred, refused; failed-transaction, connect failures as deferred, skipped by policy), RFC 8460 policy type (tlsa, sts, no-policy-found), TLS version, whether the server was authenticated, and the TLS failure (an RFC 8460 result type, or none)"))
+		metric.WithDescription("Delivery attempts by result (delivered, partial, deferred, refused; failed-transaction, connect failures as deferred, skipped by policy), policy source (dane, mta-sts, local, default, route, memory), RFC 8460 policy type (tlsa, sts, no-policy-found), TLS version, whether the server was authenticated, and the TLS failure (an RFC 8460 result type, or none)"))
 	in.final, _ = m.Int64Counter("postern.delivery.recipients",
 		metric.WithDescription("Recipients with a final outcome, by result (delivered, bounced, expired), policy source and whether the server was authenticated (verified)"))
 	in.timeInQueue, _ = m.Float64Histogram("postern.delivery.time_in_queue", metric.WithUnit("s"),
@@ -44,8 +44,12 @@ func (in instruments) attempt(result string, t TLSInfo) {
 	if failure == "" {
 		failure = "none"
 	}
+	source := t.PolicySource
+	if source == "" {
+		source = "none" // failed before a policy was decided (no route, no MX)
+	}
 	in.attempts.Add(context.Background(), 1, metric.WithAttributes(attribute.String("result", result),
-		attribute.String("policy_type", orNoPolicy(t.PolicyType)), attribute.String("tls_version", version),
+		attribute.String("policy_source", source), attribute.String("policy_type", orNoPolicy(t.PolicyType)), attribute.String("tls_version", version),
 		attribute.String("verified", strconv.FormatBool(t.Verified)), attribute.String("tls_failure", failure)))
 }
 

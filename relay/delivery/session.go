@@ -41,6 +41,7 @@ type TLSInfo struct {
 	Verified        bool   // the certificate was authenticated (Auth says how)
 	Auth            string // "DANE-EE", "DANE-TA", "PKIX" or ""
 	Policy          string // the decision enforced, e.g. "dane", "mta-sts verify", "default may"
+	PolicySource    string // where the decision came from: dane, mta-sts, local, default, route, memory
 	// VerifyFailure is why the certificate did not authenticate, where the
 	// policy (MTA-STS testing) let delivery go on anyway.
 	VerifyFailure string
@@ -130,7 +131,7 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		}
 		next = tc
 	}
-	info.Policy, info.PolicyType = policy.Describe(), policy.PolicyType
+	info.Policy, info.PolicySource, info.PolicyType = policy.Describe(), policy.Source, policy.PolicyType
 	next.SetDeadline(time.Time{})
 	c := smtp.NewClient(&replayConn{Conn: next, pending: []byte("220 resumed\r\n")})
 	c.CommandTimeout, c.SubmissionTimeout = t.Command, t.FinalDot
