@@ -31,6 +31,7 @@ type HostReport struct {
 	Addrs    resolver.AddrAnswer
 	AddrErr  error
 	TLSA     resolver.Answer
+	TLSABase string // the TLSA base domain (RFC 7672 2.2.3)
 	TLSAErr  error
 	Usable   int
 	Decision Decision
@@ -71,7 +72,7 @@ func (e *Engine) Check(ctx context.Context, domain string, port int) Report {
 		hr := HostReport{Host: h}
 		hr.Addrs, hr.AddrErr = e.d.Resolver.LookupAddrs(ctx, h)
 		// The same lookup the decision makes (the expanded name of an alias first).
-		hr.TLSA, hr.TLSAErr = e.tlsaFor(ctx, Request{Domain: domain, MXHost: h, Port: port}, hr.Addrs)
+		hr.TLSA, hr.TLSABase, hr.TLSAErr = e.tlsaFor(ctx, Request{Domain: domain, MXHost: h, Port: port}, hr.Addrs)
 		hr.Usable = len(Usable(tlsaRecords(hr.TLSA)))
 		hr.Decision, hr.Refused = e.Decide(ctx, Request{Domain: domain, MXHost: h, Port: port})
 		r.Hosts = append(r.Hosts, hr)

@@ -173,17 +173,38 @@ func (e *Engine) published(ctx context.Context, r Request, base Decision) (*Deci
 		return nil, false, false, nil
 	}
 	dane, mxSecure, err := e.dane(ctx, r, base)
-	if err != nil || dane != nil {
-		return dane, mxSecure, false, err
+	if err != nil {
+		return nil, mxSecure, false, err
 	}
+	if dane != nil && dane.Level == Verify {
+		// RFC 8461 2: where DANE authenticates the host, MTA-STS is not consulted.
+		return dane, mxSecure, false, nil
+	}
+	sts, listed, err := e.stsDecision(ctx, r, base)
+	switch {
+	case err != nil:
+		return nil, mxSecure, false, err
+	case dane == nil:
+		return sts, mxSecure, listed, nil
+	case sts != nil && sts.Level > dane.Level:
+		// Only unusable TLSA records (TLS, unauthenticated) and an MTA-STS
+		// policy in enforce mode: the stronger of the two applies.
+		sts.Reason += "; stronger than the DANE " + dane.Reason
+		return sts, mxSecure, listed, nil
+	}
+	return dane, mxSecure, listed, nil
+}
+
+// stsDecision applies the domain's MTA-STS policy to the host: nil when it
+// has none in force. A policy that cannot be had is no policy (RFC 8461
+// 5.1); the failure is kept for TLS reports.
+func (e *Engine) stsDecision(ctx context.Context, r Request, base Decision) (*Decision, bool, error) {
 	pol, err := e.sts.policy(ctx, r.Domain)
 	if err != nil {
-		// A policy that cannot be had is no policy (RFC 8461 5); the
-		// failure is kept for TLS reports.
 		e.d.Log.Warn("MTA-STS policy unavailable", "domain", r.Domain, "err", err)
 	}
 	if pol == nil || pol.Mode == "none" {
-		return nil, mxSecure, false, nil
+		return nil, false, nil
 	}
 	d := base
 	d.Source, d.PolicyType, d.PolicyStrings = "mta-sts", "sts", pol.Strings()
@@ -191,26 +212,34 @@ func (e *Engine) published(ctx context.Context, r Request, base Decision) (*Deci
 	if pol.Mode == "testing" {
 		d.Level, d.Testing = May, true
 		d.Reason = "MTA-STS policy in testing mode: failures are reported, not enforced"
-		return &d, mxSecure, listed, nil
+		return &d, listed, nil
 	}
 	if !listed {
-		return nil, mxSecure, false, &Refusal{Enhanced: "4.7.5", ResultType: "validation-failure", PolicyType: "sts", PolicyStrings: pol.Strings(),
+		return nil, false, &Refusal{Enhanced: "4.7.5", ResultType: "validation-failure", PolicyType: "sts", PolicyStrings: pol.Strings(),
 			Reason: fmt.Sprintf("%s is not an MX host the MTA-STS policy of %s allows (%s)", r.MXHost, r.Domain, strings.Join(pol.MX, ", "))}
 	}
 	d.Level, d.MinVersion = Verify, tls.VersionTLS12
 	d.Names = []string{r.MXHost}
 	d.Reason = "MTA-STS policy in enforce mode"
-	return &d, mxSecure, true, nil
+	return &d, true, nil
 }
 
-// dane applies RFC 7672 to one MX host: nil when DANE does not apply.
+// dane applies RFC 7672 to one MX host: nil when DANE provably does not
+// apply. Every answer on the way must be Secure or proven Insecure; one
+// that cannot be validated (Bogus, Indeterminate) or that did not come at
+// all is never read as "no DANE" (RFC 7672 2.2: a failed TLSA lookup makes
+// the MX host unusable), so the host is refused for now.
 func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision, bool, error) {
 	mx, err := e.d.Resolver.LookupMX(ctx, r.Domain)
 	if err != nil {
 		return nil, false, &Refusal{Enhanced: "4.4.3", Reason: "MX lookup: " + err.Error()}
 	}
-	if mx.Security != resolver.Secure {
-		return nil, false, nil
+	switch mx.Security {
+	case resolver.Insecure:
+		return nil, false, nil // RFC 7672 2.2.1: an insecure MX set gets no DANE
+	case resolver.Secure:
+	default:
+		return nil, false, dnssecRefusal("the MX records of "+r.Domain, mx.Security, mx.Reason)
 	}
 	if r.MXHost != r.Domain && !listedMX(mx, r.MXHost) {
 		return nil, true, nil // a host that is not from the MX set (a route, say)
@@ -219,15 +248,19 @@ func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision,
 	if err != nil {
 		return nil, true, &Refusal{Enhanced: "4.4.3", Reason: "address lookup: " + err.Error()}
 	}
-	if addrs.Security != resolver.Secure {
+	switch addrs.Security {
+	case resolver.Insecure:
 		return nil, true, nil // RFC 7672 2.2.2: no TLSA lookup for insecure addresses
+	case resolver.Secure:
+	default:
+		return nil, true, dnssecRefusal("the addresses of "+r.MXHost, addrs.Security, addrs.Reason)
 	}
-	tlsa, err := e.tlsaFor(ctx, r, addrs)
+	tlsa, baseName, err := e.tlsaFor(ctx, r, addrs)
 	if err != nil {
 		return nil, true, err
 	}
 	if tlsa.Security != resolver.Secure || len(tlsa.Records) == 0 {
-		return nil, true, nil // insecure, or securely no TLSA: DANE does not apply
+		return nil, true, nil // proven insecure, or securely no TLSA: DANE does not apply
 	}
 	all := tlsaRecords(tlsa)
 	var records []string
@@ -242,12 +275,13 @@ func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision,
 		d.Reason = "TLSA records are published but none is usable: TLS is required, unauthenticated (RFC 7672 2.2)"
 		return &d, true, nil
 	}
-	// The TLSA base domain (after any CNAME) is the name sent in SNI and
+	// The TLSA base domain is the MX host, or the name its addresses were
+	// found at when that alias had the records (RFC 7672 2.2.3). It is
+	// never the target of a CNAME on the TLSA record itself (RFC 7671 7):
+	// that name is the provider's, and sending it in SNI or accepting it
+	// in a DANE-TA certificate would let the provider's name stand for the
+	// MX host. The base domain is the name sent in SNI (RFC 7672 8.1) and
 	// one of the names a DANE-TA certificate may carry (RFC 7672 3.2.2).
-	baseName := strings.TrimSuffix(tlsa.Target(), ".")
-	if _, rest, ok := strings.Cut(baseName, "._tcp."); ok {
-		baseName = rest
-	}
 	d.Level, d.TLSA, d.MinVersion = Verify, usable, tls.VersionTLS12
 	d.SNI = baseName
 	d.Names = uniq(baseName, r.MXHost, r.Domain)
@@ -255,11 +289,21 @@ func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision,
 	return &d, true, nil
 }
 
-// tlsaFor finds the TLSA records of the MX host. When the host name is an
-// alias with secure addresses, the expanded name is asked first, and the
-// original name only when the expanded one securely has none (RFC 7672
-// 2.2.3).
-func (e *Engine) tlsaFor(ctx context.Context, r Request, addrs resolver.AddrAnswer) (resolver.Answer, error) {
+// dnssecRefusal is the temporary refusal for a DNS answer whose DNSSEC
+// status is not known: not Secure and not proven Insecure. It is never
+// permanent (a bounce needs a proof) and is reported as dnssec-invalid
+// (RFC 8460 4.3.2.1).
+func dnssecRefusal(what string, s resolver.Security, reason string) *Refusal {
+	return &Refusal{Enhanced: "4.7.5", ResultType: "dnssec-invalid", PolicyType: "tlsa",
+		Reason: fmt.Sprintf("%s cannot be validated (DNSSEC %s: %s), so DANE cannot be ruled out", what, s, reason)}
+}
+
+// tlsaFor finds the TLSA records of the MX host and the TLSA base domain
+// they belong to. When the host name is an alias with secure addresses,
+// the expanded name is asked first, and the original name only when the
+// expanded one has no secure records (RFC 7672 2.2.3). A nil error means
+// the answer is Secure or proven Insecure.
+func (e *Engine) tlsaFor(ctx context.Context, r Request, addrs resolver.AddrAnswer) (resolver.Answer, string, error) {
 	names := []string{r.MXHost}
 	if n := len(addrs.Aliases); n > 0 {
 		names = []string{strings.TrimSuffix(addrs.Aliases[n-1], "."), r.MXHost}
@@ -269,16 +313,20 @@ func (e *Engine) tlsaFor(ctx context.Context, r Request, addrs resolver.AddrAnsw
 		var err error
 		tlsa, err = e.d.Resolver.LookupTLSA(ctx, name, r.Port)
 		if err != nil {
-			return tlsa, &Refusal{Enhanced: "4.7.5", Reason: "TLSA lookup failed, so DANE cannot be checked: " + err.Error()}
+			return tlsa, name, &Refusal{Enhanced: "4.7.5", ResultType: "dnssec-invalid", PolicyType: "tlsa",
+				Reason: fmt.Sprintf("TLSA lookup for _%d._tcp.%s failed, so DANE cannot be checked: %v", r.Port, name, err)}
 		}
-		switch {
-		case tlsa.Security == resolver.Bogus:
-			return tlsa, &Refusal{Enhanced: "4.7.5", ResultType: "dnssec-invalid", Reason: "TLSA records of " + name + " fail DNSSEC validation: " + tlsa.Reason}
-		case tlsa.Security != resolver.Secure || len(tlsa.Records) > 0:
-			return tlsa, nil
+		switch tlsa.Security {
+		case resolver.Secure:
+			if len(tlsa.Records) > 0 {
+				return tlsa, name, nil
+			}
+		case resolver.Insecure:
+		default:
+			return tlsa, name, dnssecRefusal(fmt.Sprintf("the TLSA records at _%d._tcp.%s", r.Port, name), tlsa.Security, tlsa.Reason)
 		}
 	}
-	return tlsa, nil
+	return tlsa, names[len(names)-1], nil
 }
 
 // combine merges the published policy with the local entry (or default):
@@ -291,7 +339,9 @@ func (e *Engine) combine(r Request, base Decision, local *Local, published *Deci
 	if mode == ModeDANE && local != nil {
 		mode = e.rules.Load().Default // "DANE where published, else the default"
 	}
-	isDANE := published != nil && published.Source == "dane"
+	// dane-only asks for DANE authentication: unusable TLSA records give
+	// only unauthenticated TLS, which is not enough.
+	isDANE := published != nil && published.Level == Verify && len(published.TLSA) > 0
 	if mode == ModeDANEOnly && !isDANE {
 		return Decision{}, &Refusal{Enhanced: "4.7.5", ResultType: "dane-required",
 			Reason: fmt.Sprintf("%s policy for %s is dane-only, and %s has no usable DANE TLSA records", source, r.Domain, r.MXHost)}
@@ -331,19 +381,32 @@ func (e *Engine) combine(r Request, base Decision, local *Local, published *Deci
 }
 
 // requireTLS applies RFC 8689 4.2: an MX from a DNSSEC-secure lookup or an
-// MTA-STS policy, reached over TLS verified by DANE or PKIX.
+// MTA-STS policy, reached over TLS verified by DANE or PKIX. Only what is
+// proven impossible fails for good (5.7.30): an MX set proven insecure and
+// an MTA-STS policy proven absent or not listing the host. Not knowing yet
+// (a DNS failure, a policy that cannot be fetched now) waits.
 func (e *Engine) requireTLS(ctx context.Context, r Request, d Decision, mxSecure, stsListed bool) (Decision, error) {
 	if !mxSecure && !stsListed && !r.Route { // a smarthost is the operator's choice, not a lookup's
-		if d.Source != "mta-sts" {
-			if pol, _ := e.sts.policy(ctx, r.Domain); pol != nil && pol.Mode != "none" && pol.Matches(r.MXHost) {
-				stsListed = true
-			}
+		mx, err := e.d.Resolver.LookupMX(ctx, r.Domain)
+		if err != nil {
+			return Decision{}, &Refusal{Enhanced: "4.4.3", Reason: "REQUIRETLS: MX lookup: " + err.Error()}
 		}
-		if mx, err := e.d.Resolver.LookupMX(ctx, r.Domain); err == nil && mx.Security == resolver.Secure {
+		switch mx.Security {
+		case resolver.Secure:
 			mxSecure = true
-		} else if err != nil {
-			return Decision{}, &Refusal{Enhanced: "4.4.3", Reason: "MX lookup: " + err.Error()}
+		case resolver.Insecure:
+		default:
+			return Decision{}, dnssecRefusal("REQUIRETLS: the MX records of "+r.Domain, mx.Security, mx.Reason)
 		}
+	}
+	if !mxSecure && !stsListed && !r.Route {
+		pol, err := e.sts.policy(ctx, r.Domain)
+		if err != nil {
+			return Decision{}, &Refusal{Enhanced: "4.7.5", PolicyType: "sts",
+				Reason: fmt.Sprintf("REQUIRETLS: the MX set of %s is not DNSSEC-secure, and its MTA-STS policy cannot be had now: %v", r.Domain, err)}
+		}
+		// RFC 8689 4.2.1: a policy in testing mode counts as enforce.
+		stsListed = pol != nil && pol.Mode != "none" && pol.Matches(r.MXHost)
 	}
 	if !mxSecure && !stsListed && !r.Route {
 		return Decision{}, &Refusal{Permanent: true, Enhanced: "5.7.30",

@@ -10,8 +10,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -67,16 +69,64 @@ type Decision struct {
 	PolicyDomain  string
 	// ClientCertificate is presented when the server asks for one.
 	ClientCertificate *tls.Certificate
+	// Pinned marks TLSA records that are the operator's public-key pins
+	// for a route (PinnedKeys), not records published in DNS.
+	Pinned bool
+}
+
+// PinnedKeys turns SHA-256 digests of public keys (SPKI) into the records
+// that match them, DANE-EE(3) SPKI(1) SHA-256(1): a pinned key is checked
+// exactly as RFC 7672 checks such a record, names and dates aside.
+func PinnedKeys(sums [][]byte) []*dns.TLSA {
+	out := make([]*dns.TLSA, 0, len(sums))
+	for _, sum := range sums {
+		out = append(out, &dns.TLSA{Hdr: dns.RR_Header{Rrtype: dns.TypeTLSA, Class: dns.ClassINET},
+			Usage: 3, Selector: 1, MatchingType: 1, Certificate: hex.EncodeToString(sum)})
+	}
+	return out
 }
 
 // Required reports whether delivery must stop when TLS cannot be had.
 func (d Decision) Required() bool { return d.Level >= Encrypt }
 
+// AllowsCleartextRetry reports whether a failed STARTTLS may be followed
+// by a try in cleartext: only where nothing asks for TLS (level may, no
+// MTA-STS policy observing in testing mode, no DANE, no REQUIRETLS, no
+// downgrade memory holding the domain to more). That is opportunistic TLS
+// as RFC 7435 describes it, and what Postfix and maddy do at "may".
+func (d Decision) AllowsCleartextRetry() bool {
+	return d.Level == May && !d.Testing && len(d.TLSA) == 0 && orNone(d.PolicyType) == "no-policy-found"
+}
+
+func orNone(policyType string) string {
+	if policyType == "" {
+		return "no-policy-found"
+	}
+	return policyType
+}
+
+// ConnKey names what a connection made under d was checked for: two
+// decisions with the same key accept exactly the same servers, so a
+// session opened for one may carry mail for the other (connection reuse),
+// and no message rides on a session made for a weaker or different policy.
+func (d Decision) ConnKey() string {
+	var tlsa []string
+	for _, r := range d.TLSA {
+		tlsa = append(tlsa, fmt.Sprintf("%d %d %d %s", r.Usage, r.Selector, r.MatchingType, strings.ToLower(r.Certificate)))
+	}
+	slices.Sort(tlsa)
+	return fmt.Sprintf("%s|testing=%t|pinned=%t|min=%x|sni=%s|names=%s|tlsa=%s|roots=%p|client=%p",
+		d.Level, d.Testing, d.Pinned, d.MinVersion, d.SNI, strings.Join(d.Names, ","), strings.Join(tlsa, ","), d.Roots, d.ClientCertificate)
+}
+
 // Describe is the decision in a few words, for logs and replies.
 func (d Decision) Describe() string {
 	s := d.Source + " " + d.Level.String()
-	if d.Level == Verify && len(d.TLSA) > 0 {
+	if d.Level == Verify && len(d.TLSA) > 0 && !d.Pinned {
 		s = "dane" // authenticated by TLSA records, whatever asked for it
+	}
+	if d.Pinned {
+		s += " (pinned key)"
 	}
 	if d.Testing {
 		s += " (testing)"
@@ -118,6 +168,9 @@ func (d Decision) ClientConfig(host string) (*tls.Config, *Verification) {
 		// nothing of DANE; VerifyConnection does the real one.
 		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 			method, err := verifyDANE(cs.PeerCertificates, d.TLSA, names)
+			if d.Pinned && method != "" {
+				method = "pinned-key"
+			}
 			v.Method = method
 			if err != nil {
 				v.Failure = err.Error()

@@ -117,7 +117,12 @@ func (c *stsCache) resolve(ctx context.Context, domain string) (*STSPolicy, erro
 	if cached != nil && !now.Before(cached.Expires) {
 		cached = nil
 	}
-	txts, _, err := c.res.LookupTXT(ctx, "_mta-sts."+domain)
+	txts, ans, err := c.res.LookupTXT(ctx, "_mta-sts."+domain)
+	if err == nil && len(txts) == 0 && (ans.Security == resolver.Bogus || ans.Security == resolver.Indeterminate) {
+		// An absence that fails validation proves nothing: REQUIRETLS
+		// must not fail a message for good on it.
+		err = fmt.Errorf("the answer that there is no record fails DNSSEC validation (%s): %s", ans.Security, ans.Reason)
+	}
 	var id string
 	if err == nil {
 		id, err = stsID(txts)

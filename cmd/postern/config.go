@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -126,6 +128,9 @@ type RouteConfig struct {
 	Username string `mapstructure:"username"`
 	Password string `mapstructure:"password"`
 	TLS      string `mapstructure:"tls"`
+	// AuthOverUnverifiedTLS lets credentials go over tls: encrypt.
+	AuthOverUnverifiedTLS bool     `mapstructure:"auth_over_unverified_tls"`
+	TLSPins               []string `mapstructure:"tls_pins"`
 }
 
 // OutboundTLSConfig is the outbound TLS policy (the tls section).
@@ -172,6 +177,8 @@ type TLSRPTConfig struct {
 	Submitter        string `mapstructure:"submitter"`
 	From             string `mapstructure:"from"`
 	SendHour         int    `mapstructure:"send_hour"`
+	// AllowNetworks are internal ranges an https: rua may reach (a lab).
+	AllowNetworks []string `mapstructure:"allow_networks"`
 }
 
 // AuditConfig keeps the delivery evidence.
@@ -247,6 +254,7 @@ var defaults = map[string]any{
 	"tlsrpt.submitter":                    "",
 	"tlsrpt.from":                         "",
 	"tlsrpt.send_hour":                    1,
+	"tlsrpt.allow_networks":               []string{},
 	"tls.downgrade_memory_max_age":        "720h",
 	"delivery.port":                       25,
 	"delivery.workers":                    32,
@@ -473,9 +481,28 @@ func (c *Config) validate() error {
 		if (r.Username == "") != (r.Password == "") {
 			bad(key+".username", "username and password go together")
 		}
+		level := tlspolicy.Verify // what a route with credentials gets by default
 		if r.TLS != "" {
-			if _, err := tlspolicy.ParseLevel(r.TLS); err != nil {
+			var err error
+			if level, err = tlspolicy.ParseLevel(r.TLS); err != nil {
 				bad(key+".tls", "%v", err)
+			}
+		}
+		if r.Username != "" {
+			// Credentials go only over verified TLS (PKIX, or a pinned key).
+			switch {
+			case level <= tlspolicy.May:
+				bad(key+".tls", "%q with username: credentials would be sent where TLS is optional; use verify", r.TLS)
+			case level == tlspolicy.Encrypt && !r.AuthOverUnverifiedTLS:
+				bad(key+".tls", "encrypt with username sends credentials to any certificate; use verify (with tls.ca_file or tls_pins), or set %s.auth_over_unverified_tls: true knowingly", key)
+			}
+		}
+		if r.AuthOverUnverifiedTLS && (r.Username == "" || level != tlspolicy.Encrypt) {
+			bad(key+".auth_over_unverified_tls", "only means something with username and tls: encrypt")
+		}
+		for _, pin := range r.TLSPins {
+			if _, err := parsePin(pin); err != nil {
+				bad(key+".tls_pins", "%v", err)
 			}
 		}
 	}
@@ -530,6 +557,11 @@ func (c *Config) validate() error {
 	}
 	if c.TLSRPT.From != "" && !strings.Contains(c.TLSRPT.From, "@") {
 		bad("tlsrpt.from", "%q is not a mail address", c.TLSRPT.From)
+	}
+	for _, n := range c.TLSRPT.AllowNetworks {
+		if _, err := netip.ParsePrefix(n); err != nil {
+			bad("tlsrpt.allow_networks", "%q is not a network in CIDR notation (127.0.0.0/8, fd00::/8)", n)
+		}
 	}
 	if c.TLSRPT.SendHour < 0 || c.TLSRPT.SendHour > 23 {
 		bad("tlsrpt.send_hour", "%d is not an hour of the day (0-23, UTC)", c.TLSRPT.SendHour)
@@ -609,7 +641,11 @@ func (c *Config) deliveryConfig() delivery.Config {
 		host, port, _ := net.SplitHostPort(r.NextHop)
 		p, _ := strconv.Atoi(port)
 		route := delivery.Route{Match: strings.ToLower(r.Domain), Host: host, Port: p,
-			Username: r.Username, Password: r.Password}
+			Username: r.Username, Password: r.Password, AuthOverUnverifiedTLS: r.AuthOverUnverifiedTLS}
+		for _, pin := range r.TLSPins {
+			sum, _ := parsePin(pin)
+			route.Pins = append(route.Pins, sum)
+		}
 		if r.TLS != "" {
 			level, _ := tlspolicy.ParseLevel(r.TLS)
 			route.TLS = &level
@@ -784,9 +820,21 @@ func (c *Config) reporter(q *queue.Queue, res *resolver.Client, signer *dkim.Sig
 	if r.From == "" {
 		r.From = "tls-reports@" + c.Hostname
 	}
+	var allow []netip.Prefix
+	for _, n := range r.AllowNetworks {
+		p, _ := netip.ParsePrefix(n)
+		allow = append(allow, p)
+	}
 	return tlsrpt.NewReporter(tlsrpt.Config{OrganizationName: r.OrganizationName, ContactInfo: r.ContactInfo,
-		Submitter: r.Submitter, From: r.From, SendHour: r.SendHour, Roots: roots},
+		Submitter: r.Submitter, From: r.From, SendHour: r.SendHour, Roots: roots, AllowNetworks: allow},
 		tlsrpt.Deps{Queue: q, DKIM: signer, DB: state, Log: log, Kick: kick,
+			LookupAddrs: func(ctx context.Context, host string) ([]netip.Addr, error) {
+				a, err := res.LookupAddrs(ctx, host)
+				if err == nil && a.Security == resolver.Bogus {
+					err = fmt.Errorf("addresses of %s fail DNSSEC validation: %s", host, a.Reason)
+				}
+				return a.Addrs, err
+			},
 			LookupTXT: func(ctx context.Context, name string) ([]string, error) {
 				txts, _, err := res.LookupTXT(ctx, name)
 				return txts, err
@@ -801,4 +849,15 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// parsePin reads a public-key pin: the SHA-256 of a certificate's
+// SubjectPublicKeyInfo in hex (openssl x509 -pubkey -noout | openssl pkey
+// -pubin -outform DER | sha256sum), optionally prefixed "sha256:".
+func parsePin(s string) ([]byte, error) {
+	sum, err := hex.DecodeString(strings.TrimPrefix(strings.ToLower(strings.TrimSpace(s)), "sha256:"))
+	if err != nil || len(sum) != 32 {
+		return nil, fmt.Errorf("%q is not a SHA-256 digest in hex (64 hex digits)", s)
+	}
+	return sum, nil
 }

@@ -57,7 +57,7 @@ func bound(t *testing.T, key, env string) bool {
 		"dns.servers": "127.0.0.1:5353", "delivery.retry": "1m,2m", "delivery.prefer_ipv6": "true",
 		"dns.dnssec": "off", "dns.on_broken_upstream": "insecure", "dns.trust_ad_remote": "true",
 		"tls.default": "verify", "tls.honor_tls_required_no": "false", "tls.downgrade_memory": "defer",
-		"tlsrpt.from": "reports@env.test", "tlsrpt.send_hour": "7",
+		"tlsrpt.from": "reports@env.test", "tlsrpt.send_hour": "7", "tlsrpt.allow_networks": "127.0.0.0/8,fd00::/8",
 		"admin.metrics_listen": "127.0.0.1:9999", "telemetry.otlp_endpoint": "http://collector.test:4318",
 		"telemetry.trace_sample_ratio": "0.25",
 	}[key]

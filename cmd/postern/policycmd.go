@@ -163,13 +163,17 @@ func printReport(out io.Writer, r tlspolicy.Report, port int, noCache bool) {
 		} else {
 			fmt.Fprintf(out, "    addresses (%s): %v\n", h.Addrs.Security, h.Addrs.Addrs)
 		}
+		base := h.Host
+		if h.TLSABase != "" {
+			base = h.TLSABase
+		}
 		switch {
 		case h.TLSAErr != nil:
-			fmt.Fprintf(out, "    TLSA _%d._tcp.%s: lookup failed: %v\n", port, h.Host, h.TLSAErr)
+			fmt.Fprintf(out, "    TLSA _%d._tcp.%s: lookup failed: %v\n", port, base, h.TLSAErr)
 		case len(h.TLSA.Records) == 0:
-			fmt.Fprintf(out, "    TLSA _%d._tcp.%s (%s): none\n", port, h.Host, h.TLSA.Security)
+			fmt.Fprintf(out, "    TLSA _%d._tcp.%s (%s): none\n", port, base, h.TLSA.Security)
 		default:
-			fmt.Fprintf(out, "    TLSA _%d._tcp.%s (%s): %d records, %d usable\n", port, h.Host, h.TLSA.Security, len(h.TLSA.Records), h.Usable)
+			fmt.Fprintf(out, "    TLSA _%d._tcp.%s (%s): %d records, %d usable\n", port, base, h.TLSA.Security, len(h.TLSA.Records), h.Usable)
 		}
 		if h.Refused != nil {
 			fmt.Fprintf(out, "    decision: do not use: %v\n", h.Refused)

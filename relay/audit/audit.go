@@ -39,7 +39,10 @@ type Record struct {
 	PolicyMode     string    `json:"policy_mode,omitempty"`   // e.g. "dane", "mta-sts verify", "default may"
 	Verified       bool      `json:"verified"`
 	VerifiedBy     string    `json:"verified_by,omitempty"` // DANE-EE, DANE-TA, PKIX
-	Reply          string    `json:"reply"`
+	// TLSFallback, when set, is why the message went in cleartext: STARTTLS
+	// failed where TLS was opportunistic, and delivery was retried without.
+	TLSFallback string `json:"tls_fallback,omitempty"`
+	Reply       string `json:"reply"`
 }
 
 // Kind is the first byte of an audit record in the journal, which other

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"io"
@@ -318,14 +319,59 @@ func TestSMTPUTF8Negotiation(t *testing.T) {
 	}
 }
 
+// TestSmarthostRouteWithAuth: a route's credentials go only to a next hop
+// whose certificate was verified (PKIX against the configured roots, or a
+// pinned key), or, where the operator opted in, over unverified TLS.
 func TestSmarthostRouteWithAuth(t *testing.T) {
-	mx := smtptest.Start(t, func(mx *smtptest.MX) { mx.Password = "hop-secret" })
-	w := newWorld(t, mx, Route{Match: "*", Host: "127.0.0.1", Username: "relay", Password: "hop-secret"})
-	w.submit(sender, "a@anywhere.example")
-	w.run()
-	got := w.mx.Received()
-	if len(got) != 1 || got[0].User != "relay" || !got[0].TLS {
-		t.Fatalf("smarthost got %+v", got)
+	encrypt := tlspolicy.Encrypt
+	cases := []struct {
+		name    string
+		trusted bool   // the smarthost's certificate is among the roots
+		pin     string // "right" or "wrong": pin the smarthost's key
+		route   Route
+		want    string // "delivered" or the deferral's reply prefix
+	}{
+		{name: "verified by the roots", trusted: true, want: "delivered"},
+		{name: "certificate not trusted: no credentials sent", want: "4.7.5"},
+		{name: "pinned public key, not trusted by the roots", pin: "right", want: "delivered"},
+		{name: "wrong pin", pin: "wrong", want: "4.7.5"},
+		{name: "encrypt without the opt-in still verifies", route: Route{TLS: &encrypt}, want: "4.7.5"},
+		{name: "encrypt with auth_over_unverified_tls", route: Route{TLS: &encrypt, AuthOverUnverifiedTLS: true}, want: "delivered"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			mx := smtptest.Start(t, func(mx *smtptest.MX) { mx.Password = "hop-secret" })
+			route := tc.route
+			route.Match, route.Host, route.Username, route.Password = "*", "127.0.0.1", "relay", "hop-secret"
+			switch tc.pin {
+			case "right":
+				sum := sha256.Sum256(mx.Leaf.RawSubjectPublicKeyInfo)
+				route.Pins = [][]byte{sum[:]}
+			case "wrong":
+				route.Pins = [][]byte{make([]byte, 32)}
+			}
+			w := newWorld(t, mx, route)
+			if tc.trusted {
+				w.engine.d.Roots = x509.NewCertPool()
+				w.engine.d.Roots.AddCert(mx.Leaf)
+			}
+			id := w.submit(sender, "a@anywhere.example")
+			w.run()
+			got := w.mx.Received()
+			if tc.want == "delivered" {
+				if len(got) != 1 || got[0].User != "relay" || !got[0].TLS {
+					t.Fatalf("smarthost got %+v; reply %q", got, w.state(id).Recipients[0].LastReply)
+				}
+				return
+			}
+			r := w.state(id).Recipients[0]
+			if len(got) != 0 || r.State != queue.Pending || !strings.HasPrefix(r.LastReply, tc.want) {
+				t.Fatalf("want a deferral %s, got %d messages and %v %q", tc.want, len(got), r.State, r.LastReply)
+			}
+			if mx.AuthAttempts() != 0 {
+				t.Fatal("credentials were offered to an unverified next hop")
+			}
+		})
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -420,6 +419,15 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 	connectSpan.End()
 	seen := tlsrpt.Attempt{PolicyType: orNoPolicy(policy.PolicyType), PolicyStrings: policy.PolicyStrings,
 		MXHost: hop.Host, ReceivingIP: addr.Addr().String()}
+	if f := asFailureOrNil(err); f != nil && f.CleartextRetry {
+		// What failed is still reported, then the session is had without TLS.
+		if hop.Route == nil && f.ResultType != "" {
+			seen.Result, seen.Info = f.ResultType, f.Text
+			note(seen)
+			seen.Result, seen.Info = "", ""
+		}
+		c, err = e.fallback(ctx, m, hop, addr, policy, f)
+	}
 	if err != nil {
 		f := asFailure(err, hop.Host, "connect")
 		switch {
@@ -434,13 +442,21 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 		e.logAttempt(m, idxs, hop.Host, addr, TLSInfo{Policy: policy.Describe(), PolicySource: policy.Source, ResultType: f.ResultType}, f.Error(), "deferred")
 		return nil, f
 	}
-	if hop.Route == nil {
+	if hop.Route == nil && c.tls.Fallback == "" {
 		note(seen) // a session under the policy: a success for the report
 	}
 	if r := hop.Route; r != nil && r.Username != "" {
-		if c.tls.Version == "" {
+		// Credentials go only over TLS whose certificate was verified (or,
+		// where the operator opted in, at least over TLS): an attacker who
+		// can intercept the connection must not learn them.
+		switch {
+		case c.tls.Version == "":
 			c.close()
-			return nil, &Failure{Temporary: true, Enhanced: "4.7.0", Text: hop.Host + " offers no TLS; not sending route credentials in cleartext"}
+			return nil, &Failure{Temporary: true, Enhanced: "4.7.0", Host: hop.Host, Text: hop.Host + " offers no TLS; not sending route credentials in cleartext"}
+		case !c.tls.Verified && !r.AuthOverUnverifiedTLS:
+			c.close()
+			return nil, &Failure{Temporary: true, Enhanced: "4.7.0", Host: hop.Host,
+				Text: hop.Host + "'s certificate was not verified; not sending route credentials (set auth_over_unverified_tls on the route to allow it)"}
 		}
 		if err := c.client.Auth(sasl.NewPlainClient("", r.Username, r.Password)); err != nil {
 			c.close()
@@ -452,6 +468,37 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 	return e.transact(ctx, m, idxs, hop, policy, &pooled{c: c}, now)
 }
 
+// fallback opens a cleartext session after STARTTLS failed where nothing
+// required TLS (RFC 7435 3: opportunistic TLS must not lose mail that
+// cleartext would deliver). It is logged, counted, and recorded in the
+// session's TLS information, hence in the audit trail and, as a delivery in
+// cleartext, in the downgrade memory. Only a decision that allows it gets
+// here: never DANE, MTA-STS, REQUIRETLS, a level above may, or a domain
+// the downgrade memory (in defer mode) holds to TLS.
+func (e *Engine) fallback(ctx context.Context, m queue.Message, hop Hop, addr netip.AddrPort, policy tlspolicy.Decision, why *Failure) (*conn, error) {
+	e.metrics.fallback(policy.Source)
+	e.d.Log.Warn("STARTTLS failed where TLS is opportunistic: retrying in cleartext on a new connection",
+		"queue_id", m.ID, "mx", hop.Host, "ip", addr.Addr().String(), "tls_policy", policy.Describe(), "tls_result", why.ResultType, "reason", why.Text)
+	plain := policy
+	plain.Level = tlspolicy.None
+	plain.Reason = policy.Reason + "; cleartext after STARTTLS failed"
+	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, plain)
+	if err != nil {
+		return nil, err
+	}
+	c.tls.Fallback = why.Text
+	c.tls.Policy, c.tls.PolicySource = policy.Describe()+" (cleartext fallback)", policy.Source
+	return c, nil
+}
+
+func asFailureOrNil(err error) *Failure {
+	var f *Failure
+	if errors.As(err, &f) {
+		return f
+	}
+	return nil
+}
+
 func orNoPolicy(policyType string) string {
 	if policyType == "" {
 		return "no-policy-found"
@@ -461,14 +508,8 @@ func orNoPolicy(policyType string) string {
 
 // decide asks the policy, unless the hop is a route with its own level.
 func (e *Engine) decide(ctx context.Context, m queue.Message, domain string, hop Hop) (tlspolicy.Decision, error) {
-	if hop.Route != nil && hop.Route.TLS != nil {
-		d := tlspolicy.Decision{Level: *hop.Route.TLS, Source: "route", Roots: e.d.Roots, Reason: "route for " + hop.Route.Match,
-			PolicyType: "no-policy-found"}
-		if m.RequireTLS && d.Level < tlspolicy.Verify {
-			// RFC 8689 4.2: verified TLS to the next hop, whatever the route says.
-			d.Level, d.Reason = tlspolicy.Verify, d.Reason+"; REQUIRETLS"
-		}
-		return d, nil
+	if r := hop.Route; r != nil && (r.TLS != nil || r.Username != "" || len(r.Pins) > 0) {
+		return routeDecision(*r, e.d.Roots, m.RequireTLS), nil
 	}
 	return e.d.Policy.Decide(ctx, tlspolicy.Request{Domain: domain, MXHost: hop.Host, Port: hop.Port,
 		RequireTLS: m.Envelope.RequireTLS, TLSOptional: m.Envelope.TLSOptional, Report: m.Envelope.TLSReport, Route: hop.Route != nil})
@@ -477,7 +518,9 @@ func (e *Engine) decide(ctx context.Context, m queue.Message, domain string, hop
 // poolKey names the sessions that may be shared: same host, port and TLS
 // decision, so no message rides on a session made for a weaker policy.
 func poolKey(h Hop, d tlspolicy.Decision) string {
-	return h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + fmt.Sprint(d.TLSA, d.Names, d.MinVersion)
+	// ConnKey is what keeps a session from serving a weaker decision; the
+	// description keeps the evidence of each delivery its own.
+	return h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + d.ConnKey()
 }
 
 // transact sends one message on an open session, and keeps the session for
@@ -614,7 +657,8 @@ func (e *Engine) attachEvidence(o *queue.Outcome, m queue.Message, addr netip.Ad
 	}
 	r := audit.Record{Time: now, QueueID: m.ID, MessageID: m.MessageID, Sender: m.From, Recipient: m.Recipients[o.Recipient].Addr,
 		Result: audit.Delivered, MX: o.Host, TLSVersion: t.Version, TLSCipher: t.Cipher, PolicySource: source,
-		PolicyMode: t.Policy, Verified: t.Verified, VerifiedBy: t.Auth, Reply: o.Reply, PeerCertSHA256: t.PeerSHA256}
+		PolicyMode: t.Policy, Verified: t.Verified, VerifiedBy: t.Auth, Reply: o.Reply, PeerCertSHA256: t.PeerSHA256,
+		TLSFallback: t.Fallback}
 	if o.Result == queue.ResultFailed {
 		r.Result = audit.Bounced
 		if strings.HasPrefix(o.Reply, "4.4.7 ") {

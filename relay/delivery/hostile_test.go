@@ -10,6 +10,7 @@ import (
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/smtptest"
+	"github.com/postern/postern/tlspolicy"
 )
 
 // hostileMX serves every connection with behave, on 127.0.0.1:0.
@@ -58,14 +59,18 @@ func TestHostileMXes(t *testing.T) {
 		name   string
 		behave func(c net.Conn, r *bufio.Reader)
 		reason string
+		// policy, when set, replaces opportunistic TLS: where TLS is only
+		// opportunistic a broken handshake is retried in cleartext
+		// (TestOpportunisticFallback), so these rows require it.
+		policy tlspolicy.Policy
 	}{
-		{"tarpit: no greeting", func(c net.Conn, r *bufio.Reader) {}, "timeout"},
+		{"tarpit: no greeting", func(c net.Conn, r *bufio.Reader) {}, "timeout", nil},
 		{"silent after EHLO", func(c net.Conn, r *bufio.Reader) {
 			fmt.Fprintf(c, "220 tarpit ESMTP\r\n")
-		}, "timeout"},
+		}, "timeout", nil},
 		{"garbage greeting", func(c net.Conn, r *bufio.Reader) {
 			fmt.Fprintf(c, "HELLO THERE, THIS IS NOT SMTP\r\n")
-		}, ""},
+		}, "", nil},
 		{"endless reply line", func(c net.Conn, r *bufio.Reader) {
 			chunk := []byte(strings.Repeat("x", 64<<10))
 			c.Write([]byte("220-"))
@@ -74,7 +79,7 @@ func TestHostileMXes(t *testing.T) {
 					return
 				}
 			}
-		}, "too long"},
+		}, "too long", nil},
 		{"drops the connection mid-DATA", func(c net.Conn, r *bufio.Reader) {
 			fmt.Fprintf(c, "220 mx ESMTP\r\n")
 			expect(r, "EHLO")
@@ -87,14 +92,14 @@ func TestHostileMXes(t *testing.T) {
 			fmt.Fprintf(c, "354 go on\r\n")
 			r.ReadString('\n')
 			c.Close()
-		}, ""},
+		}, "", nil},
 		{"hangs in the TLS handshake", func(c net.Conn, r *bufio.Reader) {
 			fmt.Fprintf(c, "220 mx ESMTP\r\n")
 			expect(r, "EHLO")
 			fmt.Fprintf(c, "250-mx\r\n250 STARTTLS\r\n")
 			expect(r, "STARTTLS")
 			fmt.Fprintf(c, "220 go ahead\r\n") // and then never a TLS byte
-		}, "4.7.5"},
+		}, "4.7.5", tlspolicy.Fixed{Level: tlspolicy.Encrypt}},
 		{"answers the TLS handshake with garbage", func(c net.Conn, r *bufio.Reader) {
 			fmt.Fprintf(c, "220 mx ESMTP\r\n")
 			expect(r, "EHLO")
@@ -102,11 +107,14 @@ func TestHostileMXes(t *testing.T) {
 			expect(r, "STARTTLS")
 			fmt.Fprintf(c, "220 go ahead\r\n")
 			c.Write([]byte(strings.Repeat("\x15\x03\x03garbage", 100)))
-		}, "4.7.5"},
+		}, "4.7.5", tlspolicy.Fixed{Level: tlspolicy.Encrypt}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t, smtptest.Start(t, nil))
+			if tc.policy != nil {
+				w.engine.d.Policy = tc.policy
+			}
 			w.engine.cfg.Port = hostileMX(t, tc.behave)
 			w.engine.cfg.Timeouts = Timeouts{Connect: time.Second, Greeting: 500 * time.Millisecond,
 				Command: 500 * time.Millisecond, Block: 500 * time.Millisecond, FinalDot: 500 * time.Millisecond}

@@ -17,6 +17,7 @@ type instruments struct {
 	final       metric.Int64Counter
 	timeInQueue metric.Float64Histogram
 	notices     metric.Int64Counter
+	fallbacks   metric.Int64Counter
 	tracer      trace.Tracer
 }
 
@@ -32,7 +33,13 @@ func newInstruments() instruments {
 		metric.WithExplicitBucketBoundaries(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4*3600, 24*3600, 5*24*3600))
 	in.notices, _ = m.Int64Counter("postern.delivery.notices",
 		metric.WithDescription("Delivery status notifications queued for senders, by kind (failure, delay)"))
+	in.fallbacks, _ = m.Int64Counter("postern.tls.fallbacks",
+		metric.WithDescription("Deliveries retried in cleartext after STARTTLS failed where TLS was opportunistic (level may, no published policy), by policy source"))
 	return in
+}
+
+func (in instruments) fallback(source string) {
+	in.fallbacks.Add(context.Background(), 1, metric.WithAttributes(attribute.String("policy_source", source)))
 }
 
 func (in instruments) attempt(result string, t TLSInfo) {

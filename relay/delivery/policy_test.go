@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -58,6 +59,13 @@ type policyCase struct {
 	tlsOptional bool
 	route       *tlspolicy.Level // send through a smarthost route (to mx.dest.test) at this level; nil level: a route with none
 	viaRoute    bool
+	// tlsaCNAME makes the TLSA owner of the MX a CNAME into a provider's
+	// name (provider.dest.test), where the records are.
+	tlsaCNAME bool
+	// indeterminate makes every TLSA answer Indeterminate, as validation
+	// through an upstream diagnosed as stripping DNSSEC does.
+	indeterminate bool
+	wantSNI       string // the server name the MX must see, when set
 	// want is "delivered AUTH" (AUTH: DANE-EE, DANE-TA, PKIX or none),
 	// "deferred CODE [RFC 8460 RESULT]" or "bounced CODE".
 	want string
@@ -136,6 +144,16 @@ func TestTLSPolicy(t *testing.T) {
 		{name: "REQUIRETLS through a route at may, trusted smarthost", viaRoute: true, route: levelPtr(tlspolicy.May), requireTLS: true,
 			want: "delivered PKIX"},
 		{name: "REQUIRETLS through a route without a level, trusted smarthost", viaRoute: true, requireTLS: true, want: "delivered PKIX"},
+		{name: "TLSA records that cannot be validated (upstream strips DNSSEC): wait, never opportunistic", tlsa: []string{"3 1 1"},
+			indeterminate: true, want: "deferred 4.7.5 dnssec-invalid"},
+		{name: "dane-only with only unusable TLSA records waits", rawTLSA: "1 1 1 " + strings.Repeat("ab", 32),
+			local: []tlspolicy.Local{{Domain: "dest.test", Mode: tlspolicy.ModeDANEOnly}}, want: "deferred 4.7.5 dane-required"},
+		{name: "TLSA owner is a CNAME: SNI stays the MX host", tlsaCNAME: true, tlsa: []string{"3 1 1"}, wantSNI: "mx.dest.test", want: "delivered DANE-EE"},
+		{name: "TLSA owner is a CNAME: the provider's name does not pass DANE-TA", tlsaCNAME: true,
+			cert: func(t *testing.T, p *pki) tls.Certificate { return p.inter.Leaf(t, false, "provider.dest.test") },
+			tlsa: []string{"2 0 1"}, want: "deferred 4.7.5 tlsa-invalid"},
+		{name: "only unusable TLSA records and MTA-STS enforce: PKIX is required", rawTLSA: "1 1 1 " + strings.Repeat("ab", 32), sts: enforce,
+			cert: func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") }, want: "deferred 4.7.5 certificate-not-trusted"},
 		{name: "TLS-Required: No sets a failing DANE aside", rawTLSA: "3 1 1 " + strings.Repeat("ab", 32), tlsOptional: true, want: "delivered none"},
 		{name: "TLS-Required: No does not set a local policy aside", unsigned: true, tlsOptional: true,
 			cert:  func(t *testing.T, p *pki) tls.Certificate { return p.other.Leaf(t, false, "mx.dest.test") },
@@ -154,8 +172,13 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 	if tc.cert != nil {
 		cert = tc.cert(t, p)
 	}
+	var sni sync.Map
 	mx := smtptest.Start(t, func(mx *smtptest.MX) {
-		mx.Server.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		mx.Server.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert},
+			GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+				sni.Store(hello.ServerName, true)
+				return nil, nil
+			}}
 		if tc.noSTARTTLS {
 			mx.Server.TLSConfig = nil
 		}
@@ -190,6 +213,10 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 		records += "_mta-sts TXT \"v=STSv1; id=20261129;\"\n"
 	}
 	tlsaOwner := fmt.Sprintf("_%d._tcp.%s", mx.Port, tlsaHost)
+	if tc.tlsaCNAME {
+		records += fmt.Sprintf("%s CNAME _%d._tcp.provider\n", tlsaOwner, mx.Port)
+		tlsaOwner = fmt.Sprintf("_%d._tcp.provider", mx.Port)
+	}
 	for _, spec := range tc.tlsa {
 		var usage, selector, matching uint8
 		fmt.Sscan(spec, &usage, &selector, &matching)
@@ -226,15 +253,19 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	var policyDNS tlspolicy.Resolver = res
+	if tc.indeterminate {
+		policyDNS = indeterminateTLSA{res}
+	}
 	policy, err := tlspolicy.NewEngine(tlspolicy.Config{Default: tc.def, Policies: tc.local, Roots: p.ca.Pool(),
-		HonorTLSRequiredNo: true, STSPort: stsPort}, tlspolicy.Deps{Resolver: res, DB: db})
+		HonorTLSRequiredNo: true, STSPort: stsPort}, tlspolicy.Deps{Resolver: policyDNS, DB: db})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tc.def == tlspolicy.ModeNone {
 		// The zero value is "none"; these rows mean the shipped default.
 		policy, _ = tlspolicy.NewEngine(tlspolicy.Config{Default: tlspolicy.ModeMay, Policies: tc.local, Roots: p.ca.Pool(),
-			HonorTLSRequiredNo: true, STSPort: stsPort}, tlspolicy.Deps{Resolver: res, DB: db})
+			HonorTLSRequiredNo: true, STSPort: stsPort}, tlspolicy.Deps{Resolver: policyDNS, DB: db})
 	}
 	log := &syncBuffer{}
 	var routes []Route
@@ -305,6 +336,13 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 	detail, result, _ := strings.Cut(detail, " ")
 	if result != "" && !strings.Contains(log.String(), "tls_result="+result) {
 		t.Errorf("the log does not name the RFC 8460 result %s:\n%s", result, log.String())
+	}
+	if tc.wantSNI != "" {
+		var seen []string
+		sni.Range(func(k, _ any) bool { seen = append(seen, k.(string)); return true })
+		if len(seen) != 1 || seen[0] != tc.wantSNI {
+			t.Errorf("the MX saw SNI %q, want only %q", seen, tc.wantSNI)
+		}
 	}
 	switch verb {
 	case "delivered":
@@ -421,3 +459,13 @@ func TestDowngradeMemory(t *testing.T) {
 }
 
 func levelPtr(l tlspolicy.Level) *tlspolicy.Level { return &l }
+
+// indeterminateTLSA answers TLSA questions as validation does while the
+// upstream is diagnosed as stripping DNSSEC: records, status unknown.
+type indeterminateTLSA struct{ *resolver.Client }
+
+func (r indeterminateTLSA) LookupTLSA(ctx context.Context, host string, port int) (resolver.Answer, error) {
+	a, err := r.Client.LookupTLSA(ctx, host, port)
+	a.Security, a.Reason = resolver.Indeterminate, "upstream strips DNSSEC, so DANE cannot be checked"
+	return a, err
+}

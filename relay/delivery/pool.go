@@ -70,7 +70,8 @@ func (p *pool) take(key string) *pooled {
 // enough or the server does not take RSET.
 func (p *pool) put(key string, pc *pooled) {
 	pc.uses++
-	if pc.uses >= p.maxUses || p.idleTime <= 0 || pc.c.client.Reset() != nil {
+	// A cleartext fallback is not kept: the next message tries STARTTLS again.
+	if pc.c.tls.Fallback != "" || pc.uses >= p.maxUses || p.idleTime <= 0 || pc.c.client.Reset() != nil {
 		pc.c.close()
 		return
 	}

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -21,7 +22,41 @@ type Route struct {
 	Username string // AUTH for this hop, when set
 	Password string
 	// TLS, when set, is this hop's own requirement instead of the policy's.
+	// A route with a Username is held to Verify unless TLS says encrypt
+	// and AuthOverUnverifiedTLS is set (configuration refuses the rest).
 	TLS *tlspolicy.Level
+	// AuthOverUnverifiedTLS lets credentials go over TLS whose certificate
+	// was not verified: the operator's explicit, documented choice.
+	AuthOverUnverifiedTLS bool
+	// Pins are SHA-256 digests of the next hop's public key (SPKI): a
+	// certificate with one of these keys is verified without PKIX.
+	Pins [][]byte
+}
+
+// routeDecision is what a route's next hop must satisfy: the route's own
+// level, verified TLS when it carries credentials (and the operator did not
+// opt out), and verified TLS for REQUIRETLS mail (RFC 8689 4.2), whatever
+// the route says.
+func routeDecision(r Route, roots *x509.CertPool, requireTLS bool) tlspolicy.Decision {
+	d := tlspolicy.Decision{Level: tlspolicy.May, Source: "route", Roots: roots, Reason: "route for " + r.Match,
+		PolicyType: "no-policy-found"}
+	switch {
+	case r.TLS != nil:
+		d.Level = *r.TLS
+	case len(r.Pins) > 0:
+		d.Level = tlspolicy.Verify
+	}
+	if r.Username != "" && d.Level < tlspolicy.Verify && !(d.Level == tlspolicy.Encrypt && r.AuthOverUnverifiedTLS) {
+		d.Level, d.Reason = tlspolicy.Verify, d.Reason+"; credentials go only over verified TLS"
+	}
+	if requireTLS && d.Level < tlspolicy.Verify {
+		d.Level, d.Reason = tlspolicy.Verify, d.Reason+"; REQUIRETLS"
+	}
+	if d.Level == tlspolicy.Verify && len(r.Pins) > 0 {
+		d.TLSA, d.Pinned = tlspolicy.PinnedKeys(r.Pins), true
+		d.Reason += "; pinned public key"
+	}
+	return d
 }
 
 func (r Route) matches(domain string) bool {
@@ -73,10 +108,18 @@ func hops(ctx context.Context, res resolver.Resolver, routes []Route, port int, 
 		// only an answer (NXDOMAIN, null MX) can fail it for good.
 		return nil, &Failure{Temporary: true, Enhanced: "4.4.3", Text: fmt.Sprintf("MX lookup for %s failed: %v", domain, err)}
 	}
-	if ans.Security == resolver.Bogus {
+	switch ans.Security {
+	case resolver.Bogus:
 		// RFC 7672 2.2.1: a bogus MX RRset may be an attacker's; wait, and
 		// never fall back to the domain's address records.
-		return nil, &Failure{Temporary: true, Enhanced: "4.7.5", Text: fmt.Sprintf("MX lookup for %s failed DNSSEC validation: %s", domain, ans.Reason)}
+		return nil, &Failure{Temporary: true, Enhanced: "4.7.5", ResultType: "dnssec-invalid",
+			Text: fmt.Sprintf("MX lookup for %s failed DNSSEC validation: %s", domain, ans.Reason)}
+	case resolver.Indeterminate:
+		// Neither validated nor proven unsigned (the upstream strips
+		// DNSSEC): the answer may hide DANE, and an NXDOMAIN here is no
+		// proof to bounce on. Wait until it can be validated.
+		return nil, &Failure{Temporary: true, Enhanced: "4.4.3", ResultType: "dnssec-invalid",
+			Text: fmt.Sprintf("MX lookup for %s cannot be validated (%s), so DANE cannot be ruled out", domain, ans.Reason)}
 	}
 	if ans.NXDomain {
 		return nil, &Failure{Enhanced: "5.1.2", Text: fmt.Sprintf("domain %s does not exist", domain)}

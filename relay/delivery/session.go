@@ -52,6 +52,9 @@ type TLSInfo struct {
 	PassivePKIX bool
 	// PolicyType is the RFC 8460 policy type: tlsa, sts or no-policy-found.
 	PolicyType string
+	// Fallback, when set, is why this session is in cleartext: STARTTLS
+	// failed at level may and the delivery was retried without it.
+	Fallback string
 	// Chain is what the server presented; PeerSHA256 is the hex SHA-256 of
 	// its first certificate, computed once per connection for the evidence.
 	Chain      []*x509.Certificate `json:"-"`
@@ -111,15 +114,21 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	if offered && policy.Level > tlspolicy.None {
 		text.PrintfLine("STARTTLS")
 		if _, _, err := readReply(text, 220); err != nil {
-			return fail(asFailure(err, host, "STARTTLS"))
+			// A refused STARTTLS is never a reason to fail the message
+			// for good, whatever code the server used.
+			return fail(&Failure{Temporary: true, Enhanced: "4.7.4", Host: host, ResultType: "starttls-not-supported",
+				CleartextRetry: policy.AllowsCleartextRetry(),
+				Text:           fmt.Sprintf("%s refused STARTTLS (%s: %s): %v", host, policy.Describe(), policy.Reason, err)})
 		}
 		cfg, verification := policy.ClientConfig(host)
 		tc := tls.Client(raw, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
-			// Even at "may", a failed handshake defers rather than
-			// retrying in cleartext on the same host.
+			// Where nothing requires TLS, the caller may try once more
+			// in cleartext on a new connection (RFC 7435 3); otherwise
+			// the host is given up for now.
 			return fail(&Failure{Temporary: true, Enhanced: "4.7.5", Host: host, ResultType: tlspolicy.ResultType(err, policy),
-				Text: fmt.Sprintf("TLS with %s failed (%s: %s): %v", host, policy.Describe(), policy.Reason, err)})
+				CleartextRetry: policy.AllowsCleartextRetry() && ctx.Err() == nil,
+				Text:           fmt.Sprintf("TLS with %s failed (%s: %s): %v", host, policy.Describe(), policy.Reason, err)})
 		}
 		st := tc.ConnectionState()
 		info = TLSInfo{Version: tls.VersionName(st.Version), Cipher: tls.CipherSuiteName(st.CipherSuite),
@@ -222,6 +231,9 @@ type Failure struct {
 	Host      string // the server that said it, if one did
 	// ResultType names a TLS policy failure as RFC 8460 4.3.2 does.
 	ResultType string
+	// CleartextRetry: STARTTLS failed where nothing required TLS, so one
+	// more try in cleartext, on a new connection, is allowed (RFC 7435).
+	CleartextRetry bool
 }
 
 func (f *Failure) Error() string {

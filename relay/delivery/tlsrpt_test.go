@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/mail"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,9 +70,12 @@ func TestTLSReportsAreSent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(https.Certificate())
 	reporter, err := tlsrpt.NewReporter(tlsrpt.Config{OrganizationName: "Postern Test", ContactInfo: "tls-reports@bounces.test",
-		Submitter: "relay.test", From: "tls-reports@bounces.test"},
-		tlsrpt.Deps{Queue: w.q, DKIM: dkim.New([]dkim.Key{key}, nil), DB: db, Clock: w.clock.Now, HTTP: https.Client(),
+		Submitter: "relay.test", From: "tls-reports@bounces.test", Roots: roots,
+		AllowNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, // the test's report server is on loopback
+		tlsrpt.Deps{Queue: w.q, DKIM: dkim.New([]dkim.Key{key}, nil), DB: db, Clock: w.clock.Now,
 			LookupTXT: func(_ context.Context, name string) ([]string, error) {
 				if name == "_smtp._tls.dest.test" {
 					return []string{"v=spf1 -all", "v=TLSRPTv1; rua=mailto:reports@dest.test," + https.URL + "/tlsrpt"}, nil

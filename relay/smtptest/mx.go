@@ -41,9 +41,10 @@ type MX struct {
 	// Arrived receives a value for every message stored.
 	Arrived chan struct{}
 
-	mu          sync.Mutex
-	msgs        []Message
-	connections int
+	mu           sync.Mutex
+	msgs         []Message
+	connections  int
+	authAttempts int
 }
 
 // Start runs an MX until the test ends; configure runs before it serves.
@@ -89,6 +90,13 @@ func (mx *MX) Received() []Message {
 	return append([]Message(nil), mx.msgs...)
 }
 
+// AuthAttempts counts the AUTH exchanges that reached a password check.
+func (mx *MX) AuthAttempts() int {
+	mx.mu.Lock()
+	defer mx.mu.Unlock()
+	return mx.authAttempts
+}
+
 // Connections counts the connections that reached a session.
 func (mx *MX) Connections() int {
 	mx.mu.Lock()
@@ -116,6 +124,9 @@ func (s *session) AuthMechanisms() []string {
 
 func (s *session) Auth(string) (sasl.Server, error) {
 	return sasl.NewPlainServer(func(_, user, pass string) error {
+		s.mx.mu.Lock()
+		s.mx.authAttempts++
+		s.mx.mu.Unlock()
 		if user != "relay" || pass != s.mx.Password {
 			return errors.New("bad credentials")
 		}

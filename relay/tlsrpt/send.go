@@ -15,10 +15,13 @@ import (
 	"io"
 	"log/slog"
 	"mime/multipart"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +39,10 @@ type Config struct {
 	From             string // envelope and header sender of mailed reports
 	SendHour         int    // UTC hour after which yesterday's reports go out
 	Roots            *x509.CertPool
+	// AllowNetworks are internal address ranges (loopback, private,
+	// link-local, unique-local) that an https: rua may still reach: for a
+	// lab. Elsewhere a report is never posted inside.
+	AllowNetworks []netip.Prefix
 }
 
 // Deps are the reporter's collaborators.
@@ -47,13 +54,16 @@ type Deps struct {
 	Clock     func() time.Time
 	Log       *slog.Logger
 	Kick      func() // wakes delivery after a report is queued
-	HTTP      *http.Client
+	// LookupAddrs resolves the host of an https: rua, through Postern's
+	// own resolver like everything delivery depends on.
+	LookupAddrs func(ctx context.Context, host string) ([]netip.Addr, error)
 }
 
 // Reporter sends each day's reports once.
 type Reporter struct {
-	cfg Config
-	d   Deps
+	cfg  Config
+	d    Deps
+	http *http.Client
 }
 
 var sentBucket = []byte("tlsrpt-sent")
@@ -69,21 +79,115 @@ func NewReporter(cfg Config, d Deps) (*Reporter, error) {
 	if d.Kick == nil {
 		d.Kick = func() {}
 	}
-	if d.HTTP == nil {
-		d.HTTP = &http.Client{
-			Timeout:       time.Minute,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cfg.Roots, MinVersion: tls.VersionTLS12},
-				Proxy: nil, DisableKeepAlives: true},
-		}
-	}
 	if err := d.DB.Update(func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(sentBucket)
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("tlsrpt: %w", err)
 	}
-	return &Reporter{cfg: cfg, d: d}, nil
+	r := &Reporter{cfg: cfg, d: d}
+	r.http = &http.Client{
+		Timeout:       time.Minute,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cfg.Roots, MinVersion: tls.VersionTLS12},
+			Proxy: nil, DisableKeepAlives: true, DialContext: r.dial},
+	}
+	return r, nil
+}
+
+// dial connects to a report URL's host only at addresses that are not
+// inside: a rua is the recipient domain's to choose, and must not turn the
+// relay into a way to reach its own network (the admin listener, metadata
+// services, an internal HTTP API). The check is on the addresses actually
+// dialled, so a name that resolves differently later (DNS rebinding)
+// gains nothing.
+func (r *Reporter) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("port %q: %w", port, err)
+	}
+	addrs, err := r.reportAddrs(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	var lastErr error
+	for _, a := range addrs {
+		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(a, uint16(p)).String())
+		if err == nil {
+			return c, nil
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+func (r *Reporter) reportAddrs(ctx context.Context, host string) ([]netip.Addr, error) {
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		addrs = []netip.Addr{a}
+	} else {
+		if r.d.LookupAddrs == nil {
+			return nil, fmt.Errorf("no resolver to look up %s", host)
+		}
+		if addrs, err = r.d.LookupAddrs(ctx, host); err != nil {
+			return nil, fmt.Errorf("address lookup for %s: %w", host, err)
+		}
+	}
+	var ok []netip.Addr
+	var refused []string
+	for _, a := range addrs {
+		a = a.Unmap()
+		if why := internalAddr(a); why != "" && !r.allowed(a) {
+			refused = append(refused, a.String()+" ("+why+")")
+			continue
+		}
+		ok = append(ok, a)
+	}
+	if len(ok) == 0 {
+		return nil, &insideError{fmt.Sprintf("%s has no address a report may be sent to: %s; tlsrpt.allow_networks admits internal ranges for a lab", host, strings.Join(refused, ", "))}
+	}
+	return ok, nil
+}
+
+func (r *Reporter) allowed(a netip.Addr) bool {
+	for _, p := range r.cfg.AllowNetworks {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// insideError refuses a report address inside; trying again changes nothing.
+type insideError struct{ msg string }
+
+func (e *insideError) Error() string { return e.msg }
+
+// sharedAddressSpace is 100.64.0.0/10 (RFC 6598), inside a carrier's network.
+var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
+
+// internalAddr names why a is not on the public internet, or "".
+func internalAddr(a netip.Addr) string {
+	switch {
+	case a.IsLoopback():
+		return "loopback"
+	case a.IsPrivate():
+		return "private" // 10/8, 172.16/12, 192.168/16, fc00::/7
+	case a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast():
+		return "link-local"
+	case a.IsUnspecified(), a.Is4() && a.As4()[0] == 0:
+		return "unspecified"
+	case a.IsMulticast(), a.IsInterfaceLocalMulticast():
+		return "multicast"
+	case sharedAddressSpace.Contains(a):
+		return "shared address space"
+	}
+	return ""
 }
 
 // Run sends yesterday's reports after SendHour (UTC), checking hourly.
@@ -214,7 +318,11 @@ func (r *Reporter) post(ctx context.Context, u *url.URL, gz []byte) error {
 		}
 		req.Header.Set("Content-Type", "application/tlsrpt+gzip")
 		var resp *http.Response
-		resp, err = r.d.HTTP.Do(req)
+		resp, err = r.http.Do(req)
+		var inside *insideError
+		if errors.As(err, &inside) {
+			return inside
+		}
 		if err != nil {
 			continue
 		}

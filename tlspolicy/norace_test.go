@@ -1,0 +1,5 @@
+//go:build !race
+
+package tlspolicy_test
+
+const exhaustiveStride = 1
