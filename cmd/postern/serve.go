@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -39,6 +38,9 @@ func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
 // serve runs the daemon until SIGTERM or SIGINT.
 func serve(cfg *Config, log *slog.Logger) error {
+	if err := checkDataDirOwner(cfg.DataDir); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
 	}
@@ -213,8 +215,12 @@ func serveWeb(addr string, web *adminHTTP, log *slog.Logger) (stop func() error,
 	if err != nil {
 		return nil, fmt.Errorf("admin.metrics_listen %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: web.handler(), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(l)
+	lim := web.limits
+	if lim == (serverLimits{}) {
+		lim = webLimits
+	}
+	srv := newLimitedServer(web.handler(), lim)
+	go srv.Serve(newLimitListener(l, lim.MaxConns))
 	log.Info("admin listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /", "password", web.password != "")
 	return srv.Close, nil
 }
