@@ -26,8 +26,8 @@ type wrongUserError struct {
 func (e *wrongUserError) Error() string {
 	if e.asUs {
 		name := lookupName(e.owner)
-		return fmt.Sprintf("data_dir %s belongs to %s, but this command runs as %s: the files it made would be "+
-			"unreadable to the service; run it as that user: runuser -u %s -- %s",
+		return fmt.Sprintf("data_dir %s belongs to %s, but this command runs as %s: it must run as data_dir's owner, "+
+			"or the files it makes are ones the service cannot open; run it as that user: runuser -u %s -- %s",
 			e.dataDir, userName(e.owner), userName(e.found), name, commandLine())
 	}
 	return fmt.Sprintf("%s belongs to %s, not to data_dir's owner %s (made by a command run as another user?): "+

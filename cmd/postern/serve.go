@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -215,14 +216,22 @@ func serveWeb(addr string, web *adminHTTP, log *slog.Logger) (stop func() error,
 	if err != nil {
 		return nil, fmt.Errorf("admin.metrics_listen %s: %w", addr, err)
 	}
+	srv := serveWebOn(l, web)
+	log.Info("admin listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /", "password", web.password != "")
+	return srv.Close, nil
+}
+
+// serveWebOn serves the admin HTTP handler on l, with bounded connections:
+// anyone who can reach the port shares the process's file descriptors with
+// the SMTP listeners.
+func serveWebOn(l net.Listener, web *adminHTTP) *http.Server {
 	lim := web.limits
 	if lim == (serverLimits{}) {
 		lim = webLimits
 	}
 	srv := newLimitedServer(web.handler(), lim)
 	go srv.Serve(newLimitListener(l, lim.MaxConns))
-	log.Info("admin listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /", "password", web.password != "")
-	return srv.Close, nil
+	return srv
 }
 
 // pruneEvidence deletes delivery evidence older than the retention, at
