@@ -389,6 +389,8 @@ func serveAdmin(path string, ops operations) (*http.Server, error) {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	os.Remove(path) // a socket left by a killed daemon; the DB lock proved none runs
+	// Where the socket was before it had a directory of its own.
+	os.Remove(filepath.Join(filepath.Dir(filepath.Dir(path)), "admin.sock"))
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)

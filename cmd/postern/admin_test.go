@@ -513,9 +513,10 @@ func TestCLIRefusesDataDirOfAnotherUser(t *testing.T) {
 		}
 	}
 	// A file root made before (by an older postern) is named, with the fix.
-	os.WriteFile(filepath.Join(d.dataDir, "stray"), nil, 0o600)
+	os.Remove(filepath.Join(d.dataDir, "state.db"))
+	os.WriteFile(filepath.Join(d.dataDir, "state.db"), nil, 0o600)
 	out, err = runAs(uid, gid, "", bin, "user", "list", "-c", d.cfg)
-	if err == nil || !strings.Contains(out, "stray belongs to root") || !strings.Contains(out, "chown -R "+name+": ") {
+	if err == nil || !strings.Contains(out, "state.db belongs to root") || !strings.Contains(out, "chown -R "+name+": ") {
 		t.Errorf("a root-owned file in data_dir: %v\n%s", err, out)
 	}
 }

@@ -49,12 +49,9 @@ func checkDataDirOwner(dataDir string) error {
 	if me := uint32(os.Geteuid()); owner != me {
 		return &wrongUserError{dataDir: dataDir, path: dataDir, owner: owner, found: me, asUs: true}
 	}
-	entries, err := os.ReadDir(dataDir)
-	if err != nil {
-		return fmt.Errorf("data_dir %s: %w", dataDir, err)
-	}
-	for _, e := range entries {
-		fi, err := e.Info()
+	for _, name := range dataDirFiles {
+		path := filepath.Join(dataDir, name)
+		fi, err := os.Lstat(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -62,11 +59,15 @@ func checkDataDirOwner(dataDir string) error {
 			return fmt.Errorf("data_dir %s: %w", dataDir, err)
 		}
 		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != owner {
-			return &wrongUserError{dataDir: dataDir, path: filepath.Join(dataDir, e.Name()), owner: owner, found: uid}
+			return &wrongUserError{dataDir: dataDir, path: path, owner: owner, found: uid}
 		}
 	}
 	return nil
 }
+
+// dataDirFiles are the entries Postern makes in data_dir ("admin.sock" is
+// where the socket was before it had a directory of its own).
+var dataDirFiles = []string{"queue.db", "spool", "state.db", "admin", "admin.sock"}
 
 // userName says who uid is: "postern (uid 998)".
 func userName(uid uint32) string {
