@@ -114,7 +114,8 @@ func openBackupDir(t backupTarget) (dir *os.Root, cleanup func() error, err erro
 		if err != nil || idOf(fi) != *t.Parent {
 			return nil, nil, fmt.Errorf("backup: %s is not the same directory for postern as for you (postern has a file system "+
 				"view of its own: under the systemd unit /tmp and /var/tmp are private to the service, PrivateTmp=yes, and "+
-				"deleted when it stops); a backup there would be lost: use a directory below /var/backups/postern", parent)
+				"deleted when it stops, and /home and /root are hidden from it, ProtectHome=yes); a backup there would be "+
+				"lost: use a directory below /var/backups/postern", parent)
 		}
 	}
 	if err := checkSafePath(parent); err != nil {
