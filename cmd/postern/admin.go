@@ -222,7 +222,8 @@ func openState(cfg *Config) (*bolt.DB, *auth.Store, error) {
 	return db, users, nil
 }
 
-// adminHandler serves operations as a small JSON API.
+// adminHandler serves operations as a small JSON API. serveAdmin bounds
+// its request bodies (newLimitedServer).
 func adminHandler(ops operations) http.Handler {
 	mux := http.NewServeMux()
 	reply := func(w http.ResponseWriter, v any, err error) {
