@@ -527,15 +527,20 @@ func TestBackupIsARestorableSnapshot(t *testing.T) {
 	gone, _ := q.Enqueue("", envelope("c@x.test"), strings.NewReader(strings.Repeat("finished body ", 10)))
 	// As if gone finished between the snapshot and the copy of its file.
 	os.Remove(filepath.Join(dir, "spool", gone))
-	backup := filepath.Join(t.TempDir(), "backup")
-	rep, err := q.Backup(backup)
+	backup := t.TempDir()
+	root, err := os.OpenRoot(backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	rep, err := q.Backup(root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rep.Messages != 2 || rep.Spooled != 1 || rep.Gone != 1 {
 		t.Fatalf("report %+v", rep)
 	}
-	if _, err := q.Backup(backup); err == nil {
+	if _, err := q.Backup(root); err == nil {
 		t.Fatal("backup over a non-empty directory")
 	}
 	// Restore: the backup directory is a data_dir's queue.

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -32,7 +34,7 @@ type operations interface {
 	QueueShow(id string) (queue.Message, error)
 	QueueAction(action, id string) error
 	QueueFlush() (int, error)
-	Backup(dir string) (backupReport, error)
+	Backup(t backupTarget) (backupReport, error)
 	Reload() (string, error)
 	UserAdd(name, password string, allowFrom []string) error
 	UserList() ([]auth.User, error)
@@ -75,33 +77,6 @@ func (l *local) wake() {
 type backupReport struct {
 	Dir string `json:"dir"`
 	queue.BackupReport
-}
-
-// Backup snapshots the queue (with its spool) and the state database into
-// dir, which then serves as a data_dir.
-func (l *local) Backup(dir string) (backupReport, error) {
-	rep := backupReport{Dir: dir}
-	var err error
-	if rep.BackupReport, err = l.q.Backup(dir); err != nil {
-		return rep, err
-	}
-	path := filepath.Join(dir, "state.db")
-	if err = l.state.View(func(tx *bolt.Tx) error { return tx.CopyFile(path, 0o600) }); err == nil {
-		err = syncFile(path)
-	}
-	if err != nil {
-		return rep, fmt.Errorf("backup state.db: %w", err)
-	}
-	return rep, nil
-}
-
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 func (l *local) QueueFlush() (int, error) {
@@ -211,6 +186,11 @@ func openOperations(cfg *Config) (operations, error) {
 		c.Close()
 		return newRemote(cfg.socketPath()), nil
 	}
+	// Without a daemon the command works on the files itself: as their
+	// owner only, or the service could not open what it makes.
+	if err := checkDataDirOwner(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	q, err := queue.Open(cfg.queuePath(), queue.Options{InlineLimit: cfg.Queue.InlineLimit})
 	if errors.Is(err, queue.ErrLocked) {
 		return nil, fmt.Errorf("postern is running but its admin socket %s does not answer: %w", cfg.socketPath(), err)
@@ -242,14 +222,18 @@ func openState(cfg *Config) (*bolt.DB, *auth.Store, error) {
 	return db, users, nil
 }
 
-// adminHandler serves operations as a small JSON API.
+// adminHandler serves operations as a small JSON API. serveAdmin bounds
+// its request bodies (newLimitedServer).
 func adminHandler(ops operations) http.Handler {
 	mux := http.NewServeMux()
 	reply := func(w http.ResponseWriter, v any, err error) {
 		w.Header().Set("Content-Type", "application/json")
 		if err != nil {
 			status := http.StatusBadRequest
+			var tooBig *http.MaxBytesError
 			switch {
+			case errors.As(err, &tooBig):
+				status = http.StatusRequestEntityTooLarge
 			case errors.Is(err, queue.ErrNotFound), errors.Is(err, auth.ErrNoSuchUser):
 				status = http.StatusNotFound
 			case errors.Is(err, auth.ErrUserExists):
@@ -279,14 +263,18 @@ func adminHandler(ops operations) http.Handler {
 		reply(w, msgs, err)
 	})
 	mux.HandleFunc("POST /v1/backup", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Dir string `json:"dir"`
-		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil || !filepath.IsAbs(req.Dir) {
-			reply(w, nil, fmt.Errorf("bad request: want an absolute directory (%v)", err))
+		var req backupTarget
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
 			return
 		}
-		rep, err := ops.Backup(req.Dir)
+		if !filepath.IsAbs(req.Dir) || req.Parent == nil {
+			reply(w, nil, errors.New("bad request: want an absolute directory and its parent's identity"))
+			return
+		}
+		// A backup takes as long as the copy does.
+		http.NewResponseController(w).SetWriteDeadline(time.Time{})
+		rep, err := ops.Backup(req)
 		reply(w, rep, err)
 	})
 	mux.HandleFunc("POST /v1/queue/flush", func(w http.ResponseWriter, r *http.Request) {
@@ -312,6 +300,8 @@ func adminHandler(ops operations) http.Handler {
 			reply(w, nil, fmt.Errorf("bad request: %w", err))
 			return
 		}
+		// Sending takes up to five minutes (TLSReportSend's bound).
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(6 * time.Minute))
 		out, err := ops.TLSReportSend(day)
 		if err != nil {
 			// Partial results matter: say what went out and what did not.
@@ -352,8 +342,8 @@ func adminHandler(ops operations) http.Handler {
 	})
 	mux.HandleFunc("POST /v1/users", func(w http.ResponseWriter, r *http.Request) {
 		var req userRequest
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
-			reply(w, nil, err)
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
 			return
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserAdd(req.Name, req.Password, req.AllowFrom))
@@ -376,8 +366,8 @@ func adminHandler(ops operations) http.Handler {
 	})
 	mux.HandleFunc("POST /v1/users/{name}/password", func(w http.ResponseWriter, r *http.Request) {
 		var req userRequest
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
-			reply(w, nil, err)
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
 			return
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserPasswd(r.PathValue("name"), req.Password))
@@ -391,9 +381,17 @@ type userRequest struct {
 	AllowFrom []string `json:"allow_from,omitempty"`
 }
 
-// serveAdmin listens on the admin socket, readable only by its owner.
+// serveAdmin listens on the admin socket. The socket is made inside a
+// directory of its own, mode 0700, so that it is never reachable by
+// anyone else, not even in the moment between its creation and a chmod
+// (connecting needs search permission on every directory of the path).
 func serveAdmin(path string, ops operations) (*http.Server, error) {
+	if err := privateDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
 	os.Remove(path) // a socket left by a killed daemon; the DB lock proved none runs
+	// Where the socket was before it had a directory of its own.
+	os.Remove(filepath.Join(filepath.Dir(filepath.Dir(path)), "admin.sock"))
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
@@ -402,20 +400,52 @@ func serveAdmin(path string, ops operations) (*http.Server, error) {
 		l.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	srv := &http.Server{Handler: adminHandler(ops), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(l)
+	srv := newLimitedServer(adminHandler(ops), socketLimits)
+	// One request per connection: a connection is never kept open, so
+	// nothing outlives the permission check made when it was opened.
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(newLimitListener(l, socketLimits.MaxConns))
 	return srv, nil
 }
 
+// privateDir makes dir, or checks that it is a directory (not a link) of
+// this user, and sets its mode to 0700.
+func privateDir(dir string) error {
+	err := os.Mkdir(dir, 0o700)
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; int(uid) != os.Geteuid() {
+		return fmt.Errorf("%s belongs to %s, not to %s", dir, userName(uid), userName(uint32(os.Geteuid())))
+	}
+	if fi.Mode().Perm() != 0o700 {
+		return os.Chmod(dir, 0o700)
+	}
+	return nil
+}
+
 // remote performs operations through a running daemon's admin socket.
-type remote struct{ client *http.Client }
+type remote struct {
+	client *http.Client
+	// long has no overall timeout, for a backup: it takes as long as
+	// the copy does.
+	long *http.Client
+}
 
 func newRemote(path string) *remote {
-	return &remote{client: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+	transport := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", path)
 		},
-	}}}
+	}
+	return &remote{client: &http.Client{Timeout: time.Minute, Transport: transport}, long: &http.Client{Transport: transport}}
 }
 
 // remoteError carries the daemon's answer, keeping "not found" recognisable.
@@ -436,13 +466,17 @@ func (e *remoteError) Is(target error) bool {
 }
 
 func (r *remote) do(method, path string, body, out any) error {
+	return r.doWith(r.client, method, path, body, out)
+}
+
+func (r *remote) doWith(client *http.Client, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
 	req, _ := http.NewRequest(method, "http://postern"+path, rd)
-	resp, err := r.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("admin socket: %w", err)
 	}
@@ -469,9 +503,16 @@ func (r *remote) QueueList(f queue.Filter) ([]queue.Message, error) {
 	}
 	return out, r.do("GET", "/v1/queue?"+v.Encode(), nil, &out)
 }
-func (r *remote) Backup(dir string) (backupReport, error) {
+
+// Backup asks the daemon for a backup, telling it which directory DIR's
+// parent is here: the daemon may see another (a private /tmp).
+func (r *remote) Backup(t backupTarget) (backupReport, error) {
 	var out backupReport
-	return out, r.do("POST", "/v1/backup", map[string]string{"dir": dir}, &out)
+	t, err := targetFor(t.Dir)
+	if err != nil {
+		return out, err
+	}
+	return out, r.doWith(r.long, "POST", "/v1/backup", t, &out)
 }
 func (r *remote) QueueFlush() (int, error) {
 	var out map[string]int
@@ -489,7 +530,7 @@ func (r *remote) TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, er
 }
 func (r *remote) TLSReportSend(day time.Time) ([]reportOutcome, error) {
 	var out []reportOutcome
-	return out, r.do("POST", "/v1/tlsrpt/"+day.Format("2006-01-02")+"/send", nil, &out)
+	return out, r.doWith(r.long, "POST", "/v1/tlsrpt/"+day.Format("2006-01-02")+"/send", nil, &out)
 }
 func (r *remote) Audit(f audit.Filter) ([]audit.Record, error) {
 	var out []audit.Record

@@ -626,9 +626,12 @@ func (c *Config) authLimits() auth.Limits {
 		MaxFailures: a.MaxFailures, Window: a.FailureWindow, Lockout: a.Lockout}
 }
 
-func (c *Config) queuePath() string  { return filepath.Join(c.DataDir, "queue.db") }
-func (c *Config) statePath() string  { return filepath.Join(c.DataDir, "state.db") }
-func (c *Config) socketPath() string { return filepath.Join(c.DataDir, "admin.sock") }
+func (c *Config) queuePath() string { return filepath.Join(c.DataDir, "queue.db") }
+func (c *Config) statePath() string { return filepath.Join(c.DataDir, "state.db") }
+
+// socketPath is the admin socket, in a directory of its own (mode 0700):
+// see serveAdmin.
+func (c *Config) socketPath() string { return filepath.Join(c.DataDir, "admin", "admin.sock") }
 
 func (c *Config) deliveryConfig() delivery.Config {
 	d := c.Delivery

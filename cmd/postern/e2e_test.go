@@ -56,6 +56,7 @@ type daemon struct {
 	exited   chan error
 	sink     *smtptest.MX
 	dns      *resolvertest.Server
+	wrap     []string // a command that runs serve (unshare, a shell setting the umask)
 }
 
 // The daemon's world: its own DNS, where dest.test's MX is the test's sink
@@ -115,7 +116,8 @@ func (d *daemon) run(stdin string, args ...string) (string, error) {
 // start launches serve and waits until both listeners are reported.
 func (d *daemon) start() {
 	d.t.Helper()
-	d.cmd = exec.Command(d.bin, "serve", "-c", d.cfg)
+	args := append(append([]string{}, d.wrap...), d.bin, "serve", "-c", d.cfg)
+	d.cmd = exec.Command(args[0], args[1:]...)
 	stderr, _ := d.cmd.StderrPipe()
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

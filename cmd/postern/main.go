@@ -128,6 +128,7 @@ func rootCommand() *cobra.Command {
 	root.AddCommand(&cobra.Command{
 		Use:   "backup DIR",
 		Short: "Copy a consistent snapshot of data_dir (queue, spool, users and state) into DIR, new or empty, while Postern runs",
+		Long:  backupHelp,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			dir, err := filepath.Abs(args[0]) // the daemon has its own working directory
@@ -135,7 +136,7 @@ func rootCommand() *cobra.Command {
 				return err
 			}
 			return withOps(load, func(ops operations) error {
-				rep, err := ops.Backup(dir)
+				rep, err := ops.Backup(backupTarget{Dir: dir})
 				if err != nil {
 					return err
 				}

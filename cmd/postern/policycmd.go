@@ -43,9 +43,11 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 				return err
 			}
 			// The MTA-STS cache lives in state.db, which a running daemon
-			// holds; then the policy is fetched afresh and not stored.
+			// holds; then the policy is fetched afresh and not stored. So
+			// it is when this runs as another user than data_dir's owner,
+			// who would make a state.db the daemon cannot open.
 			var db *bolt.DB
-			if err := os.MkdirAll(cfg.DataDir, 0o700); err == nil {
+			if checkDataDirOwner(cfg.DataDir) == nil && os.MkdirAll(cfg.DataDir, 0o700) == nil {
 				db, _ = bolt.Open(cfg.statePath(), 0o600, &bolt.Options{Timeout: 200 * time.Millisecond})
 			}
 			if db != nil {

@@ -39,6 +39,9 @@ func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
 // serve runs the daemon until SIGTERM or SIGINT.
 func serve(cfg *Config, log *slog.Logger) error {
+	if err := checkDataDirOwner(cfg.DataDir); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
 	}
@@ -213,10 +216,22 @@ func serveWeb(addr string, web *adminHTTP, log *slog.Logger) (stop func() error,
 	if err != nil {
 		return nil, fmt.Errorf("admin.metrics_listen %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: web.handler(), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(l)
+	srv := serveWebOn(l, web)
 	log.Info("admin listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /", "password", web.password != "")
 	return srv.Close, nil
+}
+
+// serveWebOn serves the admin HTTP handler on l, with bounded connections:
+// anyone who can reach the port shares the process's file descriptors with
+// the SMTP listeners.
+func serveWebOn(l net.Listener, web *adminHTTP) *http.Server {
+	lim := web.limits
+	if lim == (serverLimits{}) {
+		lim = webLimits
+	}
+	srv := newLimitedServer(web.handler(), lim)
+	go srv.Serve(newLimitListener(l, lim.MaxConns))
+	return srv
 }
 
 // pruneEvidence deletes delivery evidence older than the retention, at

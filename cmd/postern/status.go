@@ -44,6 +44,8 @@ type adminHTTP struct {
 	// maxEntries bounds the journal entries the status page reads
 	// (statusMaxEntries when zero).
 	maxEntries int
+	// limits bound the listener's connections (webLimits when zero).
+	limits serverLimits
 }
 
 // readiness is one check of /readyz.

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postern/postern/queue"
+)
+
+// backupHelp is the long help of "postern backup": where a backup can go.
+const backupHelp = `Copy a consistent snapshot of data_dir (queue.db, spool/, state.db) into DIR
+while Postern runs; DIR then serves as a data_dir (restore: stop Postern,
+replace data_dir with DIR, start it).
+
+When Postern runs, the daemon writes the backup, as its own user and with its
+own view of the file system. DIR must not exist (it is created, mode 0700) or
+be an empty directory owned by the service user and writable by nobody else;
+its parent and every directory above must belong to root or the service user
+and be writable by nobody else (unless sticky, as /tmp is). Under the systemd
+unit (configs/postern.service) the service sees only data_dir and
+/var/backups/postern as writable (ProtectSystem=strict), and has a /tmp and
+/var/tmp of its own that are deleted when it stops (PrivateTmp=yes). So write
+backups below /var/backups/postern, created once with
+  install -d -o postern -g postern -m 0700 /var/backups/postern
+A DIR whose parent the daemon does not see as the same directory you do (a
+private /tmp, another mount namespace) is refused: the backup would be lost.
+
+A backup that fails removes what it wrote.`
+
+// fileID names a directory across processes: the same device and inode
+// means both sides see the same directory.
+type fileID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+func idOf(fi fs.FileInfo) fileID {
+	st := fi.Sys().(*syscall.Stat_t)
+	return fileID{Dev: uint64(st.Dev), Ino: st.Ino}
+}
+
+// backupTarget is where a backup goes. Parent, when set, is DIR's parent
+// directory as the one asking for the backup sees it: the daemon refuses
+// to write where the operator would not find the backup.
+type backupTarget struct {
+	Dir    string  `json:"dir"`
+	Parent *fileID `json:"parent,omitempty"`
+}
+
+// targetFor describes dir as this process sees it.
+func targetFor(dir string) (backupTarget, error) {
+	fi, err := os.Stat(filepath.Dir(dir))
+	if err != nil {
+		return backupTarget{}, fmt.Errorf("backup: the parent of %s: %w", dir, err)
+	}
+	id := idOf(fi)
+	return backupTarget{Dir: dir, Parent: &id}, nil
+}
+
+// Backup snapshots the queue (with its spool) and the state database into
+// a new or empty directory, which then serves as a data_dir. A failed
+// backup removes what it wrote.
+func (l *local) Backup(t backupTarget) (rep backupReport, err error) {
+	rep.Dir = t.Dir
+	dir, cleanup, err := openBackupDir(t)
+	if err != nil {
+		return rep, err
+	}
+	defer func() {
+		if err != nil {
+			if cerr := cleanup(); cerr != nil {
+				err = fmt.Errorf("%w (and removing what it wrote: %v)", err, cerr)
+			}
+		}
+		dir.Close()
+	}()
+	if rep.BackupReport, err = l.q.Backup(dir); err != nil {
+		return rep, err
+	}
+	err = l.state.View(func(tx *bolt.Tx) error {
+		return queue.CreateSynced(dir, "state.db", func(w io.Writer) error { _, err := tx.WriteTo(w); return err })
+	})
+	if err != nil {
+		return rep, fmt.Errorf("backup state.db: %w", err)
+	}
+	if err := queue.SyncIn(dir, "."); err != nil {
+		return rep, fmt.Errorf("backup: %w", err)
+	}
+	// The files went into the directory held open; make sure the name
+	// the operator gave still leads to it.
+	if err := sameDir(t.Dir, dir); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// openBackupDir checks where a backup may go, creates the directory when
+// it does not exist, and opens it. cleanup removes what was written into
+// it, and the directory itself if it was created here.
+func openBackupDir(t backupTarget) (dir *os.Root, cleanup func() error, err error) {
+	if !filepath.IsAbs(t.Dir) || filepath.Clean(t.Dir) != t.Dir || t.Dir == "/" {
+		return nil, nil, fmt.Errorf("backup: %q is not a clean absolute directory", t.Dir)
+	}
+	parent := filepath.Dir(t.Dir)
+	if t.Parent != nil {
+		fi, err := os.Stat(parent)
+		if err != nil || idOf(fi) != *t.Parent {
+			return nil, nil, fmt.Errorf("backup: %s is not the same directory for postern as for you (postern has a file system "+
+				"view of its own: under the systemd unit /tmp and /var/tmp are private to the service, PrivateTmp=yes, and "+
+				"deleted when it stops, and /home and /root are hidden from it, ProtectHome=yes); a backup there would be "+
+				"lost: use a directory below /var/backups/postern", parent)
+		}
+	}
+	if err := checkSafePath(parent); err != nil {
+		return nil, nil, fmt.Errorf("backup: %w", err)
+	}
+	created := true
+	if err := os.Mkdir(t.Dir, 0o700); errors.Is(err, fs.ErrExist) {
+		created = false
+	} else if err != nil {
+		return nil, nil, fmt.Errorf("backup: %w%s", err, unwritableHint(err))
+	}
+	removeDir := func() {
+		if created {
+			os.Remove(t.Dir)
+		}
+	}
+	fi, err := os.Lstat(t.Dir)
+	if err == nil {
+		err = checkBackupDir(t.Dir, fi, created)
+	}
+	if err != nil {
+		removeDir()
+		return nil, nil, fmt.Errorf("backup: %w", err)
+	}
+	dir, err = os.OpenRoot(t.Dir)
+	if err == nil {
+		err = sameDir(t.Dir, dir)
+	}
+	if err == nil && !created {
+		err = checkEmpty(dir)
+	}
+	if err != nil {
+		if dir != nil {
+			dir.Close()
+		}
+		removeDir()
+		return nil, nil, fmt.Errorf("backup: %w", err)
+	}
+	cleanup = func() error {
+		// Nobody else can write in the directory, and it was empty: all
+		// that is in it is this backup's.
+		if err := emptyDir(dir); err != nil {
+			return err
+		}
+		if created {
+			if err := sameDir(t.Dir, dir); err != nil {
+				return err
+			}
+			return os.Remove(t.Dir)
+		}
+		return nil
+	}
+	if created {
+		// DIR's own entry must be durable with what goes in it.
+		if err := syncPath(parent); err != nil {
+			cleanup()
+			dir.Close()
+			return nil, nil, fmt.Errorf("backup: %w", err)
+		}
+	}
+	return dir, cleanup, nil
+}
+
+// checkBackupDir: a directory (not a link to one) of the user writing the
+// backup, that nobody else can write in. One made here must be 0700.
+func checkBackupDir(path string, fi fs.FileInfo, created bool) error {
+	st := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%s is a symbolic link; name the directory itself", path)
+	case !fi.IsDir():
+		return fmt.Errorf("%s exists and is not a directory", path)
+	case int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s belongs to %s, not to %s, who writes the backup", path, userName(st.Uid), userName(uint32(os.Geteuid())))
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%s is writable by others (mode %04o): they could plant files in the backup", path, fi.Mode().Perm())
+	case created && fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("%s was created with mode %04o", path, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// checkSafePath: dir and every directory above it belong to root or to
+// this user, and only their owner can change them (or they are sticky, as
+// /tmp is, where nobody can rename or remove another's entry). Otherwise
+// someone else could swap the backup's directory for one of theirs.
+func checkSafePath(dir string) error {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return err
+	}
+	for p := real; ; p = filepath.Dir(p) {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+			return fmt.Errorf("%s belongs to %s: only root's or %s's directories may hold a backup", p, userName(st.Uid), userName(uint32(os.Geteuid())))
+		}
+		if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+			return fmt.Errorf("%s is writable by others (mode %04o): they could replace the backup", p, fi.Mode().Perm())
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
+}
+
+// sameDir: the name path still leads to the directory dir holds open.
+func sameDir(path string, dir *os.Root) error {
+	named, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	held, err := dir.Stat(".")
+	if err != nil {
+		return err
+	}
+	if !os.SameFile(named, held) {
+		return fmt.Errorf("%s was replaced by another directory during the backup", path)
+	}
+	return nil
+}
+
+func checkEmpty(dir *os.Root) error {
+	d, err := dir.Open(".")
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(1)
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read %s: %w", dir.Name(), err)
+	}
+	return fmt.Errorf("%s is not empty (it holds %s)", dir.Name(), names[0])
+}
+
+func emptyDir(dir *os.Root) error {
+	d, err := dir.Open(".")
+	if err != nil {
+		return err
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := dir.RemoveAll(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func syncPath(path string) error {
+	d, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	return nil
+}
+
+// unwritableHint explains, under the systemd unit, why the daemon cannot
+// create a directory the operator can.
+func unwritableHint(err error) string {
+	switch {
+	case errors.Is(err, syscall.EROFS):
+		return " (read-only for postern: under the systemd unit, ProtectSystem=strict leaves only data_dir and /var/backups/postern writable)"
+	case errors.Is(err, fs.ErrPermission):
+		return " (postern's user may not write there: use a directory it owns, such as /var/backups/postern)"
+	}
+	return ""
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// serverLimits bound what one client of an admin listener can hold: its
+// connections share the process's file descriptors with the SMTP
+// listeners.
+type serverLimits struct {
+	ReadHeader time.Duration // to read a request's headers
+	Read       time.Duration // to read a whole request, body included
+	Write      time.Duration // from the end of the headers to the end of the response
+	Idle       time.Duration // a kept-alive connection waiting for its next request
+	MaxConns   int           // connections open at once; more wait to be accepted
+}
+
+var (
+	// webLimits: the admin HTTP listener serves scrapes, health checks and
+	// the status page, none of which needs a body or long.
+	webLimits = serverLimits{ReadHeader: 5 * time.Second, Read: 10 * time.Second, Write: time.Minute,
+		Idle: 30 * time.Second, MaxConns: 64}
+	// socketLimits: the admin socket; handlers that take longer (a backup,
+	// sending TLS reports) extend their own write deadline.
+	socketLimits = serverLimits{ReadHeader: 10 * time.Second, Read: 30 * time.Second, Write: 2 * time.Minute,
+		Idle: 10 * time.Second, MaxConns: 16}
+)
+
+// maxRequestBody bounds every request body on both admin listeners; the
+// largest legitimate one is a user with its sender patterns.
+const maxRequestBody = 64 << 10
+
+func newLimitedServer(h http.Handler, lim serverLimits) *http.Server {
+	return &http.Server{
+		Handler:           boundBodies(h),
+		ReadHeaderTimeout: lim.ReadHeader,
+		ReadTimeout:       lim.Read,
+		WriteTimeout:      lim.Write,
+		IdleTimeout:       lim.Idle,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
+
+// boundBodies makes reading past maxRequestBody an error
+// (*http.MaxBytesError), and has the server close the connection.
+func boundBodies(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// limitListener accepts at most n connections at once: Accept waits for
+// one to close, leaving the others in the kernel's backlog.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newLimitListener(l net.Listener, n int) net.Listener {
+	return &limitListener{Listener: l, slots: make(chan struct{}, n), done: make(chan struct{})}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
+}
+
+func (l *limitListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
