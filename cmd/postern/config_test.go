@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/relay/delivery"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -133,11 +135,41 @@ func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
 		"tls:\n  policies: [{domain: a.example, mode: verify, override: true}]\n": "tls.policies[0]",
 		"tls:\n  policies: [{domain: a.example, mode: may, until: friday}]\n":     "tls.policies[0]",
 		"tls:\n  policies: [{domain: a.example, mode: may, colour: red}]\n":       "colour",
+		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", username: u, password: p, tls: may}]\n":           "delivery.routes[0].tls",
+		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", username: u, password: p, tls: none}]\n":          "delivery.routes[0].tls",
+		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", username: u, password: p, tls: encrypt}]\n":       "delivery.routes[0].tls",
+		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", tls: encrypt, auth_over_unverified_tls: true}]\n": "delivery.routes[0].auth_over_unverified_tls",
+		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", tls_pins: [abcd]}]\n":                             "delivery.routes[0].tls_pins",
+		"tlsrpt:\n  allow_networks: [\"10.0.0.0\"]\n":                                                                         "tlsrpt.allow_networks",
 	} {
 		path := writeConfig(t, text)
 		_, err := loadConfig(path)
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), path) {
 			t.Errorf("config %q: error %v should name %q and the file", text, err, want)
+		}
+	}
+}
+
+// TestRouteCredentialsNeedVerifiedTLS: the route settings that keep
+// credentials behind verified TLS load as documented.
+func TestRouteCredentialsNeedVerifiedTLS(t *testing.T) {
+	for text, want := range map[string]string{
+		// No tls: credentials mean verify.
+		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", username: u, password: p}]\n":                                                          "verify",
+		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", username: u, password: p, tls: encrypt, auth_over_unverified_tls: true}]\n":            "encrypt",
+		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", username: u, password: p, tls_pins: [\"sha256:" + strings.Repeat("ab", 32) + "\"]}]\n": "verify (pinned key)",
+	} {
+		cfg, err := loadConfig(writeConfig(t, text))
+		if err != nil {
+			t.Fatalf("%q: %v", text, err)
+		}
+		routes := cfg.deliveryConfig().Routes
+		if len(routes) != 1 {
+			t.Fatalf("%q: routes %+v", text, routes)
+		}
+		d := delivery.RouteDecision(routes[0], nil, false)
+		if got := strings.TrimPrefix(d.Describe(), "route "); got != want {
+			t.Errorf("%q: the route is held to %q, want %q", text, got, want)
 		}
 	}
 }

@@ -509,7 +509,7 @@ func orNoPolicy(policyType string) string {
 // decide asks the policy, unless the hop is a route with its own level.
 func (e *Engine) decide(ctx context.Context, m queue.Message, domain string, hop Hop) (tlspolicy.Decision, error) {
 	if r := hop.Route; r != nil && (r.TLS != nil || r.Username != "" || len(r.Pins) > 0) {
-		return routeDecision(*r, e.d.Roots, m.RequireTLS), nil
+		return RouteDecision(*r, e.d.Roots, m.RequireTLS), nil
 	}
 	return e.d.Policy.Decide(ctx, tlspolicy.Request{Domain: domain, MXHost: hop.Host, Port: hop.Port,
 		RequireTLS: m.Envelope.RequireTLS, TLSOptional: m.Envelope.TLSOptional, Report: m.Envelope.TLSReport, Route: hop.Route != nil})

@@ -33,11 +33,11 @@ type Route struct {
 	Pins [][]byte
 }
 
-// routeDecision is what a route's next hop must satisfy: the route's own
+// RouteDecision is what a route's next hop must satisfy: the route's own
 // level, verified TLS when it carries credentials (and the operator did not
 // opt out), and verified TLS for REQUIRETLS mail (RFC 8689 4.2), whatever
 // the route says.
-func routeDecision(r Route, roots *x509.CertPool, requireTLS bool) tlspolicy.Decision {
+func RouteDecision(r Route, roots *x509.CertPool, requireTLS bool) tlspolicy.Decision {
 	d := tlspolicy.Decision{Level: tlspolicy.May, Source: "route", Roots: roots, Reason: "route for " + r.Match,
 		PolicyType: "no-policy-found"}
 	switch {
