@@ -180,6 +180,40 @@ func TestPermanentRoutingFailuresBounceAtOnce(t *testing.T) {
 	}
 }
 
+// TestUnprovenMXAnswersWait: an MX answer that cannot be validated (the
+// upstream is diagnosed as stripping DNSSEC, so validation can tell
+// neither way) is no proof: an NXDOMAIN or a null MX in it waits (4.4.3)
+// instead of bouncing, and a real MX set in it is not delivered to, since
+// it might be hiding DANE.
+func TestUnprovenMXAnswersWait(t *testing.T) {
+	for _, domain := range []string{"absent.test", "nullmx.test", "dest.test"} {
+		t.Run(domain, func(t *testing.T) {
+			w := newWorld(t, smtptest.Start(t, nil))
+			w.engine.d.Resolver = indeterminateMX{w.engine.d.Resolver}
+			id := w.submit(sender, "a@"+domain)
+			w.run()
+			m, err := w.q.Get(id)
+			if err != nil {
+				t.Fatalf("message gone: %v (bounces %q)", err, w.bounces())
+			}
+			r := m.Recipients[0]
+			if r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "4.4.3") || len(w.bounces()) != 0 || len(w.mx.Received()) != 0 {
+				t.Fatalf("want a deferral 4.4.3 and nothing sent, got %v %q, %d bounces, %d delivered", r.State, r.LastReply, len(w.bounces()), len(w.mx.Received()))
+			}
+		})
+	}
+}
+
+// indeterminateMX answers MX questions as validation does while the
+// upstream strips DNSSEC.
+type indeterminateMX struct{ resolver.Resolver }
+
+func (r indeterminateMX) LookupMX(ctx context.Context, domain string) (resolver.MXAnswer, error) {
+	a, err := r.Resolver.LookupMX(ctx, domain)
+	a.Security, a.Reason = resolver.Indeterminate, "upstream strips DNSSEC"
+	return a, err
+}
+
 func TestTemporaryFailureRetriedThenDelivered(t *testing.T) {
 	attempts := 0
 	mx := smtptest.Start(t, func(mx *smtptest.MX) {
