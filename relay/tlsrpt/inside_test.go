@@ -7,15 +7,11 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
-	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/tlsrpt"
 )
 
@@ -52,21 +48,7 @@ func TestHTTPSReportsNeverGoInside(t *testing.T) {
 
 	send := func(t *testing.T, allow []netip.Prefix) []tlsrpt.Outcome {
 		c := &clock{now: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)}
-		dir := t.TempDir()
-		q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: c})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer q.Close()
-		id, _ := q.Enqueue("", queue.Envelope{From: "a@b.example", Recipients: []queue.Recipient{{Addr: "x@dest.example"}}}, strings.NewReader("x\r\n"))
-		l, _ := q.Lease(1, time.Minute)
-		a := tlsrpt.Attempt{PolicyDomain: "dest.example", PolicyType: "no-policy-found", MXHost: "mx.dest.example"}
-		q.Record(id, l[0].Seq, []queue.Outcome{{Recipient: 0, Result: queue.ResultDelivered, Journal: [][]byte{a.Encode()}}})
-		db, err := bbolt.Open(filepath.Join(dir, "state.db"), 0o600, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		q, db := oneDayOfAttempts(t, c)
 		r, err := tlsrpt.NewReporter(tlsrpt.Config{OrganizationName: "O", ContactInfo: "c@b.example", Submitter: "relay.example",
 			From: "reports@b.example", Roots: roots, AllowNetworks: allow},
 			tlsrpt.Deps{Queue: q, DB: db, Clock: c.Now, LookupAddrs: lookup, LookupTXT: func(context.Context, string) ([]string, error) {

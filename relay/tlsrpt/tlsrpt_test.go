@@ -140,22 +140,7 @@ func FuzzRecord(f *testing.F) {
 // aggregate a finished day again at the next hourly pass.
 func TestRunSendsYesterdayOnce(t *testing.T) {
 	c := &clock{now: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)}
-	dir := t.TempDir()
-	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: c})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	id, _ := q.Enqueue("", queue.Envelope{From: "a@b.example", Recipients: []queue.Recipient{{Addr: "x@dest.example"}}}, strings.NewReader("x\r\n"))
-	l, _ := q.Lease(1, time.Minute)
-	a := tlsrpt.Attempt{PolicyDomain: "dest.example", PolicyType: "no-policy-found", MXHost: "mx.dest.example"}
-	q.Record(id, l[0].Seq, []queue.Outcome{{Recipient: 0, Result: queue.ResultDelivered, Journal: [][]byte{a.Encode()}}})
-
-	db, err := bbolt.Open(filepath.Join(dir, "state.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	q, db := oneDayOfAttempts(t, c)
 	lookups := 0
 	r, err := tlsrpt.NewReporter(tlsrpt.Config{OrganizationName: "O", ContactInfo: "c@b.example", Submitter: "relay.example",
 		From: "reports@b.example", SendHour: 1},
@@ -182,4 +167,27 @@ func TestRunSendsYesterdayOnce(t *testing.T) {
 	if n, _ := q.Count(); lookups != 1 || n != 2 {
 		t.Fatalf("%d lookups, %d messages queued (the delivered one and one report)", lookups, n)
 	}
+}
+
+// oneDayOfAttempts opens a queue in which one delivery to dest.example was
+// made today, with its TLS report data journalled, and a state database;
+// both close when the test ends.
+func oneDayOfAttempts(t *testing.T, c *clock) (*queue.Queue, *bbolt.DB) {
+	t.Helper()
+	dir := t.TempDir()
+	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	id, _ := q.Enqueue("", queue.Envelope{From: "a@b.example", Recipients: []queue.Recipient{{Addr: "x@dest.example"}}}, strings.NewReader("x\r\n"))
+	l, _ := q.Lease(1, time.Minute)
+	a := tlsrpt.Attempt{PolicyDomain: "dest.example", PolicyType: "no-policy-found", MXHost: "mx.dest.example"}
+	q.Record(id, l[0].Seq, []queue.Outcome{{Recipient: 0, Result: queue.ResultDelivered, Journal: [][]byte{a.Encode()}}})
+	db, err := bbolt.Open(filepath.Join(dir, "state.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return q, db
 }
