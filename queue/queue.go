@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -32,6 +31,9 @@ var (
 	// ErrLocked means another process has the database open.
 	ErrLocked = errors.New("queue database is in use by another process")
 	ErrClosed = errors.New("queue is closed")
+	// ErrExists means a message with the ID given to Enqueue is already
+	// queued; the queued one is left as it was.
+	ErrExists = errors.New("message ID already in use")
 )
 
 var (
@@ -57,7 +59,11 @@ type Queue struct {
 	clock       Clock
 	spoolDir    string
 	inlineLimit int64
-	idCounter   atomic.Uint32
+
+	// idMu guards lastID, the time-and-counter half of the last ID given
+	// out, which only ever grows (see NewID).
+	idMu   sync.Mutex
+	lastID uint64
 
 	// closeMu guards writes against Close: a session cut off at shutdown
 	// may still try to enqueue, and must get ErrClosed, not a panic.
@@ -136,20 +142,34 @@ func (q *Queue) Close() error {
 var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
 
 // NewID returns a fresh message ID, for callers that need to know it before
-// Enqueue (to write it into the message). It is a unique identifier that sorts roughly by creation time:
-// 48 bits of milliseconds, a 16-bit counter, and 32 random bits.
+// Enqueue (to write it into the message). It is a unique identifier that sorts
+// roughly by creation time: 48 bits of milliseconds and a 16-bit counter, then
+// 32 random bits.
+//
+// Within one process the first 64 bits only ever grow, even when the clock
+// steps back, so no two IDs of one process are equal. Each millisecond's
+// counter starts at a random value, so two processes (a restart after the
+// clock stepped back) share an ID only if 48 random bits agree; and should
+// they, Enqueue refuses the second rather than replace the first (ErrExists).
 func (q *Queue) NewID() string {
 	var b [12]byte
-	ms := uint64(q.clock.Now().UnixMilli())
-	binary.BigEndian.PutUint64(b[0:8], ms<<16|uint64(uint16(q.idCounter.Add(1))))
-	rand.Read(b[8:])
+	rand.Read(b[6:])
+	next := uint64(q.clock.Now().UnixMilli())<<16 | uint64(binary.BigEndian.Uint16(b[6:8]))
+	q.idMu.Lock()
+	if next <= q.lastID {
+		next = q.lastID + 1
+	}
+	q.lastID = next
+	q.idMu.Unlock()
+	binary.BigEndian.PutUint64(b[0:8], next)
 	return idEncoding.EncodeToString(b[:])
 }
 
 // Enqueue stores a new message under id (from NewID; "" picks one) and
 // returns the ID once the message is durable. The body is read to its end; a
 // read error aborts the enqueue, stores nothing, and is returned as it came
-// (errors.Is and errors.As see the reader's error).
+// (errors.Is and errors.As see the reader's error). An id already queued is
+// refused with ErrExists: an acknowledged message is never replaced.
 func (q *Queue) Enqueue(id string, env Envelope, body io.Reader) (string, error) {
 	return q.EnqueueSealed(id, env, body, nil)
 }
@@ -181,12 +201,13 @@ func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func
 		}
 	}
 	err = q.update(func(tx *bolt.Tx) error {
-		if len(prefix) > 0 {
-			if err := tx.Bucket(bucketBodies).Put(prefixKey(id), prefix); err != nil {
-				return err
-			}
+		if err := putNew(tx, m, inline); err != nil {
+			return err
 		}
-		return putNew(tx, m, inline)
+		if len(prefix) > 0 {
+			return tx.Bucket(bucketBodies).Put(prefixKey(id), prefix)
+		}
+		return nil
 	})
 	if err != nil {
 		if m.Spooled {
@@ -233,6 +254,9 @@ func (q *Queue) spoolPath(id string) string { return filepath.Join(q.spoolDir, i
 func (q *Queue) spool(id string, body io.Reader) (int64, error) {
 	path := q.spoolPath(id)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return 0, fmt.Errorf("create spool file %s: %w", id, ErrExists) // another message's body
+	}
 	if err != nil {
 		return 0, fmt.Errorf("create spool file: %w", err)
 	}
@@ -266,6 +290,9 @@ func syncDir(dir string) error {
 }
 
 func putNew(tx *bolt.Tx, m *Message, inline []byte) error {
+	if tx.Bucket(bucketMessages).Get([]byte(m.ID)) != nil {
+		return fmt.Errorf("%s: %w", m.ID, ErrExists)
+	}
 	if !m.Spooled {
 		if err := tx.Bucket(bucketBodies).Put([]byte(m.ID), inline); err != nil {
 			return err
