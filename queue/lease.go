@@ -116,30 +116,41 @@ type Outcome struct {
 }
 
 // Record stores the outcomes of a lease and returns the message as it now
-// stands. Outcomes for recipients whose lease was lost (it ran out and was
-// granted again) are ignored; if all of them were, the error is ErrLeaseLost.
-// When the message is Done the caller should build its notices and Retire it
-// under the same lease sequence, returned in Message.RetireSeq.
+// stands. When the message is Done the caller should build its notices and
+// Retire it under the same lease sequence, returned in Message.RetireSeq.
+//
+// Outcomes for recipients whose lease was lost (it ran out and was granted
+// again, or the daemon restarted) do not change their recipients, with one
+// exception: a delivery that happened is a fact, and a recipient that is not
+// yet final is marked Delivered all the same, so that it is not tried again.
+// Its journal entries are kept with it: evidence of a delivery is never
+// dropped. If no outcome was under the lease, the error is ErrLeaseLost, once
+// what was kept is durable; the returned Message then has RetireSeq set only
+// if this call made the message Done and the caller is to retire it.
 //
 // quiet, when given, is asked (inside the transaction; it must not do I/O)
 // whether a Done message needs no notice at all; if so it is retired in the
 // same transaction, and the returned Message has RetireSeq zero.
 func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(Message) bool) (Message, error) {
 	var out Message
-	var spooled bool
+	var spooled, lost bool
 	err := q.update(func(tx *bolt.Tx) error {
-		spooled = false
+		spooled, lost = false, false
 		old, err := getMessage(tx, id)
 		if err != nil {
 			return err
 		}
 		now := q.clock.Now()
 		m := old.clone()
-		if applied := apply(&m, seq, outcomes, now); applied == 0 && len(outcomes) > 0 {
-			return fmt.Errorf("record %s: %w", id, ErrLeaseLost)
-		}
+		applied, late := apply(&m, seq, outcomes, now)
+		lost = applied == 0 && len(outcomes) > 0
 		if err := journal(tx, old, seq, outcomes, now); err != nil {
 			return err
+		}
+		if lost && late == 0 {
+			out = old.clone()
+			out.RetireSeq = 0 // not this caller's to retire
+			return nil
 		}
 		if m.Done() && len(quiet) > 0 && quiet[0](m) {
 			out = m.clone()
@@ -159,17 +170,29 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 	if err == nil && spooled {
 		os.Remove(q.spoolPath(id))
 	}
+	if err == nil && lost {
+		err = fmt.Errorf("record %s: %w (the evidence of the attempt is kept)", id, ErrLeaseLost)
+	}
 	return out, err
 }
 
-func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) int {
-	applied := 0
+// apply changes m by the outcomes and says how many were under the lease
+// seq, and how many late deliveries (of a lost lease) it recorded.
+func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) (applied, late int) {
 	for _, o := range outcomes {
 		if o.Recipient < 0 || o.Recipient >= len(m.Recipients) {
 			continue
 		}
 		r := &m.Recipients[o.Recipient]
 		if r.State != Leased || r.Lease != seq {
+			if o.Result == ResultDelivered && !r.State.Final() {
+				// The next hop took it: whoever holds the recipient now
+				// must not send it again (its own outcome will be late).
+				r.Attempts++
+				r.LastAttempt, r.LastReply, r.LastHost = now, o.Reply, o.Host
+				r.State, r.FinalAt, r.Lease = Delivered, now, 0
+				late++
+			}
 			continue
 		}
 		applied++
@@ -192,7 +215,30 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) int {
 			}
 		}
 	}
-	return applied
+	return applied, late
+}
+
+// Renew extends a lease that is still held to hold from now, so that an
+// attempt that runs long keeps its recipients and no second worker is handed
+// them meanwhile. It returns the new deadline, or ErrLeaseLost when none of
+// the lease's recipients is held under seq any more.
+func (q *Queue) Renew(id string, seq uint64, hold time.Duration) (time.Time, error) {
+	var until time.Time
+	err := q.modify(id, func(m *Message, now time.Time) error {
+		until = now.Add(hold)
+		held := 0
+		for i := range m.Recipients {
+			if r := &m.Recipients[i]; r.State == Leased && r.Lease == seq {
+				r.Due = until
+				held++
+			}
+		}
+		if held == 0 {
+			return fmt.Errorf("renew lease %d of %s: %w", seq, id, ErrLeaseLost)
+		}
+		return nil
+	})
+	return until, err
 }
 
 func latestLeaseEnd(old *Message, seq uint64, now time.Time) time.Time {

@@ -63,6 +63,7 @@ type Config struct {
 // Queue is what delivery needs of the queue.
 type Queue interface {
 	Lease(max int, hold time.Duration) ([]queue.Lease, error)
+	Renew(id string, seq uint64, hold time.Duration) (time.Time, error)
 	Record(id string, seq uint64, outcomes []queue.Outcome, quiet ...func(queue.Message) bool) (queue.Message, error)
 	Retire(id string, seq uint64, notices ...queue.Draft) error
 	Body(id string) (io.ReadCloser, error)
@@ -96,6 +97,9 @@ type Engine struct {
 	conns   *pool
 	metrics instruments
 	routes  atomic.Pointer[[]Route] // Config.Routes, replaced by SetRoutes
+	// renewCheck is how often (real time) an attempt's lease is looked at;
+	// it is renewed once half of it is spent by the clock.
+	renewCheck time.Duration
 }
 
 // SetRoutes replaces the routes (a configuration reload); deliveries that
@@ -123,7 +127,8 @@ func New(cfg Config, d Deps) *Engine {
 		cfg.Timeouts = DefaultTimeouts
 	}
 	e := &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1),
-		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock), metrics: newInstruments()}
+		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock), metrics: newInstruments(),
+		renewCheck: min(time.Second, cfg.LeaseTime/8)}
 	e.SetRoutes(cfg.Routes)
 	return e
 }
@@ -219,6 +224,8 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 	ctx, span := e.metrics.tracer.Start(ctx, "delivery", trace.WithAttributes(attribute.String("postern.queue_id", m.ID),
 		attribute.Int("postern.recipients", len(l.Recipients))))
 	defer span.End()
+	ctx, release := e.holdLease(ctx, l)
+	defer release()
 	byDomain := map[string][]int{}
 	var order []string
 	for _, i := range l.Recipients {
@@ -248,8 +255,17 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 		outcomes = append(outcomes, out...)
 	}
 	e.maybeWarnDelay(m, outcomes)
+	release() // the attempt is over; Record settles the lease
 	after, err := e.d.Queue.Record(m.ID, l.Seq, outcomes, e.quiet)
-	if err != nil {
+	switch {
+	case errors.Is(err, queue.ErrLeaseLost):
+		// Deliveries made and their evidence were kept all the same; what
+		// else this attempt learnt is the new holder's to find out.
+		e.d.Log.Warn("lease lost before the outcomes were recorded; deliveries and their evidence kept", "queue_id", m.ID, "err", err)
+		if after.RetireSeq == 0 {
+			return
+		}
+	case err != nil:
 		e.d.Log.Error("recording delivery outcomes failed", "queue_id", m.ID, "err", err)
 		return
 	}
@@ -257,6 +273,54 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 		e.d.Log.Info("message finished", "queue_id", m.ID, "notices", 0)
 	} else if after.Done() {
 		e.retire(after, after.RetireSeq)
+	}
+}
+
+// holdLease renews l while its attempt runs. One attempt may rightly take
+// longer than any lease: RFC 5321 4.5.3.2 allows five minutes per command,
+// three per data block and ten for the final dot, for every address and
+// every domain of the lease. A lease that ran out would hand the recipients
+// to a second worker, which would deliver them again. So the lease is
+// renewed once half of it is spent; and should it be lost all the same (or
+// not renewed before it ends), the attempt is cut off, since another worker
+// may now hold its recipients. release stops the renewals; it may be called
+// more than once.
+func (e *Engine) holdLease(ctx context.Context, l queue.Lease) (context.Context, func()) {
+	ctx, cutOff := context.WithCancel(ctx)
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(e.renewCheck)
+		defer tick.Stop()
+		until := l.Until
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			now := e.d.Clock()
+			if until.Sub(now) > e.cfg.LeaseTime/2 {
+				continue
+			}
+			next, err := e.d.Queue.Renew(l.Message.ID, l.Seq, e.cfg.LeaseTime)
+			if err == nil {
+				until = next
+				continue
+			}
+			if errors.Is(err, queue.ErrLeaseLost) || !now.Before(until) {
+				e.d.Log.Error("delivery lease lost: cutting the attempt off", "queue_id", l.Message.ID, "err", err)
+				cutOff()
+				return
+			}
+			e.d.Log.Warn("renewing a delivery lease failed; trying again", "queue_id", l.Message.ID, "until", until, "err", err)
+		}
+	}()
+	var once sync.Once
+	return ctx, func() {
+		once.Do(func() { close(stop); <-stopped; cutOff() })
 	}
 }
 
