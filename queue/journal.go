@@ -28,9 +28,8 @@ func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now t
 		if len(o.Journal) == 0 || o.Result == ResultReturned || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
 			continue
 		}
-		r := before.Recipients[o.Recipient]
-		held := r.State == Leased && r.Lease == seq
-		if late := o.Result == ResultDelivered && !r.State.Final(); !held && !late {
+		late := o.Result == ResultDelivered && !before.Recipients[o.Recipient].State.Final()
+		if !held(before, seq, o) && !late {
 			continue
 		}
 		for _, entry := range o.Journal {

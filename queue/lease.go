@@ -107,8 +107,14 @@ type Outcome struct {
 	Reply     string // what the next hop said, or why we did not get that far
 	Host      string // the server that said it, if one did
 	RetryAt   time.Time
-	// DelayNotified marks that the worker queued a delay notice.
+	// DelayNotified marks that a delay notice for the recipient is among
+	// the Notices of this Record's outcomes.
 	DelayNotified bool
+	// Notices (such as a delay notice to the sender) are enqueued in the
+	// same transaction as the outcome, and only if it applies: a crash or a
+	// lost lease can neither send a notice whose outcome is not recorded,
+	// nor record one whose notice is not queued.
+	Notices []Draft
 	// Journal entries are appended to the journal in the same transaction
 	// as the outcome (only if the outcome is applied), so that what the
 	// caller records about a delivery is durable exactly when the delivery is.
@@ -134,8 +140,17 @@ type Outcome struct {
 func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(Message) bool) (Message, error) {
 	var out Message
 	var spooled, lost bool
-	err := q.update(func(tx *bolt.Tx) error {
-		spooled, lost = false, false
+	var drafts []Draft
+	for _, o := range outcomes {
+		drafts = append(drafts, o.Notices...)
+	}
+	notices, err := q.prepareDrafts(drafts)
+	if err != nil {
+		return Message{}, fmt.Errorf("record %s: %w", id, err)
+	}
+	var queued []prepared
+	err = q.update(func(tx *bolt.Tx) error {
+		spooled, lost, queued = false, false, nil
 		old, err := getMessage(tx, id)
 		if err != nil {
 			return err
@@ -146,6 +161,20 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 		lost = applied == 0 && len(outcomes) > 0
 		if err := journal(tx, old, seq, outcomes, now); err != nil {
 			return err
+		}
+		next := notices
+		for _, o := range outcomes {
+			mine := next[:len(o.Notices)]
+			next = next[len(o.Notices):]
+			if !held(old, seq, o) {
+				continue
+			}
+			for _, p := range mine {
+				if err := putNew(tx, p.m, p.inline); err != nil {
+					return err
+				}
+			}
+			queued = append(queued, mine...)
 		}
 		if lost && late == 0 {
 			out = old.clone()
@@ -167,6 +196,10 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 		out = m.clone()
 		return putMessage(tx, &m, old)
 	})
+	if err != nil {
+		queued = nil // the transaction that put them was rolled back
+	}
+	q.removeUnqueued(notices, queued)
 	if err == nil && spooled {
 		os.Remove(q.spoolPath(id))
 	}
@@ -241,6 +274,15 @@ func (q *Queue) Renew(id string, seq uint64, hold time.Duration) (time.Time, err
 	return until, err
 }
 
+// held reports whether o's recipient was leased under seq in before.
+func held(before *Message, seq uint64, o Outcome) bool {
+	if o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
+		return false
+	}
+	r := before.Recipients[o.Recipient]
+	return r.State == Leased && r.Lease == seq
+}
+
 func latestLeaseEnd(old *Message, seq uint64, now time.Time) time.Time {
 	end := now.Add(time.Minute)
 	for _, r := range old.Recipients {
@@ -261,28 +303,12 @@ type Draft struct {
 // Retire removes a finished message and enqueues its notices in the same
 // transaction, so that neither happens without the other.
 func (q *Queue) Retire(id string, seq uint64, notices ...Draft) error {
-	type prepared struct {
-		m      *Message
-		inline []byte
-	}
-	var ready []prepared
-	removeSpooled := func() {
-		for _, p := range ready {
-			if p.m.Spooled {
-				os.Remove(q.spoolPath(p.m.ID))
-			}
-		}
-	}
-	for _, d := range notices {
-		m, inline, err := q.prepare(q.NewID(), d.Envelope, bytes.NewReader(d.Body))
-		if err != nil {
-			removeSpooled()
-			return fmt.Errorf("retire %s: %w", id, err)
-		}
-		ready = append(ready, prepared{m, inline})
+	ready, err := q.prepareDrafts(notices)
+	if err != nil {
+		return fmt.Errorf("retire %s: %w", id, err)
 	}
 	var spooled bool
-	err := q.update(func(tx *bolt.Tx) error {
+	err = q.update(func(tx *bolt.Tx) error {
 		m, err := getMessage(tx, id)
 		if err != nil {
 			return err
@@ -299,11 +325,45 @@ func (q *Queue) Retire(id string, seq uint64, notices ...Draft) error {
 		return deleteMessage(tx, m)
 	})
 	if err != nil {
-		removeSpooled()
+		q.removeUnqueued(ready, nil)
 		return err
 	}
 	if spooled {
 		os.Remove(q.spoolPath(id))
 	}
 	return nil
+}
+
+// prepared is a draft made ready to be put in a transaction: its body read,
+// and spooled if large.
+type prepared struct {
+	m      *Message
+	inline []byte
+}
+
+func (q *Queue) prepareDrafts(drafts []Draft) ([]prepared, error) {
+	var ready []prepared
+	for _, d := range drafts {
+		m, inline, err := q.prepare(q.NewID(), d.Envelope, bytes.NewReader(d.Body))
+		if err != nil {
+			q.removeUnqueued(ready, nil)
+			return nil, err
+		}
+		ready = append(ready, prepared{m, inline})
+	}
+	return ready, nil
+}
+
+// removeUnqueued deletes the spool files of the prepared drafts that were
+// not committed (all but those in queued).
+func (q *Queue) removeUnqueued(ready, queued []prepared) {
+	kept := map[string]bool{}
+	for _, p := range queued {
+		kept[p.m.ID] = true
+	}
+	for _, p := range ready {
+		if p.m.Spooled && !kept[p.m.ID] {
+			os.Remove(q.spoolPath(p.m.ID))
+		}
+	}
 }

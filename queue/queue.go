@@ -34,6 +34,9 @@ var (
 	// ErrExists means a message with the ID given to Enqueue is already
 	// queued; the queued one is left as it was.
 	ErrExists = errors.New("message ID already in use")
+	// ErrBodyGone means a queued message's body cannot be found (its spool
+	// file was lost: damaged storage, or removed by hand).
+	ErrBodyGone = errors.New("message body is gone")
 )
 
 var (
@@ -380,6 +383,9 @@ func (q *Queue) Body(id string) (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(inline)), nil
 	}
 	f, err := os.Open(q.spoolPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("open body of %s: %w: %w", id, ErrBodyGone, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open body of %s: %w", id, err)
 	}

@@ -5,7 +5,6 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -254,9 +253,12 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 		}
 		outcomes = append(outcomes, out...)
 	}
-	e.maybeWarnDelay(m, outcomes)
+	warned := e.maybeWarnDelay(m, outcomes)
 	release() // the attempt is over; Record settles the lease
 	after, err := e.d.Queue.Record(m.ID, l.Seq, outcomes, e.quiet)
+	if err == nil && warned {
+		e.metrics.notice("delay")
+	}
 	switch {
 	case errors.Is(err, queue.ErrLeaseLost):
 		// Deliveries made and their evidence were kept all the same; what
@@ -729,34 +731,41 @@ func statusOf(reply string, fallback string) string {
 	return fallback
 }
 
-// maybeWarnDelay queues a delay notice (RFC 3464 "delayed") once per
-// recipient after DelayWarning, where NOTIFY allows it.
-func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) {
+// maybeWarnDelay adds a delay notice (RFC 3464 "delayed") to the outcomes,
+// once per recipient after DelayWarning, where NOTIFY allows it. The notice
+// rides on the first outcome it covers, so that the queue records it with
+// the outcomes in one transaction (all outcomes of a lease apply or none
+// do): a crash cannot send it twice, and DelayNotified is never recorded
+// for a notice that was not queued. It reports whether it added one.
+func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) bool {
 	if m.From == "" || e.cfg.DelayWarning <= 0 || e.d.Clock().Sub(m.Arrival) < e.cfg.DelayWarning {
-		return
+		return false
 	}
 	var rcpts []dsn.Recipient
+	var covered []int
 	for k := range outcomes {
 		o := &outcomes[k]
 		r := m.Recipients[o.Recipient]
 		if o.Result != queue.ResultDeferred || r.DelayNotified || !dsn.Wanted(r.Notify, dsn.Delayed) {
 			continue
 		}
-		o.DelayNotified = true
+		covered = append(covered, k)
 		rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Original: r.Original, Action: dsn.Delayed,
 			Status: statusOf(o.Reply, "4.0.0"), RemoteMTA: o.Host, Diagnostic: o.Reply, LastAttempt: e.d.Clock(),
 			WillRetryUntil: m.Arrival.Add(e.cfg.MaxQueueLifetime)})
 	}
 	if len(rcpts) == 0 {
-		return
+		return false
 	}
-	if draft, ok := e.notice(m, rcpts, true); ok {
-		if _, err := e.d.Queue.Enqueue("", draft.Envelope, bytes.NewReader(draft.Body)); err != nil {
-			e.d.Log.Error("queueing delay notice failed", "queue_id", m.ID, "err", err)
-		} else {
-			e.metrics.notice("delay")
-		}
+	draft, ok := e.notice(m, rcpts, true)
+	if !ok {
+		return false // not marked: the next deferral tries again
 	}
+	outcomes[covered[0]].Notices = append(outcomes[covered[0]].Notices, draft)
+	for _, k := range covered {
+		outcomes[k].DelayNotified = true
+	}
+	return true
 }
 
 // quiet reports whether a finished message needs no notice, so that the
@@ -794,29 +803,46 @@ func (e *Engine) retire(m queue.Message, seq uint64) {
 		}
 	}
 	if len(rcpts) > 0 && m.From != "" {
-		if d, ok := e.notice(m, rcpts, false); ok {
-			notices = append(notices, d)
-			e.metrics.notice("failure")
+		d, ok := e.notice(m, rcpts, false)
+		if !ok {
+			// Never retire without the notice: the retirement lease runs
+			// out and the message is retired again later.
+			return
 		}
+		notices = append(notices, d)
 	}
 	if err := e.d.Queue.Retire(m.ID, seq, notices...); err != nil {
 		e.d.Log.Error("retiring message failed", "queue_id", m.ID, "err", err)
 		return
 	}
+	if len(notices) > 0 {
+		e.metrics.notice("failure")
+	}
 	e.d.Log.Info("message finished", "queue_id", m.ID, "notices", len(notices))
 }
 
-// notice builds a DSN to m's sender from the null sender.
+// notice builds a DSN to m's sender from the null sender. When m's body is
+// gone the notice goes without it, saying so; when it cannot be read now
+// (too many open files, say) there is no notice yet (ok is false), and the
+// caller must try again later rather than go on without one.
 func (e *Engine) notice(m queue.Message, rcpts []dsn.Recipient, headersOnly bool) (queue.Draft, bool) {
+	var original []byte
+	lost := false
 	body, err := e.d.Queue.Body(m.ID)
-	if err != nil {
-		e.d.Log.Error("reading message for its notice failed", "queue_id", m.ID, "err", err)
+	if err == nil {
+		original, err = io.ReadAll(io.LimitReader(body, dsn.MaxReturnedBytes+1))
+		body.Close()
+	}
+	switch {
+	case errors.Is(err, queue.ErrBodyGone):
+		e.d.Log.Error("message body is gone; its notice says so and returns none of it", "queue_id", m.ID, "err", err)
+		original, lost = nil, true
+	case err != nil:
+		e.d.Log.Error("reading message for its notice failed; will try again", "queue_id", m.ID, "err", err)
 		return queue.Draft{}, false
 	}
-	original, _ := io.ReadAll(io.LimitReader(body, dsn.MaxReturnedBytes+1))
-	body.Close()
 	n := dsn.Notice{ReportingMTA: e.cfg.Hostname, From: "MAILER-DAEMON@" + e.cfg.Hostname, To: m.From,
-		EnvelopeID: m.EnvelopeID, Arrival: m.Arrival, Date: e.d.Clock(), Recipients: rcpts,
+		EnvelopeID: m.EnvelopeID, Arrival: m.Arrival, Date: e.d.Clock(), Recipients: rcpts, OriginalLost: lost,
 		// A REQUIRETLS message's body must not travel in a report that is
 		// not itself held to REQUIRETLS (RFC 8689 5).
 		HeadersOnly: headersOnly || strings.EqualFold(m.Return, "HDRS") || m.RequireTLS}
