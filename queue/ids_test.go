@@ -2,9 +2,13 @@ package queue
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // A colliding ID must never replace an acknowledged message, whether the
@@ -52,5 +56,43 @@ func TestIDsGrowWhenTheClockStepsBack(t *testing.T) {
 			}
 			last = id
 		}
+	}
+}
+
+// A message whose spool file is gone says so in Get, List and Stats, and
+// the flag is never stored with it.
+func TestBodyGoneIsReported(t *testing.T) {
+	dir := t.TempDir()
+	q := openTest(t, newClock(), dir, 4)
+	defer q.Close()
+	id, _ := q.Enqueue("", envelope("a@x.test"), strings.NewReader("a large body"))
+	whole, _ := q.Enqueue("", envelope("b@x.test"), strings.NewReader("another body"))
+	if err := os.Remove(filepath.Join(dir, "spool", id)); err != nil {
+		t.Fatal(err)
+	}
+	if m := mustGet(t, q, id); !m.BodyGone {
+		t.Fatal("Get: body not reported gone")
+	}
+	if m := mustGet(t, q, whole); m.BodyGone {
+		t.Fatal("Get: a whole message reported without its body")
+	}
+	list, _ := q.List(Filter{})
+	if len(list) != 2 || list[0].BodyGone == list[1].BodyGone {
+		t.Fatalf("List: %+v", list)
+	}
+	if st, _ := q.Stats(); st.BodyGone != 1 {
+		t.Fatalf("Stats: %+v", st)
+	}
+	if _, err := q.Body(id); !errors.Is(err, ErrBodyGone) {
+		t.Fatalf("Body: %v", err)
+	}
+	q.Hold(id) // rewrites the stored message
+	if err := q.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMessages).Get([]byte(id)); strings.Contains(string(v), "body_gone") {
+			t.Errorf("stored: %s", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

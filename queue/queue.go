@@ -320,7 +320,9 @@ func putMessage(tx *bolt.Tx, m *Message, old *Message) error {
 			return err
 		}
 	}
-	data, err := json.Marshal(m)
+	stored := *m
+	stored.BodyGone = false // found out afresh whenever asked
+	data, err := json.Marshal(&stored)
 	if err != nil {
 		return err
 	}
@@ -350,13 +352,24 @@ func (q *Queue) Get(id string) (Message, error) {
 	var m *Message
 	err := q.db.View(func(tx *bolt.Tx) error {
 		var err error
-		m, err = getMessage(tx, id)
+		if m, err = getMessage(tx, id); err == nil {
+			m.BodyGone = q.bodyGone(tx, m)
+		}
 		return err
 	})
 	if err != nil {
 		return Message{}, err
 	}
 	return *m, nil
+}
+
+// bodyGone reports whether m's body cannot be found where it should be.
+func (q *Queue) bodyGone(tx *bolt.Tx, m *Message) bool {
+	if !m.Spooled {
+		return tx.Bucket(bucketBodies).Get([]byte(m.ID)) == nil
+	}
+	_, err := os.Stat(q.spoolPath(m.ID))
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // Body opens a message's body for reading. An inline body is found in its
@@ -456,6 +469,9 @@ type Stats struct {
 	Recipients int
 	// Oldest is the arrival time of the oldest message (zero when empty).
 	Oldest time.Time
+	// BodyGone counts messages whose body cannot be found (see
+	// Message.BodyGone): damaged storage that the operator must look at.
+	BodyGone int
 }
 
 // Stats counts the queue. It reads every message, so callers that ask
@@ -469,6 +485,9 @@ func (q *Queue) Stats() (Stats, error) {
 				return fmt.Errorf("decode message %s: %w", k, err)
 			}
 			st.Messages[m.State()]++
+			if q.bodyGone(tx, &m) {
+				st.BodyGone++
+			}
 			for _, r := range m.Recipients {
 				if !r.State.Final() {
 					st.Recipients++
@@ -493,6 +512,7 @@ func (q *Queue) List(f Filter) ([]Message, error) {
 				return fmt.Errorf("decode message %s: %w", k, err)
 			}
 			if f.match(&m) && (f.Limit <= 0 || len(out) < f.Limit) {
+				m.BodyGone = q.bodyGone(tx, &m)
 				out = append(out, m)
 			}
 			return nil

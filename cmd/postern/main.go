@@ -344,6 +344,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "ID\tARRIVED\tSIZE\tSENDER\tPENDING/RCPTS\tSTATE\tLAST REPLY")
+				gone := 0
 				for _, m := range msgs {
 					pending, last := 0, ""
 					for _, r := range m.Recipients {
@@ -354,13 +355,20 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 							}
 						}
 					}
+					state := m.State()
+					if m.BodyGone {
+						state, gone = state+",body-gone", gone+1
+					}
 					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d/%d\t%s\t%s\n", m.ID, m.Arrival.Local().Format(time.DateTime), m.Size,
-						orNull(m.From), pending, len(m.Recipients), m.State(), truncate(last, 80))
+						orNull(m.From), pending, len(m.Recipients), state, truncate(last, 80))
 				}
 				if err := w.Flush(); err != nil {
 					return err
 				}
 				fmt.Fprintf(c.ErrOrStderr(), "%d messages\n", len(msgs))
+				if gone > 0 {
+					fmt.Fprintf(c.ErrOrStderr(), "%d of them have lost their body (damaged storage): they cannot be delivered, and their senders are told so; see docs/operations.md\n", gone)
+				}
 				return nil
 			})
 		},
@@ -390,6 +398,9 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 				fmt.Fprintf(out, "id:          %s\nstate:       %s\nfrom:        %s\nuser:        %s (%s)\narrived:     %s (%s ago)\nsize:        %d\nmessage-id:  %s\nrequiretls:  %v\n",
 					m.ID, m.State(), orNull(m.From), m.AuthUser, m.ClientIP, m.Arrival.Local().Format(time.RFC3339),
 					time.Since(m.Arrival).Round(time.Second), m.Size, orDash(m.MessageID), m.RequireTLS)
+				if m.BodyGone {
+					fmt.Fprintf(out, "body:        GONE (damaged storage): it cannot be delivered; its sender's notice will say so (see docs/operations.md)\n")
+				}
 				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "\nRECIPIENT\tSTATE\tATTEMPTS\tLAST TRY\tNEXT\tSERVER\tLAST REPLY")
 				for _, r := range m.Recipients {
