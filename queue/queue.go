@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -54,11 +55,15 @@ type Options struct {
 	// LockTimeout is how long Open waits for another process to let go of
 	// the database file; default 1s.
 	LockTimeout time.Duration
+	// CheckTimeout bounds the consistency check Open runs on the database
+	// (ErrCheckTimeout past it); default 1 minute; negative: no check.
+	CheckTimeout time.Duration
 }
 
 // Queue is a durable mail queue in one bbolt file. It is safe for concurrent use.
 type Queue struct {
 	db          *bolt.DB
+	path        string
 	clock       Clock
 	spoolDir    string
 	inlineLimit int64
@@ -74,6 +79,9 @@ type Queue struct {
 	closed  bool
 	writes  chan *writeRequest
 	stopped chan struct{}
+	// damaged, once set, is the error every write gets: bbolt found a
+	// damaged page while writing (see runGroup).
+	damaged atomic.Pointer[error]
 }
 
 // Open opens (creating if needed) the queue database at path.
@@ -97,12 +105,25 @@ func Open(path string, opts Options) (*Queue, error) {
 	if err := syncDir(filepath.Dir(opts.SpoolDir)); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	if opts.CheckTimeout == 0 {
+		opts.CheckTimeout = time.Minute
+	}
+	db, err := openBolt(path, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
 		}
 		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	// A damaged page found now stops the start with advice; found later, in
+	// the committer, it could only end the process (see commitGroup).
+	if opts.CheckTimeout > 0 {
+		if closed, err := check(db, path, opts.CheckTimeout); err != nil {
+			if !closed {
+				db.Close()
+			}
+			return nil, err
+		}
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMessages, bucketBodies, bucketSchedule, bucketJournal} {
@@ -118,6 +139,7 @@ func Open(path string, opts Options) (*Queue, error) {
 	}
 	q := &Queue{
 		db:          db,
+		path:        path,
 		clock:       opts.Clock,
 		spoolDir:    opts.SpoolDir,
 		inlineLimit: opts.InlineLimit,

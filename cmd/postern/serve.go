@@ -42,7 +42,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
 	}
-	q, err := queue.Open(cfg.queuePath(), queue.Options{InlineLimit: cfg.Queue.InlineLimit})
+	q, err := queue.Open(cfg.queuePath(), cfg.queueOptions())
 	if errors.Is(err, queue.ErrLocked) {
 		return fmt.Errorf("another postern is already running on data_dir %s: %w", cfg.DataDir, err)
 	}
