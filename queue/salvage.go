@@ -271,4 +271,3 @@ func moveLostSpool(spoolDir string, copied map[string]bool, rep *SalvageReport) 
 	}
 	return nil
 }
-
