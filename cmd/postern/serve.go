@@ -120,7 +120,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	defer stop()
 	go certs.Watch(ctx, cfg.Submission.TLS.ReloadInterval)
 	go res.RunProbes(ctx, cfg.DNS.ProbeInterval)
-	go housekeeping(ctx, q, reporter, stateDB, cfg.Audit.Retention, log)
+	go housekeeping(ctx, q, reporter, stateDB, cfg.Audit.Retention, cfg.TLS.MemoryMaxAge, log)
 	if cfg.TLSRPT.Enabled {
 		go reporter.Run(ctx)
 	}
@@ -225,8 +225,8 @@ func serveWeb(addr string, web *adminHTTP, log *slog.Logger) (stop func() error,
 // housekeeping deletes, at start and then daily, what is kept only for a
 // while: delivery evidence and TLS report data older than the retention,
 // the record of the reports sent for those days, and MTA-STS policies past
-// their max_age.
-func housekeeping(ctx context.Context, q *queue.Queue, reporter *tlsrpt.Reporter, state *bolt.DB, retention time.Duration, log *slog.Logger) {
+// their max_age, and downgrade memories older than theirs.
+func housekeeping(ctx context.Context, q *queue.Queue, reporter *tlsrpt.Reporter, state *bolt.DB, retention, memoryMaxAge time.Duration, log *slog.Logger) {
 	t := time.NewTicker(24 * time.Hour)
 	defer t.Stop()
 	for {
@@ -238,6 +238,7 @@ func housekeeping(ctx context.Context, q *queue.Queue, reporter *tlsrpt.Reporter
 			{"delivery evidence", func() (int, error) { return q.PruneJournal(now.Add(-retention)) }},
 			{"record of TLS reports sent", func() (int, error) { return reporter.PruneSent(now.Add(-retention)) }},
 			{"expired MTA-STS policies", func() (int, error) { return tlspolicy.PruneSTSCache(state, now) }},
+			{"aged-out downgrade memory", func() (int, error) { return tlspolicy.PruneMemory(state, now.Add(-memoryMaxAge)) }},
 		} {
 			if n, err := p.prune(); err != nil {
 				log.Error("housekeeping failed", "what", p.what, "err", err)
