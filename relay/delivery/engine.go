@@ -40,7 +40,7 @@ type Config struct {
 	Port             int // 25 in production; tests and labs point it elsewhere
 	Routes           []Route
 	Workers          int
-	LeaseTime        time.Duration // longer than any one attempt can take
+	LeaseTime        time.Duration // renewed while an attempt runs (see holdLease)
 	Retry            []time.Duration
 	MaxQueueLifetime time.Duration
 	DelayWarning     time.Duration
@@ -312,7 +312,7 @@ func (e *Engine) holdLease(ctx context.Context, l queue.Lease) (context.Context,
 				until = next
 				continue
 			}
-			if errors.Is(err, queue.ErrLeaseLost) || !now.Before(until) {
+			if errors.Is(err, queue.ErrLeaseLost) || errors.Is(err, queue.ErrNotFound) || !now.Before(until) {
 				e.d.Log.Error("delivery lease lost: cutting the attempt off", "queue_id", l.Message.ID, "err", err)
 				cutOff()
 				return
