@@ -116,3 +116,30 @@ func TestDeliveryAfterTheLeaseWasLostIsKept(t *testing.T) {
 		t.Fatalf("delivered recipient left to be tried again: %+v %v", m.Recipients, err)
 	}
 }
+
+// An attempt whose lease cannot be renewed (here: the operator deleted the
+// message under it) is cut off before it can deliver.
+func TestAttemptThatLosesItsLeaseIsCutOff(t *testing.T) {
+	mx, inRcpt, letGo := slowMX(t)
+	w := newWorld(t, mx)
+	w.engine.renewCheck = time.Millisecond
+	id := w.submit(sender, "a@dest.test")
+	done := make(chan struct{})
+	go func() { w.run(); close(done) }()
+	<-inRcpt
+	if err := w.q.Delete(id); err != nil {
+		t.Fatal(err)
+	}
+	w.clock.Advance(6 * time.Minute) // time to renew
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		letGo()
+		<-done
+		t.Fatal("attempt not cut off when its lease was lost")
+	}
+	letGo()
+	if n := len(mx.Received()); n != 0 {
+		t.Fatalf("delivered %d times after the lease was lost", n)
+	}
+}
