@@ -127,7 +127,7 @@ func New(cfg Config, d Deps) *Engine {
 	}
 	e := &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1),
 		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock), metrics: newInstruments(),
-		renewCheck: min(time.Second, cfg.LeaseTime/8)}
+		renewCheck: max(min(time.Second, cfg.LeaseTime/8), time.Millisecond)}
 	e.SetRoutes(cfg.Routes)
 	return e
 }
