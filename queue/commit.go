@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"fmt"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -65,14 +66,13 @@ type errInGroup struct {
 func (e *errInGroup) Error() string { return e.err.Error() }
 
 func (q *Queue) commitGroup(group []*writeRequest) {
-	err := q.db.Update(func(tx *bolt.Tx) error {
-		for i, r := range group {
-			if err := r.fn(tx); err != nil {
-				return &errInGroup{i, err}
-			}
+	if err := q.damaged.Load(); err != nil {
+		for _, r := range group {
+			r.done <- *err
 		}
-		return nil
-	})
+		return
+	}
+	err := q.runGroup(group)
 	var one *errInGroup
 	switch {
 	case err == nil:
@@ -95,4 +95,27 @@ func (q *Queue) commitGroup(group []*writeRequest) {
 			r.done <- err
 		}
 	}
+}
+
+// runGroup runs the group in one transaction. bbolt panics on a page that
+// is not what it wrote (a damaged file); here, in the committer, that would
+// end the process with every submission in flight. The panic is caught
+// instead (bbolt rolls the transaction back as it unwinds), and this write
+// and every later one fail with ErrDamaged, so that submissions are
+// answered with a temporary error and nothing more is written to the file.
+func (q *Queue) runGroup(group []*writeRequest) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s: %w (%v). %s", q.path, ErrDamaged, r, DamagedAdvice)
+			q.damaged.Store(&err)
+		}
+	}()
+	return q.db.Update(func(tx *bolt.Tx) error {
+		for i, r := range group {
+			if err := r.fn(tx); err != nil {
+				return &errInGroup{i, err}
+			}
+		}
+		return nil
+	})
 }

@@ -39,6 +39,24 @@
 // as a delivery status notification) the worker built for it. A crash between
 // the last outcome and Retire therefore repeats the retirement, never skips it.
 //
+// A worker whose attempt runs long renews its lease (Renew). Should a lease
+// be lost all the same and the recipient handed to another worker, the
+// first worker's outcomes no longer count, except a delivery: that happened,
+// so Record marks the recipient Delivered and journals its evidence, and the
+// second worker's outcome is the one ignored. Notices that go with outcomes
+// (a delay warning) are enqueued in the outcome's transaction, and only if
+// it applies.
+//
+// An ID names one message for its whole life: Enqueue refuses an ID that is
+// already queued (ErrExists) rather than replace what was acknowledged.
+//
+// # Damage
+//
+// Open runs bbolt's consistency check and refuses a damaged file
+// (ErrDamaged); a damaged page met later fails that write and all later ones
+// rather than the process. Salvage rebuilds a damaged file from what can
+// still be read.
+//
 // Time comes from the injected Clock, so tests drive retries and leases
 // without sleeping.
 package queue

@@ -20,14 +20,16 @@ type JournalEntry struct {
 }
 
 // journal appends the entries of the outcomes that apply (their recipient
-// was leased under seq), under keys that sort by time.
+// was leased under seq), and those of deliveries made under a lost lease
+// (see Record), under keys that sort by time.
 func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now time.Time) error {
 	b := tx.Bucket(bucketJournal)
 	for _, o := range outcomes {
 		if len(o.Journal) == 0 || o.Result == ResultReturned || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
 			continue
 		}
-		if r := before.Recipients[o.Recipient]; r.State != Leased || r.Lease != seq {
+		late := o.Result == ResultDelivered && !before.Recipients[o.Recipient].State.Final()
+		if !held(before, seq, o) && !late {
 			continue
 		}
 		for _, entry := range o.Journal {

@@ -107,8 +107,14 @@ type Outcome struct {
 	Reply     string // what the next hop said, or why we did not get that far
 	Host      string // the server that said it, if one did
 	RetryAt   time.Time
-	// DelayNotified marks that the worker queued a delay notice.
+	// DelayNotified marks that a delay notice for the recipient is among
+	// the Notices of this Record's outcomes.
 	DelayNotified bool
+	// Notices (such as a delay notice to the sender) are enqueued in the
+	// same transaction as the outcome, and only if it applies: a crash or a
+	// lost lease can neither send a notice whose outcome is not recorded,
+	// nor record one whose notice is not queued.
+	Notices []Draft
 	// Journal entries are appended to the journal in the same transaction
 	// as the outcome (only if the outcome is applied), so that what the
 	// caller records about a delivery is durable exactly when the delivery is.
@@ -116,30 +122,64 @@ type Outcome struct {
 }
 
 // Record stores the outcomes of a lease and returns the message as it now
-// stands. Outcomes for recipients whose lease was lost (it ran out and was
-// granted again) are ignored; if all of them were, the error is ErrLeaseLost.
-// When the message is Done the caller should build its notices and Retire it
-// under the same lease sequence, returned in Message.RetireSeq.
+// stands. When the message is Done the caller should build its notices and
+// Retire it under the same lease sequence, returned in Message.RetireSeq.
+//
+// Outcomes for recipients whose lease was lost (it ran out and was granted
+// again, or the daemon restarted) do not change their recipients, with one
+// exception: a delivery that happened is a fact, and a recipient that is not
+// yet final is marked Delivered all the same, so that it is not tried again.
+// Its journal entries are kept with it: evidence of a delivery is never
+// dropped. If no outcome was under the lease, the error is ErrLeaseLost, once
+// what was kept is durable; the returned Message then has RetireSeq set only
+// if this call made the message Done and the caller is to retire it.
 //
 // quiet, when given, is asked (inside the transaction; it must not do I/O)
 // whether a Done message needs no notice at all; if so it is retired in the
 // same transaction, and the returned Message has RetireSeq zero.
 func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(Message) bool) (Message, error) {
 	var out Message
-	var spooled bool
-	err := q.update(func(tx *bolt.Tx) error {
-		spooled = false
+	var spooled, lost bool
+	var drafts []Draft
+	for _, o := range outcomes {
+		drafts = append(drafts, o.Notices...)
+	}
+	notices, err := q.prepareDrafts(drafts)
+	if err != nil {
+		return Message{}, fmt.Errorf("record %s: %w", id, err)
+	}
+	var queued []prepared
+	err = q.update(func(tx *bolt.Tx) error {
+		spooled, lost, queued = false, false, nil
 		old, err := getMessage(tx, id)
 		if err != nil {
 			return err
 		}
 		now := q.clock.Now()
 		m := old.clone()
-		if applied := apply(&m, seq, outcomes, now); applied == 0 && len(outcomes) > 0 {
-			return fmt.Errorf("record %s: %w", id, ErrLeaseLost)
-		}
+		applied, late := apply(&m, seq, outcomes, now)
+		lost = applied == 0 && len(outcomes) > 0
 		if err := journal(tx, old, seq, outcomes, now); err != nil {
 			return err
+		}
+		next := notices
+		for _, o := range outcomes {
+			mine := next[:len(o.Notices)]
+			next = next[len(o.Notices):]
+			if !held(old, seq, o) {
+				continue
+			}
+			for _, p := range mine {
+				if err := putNew(tx, p.m, p.inline); err != nil {
+					return err
+				}
+			}
+			queued = append(queued, mine...)
+		}
+		if lost && late == 0 {
+			out = old.clone()
+			out.RetireSeq = 0 // not this caller's to retire
+			return nil
 		}
 		if m.Done() && len(quiet) > 0 && quiet[0](m) {
 			out = m.clone()
@@ -156,20 +196,36 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 		out = m.clone()
 		return putMessage(tx, &m, old)
 	})
+	if err != nil {
+		queued = nil // the transaction that put them was rolled back
+	}
+	q.removeUnqueued(notices, queued)
 	if err == nil && spooled {
 		os.Remove(q.spoolPath(id))
+	}
+	if err == nil && lost {
+		err = fmt.Errorf("record %s: %w (the evidence of the attempt is kept)", id, ErrLeaseLost)
 	}
 	return out, err
 }
 
-func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) int {
-	applied := 0
+// apply changes m by the outcomes and says how many were under the lease
+// seq, and how many late deliveries (of a lost lease) it recorded.
+func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) (applied, late int) {
 	for _, o := range outcomes {
 		if o.Recipient < 0 || o.Recipient >= len(m.Recipients) {
 			continue
 		}
 		r := &m.Recipients[o.Recipient]
 		if r.State != Leased || r.Lease != seq {
+			if o.Result == ResultDelivered && !r.State.Final() {
+				// The next hop took it: whoever holds the recipient now
+				// must not send it again (its own outcome will be late).
+				r.Attempts++
+				r.LastAttempt, r.LastReply, r.LastHost = now, o.Reply, o.Host
+				r.State, r.FinalAt, r.Lease = Delivered, now, 0
+				late++
+			}
 			continue
 		}
 		applied++
@@ -192,7 +248,39 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) int {
 			}
 		}
 	}
-	return applied
+	return applied, late
+}
+
+// Renew extends a lease that is still held to hold from now, so that an
+// attempt that runs long keeps its recipients and no second worker is handed
+// them meanwhile. It returns the new deadline, or ErrLeaseLost when none of
+// the lease's recipients is held under seq any more.
+func (q *Queue) Renew(id string, seq uint64, hold time.Duration) (time.Time, error) {
+	var until time.Time
+	err := q.modify(id, func(m *Message, now time.Time) error {
+		until = now.Add(hold)
+		held := 0
+		for i := range m.Recipients {
+			if r := &m.Recipients[i]; r.State == Leased && r.Lease == seq {
+				r.Due = until
+				held++
+			}
+		}
+		if held == 0 {
+			return fmt.Errorf("renew lease %d of %s: %w", seq, id, ErrLeaseLost)
+		}
+		return nil
+	})
+	return until, err
+}
+
+// held reports whether o's recipient was leased under seq in before.
+func held(before *Message, seq uint64, o Outcome) bool {
+	if o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
+		return false
+	}
+	r := before.Recipients[o.Recipient]
+	return r.State == Leased && r.Lease == seq
 }
 
 func latestLeaseEnd(old *Message, seq uint64, now time.Time) time.Time {
@@ -215,28 +303,12 @@ type Draft struct {
 // Retire removes a finished message and enqueues its notices in the same
 // transaction, so that neither happens without the other.
 func (q *Queue) Retire(id string, seq uint64, notices ...Draft) error {
-	type prepared struct {
-		m      *Message
-		inline []byte
-	}
-	var ready []prepared
-	removeSpooled := func() {
-		for _, p := range ready {
-			if p.m.Spooled {
-				os.Remove(q.spoolPath(p.m.ID))
-			}
-		}
-	}
-	for _, d := range notices {
-		m, inline, err := q.prepare(q.NewID(), d.Envelope, bytes.NewReader(d.Body))
-		if err != nil {
-			removeSpooled()
-			return fmt.Errorf("retire %s: %w", id, err)
-		}
-		ready = append(ready, prepared{m, inline})
+	ready, err := q.prepareDrafts(notices)
+	if err != nil {
+		return fmt.Errorf("retire %s: %w", id, err)
 	}
 	var spooled bool
-	err := q.update(func(tx *bolt.Tx) error {
+	err = q.update(func(tx *bolt.Tx) error {
 		m, err := getMessage(tx, id)
 		if err != nil {
 			return err
@@ -253,11 +325,45 @@ func (q *Queue) Retire(id string, seq uint64, notices ...Draft) error {
 		return deleteMessage(tx, m)
 	})
 	if err != nil {
-		removeSpooled()
+		q.removeUnqueued(ready, nil)
 		return err
 	}
 	if spooled {
 		os.Remove(q.spoolPath(id))
 	}
 	return nil
+}
+
+// prepared is a draft made ready to be put in a transaction: its body read,
+// and spooled if large.
+type prepared struct {
+	m      *Message
+	inline []byte
+}
+
+func (q *Queue) prepareDrafts(drafts []Draft) ([]prepared, error) {
+	var ready []prepared
+	for _, d := range drafts {
+		m, inline, err := q.prepare(q.NewID(), d.Envelope, bytes.NewReader(d.Body))
+		if err != nil {
+			q.removeUnqueued(ready, nil)
+			return nil, err
+		}
+		ready = append(ready, prepared{m, inline})
+	}
+	return ready, nil
+}
+
+// removeUnqueued deletes the spool files of the prepared drafts that were
+// not committed (all but those in queued).
+func (q *Queue) removeUnqueued(ready, queued []prepared) {
+	kept := map[string]bool{}
+	for _, p := range queued {
+		kept[p.m.ID] = true
+	}
+	for _, p := range ready {
+		if p.m.Spooled && !kept[p.m.ID] {
+			os.Remove(q.spoolPath(p.m.ID))
+		}
+	}
 }

@@ -92,6 +92,11 @@ type Message struct {
 	// RetireDue and RetireSeq describe the lease to retire a finished message.
 	RetireDue time.Time `json:"retire_due,omitzero"`
 	RetireSeq uint64    `json:"retire_seq,omitempty"`
+
+	// BodyGone is set by Get and List (never stored) when the message's
+	// body cannot be found: it can be neither delivered nor returned, and
+	// its notice will say so.
+	BodyGone bool `json:"body_gone,omitempty"`
 }
 
 // Done reports whether every recipient has a final outcome.

@@ -32,6 +32,12 @@ var (
 	// ErrLocked means another process has the database open.
 	ErrLocked = errors.New("queue database is in use by another process")
 	ErrClosed = errors.New("queue is closed")
+	// ErrExists means a message with the ID given to Enqueue is already
+	// queued; the queued one is left as it was.
+	ErrExists = errors.New("message ID already in use")
+	// ErrBodyGone means a queued message's body cannot be found (its spool
+	// file was lost: damaged storage, or removed by hand).
+	ErrBodyGone = errors.New("message body is gone")
 )
 
 var (
@@ -49,15 +55,23 @@ type Options struct {
 	// LockTimeout is how long Open waits for another process to let go of
 	// the database file; default 1s.
 	LockTimeout time.Duration
+	// CheckTimeout bounds the consistency check Open runs on the database
+	// (ErrCheckTimeout past it); default 1 minute; negative: no check.
+	CheckTimeout time.Duration
 }
 
 // Queue is a durable mail queue in one bbolt file. It is safe for concurrent use.
 type Queue struct {
 	db          *bolt.DB
+	path        string
 	clock       Clock
 	spoolDir    string
 	inlineLimit int64
-	idCounter   atomic.Uint32
+
+	// idMu guards lastID, the time-and-counter half of the last ID given
+	// out, which only ever grows (see NewID).
+	idMu   sync.Mutex
+	lastID uint64
 
 	// closeMu guards writes against Close: a session cut off at shutdown
 	// may still try to enqueue, and must get ErrClosed, not a panic.
@@ -65,6 +79,9 @@ type Queue struct {
 	closed  bool
 	writes  chan *writeRequest
 	stopped chan struct{}
+	// damaged, once set, is the error every write gets: bbolt found a
+	// damaged page while writing (see runGroup).
+	damaged atomic.Pointer[error]
 }
 
 // Open opens (creating if needed) the queue database at path.
@@ -88,12 +105,25 @@ func Open(path string, opts Options) (*Queue, error) {
 	if err := syncDir(filepath.Dir(opts.SpoolDir)); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	if opts.CheckTimeout == 0 {
+		opts.CheckTimeout = time.Minute
+	}
+	db, err := openBolt(path, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
 		}
 		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	// A damaged page found now stops the start with advice; found later, in
+	// the committer, it could only end the process (see commitGroup).
+	if opts.CheckTimeout > 0 {
+		if closed, err := check(db, path, opts.CheckTimeout); err != nil {
+			if !closed {
+				db.Close()
+			}
+			return nil, err
+		}
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMessages, bucketBodies, bucketSchedule, bucketJournal} {
@@ -109,6 +139,7 @@ func Open(path string, opts Options) (*Queue, error) {
 	}
 	q := &Queue{
 		db:          db,
+		path:        path,
 		clock:       opts.Clock,
 		spoolDir:    opts.SpoolDir,
 		inlineLimit: opts.InlineLimit,
@@ -136,20 +167,34 @@ func (q *Queue) Close() error {
 var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
 
 // NewID returns a fresh message ID, for callers that need to know it before
-// Enqueue (to write it into the message). It is a unique identifier that sorts roughly by creation time:
-// 48 bits of milliseconds, a 16-bit counter, and 32 random bits.
+// Enqueue (to write it into the message). It is a unique identifier that sorts
+// roughly by creation time: 48 bits of milliseconds and a 16-bit counter, then
+// 32 random bits.
+//
+// Within one process the first 64 bits only ever grow, even when the clock
+// steps back, so no two IDs of one process are equal. Each millisecond's
+// counter starts at a random value, so two processes (a restart after the
+// clock stepped back) share an ID only if 48 random bits agree; and should
+// they, Enqueue refuses the second rather than replace the first (ErrExists).
 func (q *Queue) NewID() string {
 	var b [12]byte
-	ms := uint64(q.clock.Now().UnixMilli())
-	binary.BigEndian.PutUint64(b[0:8], ms<<16|uint64(uint16(q.idCounter.Add(1))))
-	rand.Read(b[8:])
+	rand.Read(b[6:])
+	next := uint64(q.clock.Now().UnixMilli())<<16 | uint64(binary.BigEndian.Uint16(b[6:8]))
+	q.idMu.Lock()
+	if next <= q.lastID {
+		next = q.lastID + 1
+	}
+	q.lastID = next
+	q.idMu.Unlock()
+	binary.BigEndian.PutUint64(b[0:8], next)
 	return idEncoding.EncodeToString(b[:])
 }
 
 // Enqueue stores a new message under id (from NewID; "" picks one) and
 // returns the ID once the message is durable. The body is read to its end; a
 // read error aborts the enqueue, stores nothing, and is returned as it came
-// (errors.Is and errors.As see the reader's error).
+// (errors.Is and errors.As see the reader's error). An id already queued is
+// refused with ErrExists: an acknowledged message is never replaced.
 func (q *Queue) Enqueue(id string, env Envelope, body io.Reader) (string, error) {
 	return q.EnqueueSealed(id, env, body, nil)
 }
@@ -181,12 +226,13 @@ func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func
 		}
 	}
 	err = q.update(func(tx *bolt.Tx) error {
-		if len(prefix) > 0 {
-			if err := tx.Bucket(bucketBodies).Put(prefixKey(id), prefix); err != nil {
-				return err
-			}
+		if err := putNew(tx, m, inline); err != nil {
+			return err
 		}
-		return putNew(tx, m, inline)
+		if len(prefix) > 0 {
+			return tx.Bucket(bucketBodies).Put(prefixKey(id), prefix)
+		}
+		return nil
 	})
 	if err != nil {
 		if m.Spooled {
@@ -233,6 +279,9 @@ func (q *Queue) spoolPath(id string) string { return filepath.Join(q.spoolDir, i
 func (q *Queue) spool(id string, body io.Reader) (int64, error) {
 	path := q.spoolPath(id)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return 0, fmt.Errorf("create spool file %s: %w", id, ErrExists) // another message's body
+	}
 	if err != nil {
 		return 0, fmt.Errorf("create spool file: %w", err)
 	}
@@ -266,6 +315,9 @@ func syncDir(dir string) error {
 }
 
 func putNew(tx *bolt.Tx, m *Message, inline []byte) error {
+	if tx.Bucket(bucketMessages).Get([]byte(m.ID)) != nil {
+		return fmt.Errorf("%s: %w", m.ID, ErrExists)
+	}
 	if !m.Spooled {
 		if err := tx.Bucket(bucketBodies).Put([]byte(m.ID), inline); err != nil {
 			return err
@@ -290,7 +342,9 @@ func putMessage(tx *bolt.Tx, m *Message, old *Message) error {
 			return err
 		}
 	}
-	data, err := json.Marshal(m)
+	stored := *m
+	stored.BodyGone = false // found out afresh whenever asked
+	data, err := json.Marshal(&stored)
 	if err != nil {
 		return err
 	}
@@ -320,13 +374,24 @@ func (q *Queue) Get(id string) (Message, error) {
 	var m *Message
 	err := q.db.View(func(tx *bolt.Tx) error {
 		var err error
-		m, err = getMessage(tx, id)
+		if m, err = getMessage(tx, id); err == nil {
+			m.BodyGone = q.bodyGone(tx, m)
+		}
 		return err
 	})
 	if err != nil {
 		return Message{}, err
 	}
 	return *m, nil
+}
+
+// bodyGone reports whether m's body cannot be found where it should be.
+func (q *Queue) bodyGone(tx *bolt.Tx, m *Message) bool {
+	if !m.Spooled {
+		return tx.Bucket(bucketBodies).Get([]byte(m.ID)) == nil
+	}
+	_, err := os.Stat(q.spoolPath(m.ID))
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // Body opens a message's body for reading. An inline body is found in its
@@ -353,6 +418,9 @@ func (q *Queue) Body(id string) (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(inline)), nil
 	}
 	f, err := os.Open(q.spoolPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("open body of %s: %w: %w", id, ErrBodyGone, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open body of %s: %w", id, err)
 	}
@@ -423,6 +491,9 @@ type Stats struct {
 	Recipients int
 	// Oldest is the arrival time of the oldest message (zero when empty).
 	Oldest time.Time
+	// BodyGone counts messages whose body cannot be found (see
+	// Message.BodyGone): damaged storage that the operator must look at.
+	BodyGone int
 }
 
 // Stats counts the queue. It reads every message, so callers that ask
@@ -436,6 +507,9 @@ func (q *Queue) Stats() (Stats, error) {
 				return fmt.Errorf("decode message %s: %w", k, err)
 			}
 			st.Messages[m.State()]++
+			if q.bodyGone(tx, &m) {
+				st.BodyGone++
+			}
 			for _, r := range m.Recipients {
 				if !r.State.Final() {
 					st.Recipients++
@@ -460,6 +534,7 @@ func (q *Queue) List(f Filter) ([]Message, error) {
 				return fmt.Errorf("decode message %s: %w", k, err)
 			}
 			if f.match(&m) && (f.Limit <= 0 || len(out) < f.Limit) {
+				m.BodyGone = q.bodyGone(tx, &m)
 				out = append(out, m)
 			}
 			return nil

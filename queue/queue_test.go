@@ -202,7 +202,7 @@ func TestExpiredLeaseIsGrantedAgainAndOldHolderLoses(t *testing.T) {
 	if len(second) != 1 || second[0].Seq == first[0].Seq {
 		t.Fatalf("expired lease not re-granted: %+v", second)
 	}
-	_, err := q.Record(id, first[0].Seq, []Outcome{{Recipient: 0, Result: ResultDelivered}})
+	_, err := q.Record(id, first[0].Seq, []Outcome{{Recipient: 0, Result: ResultFailed}})
 	if !errors.Is(err, ErrLeaseLost) {
 		t.Fatalf("stale holder recorded: %v", err)
 	}

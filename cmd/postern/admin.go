@@ -191,7 +191,7 @@ func openOperations(cfg *Config) (operations, error) {
 	if err := checkDataDirOwner(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	q, err := queue.Open(cfg.queuePath(), queue.Options{InlineLimit: cfg.Queue.InlineLimit})
+	q, err := queue.Open(cfg.queuePath(), cfg.queueOptions())
 	if errors.Is(err, queue.ErrLocked) {
 		return nil, fmt.Errorf("postern is running but its admin socket %s does not answer: %w", cfg.socketPath(), err)
 	}

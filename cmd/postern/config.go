@@ -91,7 +91,22 @@ type AuthConfig struct {
 }
 
 type QueueConfig struct {
-	InlineLimit int64 `mapstructure:"inline_limit"`
+	InlineLimit  int64         `mapstructure:"inline_limit"`
+	CheckTimeout time.Duration `mapstructure:"check_timeout"`
+}
+
+// minRetention is the least audit.retention: the journal it prunes also
+// holds what the TLS reporter aggregates, a whole UTC day at a time, after
+// the day ends (RFC 8460 4.1) and possibly hours later (tlsrpt.send_hour).
+const minRetention = 48 * time.Hour
+
+// queueOptions are the queue's options from the configuration.
+func (c *Config) queueOptions() queue.Options {
+	check := c.Queue.CheckTimeout
+	if check == 0 {
+		check = -1 // the key's 0 means no check; the queue's, its default
+	}
+	return queue.Options{InlineLimit: c.Queue.InlineLimit, CheckTimeout: check}
 }
 
 type DNSConfig struct {
@@ -230,6 +245,7 @@ var defaults = map[string]any{
 	"submission.auth.failure_window":      auth.DefaultLimits.Window.String(),
 	"submission.auth.lockout":             auth.DefaultLimits.Lockout.String(),
 	"queue.inline_limit":                  int64(128 << 10),
+	"queue.check_timeout":                 "1m",
 	"dns.servers":                         []string{},
 	"dns.timeout":                         "2s",
 	"dns.dnssec":                          "validate",
@@ -454,6 +470,12 @@ func (c *Config) validate() error {
 		if n <= 0 {
 			bad(key, "must be greater than zero")
 		}
+	}
+	if c.Queue.CheckTimeout < 0 {
+		bad("queue.check_timeout", "must not be negative (0 turns the check off)")
+	}
+	if r := c.Audit.Retention; r > 0 && r < minRetention {
+		bad("audit.retention", "%s is shorter than the %s the TLS reporter needs: it reports each UTC day once the day is over, from the delivery journal this key prunes", r, minRetention)
 	}
 	if s.MaxLineLength > 0 && s.MaxLineLength < 1000 {
 		bad("submission.max_line_length", "%d is below the 1000 octets RFC 5321 4.5.3.1.6 requires", s.MaxLineLength)

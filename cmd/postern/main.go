@@ -345,6 +345,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "ID\tARRIVED\tSIZE\tSENDER\tPENDING/RCPTS\tSTATE\tLAST REPLY")
+				gone := 0
 				for _, m := range msgs {
 					pending, last := 0, ""
 					for _, r := range m.Recipients {
@@ -355,13 +356,20 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 							}
 						}
 					}
+					state := m.State()
+					if m.BodyGone {
+						state, gone = state+",body-gone", gone+1
+					}
 					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d/%d\t%s\t%s\n", m.ID, m.Arrival.Local().Format(time.DateTime), m.Size,
-						orNull(m.From), pending, len(m.Recipients), m.State(), truncate(last, 80))
+						orNull(m.From), pending, len(m.Recipients), state, truncate(last, 80))
 				}
 				if err := w.Flush(); err != nil {
 					return err
 				}
 				fmt.Fprintf(c.ErrOrStderr(), "%d messages\n", len(msgs))
+				if gone > 0 {
+					fmt.Fprintf(c.ErrOrStderr(), "%d of them have lost their body (damaged storage): they cannot be delivered, and their senders are told so; see docs/operations.md\n", gone)
+				}
 				return nil
 			})
 		},
@@ -391,6 +399,9 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 				fmt.Fprintf(out, "id:          %s\nstate:       %s\nfrom:        %s\nuser:        %s (%s)\narrived:     %s (%s ago)\nsize:        %d\nmessage-id:  %s\nrequiretls:  %v\n",
 					m.ID, m.State(), orNull(m.From), m.AuthUser, m.ClientIP, m.Arrival.Local().Format(time.RFC3339),
 					time.Since(m.Arrival).Round(time.Second), m.Size, orDash(m.MessageID), m.RequireTLS)
+				if m.BodyGone {
+					fmt.Fprintf(out, "body:        GONE (damaged storage): it cannot be delivered; its sender's notice will say so (see docs/operations.md)\n")
+				}
 				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "\nRECIPIENT\tSTATE\tATTEMPTS\tLAST TRY\tNEXT\tSERVER\tLAST REPLY")
 				for _, r := range m.Recipients {
@@ -408,7 +419,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 		},
 	}
 	show.Flags().BoolVar(&showJSON, "json", false, "JSON output")
-	cmd.AddCommand(list, show)
+	cmd.AddCommand(list, show, salvageCommand(load))
 	for _, a := range []struct{ name, short string }{
 		{"hold", "Stop delivery attempts for a message until released"},
 		{"release", "Let a held message be delivered again"},
@@ -466,4 +477,50 @@ func orNull(from string) string {
 		return "<>"
 	}
 	return from
+}
+
+// salvageCommand rebuilds a damaged queue.db from what can still be read.
+func salvageCommand(load func() (*Config, error)) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "salvage",
+		Short: "With Postern stopped, copy every readable message of a damaged queue.db into a new one; the damaged file is kept",
+		Long: "Reads what can still be read of data_dir/queue.db (every message, body and journal entry outside the\n" +
+			"damaged pages), writes it to a new queue.db, and keeps the damaged file beside it as queue.db.damaged-TIME.\n" +
+			"Messages whose envelope was lost are listed (their senders are not told: tell them), and their spool\n" +
+			"files moved to spool.lost-TIME. See \"A damaged queue database\" in docs/operations.md.",
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := load()
+			if err != nil {
+				return err
+			}
+			rep, err := queue.Salvage(cfg.queuePath(), queue.Options{})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return json.NewEncoder(c.OutOrStdout()).Encode(rep)
+			}
+			out := c.OutOrStdout()
+			fmt.Fprintf(out, "salvaged %d messages and %d journal entries into %s\n", rep.Messages, rep.Journal, cfg.queuePath())
+			fmt.Fprintf(out, "the damaged file is kept as %s (%d damaged places met)\n", rep.Damaged, rep.Unreadable)
+			if len(rep.BodiesLost) > 0 {
+				fmt.Fprintf(out, "%d messages kept without their body (their senders will be told the content was lost):\n  %s\n",
+					len(rep.BodiesLost), strings.Join(rep.BodiesLost, "\n  "))
+			}
+			if len(rep.Lost) > 0 {
+				fmt.Fprintf(out, "%d messages LOST (their envelope could not be read; nobody is told):\n  %s\n",
+					len(rep.Lost), strings.Join(rep.Lost, "\n  "))
+				if rep.LostSpoolDir != "" {
+					fmt.Fprintf(out, "the spool files of lost messages are in %s\n", rep.LostSpoolDir)
+				}
+			} else {
+				fmt.Fprintln(out, "no message was lost")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "JSON output")
+	return cmd
 }

@@ -14,13 +14,16 @@ import (
 	"syscall"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/term"
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/delivery"
 	"github.com/postern/postern/relay/submission"
+	"github.com/postern/postern/relay/tlsrpt"
 	"github.com/postern/postern/resolver"
+	"github.com/postern/postern/tlspolicy"
 )
 
 // logLevel is the daemon's log level, which a reload may change.
@@ -45,7 +48,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
 	}
-	q, err := queue.Open(cfg.queuePath(), queue.Options{InlineLimit: cfg.Queue.InlineLimit})
+	q, err := queue.Open(cfg.queuePath(), cfg.queueOptions())
 	if errors.Is(err, queue.ErrLocked) {
 		return fmt.Errorf("another postern is already running on data_dir %s: %w", cfg.DataDir, err)
 	}
@@ -120,7 +123,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	defer stop()
 	go certs.Watch(ctx, cfg.Submission.TLS.ReloadInterval)
 	go res.RunProbes(ctx, cfg.DNS.ProbeInterval)
-	go pruneEvidence(ctx, q, cfg.Audit.Retention, log)
+	go housekeeping(ctx, q, reporter, stateDB, cfg.Audit.Retention, cfg.TLS.MemoryMaxAge, log)
 	if cfg.TLSRPT.Enabled {
 		go reporter.Run(ctx)
 	}
@@ -234,16 +237,29 @@ func serveWebOn(l net.Listener, web *adminHTTP) *http.Server {
 	return srv
 }
 
-// pruneEvidence deletes delivery evidence older than the retention, at
-// start and then daily.
-func pruneEvidence(ctx context.Context, q *queue.Queue, retention time.Duration, log *slog.Logger) {
+// housekeeping deletes, at start and then daily, what is kept only for a
+// while: delivery evidence and TLS report data older than the retention,
+// the record of the reports sent for those days, and MTA-STS policies past
+// their max_age, and downgrade memories older than theirs.
+func housekeeping(ctx context.Context, q *queue.Queue, reporter *tlsrpt.Reporter, state *bolt.DB, retention, memoryMaxAge time.Duration, log *slog.Logger) {
 	t := time.NewTicker(24 * time.Hour)
 	defer t.Stop()
 	for {
-		if n, err := q.PruneJournal(time.Now().Add(-retention)); err != nil {
-			log.Error("pruning delivery evidence failed", "err", err)
-		} else if n > 0 {
-			log.Info("delivery evidence pruned", "records", n, "retention", retention)
+		now := time.Now()
+		for _, p := range []struct {
+			what  string
+			prune func() (int, error)
+		}{
+			{"delivery evidence", func() (int, error) { return q.PruneJournal(now.Add(-retention)) }},
+			{"record of TLS reports sent", func() (int, error) { return reporter.PruneSent(now.Add(-retention)) }},
+			{"expired MTA-STS policies", func() (int, error) { return tlspolicy.PruneSTSCache(state, now) }},
+			{"aged-out downgrade memory", func() (int, error) { return tlspolicy.PruneMemory(state, now.Add(-memoryMaxAge)) }},
+		} {
+			if n, err := p.prune(); err != nil {
+				log.Error("housekeeping failed", "what", p.what, "err", err)
+			} else if n > 0 {
+				log.Info("housekeeping pruned", "what", p.what, "records", n, "retention", retention)
+			}
 		}
 		select {
 		case <-ctx.Done():

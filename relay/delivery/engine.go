@@ -5,7 +5,6 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -40,7 +39,7 @@ type Config struct {
 	Port             int // 25 in production; tests and labs point it elsewhere
 	Routes           []Route
 	Workers          int
-	LeaseTime        time.Duration // longer than any one attempt can take
+	LeaseTime        time.Duration // renewed while an attempt runs (see holdLease)
 	Retry            []time.Duration
 	MaxQueueLifetime time.Duration
 	DelayWarning     time.Duration
@@ -62,6 +61,7 @@ type Config struct {
 // Queue is what delivery needs of the queue.
 type Queue interface {
 	Lease(max int, hold time.Duration) ([]queue.Lease, error)
+	Renew(id string, seq uint64, hold time.Duration) (time.Time, error)
 	Record(id string, seq uint64, outcomes []queue.Outcome, quiet ...func(queue.Message) bool) (queue.Message, error)
 	Retire(id string, seq uint64, notices ...queue.Draft) error
 	Body(id string) (io.ReadCloser, error)
@@ -95,6 +95,9 @@ type Engine struct {
 	conns   *pool
 	metrics instruments
 	routes  atomic.Pointer[[]Route] // Config.Routes, replaced by SetRoutes
+	// renewCheck is how often (real time) an attempt's lease is looked at;
+	// it is renewed once half of it is spent by the clock.
+	renewCheck time.Duration
 }
 
 // SetRoutes replaces the routes (a configuration reload); deliveries that
@@ -122,7 +125,8 @@ func New(cfg Config, d Deps) *Engine {
 		cfg.Timeouts = DefaultTimeouts
 	}
 	e := &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1),
-		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock), metrics: newInstruments()}
+		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock), metrics: newInstruments(),
+		renewCheck: max(min(time.Second, cfg.LeaseTime/8), time.Millisecond)}
 	e.SetRoutes(cfg.Routes)
 	return e
 }
@@ -218,6 +222,8 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 	ctx, span := e.metrics.tracer.Start(ctx, "delivery", trace.WithAttributes(attribute.String("postern.queue_id", m.ID),
 		attribute.Int("postern.recipients", len(l.Recipients))))
 	defer span.End()
+	ctx, release := e.holdLease(ctx, l)
+	defer release()
 	byDomain := map[string][]int{}
 	var order []string
 	for _, i := range l.Recipients {
@@ -246,9 +252,21 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 		}
 		outcomes = append(outcomes, out...)
 	}
-	e.maybeWarnDelay(m, outcomes)
+	warned := e.maybeWarnDelay(m, outcomes)
+	release() // the attempt is over; Record settles the lease
 	after, err := e.d.Queue.Record(m.ID, l.Seq, outcomes, e.quiet)
-	if err != nil {
+	if err == nil && warned {
+		e.metrics.notice("delay")
+	}
+	switch {
+	case errors.Is(err, queue.ErrLeaseLost):
+		// Deliveries made and their evidence were kept all the same; what
+		// else this attempt learnt is the new holder's to find out.
+		e.d.Log.Warn("lease lost before the outcomes were recorded; deliveries and their evidence kept", "queue_id", m.ID, "err", err)
+		if after.RetireSeq == 0 {
+			return
+		}
+	case err != nil:
 		e.d.Log.Error("recording delivery outcomes failed", "queue_id", m.ID, "err", err)
 		return
 	}
@@ -256,6 +274,54 @@ func (e *Engine) process(ctx context.Context, l queue.Lease) {
 		e.d.Log.Info("message finished", "queue_id", m.ID, "notices", 0)
 	} else if after.Done() {
 		e.retire(after, after.RetireSeq)
+	}
+}
+
+// holdLease renews l while its attempt runs. One attempt may rightly take
+// longer than any lease: RFC 5321 4.5.3.2 allows five minutes per command,
+// three per data block and ten for the final dot, for every address and
+// every domain of the lease. A lease that ran out would hand the recipients
+// to a second worker, which would deliver them again. So the lease is
+// renewed once half of it is spent; and should it be lost all the same (or
+// not renewed before it ends), the attempt is cut off, since another worker
+// may now hold its recipients. release stops the renewals; it may be called
+// more than once.
+func (e *Engine) holdLease(ctx context.Context, l queue.Lease) (context.Context, func()) {
+	ctx, cutOff := context.WithCancel(ctx)
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(e.renewCheck)
+		defer tick.Stop()
+		until := l.Until
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			now := e.d.Clock()
+			if until.Sub(now) > e.cfg.LeaseTime/2 {
+				continue
+			}
+			next, err := e.d.Queue.Renew(l.Message.ID, l.Seq, e.cfg.LeaseTime)
+			if err == nil {
+				until = next
+				continue
+			}
+			if errors.Is(err, queue.ErrLeaseLost) || errors.Is(err, queue.ErrNotFound) || !now.Before(until) {
+				e.d.Log.Error("delivery lease lost: cutting the attempt off", "queue_id", l.Message.ID, "err", err)
+				cutOff()
+				return
+			}
+			e.d.Log.Warn("renewing a delivery lease failed; trying again", "queue_id", l.Message.ID, "until", until, "err", err)
+		}
+	}()
+	var once sync.Once
+	return ctx, func() {
+		once.Do(func() { close(stop); <-stopped; cutOff() })
 	}
 }
 
@@ -709,34 +775,41 @@ func statusOf(reply string, fallback string) string {
 	return fallback
 }
 
-// maybeWarnDelay queues a delay notice (RFC 3464 "delayed") once per
-// recipient after DelayWarning, where NOTIFY allows it.
-func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) {
+// maybeWarnDelay adds a delay notice (RFC 3464 "delayed") to the outcomes,
+// once per recipient after DelayWarning, where NOTIFY allows it. The notice
+// rides on the first outcome it covers, so that the queue records it with
+// the outcomes in one transaction (all outcomes of a lease apply or none
+// do): a crash cannot send it twice, and DelayNotified is never recorded
+// for a notice that was not queued. It reports whether it added one.
+func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) bool {
 	if m.From == "" || e.cfg.DelayWarning <= 0 || e.d.Clock().Sub(m.Arrival) < e.cfg.DelayWarning {
-		return
+		return false
 	}
 	var rcpts []dsn.Recipient
+	var covered []int
 	for k := range outcomes {
 		o := &outcomes[k]
 		r := m.Recipients[o.Recipient]
 		if o.Result != queue.ResultDeferred || r.DelayNotified || !dsn.Wanted(r.Notify, dsn.Delayed) {
 			continue
 		}
-		o.DelayNotified = true
+		covered = append(covered, k)
 		rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Original: r.Original, Action: dsn.Delayed,
 			Status: statusOf(o.Reply, "4.0.0"), RemoteMTA: o.Host, Diagnostic: o.Reply, LastAttempt: e.d.Clock(),
 			WillRetryUntil: m.Arrival.Add(e.cfg.MaxQueueLifetime)})
 	}
 	if len(rcpts) == 0 {
-		return
+		return false
 	}
-	if draft, ok := e.notice(m, rcpts, true); ok {
-		if _, err := e.d.Queue.Enqueue("", draft.Envelope, bytes.NewReader(draft.Body)); err != nil {
-			e.d.Log.Error("queueing delay notice failed", "queue_id", m.ID, "err", err)
-		} else {
-			e.metrics.notice("delay")
-		}
+	draft, ok := e.notice(m, rcpts, true)
+	if !ok {
+		return false // not marked: the next deferral tries again
 	}
+	outcomes[covered[0]].Notices = append(outcomes[covered[0]].Notices, draft)
+	for _, k := range covered {
+		outcomes[k].DelayNotified = true
+	}
+	return true
 }
 
 // quiet reports whether a finished message needs no notice, so that the
@@ -774,29 +847,46 @@ func (e *Engine) retire(m queue.Message, seq uint64) {
 		}
 	}
 	if len(rcpts) > 0 && m.From != "" {
-		if d, ok := e.notice(m, rcpts, false); ok {
-			notices = append(notices, d)
-			e.metrics.notice("failure")
+		d, ok := e.notice(m, rcpts, false)
+		if !ok {
+			// Never retire without the notice: the retirement lease runs
+			// out and the message is retired again later.
+			return
 		}
+		notices = append(notices, d)
 	}
 	if err := e.d.Queue.Retire(m.ID, seq, notices...); err != nil {
 		e.d.Log.Error("retiring message failed", "queue_id", m.ID, "err", err)
 		return
 	}
+	if len(notices) > 0 {
+		e.metrics.notice("failure")
+	}
 	e.d.Log.Info("message finished", "queue_id", m.ID, "notices", len(notices))
 }
 
-// notice builds a DSN to m's sender from the null sender.
+// notice builds a DSN to m's sender from the null sender. When m's body is
+// gone the notice goes without it, saying so; when it cannot be read now
+// (too many open files, say) there is no notice yet (ok is false), and the
+// caller must try again later rather than go on without one.
 func (e *Engine) notice(m queue.Message, rcpts []dsn.Recipient, headersOnly bool) (queue.Draft, bool) {
+	var original []byte
+	lost := false
 	body, err := e.d.Queue.Body(m.ID)
-	if err != nil {
-		e.d.Log.Error("reading message for its notice failed", "queue_id", m.ID, "err", err)
+	if err == nil {
+		original, err = io.ReadAll(io.LimitReader(body, dsn.MaxReturnedBytes+1))
+		body.Close()
+	}
+	switch {
+	case errors.Is(err, queue.ErrBodyGone):
+		e.d.Log.Error("message body is gone; its notice says so and returns none of it", "queue_id", m.ID, "err", err)
+		original, lost = nil, true
+	case err != nil:
+		e.d.Log.Error("reading message for its notice failed; will try again", "queue_id", m.ID, "err", err)
 		return queue.Draft{}, false
 	}
-	original, _ := io.ReadAll(io.LimitReader(body, dsn.MaxReturnedBytes+1))
-	body.Close()
 	n := dsn.Notice{ReportingMTA: e.cfg.Hostname, From: "MAILER-DAEMON@" + e.cfg.Hostname, To: m.From,
-		EnvelopeID: m.EnvelopeID, Arrival: m.Arrival, Date: e.d.Clock(), Recipients: rcpts,
+		EnvelopeID: m.EnvelopeID, Arrival: m.Arrival, Date: e.d.Clock(), Recipients: rcpts, OriginalLost: lost,
 		// A REQUIRETLS message's body must not travel in a report that is
 		// not itself held to REQUIRETLS (RFC 8689 5).
 		HeadersOnly: headersOnly || strings.EqualFold(m.Return, "HDRS") || m.RequireTLS}

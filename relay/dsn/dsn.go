@@ -53,6 +53,10 @@ type Notice struct {
 	// whole message (RET=HDRS, a message too large to return, or a
 	// REQUIRETLS message whose body must not travel unprotected).
 	HeadersOnly bool
+	// OriginalLost says the original could not be read back (its stored
+	// copy is gone): the report says so and returns none of it, leaving out
+	// the optional third part (RFC 6522 3).
+	OriginalLost bool
 }
 
 // MaxReturnedBytes bounds how much of an original message a report carries;
@@ -109,6 +113,7 @@ func Build(n Notice, original []byte) []byte {
 
 	headersOnly := n.HeadersOnly || len(original) > MaxReturnedBytes
 	switch {
+	case n.OriginalLost:
 	case headersOnly:
 		part(&b, boundary, map[bool]string{false: "text/rfc822-headers", true: "message/global-headers"}[global], "")
 		b.Write(headerSection(original))
@@ -200,6 +205,10 @@ func explanation(n Notice) string {
 			fmt.Fprintf(&b, "    %s said: %s\r\n", who, r.Diagnostic)
 		}
 		b.WriteString("\r\n")
+	}
+	if n.OriginalLost {
+		b.WriteString("The content of your message could not be read back from this system's queue (its stored copy\r\n" +
+			"was lost), so it is not returned with this report. Please check whether it needs to be sent again.\r\n\r\n")
 	}
 	return b.String()
 }

@@ -292,6 +292,35 @@ func (r *Reporter) markSent(key []byte) {
 	}
 }
 
+// PruneSent forgets the reports sent for days before the UTC day of cutoff
+// (the daemon passes the audit retention's cutoff: the journal a report is
+// made from is pruned at the same time, so a day forgotten here cannot be
+// reported again). It says how many records it deleted.
+func (r *Reporter) PruneSent(cutoff time.Time) (int, error) {
+	end := []byte(Day(cutoff).Format("2006-01-02")) // keys start with their day
+	n := 0
+	err := r.d.DB.Update(func(tx *bbolt.Tx) error {
+		n = 0
+		b := tx.Bucket(sentBucket)
+		var old [][]byte
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && bytes.Compare(k, end) < 0; k, _ = c.Next() {
+			old = append(old, bytes.Clone(k))
+		}
+		for _, k := range old {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(old)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("tlsrpt: prune sent reports: %w", err)
+	}
+	return n, nil
+}
+
 func gzipped(b []byte) []byte {
 	var buf bytes.Buffer
 	w := gzip.NewWriter(&buf)
