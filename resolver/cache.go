@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -22,6 +23,8 @@ type ttlCache[T any] struct {
 	// not under any caller's, so that one caller giving up (or running out
 	// of time) fails nobody else (issue 15, item 8).
 	budget time.Duration
+	// waiting counts the callers waiting for a shared fill (for tests).
+	waiting atomic.Int64
 }
 
 type cached[T any] struct {
@@ -67,6 +70,8 @@ func (c *ttlCache[T]) get(ctx context.Context, key string, fill func(context.Con
 		c.put(key, v, ttl, err, start)
 		return v, err
 	})
+	c.waiting.Add(1)
+	defer c.waiting.Add(-1)
 	select {
 	case r := <-ch:
 		v, _ := r.Val.(T)

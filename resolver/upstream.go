@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -25,12 +26,12 @@ func (c *Client) exchange(ctx context.Context, name string, qtype uint16) (*dns.
 	var lastErr error
 	for attempt := 0; attempt < c.attempts; attempt++ {
 		for _, server := range servers {
-			if ctx.Err() != nil {
+			if ended(ctx) {
 				return nil, c.stopped(ctx, name, qtype, lastErr)
 			}
 			msg, err := c.exchangeWith(ctx, q, server, "udp")
 			if err != nil {
-				if ctx.Err() != nil {
+				if ended(ctx) {
 					// The deadline, not the server, ended this try: miekg/dns
 					// reports it as an i/o timeout, which would read as the
 					// upstream failing.
@@ -59,6 +60,20 @@ func (c *Client) stopped(ctx context.Context, name string, qtype uint16, last er
 		return fmt.Errorf("%s %s: %w: %w (last try: %v)", dns.TypeToString[qtype], name, ErrTemporary, context.Cause(ctx), last)
 	}
 	return fmt.Errorf("%s %s: %w: %w", dns.TypeToString[qtype], name, ErrTemporary, context.Cause(ctx))
+}
+
+// ended reports whether ctx is done or its deadline has passed: miekg/dns
+// sets the socket's deadline from the context's, and the socket can report
+// it a moment before the context's own timer marks it done.
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		<-ctx.Done() // an instant at most: its timer is due
+		return true
+	}
+	return false
 }
 
 func (c *Client) exchangeWith(ctx context.Context, q *dns.Msg, server, network string) (*dns.Msg, error) {
