@@ -327,6 +327,33 @@ func TestModes(t *testing.T) {
 	}
 }
 
+// Issue 15, item 7, validated: the end of a chain that the upstream cut
+// short is asked for again and validated, instead of being judged Bogus
+// for want of a denial proof the upstream never sent.
+func TestCutShortAliasChainValidated(t *testing.T) {
+	h := newHierarchy(t)
+	h.srv.CutChains(1)
+	c := h.client(t, resolver.Options{})
+	ctx := context.Background()
+	cases := []struct {
+		qname    string
+		qtype    uint16
+		security resolver.Security
+		records  int
+	}{
+		{"alias.secure.test", dns.TypeA, resolver.Secure, 1},
+		{"alias.secure.test", dns.TypeTXT, resolver.Secure, 0},      // a proven NODATA at the end
+		{"toinsecure.secure.test", dns.TypeA, resolver.Insecure, 1}, // into an insecure zone
+		{"www.dname.secure.test", dns.TypeA, resolver.Secure, 1},    // through a DNAME
+	}
+	for _, tc := range cases {
+		a, err := c.Lookup(ctx, tc.qname, tc.qtype)
+		if err != nil || a.Security != tc.security || len(a.Records) != tc.records || a.NXDomain || len(a.Aliases) != 1 {
+			t.Errorf("%s %s: %+v %v", tc.qname, dns.TypeToString[tc.qtype], a, err)
+		}
+	}
+}
+
 // logBuffer collects what a client logs, for assertions on it.
 type logBuffer struct {
 	mu  sync.Mutex
