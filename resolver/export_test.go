@@ -6,6 +6,3 @@ func (c *Client) WaitingLookups() int64 { return c.answers.waiting.Load() }
 
 // BrokenGauge is the value of postern.dns.upstream.dnssec_broken.
 func (c *Client) BrokenGauge() bool { return c.metrics.broken.Load() }
-
-// BrokenAfterProbes is how many consecutive probes make a diagnosis.
-const BrokenAfterProbes = brokenAfterProbes

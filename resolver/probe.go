@@ -9,11 +9,11 @@ import (
 	"github.com/miekg/dns"
 )
 
-// brokenAfterProbes is how many consecutive answered probes of one server
+// BrokenAfterProbes is how many consecutive answered probes of one server
 // and transport must see DNSSEC records missing before the upstream is
 // diagnosed as breaking DNSSEC. One odd answer is not a diagnosis, and an
 // unanswered probe is no evidence at all (issue 14, item 1).
-const brokenAfterProbes = 3
+const BrokenAfterProbes = 3
 
 // probeRetry is how soon a probe is repeated while a diagnosis is being
 // confirmed, whatever dns.probe_interval says.
@@ -25,7 +25,7 @@ type Health struct {
 	// Broken is a sustained, specific diagnosis: a server, over UDP or
 	// TCP, answered the anchor zone's DNSKEY question (with the DO bit)
 	// without the DNSKEY records or without their RRSIGs (or, under
-	// trust-ad, without the AD bit) in brokenAfterProbes consecutive probes
+	// trust-ad, without the AD bit) in BrokenAfterProbes consecutive probes
 	// that it answered. A server that does not answer, refuses the
 	// connection or answers with an error code is unreachable, which says
 	// nothing about DNSSEC and never sets Broken.
@@ -143,12 +143,12 @@ func (c *Client) Probe(ctx context.Context) Health {
 			case f.Outcome == ProbeUnreachable:
 				c.log.Warn("a DNS upstream gave no usable answer to the DNSSEC probe: unreachable, which says nothing about DNSSEC",
 					"server", server, "network", network, "zone", zone, "seen", f.Seen)
-			case f.Outcome == ProbeStripped && f.Streak < brokenAfterProbes:
+			case f.Outcome == ProbeStripped && f.Streak < BrokenAfterProbes:
 				c.log.Warn("a DNS upstream answered the DNSSEC probe without DNSSEC records; not yet a diagnosis",
 					"server", server, "network", network, "zone", zone, "seen", f.Seen,
-					"consecutive", f.Streak, "needed", brokenAfterProbes)
+					"consecutive", f.Streak, "needed", BrokenAfterProbes)
 			}
-			if f.Streak >= brokenAfterProbes {
+			if f.Streak >= BrokenAfterProbes {
 				broken = append(broken, fmt.Sprintf("%s over %s %s (%d probes in a row)", server, network, f.Seen, f.Streak))
 			}
 		}
@@ -203,12 +203,12 @@ func (c *Client) probeOne(ctx context.Context, server, network, zone string) Fin
 	return f
 }
 
-// Diagnose probes up to brokenAfterProbes times in a row, stopping as soon
+// Diagnose probes up to BrokenAfterProbes times in a row, stopping as soon
 // as a probe sees no DNSSEC records missing: a one-shot check (postern dns
 // probe) reaches the same sustained diagnosis the daemon does.
 func (c *Client) Diagnose(ctx context.Context) Health {
 	var h Health
-	for i := 0; i < brokenAfterProbes; i++ {
+	for i := 0; i < BrokenAfterProbes; i++ {
 		h = c.Probe(ctx)
 		if h.Broken || !h.Suspect() || ctx.Err() != nil {
 			break

@@ -163,7 +163,7 @@ type Options struct {
 	TrustADRemote bool
 	// While the probes have diagnosed that the upstream strips DNSSEC
 	// (Health.Broken: DNSSEC records missing from the anchor zone's DNSKEY
-	// answer in brokenAfterProbes consecutive probes), answers that fail
+	// answer in BrokenAfterProbes consecutive probes), answers that fail
 	// validation are Indeterminate (DANE unknown: mail that needs it
 	// waits), or Insecure (logged at each use) when this is set: a
 	// weakening the operator opts into. Unproven NXDOMAIN answers stay
