@@ -653,3 +653,19 @@ func TestCancelledLookupIsNotCached(t *testing.T) {
 		t.Fatalf("after a cancelled lookup: %+v %v", a, err)
 	}
 }
+
+// A probe or readiness check cut short by its own context (shutdown, a
+// deadline) learns nothing about the upstream and says so.
+func TestAbandonedProbeLearnsNothing(t *testing.T) {
+	h := newHierarchy(t)
+	var logs logBuffer
+	c := h.client(t, resolver.Options{Log: logs.logger()})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if health := c.Probe(ctx); health.Broken || len(health.Findings) != 0 || strings.Contains(logs.String(), "unreachable") {
+		t.Fatalf("a cancelled probe: %+v\n%s", health, logs.String())
+	}
+	if err := c.Ping(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled readiness check: %v", err)
+	}
+}

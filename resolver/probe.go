@@ -125,6 +125,11 @@ func (c *Client) Probe(ctx context.Context) Health {
 	for _, server := range c.servers {
 		for _, network := range []string{"udp", "tcp"} {
 			f := c.probeOne(ctx, server, network, zone)
+			if f.Outcome == ProbeUnreachable && ended(ctx) {
+				// The probe was abandoned (shutdown, or the caller's
+				// deadline): nothing was learnt about the upstream.
+				return c.Health()
+			}
 			t := probeTarget{server, network}
 			st := c.streaks[t]
 			if st == nil {
@@ -253,6 +258,11 @@ func (c *Client) Ping(ctx context.Context) error {
 	for _, server := range c.servers {
 		msg, err := c.exchangeWith(ctx, q, server, "udp")
 		switch {
+		case err != nil && ended(ctx):
+			// The asker's deadline, not the servers: say so, and let the
+			// caller tell (errors.Is) a readiness check cut short from a
+			// dead upstream.
+			return fmt.Errorf("no DNS server answered before the check ended: %w (%s)", context.Cause(ctx), strings.Join(append(problems, fmt.Sprintf("%s: %v", server, err)), "; "))
 		case err != nil:
 			problems = append(problems, fmt.Sprintf("%s: %v", server, err))
 		case msg.Rcode == dns.RcodeServerFailure || msg.Rcode == dns.RcodeRefused:
