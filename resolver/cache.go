@@ -55,12 +55,29 @@ var errBudget = errors.New("the upstream took longer than the resolution budget"
 // once by every delivery (RFC 9520); a fill cut short by a context that is
 // not the budget's is not remembered: nobody upstream failed.
 func (c *ttlCache[T]) get(ctx context.Context, key string, fill func(context.Context) (T, time.Duration, error)) (T, bool, error) {
-	var zero T
-	if e, ok := c.lru.Get(key); ok && c.now().Before(e.expires) {
-		return e.value, true, e.err
+	if v, err, ok := c.lookup(key); ok {
+		return v, true, err
 	}
+	v, err := c.fill(ctx, key, fill)
+	return v, false, err
+}
+
+// lookup returns the live entry for key, if there is one. (Callers on a
+// hot path check it first, so that a hit does not allocate the closure a
+// fill needs.)
+func (c *ttlCache[T]) lookup(key string) (T, error, bool) {
+	if e, ok := c.lru.Get(key); ok && c.now().Before(e.expires) {
+		return e.value, e.err, true
+	}
+	var zero T
+	return zero, nil, false
+}
+
+// fill runs (or joins) the shared fill of key; see get.
+func (c *ttlCache[T]) fill(ctx context.Context, key string, fill func(context.Context) (T, time.Duration, error)) (T, error) {
+	var zero T
 	if err := ctx.Err(); err != nil {
-		return zero, false, fmt.Errorf("%w: %w", ErrTemporary, context.Cause(ctx))
+		return zero, fmt.Errorf("%w: %w", ErrTemporary, context.Cause(ctx))
 	}
 	ch := c.flight.DoChan(key, func() (any, error) {
 		start := c.now()
@@ -75,9 +92,9 @@ func (c *ttlCache[T]) get(ctx context.Context, key string, fill func(context.Con
 	select {
 	case r := <-ch:
 		v, _ := r.Val.(T)
-		return v, false, r.Err
+		return v, r.Err
 	case <-ctx.Done():
-		return zero, false, fmt.Errorf("%w: stopped waiting: %w", ErrTemporary, context.Cause(ctx))
+		return zero, fmt.Errorf("%w: stopped waiting: %w", ErrTemporary, context.Cause(ctx))
 	}
 }
 

@@ -297,10 +297,13 @@ func SystemServers() ([]string, error) {
 func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Answer, error) {
 	name = canonical(name)
 	key := name + "/" + dns.TypeToString[qtype]
-	ans, hit, err := c.answers.get(ctx, key, func(ctx context.Context) (Answer, time.Duration, error) {
-		a, err := c.resolve(ctx, name, qtype)
-		return a, c.cacheTTL(a), err
-	})
+	ans, err, hit := c.answers.lookup(key)
+	if !hit {
+		ans, err = c.answers.fill(ctx, key, func(ctx context.Context) (Answer, time.Duration, error) {
+			a, err := c.resolve(ctx, name, qtype)
+			return a, c.cacheTTL(a), err
+		})
+	}
 	c.metrics.lookup(ctx, hit, ans.Security, err)
 	if err != nil {
 		return Answer{}, err
