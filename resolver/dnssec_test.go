@@ -669,3 +669,24 @@ func TestAbandonedProbeLearnsNothing(t *testing.T) {
 		t.Fatalf("a cancelled readiness check: %v", err)
 	}
 }
+
+// RunProbes keeps probing until the diagnosis is made, and stops with its
+// context.
+func TestRunProbesReachesTheDiagnosis(t *testing.T) {
+	h := newHierarchy(t)
+	h.srv.Tamper(func(q dns.Question, m *dns.Msg) { m.Answer = without(m.Answer, dns.TypeRRSIG) })
+	defer h.srv.Tamper(nil)
+	c := h.client(t, resolver.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.RunProbes(ctx, 10*time.Millisecond); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !c.Health().Broken {
+		if time.Now().After(deadline) {
+			t.Fatalf("no diagnosis: %+v", c.Health())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
