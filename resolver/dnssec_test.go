@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -80,7 +81,10 @@ func (h *hierarchy) client(t testing.TB, opts resolver.Options) *resolver.Client
 	if opts.Anchors == nil {
 		opts.Anchors = h.root.DS()
 	}
-	opts.Timeout, opts.Attempts = time.Second, 1
+	if opts.Timeout == 0 {
+		opts.Timeout = time.Second
+	}
+	opts.Attempts = 1
 	c, err := resolver.New([]string{h.srv.Addr}, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -168,6 +172,7 @@ func TestAttacks(t *testing.T) {
 			}
 		}
 	}
+	forgedOptOut := optOutProof(t, h, "ed.test.")
 	cases := []struct {
 		name   string
 		qname  string
@@ -203,12 +208,12 @@ func TestAttacks(t *testing.T) {
 		}, "does not verify"},
 		{"forged insecure delegation", "ed.test", dns.TypeMX, func(q dns.Question, m *dns.Msg) {
 			if q.Qtype == dns.TypeDS && q.Name == "ed.test." {
-				// Pretend ed.test. is unsigned: drop the DS and claim the opt-out span covers it.
-				m.Answer = nil
-				m.Ns = []dns.RR{}
-				forgedNSEC3(m)
+				// Pretend ed.test. is unsigned: drop its DS and answer with a
+				// real opt-out NSEC3 proof of test., its span stretched to
+				// cover ed.test. (the RRSIGs are test.'s own, copied).
+				m.Answer, m.Ns = nil, forgedOptOut
 			}
-		}, "DS"},
+		}, "no valid proof that ed.test. has no DS"},
 		{"forged data with a copied signature", "secure.test", dns.TypeMX, func(q dns.Question, m *dns.Msg) {
 			for _, rr := range m.Answer {
 				if mx, ok := rr.(*dns.MX); ok {
@@ -231,6 +236,41 @@ func TestAttacks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// optOutProof returns test.'s genuine, signed answer to "insecure.test.
+// DS" (insecure.test. sits in an opt-out span), with the covering NSEC3
+// stretched to cover every hash but its own, name's included: a proof that
+// name is an unsigned delegation, valid in every respect but its signature.
+func optOutProof(t *testing.T, h *hierarchy, name string) []dns.RR {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion("insecure.test.", dns.TypeDS)
+	q.SetEdns0(1232, true)
+	resp, err := dns.Exchange(q, h.srv.Addr)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	var out []dns.RR
+	stretched := false
+	for _, rr := range resp.Ns {
+		if n, ok := rr.(*dns.NSEC3); ok && n.Flags&1 == 1 && n.Cover("insecure.test.") {
+			n = dns.Copy(n).(*dns.NSEC3)
+			// NextDomain equal to the owner's hash: a span covering
+			// every other hash in the zone.
+			n.NextDomain = strings.ToUpper(strings.SplitN(n.Hdr.Name, ".", 2)[0])
+			if !n.Cover(name) {
+				t.Errorf("the stretched NSEC3 does not cover %s", name)
+			}
+			rr, stretched = n, true
+		}
+		out = append(out, rr)
+	}
+	if !stretched {
+		t.Errorf("no opt-out NSEC3 covering insecure.test. in %v", resp.Ns)
+	}
+	return out
 }
 
 func without(rrs []dns.RR, rrtype uint16) []dns.RR {
@@ -287,10 +327,63 @@ func TestModes(t *testing.T) {
 	}
 }
 
-func TestBrokenUpstream(t *testing.T) {
+// Issue 15, item 7, validated: the end of a chain that the upstream cut
+// short is asked for again and validated, instead of being judged Bogus
+// for want of a denial proof the upstream never sent.
+func TestCutShortAliasChainValidated(t *testing.T) {
+	h := newHierarchy(t)
+	h.srv.CutChains(1)
+	c := h.client(t, resolver.Options{})
+	ctx := context.Background()
+	cases := []struct {
+		qname    string
+		qtype    uint16
+		security resolver.Security
+		records  int
+	}{
+		{"alias.secure.test", dns.TypeA, resolver.Secure, 1},
+		{"alias.secure.test", dns.TypeTXT, resolver.Secure, 0},      // a proven NODATA at the end
+		{"toinsecure.secure.test", dns.TypeA, resolver.Insecure, 1}, // into an insecure zone
+		{"www.dname.secure.test", dns.TypeA, resolver.Secure, 1},    // through a DNAME
+	}
+	for _, tc := range cases {
+		a, err := c.Lookup(ctx, tc.qname, tc.qtype)
+		if err != nil || a.Security != tc.security || len(a.Records) != tc.records || a.NXDomain || len(a.Aliases) != 1 {
+			t.Errorf("%s %s: %+v %v", tc.qname, dns.TypeToString[tc.qtype], a, err)
+		}
+	}
+}
+
+// logBuffer collects what a client logs, for assertions on it.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *logBuffer) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// Issue 14, item 1: "the upstream breaks DNSSEC" is a sustained, specific
+// diagnosis (DNSSEC records missing from the anchor zone's DNSKEY answer,
+// probe after probe), and only it lowers Bogus answers.
+func TestBrokenUpstreamIsASustainedDiagnosis(t *testing.T) {
 	h := newHierarchy(t)
 	ctx := context.Background()
-	c := h.client(t, resolver.Options{})
+	var logs logBuffer
+	c := h.client(t, resolver.Options{Log: logs.logger()})
 	if health := c.Probe(ctx); health.Broken {
 		t.Fatalf("healthy upstream reported broken: %s", health.Problem)
 	}
@@ -299,23 +392,131 @@ func TestBrokenUpstream(t *testing.T) {
 	h.srv.Tamper(func(q dns.Question, m *dns.Msg) {
 		m.Answer, m.Ns = without(m.Answer, dns.TypeRRSIG), without(m.Ns, dns.TypeRRSIG)
 	})
-	health := c.Probe(ctx)
-	if !health.Broken || !strings.Contains(health.Problem, "strips RRSIG") || !strings.Contains(health.Problem, "dns.servers") {
-		t.Fatalf("probe: %+v", health)
+	defer h.srv.Tamper(nil)
+	for i := 1; i < resolver.BrokenAfterProbes; i++ {
+		if health := c.Probe(ctx); health.Broken || c.BrokenGauge() {
+			t.Fatalf("probe %d of an RRSIG-stripping upstream already made a diagnosis: %+v", i, health)
+		}
+		if a, _ := c.Lookup(ctx, "secure.test", dns.TypeMX); a.Security != resolver.Bogus || a.UpstreamBroken {
+			t.Fatalf("after %d probes, before any diagnosis: %s %q", i, a.Security, a.Reason)
+		}
 	}
-	if a, _ := c.Lookup(ctx, "secure.test", dns.TypeMX); a.Security != resolver.Indeterminate || !strings.Contains(a.Reason, "DANE cannot be checked") {
+	if !strings.Contains(logs.String(), "without DNSSEC records") || !strings.Contains(logs.String(), "with no RRSIG") {
+		t.Fatalf("what the probes saw was not logged:\n%s", logs.String())
+	}
+	health := c.Probe(ctx)
+	if !health.Broken || !c.BrokenGauge() || !strings.Contains(health.Problem, "strips RRSIG") ||
+		!strings.Contains(health.Problem, "probes in a row") || !strings.Contains(health.Problem, "dns.servers") {
+		t.Fatalf("probe %d: %+v", resolver.BrokenAfterProbes, health)
+	}
+	if !strings.Contains(logs.String(), "the DNS upstream breaks DNSSEC") {
+		t.Fatalf("the diagnosis was not logged:\n%s", logs.String())
+	}
+	if a, _ := c.Lookup(ctx, "secure.test", dns.TypeMX); a.Security != resolver.Indeterminate || !a.UpstreamBroken || !strings.Contains(a.Reason, "DANE cannot be checked") {
 		t.Fatalf("defer policy: %s %q", a.Security, a.Reason)
 	}
+	// The operator's opt-in weakening (dns.on_broken_upstream: insecure)
+	// applies under the same diagnosis only ...
 	lenient := h.client(t, resolver.Options{InsecureOnBrokenUpstream: true})
 	lenient.Probe(ctx)
-	if a, _ := lenient.Lookup(ctx, "secure.test", dns.TypeMX); a.Security != resolver.Insecure || !strings.Contains(a.Reason, "upstream strips DNSSEC") {
+	if a, _ := lenient.Lookup(ctx, "secure.test", dns.TypeMX); a.Security != resolver.Bogus {
+		t.Fatalf("insecure policy after one probe: %s %q", a.Security, a.Reason)
+	}
+	for i := 1; i < resolver.BrokenAfterProbes; i++ {
+		lenient.Probe(ctx)
+	}
+	if a, _ := lenient.Lookup(ctx, "mx.secure.test", dns.TypeA); a.Security != resolver.Insecure || !a.UpstreamBroken || !strings.Contains(a.Reason, "upstream strips DNSSEC") {
 		t.Fatalf("insecure policy: %s %q", a.Security, a.Reason)
 	}
-	// An upstream that cannot do TCP fails the probe too.
+	// ... and never makes an NXDOMAIN Insecure: it is unproven, and a
+	// bounce needs a proof.
+	for _, cl := range []*resolver.Client{c, lenient} {
+		mx, err := cl.LookupMX(ctx, "nope.secure.test")
+		if err != nil || !mx.NXDomain || mx.Security != resolver.Indeterminate || !mx.UpstreamBroken {
+			t.Fatalf("unproven NXDOMAIN: %+v %v", mx, err)
+		}
+		addrs, err := cl.LookupAddrs(ctx, "nope.secure.test")
+		if err != nil || !addrs.NXDomain || addrs.Security != resolver.Indeterminate || !addrs.UpstreamBroken {
+			t.Fatalf("unproven NXDOMAIN addresses: %+v %v", addrs, err)
+		}
+	}
+	// A good answer ends the diagnosis.
 	h.srv.Tamper(nil)
+	if health := c.Probe(ctx); health.Broken || c.BrokenGauge() {
+		t.Fatalf("the upstream was repaired: %+v", health)
+	}
+	if a, _ := c.Lookup(ctx, "expired.test", dns.TypeMX); a.Security != resolver.Bogus || a.UpstreamBroken {
+		t.Fatalf("bogus with a healthy upstream: %s %q", a.Security, a.Reason)
+	}
+}
+
+// Issue 14, item 1: a transport that does not answer (here TCP, as an
+// attacker blocking TCP/53 would make it) is unreachable, logged as such
+// with what was seen. It is no evidence that DNSSEC is stripped: however
+// often it is seen, it never sets Broken or the gauge, and Bogus stays Bogus.
+func TestUnreachableUpstreamIsNotBroken(t *testing.T) {
+	h := newHierarchy(t)
+	ctx := context.Background()
+	var logs logBuffer
+	c := h.client(t, resolver.Options{Log: logs.logger(), InsecureOnBrokenUpstream: true})
 	h.srv.RefuseTCP()
-	if health := c.Probe(ctx); !health.Broken || !strings.Contains(health.Problem, "tcp") {
-		t.Fatalf("no TCP: %+v", health)
+	for i := 0; i < 2*resolver.BrokenAfterProbes; i++ {
+		if health := c.Probe(ctx); health.Broken || c.BrokenGauge() {
+			t.Fatalf("probe %d: one unreachable transport made a diagnosis: %+v", i+1, health)
+		}
+	}
+	health := c.Health()
+	if u := health.Unreachable(); !strings.Contains(u, "over tcp") || strings.Contains(u, "over udp") || health.Suspect() {
+		t.Fatalf("findings: %+v", health.Findings)
+	}
+	if l := logs.String(); !strings.Contains(l, "unreachable") || !strings.Contains(l, "network=tcp") || !strings.Contains(l, "seen=") {
+		t.Fatalf("the unreachable transport was not logged with what was seen:\n%s", l)
+	}
+	if a, _ := c.Lookup(ctx, "expired.test", dns.TypeMX); a.Security != resolver.Bogus || a.UpstreamBroken {
+		t.Fatalf("bogus answer while only TCP is unreachable: %s %q", a.Security, a.Reason)
+	}
+	// A silent server and a server that answers garbage are unreachable too.
+	for _, f := range []resolvertest.Failure{resolvertest.Silent, resolvertest.Garbage} {
+		h.srv.Fail(f)
+		quick := h.client(t, resolver.Options{Timeout: 200 * time.Millisecond})
+		for i := 0; i < resolver.BrokenAfterProbes; i++ {
+			if health := quick.Probe(ctx); health.Broken || health.Suspect() {
+				t.Fatalf("failure %d, probe %d: %+v", f, i+1, health)
+			}
+		}
+	}
+	h.srv.Fail(resolvertest.Healthy)
+	// An unreachable probe between two that saw RRSIGs missing neither
+	// counts nor resets; a good answer resets.
+	h.srv.Tamper(func(q dns.Question, m *dns.Msg) { m.Answer = without(m.Answer, dns.TypeRRSIG) })
+	defer h.srv.Tamper(nil)
+	fresh := h.client(t, resolver.Options{Timeout: 200 * time.Millisecond})
+	fresh.Probe(ctx) // udp: stripped (1); tcp: unreachable
+	h.srv.Fail(resolvertest.Silent)
+	slowProbe := fresh.Probe(ctx)
+	h.srv.Fail(resolvertest.Healthy)
+	if slowProbe.Suspect() || slowProbe.Broken {
+		t.Fatalf("unanswered probe: %+v", slowProbe)
+	}
+	fresh.Probe(ctx) // 2
+	if health := fresh.Probe(ctx); !health.Broken || !strings.Contains(health.Problem, "over udp") || strings.Contains(health.Problem, "over tcp") {
+		t.Fatalf("third stripped answer over UDP: %+v", health)
+	}
+}
+
+// TestDiagnose: the one-shot check probes until it can tell.
+func TestDiagnose(t *testing.T) {
+	h := newHierarchy(t)
+	ctx := context.Background()
+	c := h.client(t, resolver.Options{})
+	before := h.srv.Queries()
+	if health := c.Diagnose(ctx); health.Broken || h.srv.Queries()-before != 2 {
+		t.Fatalf("healthy: %+v after %d questions", health, h.srv.Queries()-before)
+	}
+	h.srv.Tamper(func(q dns.Question, m *dns.Msg) { m.Answer = without(m.Answer, dns.TypeRRSIG) })
+	defer h.srv.Tamper(nil)
+	if health := c.Diagnose(ctx); !health.Broken || !strings.Contains(health.Problem, "strips RRSIG") {
+		t.Fatalf("stripping: %+v", health)
 	}
 }
 
@@ -451,4 +652,41 @@ func TestCancelledLookupIsNotCached(t *testing.T) {
 	if a, err := c.Lookup(context.Background(), "secure.test", dns.TypeMX); err != nil || a.Security != resolver.Secure {
 		t.Fatalf("after a cancelled lookup: %+v %v", a, err)
 	}
+}
+
+// A probe or readiness check cut short by its own context (shutdown, a
+// deadline) learns nothing about the upstream and says so.
+func TestAbandonedProbeLearnsNothing(t *testing.T) {
+	h := newHierarchy(t)
+	var logs logBuffer
+	c := h.client(t, resolver.Options{Log: logs.logger()})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if health := c.Probe(ctx); health.Broken || len(health.Findings) != 0 || strings.Contains(logs.String(), "unreachable") {
+		t.Fatalf("a cancelled probe: %+v\n%s", health, logs.String())
+	}
+	if err := c.Ping(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled readiness check: %v", err)
+	}
+}
+
+// RunProbes keeps probing until the diagnosis is made, and stops with its
+// context.
+func TestRunProbesReachesTheDiagnosis(t *testing.T) {
+	h := newHierarchy(t)
+	h.srv.Tamper(func(q dns.Question, m *dns.Msg) { m.Answer = without(m.Answer, dns.TypeRRSIG) })
+	defer h.srv.Tamper(nil)
+	c := h.client(t, resolver.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.RunProbes(ctx, 10*time.Millisecond); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !c.Health().Broken {
+		if time.Now().After(deadline) {
+			t.Fatalf("no diagnosis: %+v", c.Health())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
 }

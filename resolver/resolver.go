@@ -20,11 +20,11 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/sync/singleflight"
 )
 
 // Security is how far an answer is proven authentic.
@@ -66,6 +66,13 @@ type Answer struct {
 	TTL      time.Duration
 	Reason   string   // why the answer is not Secure
 	Proof    []string // how it was validated, one step per line
+	// UpstreamBroken is set when the answer failed validation (it would be
+	// Bogus) while the upstream is diagnosed as stripping DNSSEC (Health.
+	// Broken), and Security was lowered to Indeterminate, or to Insecure
+	// under dns.on_broken_upstream: insecure, for that reason alone: the
+	// answer is unproven. An NXDOMAIN so affected is always Indeterminate,
+	// never Insecure, whatever the setting: a bounce needs a proof.
+	UpstreamBroken bool
 }
 
 // Target is the name at which Records were found (the question name when
@@ -86,21 +93,23 @@ type MX struct {
 // MXAnswer is the answer to an MX question. NXDomain means the domain does
 // not exist; an empty Records without NXDomain means it has no MX records.
 type MXAnswer struct {
-	Records  []MX
-	NXDomain bool
-	Security Security
-	TTL      time.Duration
-	Reason   string
+	Records        []MX
+	NXDomain       bool
+	Security       Security
+	TTL            time.Duration
+	Reason         string
+	UpstreamBroken bool // as in Answer
 }
 
 // AddrAnswer is the answer to an address question (A and AAAA together).
 type AddrAnswer struct {
-	Addrs    []netip.Addr
-	Aliases  []string // the CNAME chain from the host name, when it is an alias
-	NXDomain bool
-	Security Security
-	TTL      time.Duration
-	Reason   string
+	Addrs          []netip.Addr
+	Aliases        []string // the CNAME chain from the host name, when it is an alias
+	NXDomain       bool
+	Security       Security
+	TTL            time.Duration
+	Reason         string
+	UpstreamBroken bool // as in Answer, for either of the two questions
 }
 
 // Resolver is what delivery needs of DNS.
@@ -140,15 +149,25 @@ func (m Mode) String() string { return [...]string{"validate", "trust-ad", "off"
 type Options struct {
 	Timeout  time.Duration // per query and server; default 2s
 	Attempts int           // passes over the server list; default 2
-	Mode     Mode
+	// ResolveTimeout bounds one shared resolution: every question it takes
+	// (the answer, the chain of keys down from the anchor, an alias chain
+	// asked again). It runs under a context of its own, so that callers
+	// sharing it each stop waiting on their own deadline and one giving up
+	// fails no other. Default 8 × Timeout × Attempts.
+	ResolveTimeout time.Duration
+	Mode           Mode
 	// Anchors are DS or DNSKEY records that start chains of trust; nil means
 	// the IANA root key-signing keys.
 	Anchors []dns.RR
 	// TrustADRemote allows TrustAD with a non-loopback server.
 	TrustADRemote bool
-	// While a probe has found that the upstream strips DNSSEC, answers
-	// that fail validation are Indeterminate (DANE unknown: mail that needs
-	// it waits), or Insecure (logged at each use) when this is set.
+	// While the probes have diagnosed that the upstream strips DNSSEC
+	// (Health.Broken: DNSSEC records missing from the anchor zone's DNSKEY
+	// answer in BrokenAfterProbes consecutive probes), answers that fail
+	// validation are Indeterminate (DANE unknown: mail that needs it
+	// waits), or Insecure (logged at each use) when this is set: a
+	// weakening the operator opts into. Unproven NXDOMAIN answers stay
+	// Indeterminate either way.
 	InsecureOnBrokenUpstream bool
 	CacheSize                int           // answers and zone states each; default 10,000
 	CacheMaxTTL              time.Duration // default 1h
@@ -161,6 +180,7 @@ type Client struct {
 	servers          []string
 	timeout          time.Duration
 	attempts         int
+	budget           time.Duration // of one shared resolution
 	mode             Mode
 	insecureOnBroken bool
 	anchors          map[string][]dns.RR // by zone
@@ -170,11 +190,12 @@ type Client struct {
 
 	answers *ttlCache[Answer]
 	zones   *ttlCache[zoneState]
-	flight  singleflight.Group
 	metrics metrics
 
 	upstreamQueries atomic.Int64
 	health          atomic.Pointer[Health]
+	probeMu         sync.Mutex              // one probe at a time
+	streaks         map[probeTarget]*streak // under probeMu: what each server and transport showed, probe after probe
 }
 
 // New returns a client for servers ("host:port"; port 53 when absent).
@@ -187,6 +208,9 @@ func New(servers []string, opts Options) (*Client, error) {
 	}
 	if opts.Attempts <= 0 {
 		opts.Attempts = 2
+	}
+	if opts.ResolveTimeout <= 0 {
+		opts.ResolveTimeout = 8 * opts.Timeout * time.Duration(opts.Attempts)
 	}
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = 10000
@@ -201,11 +225,12 @@ func New(servers []string, opts Options) (*Client, error) {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	c := &Client{
-		timeout: opts.Timeout, attempts: opts.Attempts, mode: opts.Mode,
+		timeout: opts.Timeout, attempts: opts.Attempts, budget: opts.ResolveTimeout, mode: opts.Mode,
 		insecureOnBroken: opts.InsecureOnBrokenUpstream,
 		maxTTL:           opts.CacheMaxTTL, now: opts.Clock, log: opts.Log,
 		anchors: map[string][]dns.RR{},
 		metrics: newMetrics(),
+		streaks: map[probeTarget]*streak{},
 	}
 	for _, s := range servers {
 		if _, _, err := net.SplitHostPort(s); err != nil {
@@ -235,10 +260,10 @@ func New(servers []string, opts Options) (*Client, error) {
 		c.anchors[zone] = append(c.anchors[zone], rr)
 	}
 	var err error
-	if c.answers, err = newTTLCache[Answer](opts.CacheSize, c.now); err != nil {
+	if c.answers, err = newTTLCache[Answer](opts.CacheSize, c.now, c.budget); err != nil {
 		return nil, err
 	}
-	if c.zones, err = newTTLCache[zoneState](opts.CacheSize, c.now); err != nil {
+	if c.zones, err = newTTLCache[zoneState](opts.CacheSize, c.now, c.budget); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -264,17 +289,21 @@ func SystemServers() ([]string, error) {
 }
 
 // Lookup answers one question, from the cache when it can. Concurrent
-// lookups of the same question share one resolution.
+// lookups of the same question share one resolution, which runs under a
+// context of its own bounded by Options.ResolveTimeout: each caller stops
+// waiting when its own ctx ends (with an error wrapping ErrTemporary and
+// the ctx's cause), and the resolution goes on for the others and the
+// cache.
 func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Answer, error) {
 	name = canonical(name)
 	key := name + "/" + dns.TypeToString[qtype]
-	ans, hit, err := c.answers.get(key, func() (Answer, time.Duration, error) {
-		v, err, _ := c.flight.Do("a:"+key, func() (any, error) {
-			return c.resolve(ctx, name, qtype)
+	ans, err, hit := c.answers.lookup(key)
+	if !hit {
+		ans, err = c.answers.fill(ctx, key, func(ctx context.Context) (Answer, time.Duration, error) {
+			a, err := c.resolve(ctx, name, qtype)
+			return a, c.cacheTTL(a), err
 		})
-		a, _ := v.(Answer)
-		return a, c.cacheTTL(a), err
-	})
+	}
 	c.metrics.lookup(ctx, hit, ans.Security, err)
 	if err != nil {
 		return Answer{}, err
@@ -283,12 +312,20 @@ func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Answer,
 		// Through an upstream that strips DNSSEC every signed name looks
 		// bogus, so bogus says nothing about an attack. With "insecure" DANE
 		// is treated as absent; with "defer" its status is unknown, and the
-		// TLS policy defers only mail that needs DANE.
-		if c.insecureOnBroken {
+		// TLS policy defers only mail that needs DANE. Broken is set only by
+		// a sustained, specific diagnosis (see Probe), never by one
+		// unanswered probe.
+		ans.UpstreamBroken = true
+		switch {
+		case ans.NXDomain:
+			// Whatever the setting, an unproven "does not exist" stays
+			// unknown: treating it as Insecure would let it bounce mail.
+			ans.Security, ans.Reason = Indeterminate, "upstream strips DNSSEC, so this NXDOMAIN is unproven: "+ans.Reason
+		case c.insecureOnBroken:
 			c.log.Warn("DNSSEC answer treated as insecure because the upstream strips DNSSEC (dns.on_broken_upstream: insecure)",
 				"name", name, "type", dns.TypeToString[qtype], "reason", ans.Reason)
 			ans.Security, ans.Reason = Insecure, "upstream strips DNSSEC: "+ans.Reason
-		} else {
+		default:
 			ans.Security, ans.Reason = Indeterminate, "upstream strips DNSSEC, so DANE cannot be checked: "+ans.Reason
 		}
 	}
@@ -316,7 +353,7 @@ func (c *Client) LookupMX(ctx context.Context, domain string) (MXAnswer, error) 
 	if err != nil {
 		return MXAnswer{}, err
 	}
-	out := MXAnswer{NXDomain: a.NXDomain, Security: a.Security, TTL: a.TTL, Reason: a.Reason}
+	out := MXAnswer{NXDomain: a.NXDomain, Security: a.Security, TTL: a.TTL, Reason: a.Reason, UpstreamBroken: a.UpstreamBroken}
 	for _, rr := range a.Records {
 		mx := rr.(*dns.MX)
 		out.Records = append(out.Records, MX{Host: strings.TrimSuffix(strings.ToLower(mx.Mx), "."), Preference: mx.Preference})
@@ -341,6 +378,7 @@ func (c *Client) LookupAddrs(ctx context.Context, host string) (AddrAnswer, erro
 		}
 		answered = true
 		out.NXDomain = out.NXDomain && a.NXDomain
+		out.UpstreamBroken = out.UpstreamBroken || a.UpstreamBroken
 		if out.TTL == 0 || (a.TTL > 0 && a.TTL < out.TTL) {
 			out.TTL = a.TTL
 		}

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -25,12 +26,18 @@ func (c *Client) exchange(ctx context.Context, name string, qtype uint16) (*dns.
 	var lastErr error
 	for attempt := 0; attempt < c.attempts; attempt++ {
 		for _, server := range servers {
-			if err := ctx.Err(); err != nil {
-				return nil, fmt.Errorf("%s %s: %w: %w", dns.TypeToString[qtype], name, ErrTemporary, err)
+			if ended(ctx) {
+				return nil, c.stopped(ctx, name, qtype, lastErr)
 			}
 			msg, err := c.exchangeWith(ctx, q, server, "udp")
 			if err != nil {
-				lastErr = err
+				if ended(ctx) {
+					// The deadline, not the server, ended this try: miekg/dns
+					// reports it as an i/o timeout, which would read as the
+					// upstream failing.
+					return nil, c.stopped(ctx, name, qtype, err)
+				}
+				lastErr = fmt.Errorf("%s: %w", server, err)
 				continue
 			}
 			switch msg.Rcode {
@@ -41,7 +48,32 @@ func (c *Client) exchange(ctx context.Context, name string, qtype uint16) (*dns.
 			}
 		}
 	}
-	return nil, fmt.Errorf("%s %s: %w: %v", dns.TypeToString[qtype], name, ErrTemporary, lastErr)
+	return nil, fmt.Errorf("%s %s: %w: %w", dns.TypeToString[qtype], name, ErrTemporary, lastErr)
+}
+
+// stopped is the error of a question abandoned because ctx ended. It wraps
+// the context's cause, so that a caller's deadline (or cancellation) is
+// never taken, and cached, as an upstream failure; a shared resolution's
+// own budget has a cause of its own (errBudget), which is one.
+func (c *Client) stopped(ctx context.Context, name string, qtype uint16, last error) error {
+	if last != nil {
+		return fmt.Errorf("%s %s: %w: %w (last try: %v)", dns.TypeToString[qtype], name, ErrTemporary, context.Cause(ctx), last)
+	}
+	return fmt.Errorf("%s %s: %w: %w", dns.TypeToString[qtype], name, ErrTemporary, context.Cause(ctx))
+}
+
+// ended reports whether ctx is done or its deadline has passed: miekg/dns
+// sets the socket's deadline from the context's, and the socket can report
+// it a moment before the context's own timer marks it done.
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		<-ctx.Done() // an instant at most: its timer is due
+		return true
+	}
+	return false
 }
 
 func (c *Client) exchangeWith(ctx context.Context, q *dns.Msg, server, network string) (*dns.Msg, error) {

@@ -31,6 +31,14 @@ const clockSkew = 5 * time.Minute
 // than computed (RFC 9276 3.2), which bounds the work an attacker can cause.
 const maxNSEC3Iterations = 150
 
+// maxAliases bounds an alias chain (CNAME and DNAME links), and
+// maxRequeries how often a chain that the upstream cut short is asked for
+// again from where it stopped.
+const (
+	maxAliases   = 16
+	maxRequeries = 8
+)
+
 // resolve asks upstream and judges the answer.
 func (c *Client) resolve(ctx context.Context, name string, qtype uint16) (Answer, error) {
 	msg, err := c.exchange(ctx, name, qtype)
@@ -40,16 +48,52 @@ func (c *Client) resolve(ctx context.Context, name string, qtype uint16) (Answer
 	if c.mode == Validate {
 		return c.validate(ctx, msg, name, qtype)
 	}
-	ans := Answer{Name: name, Type: qtype, TTL: c.maxTTL, Security: Insecure}
-	ans.Records, ans.Aliases, ans.TTL = follow(msg, name, qtype)
-	if len(ans.Records) == 0 {
-		ans.NXDomain = msg.Rcode == dns.RcodeNameError
-		ans.TTL = negativeTTL(msg)
+	// Off and TrustAD: the chain is followed without validation; Secure
+	// only when the upstream vouched (AD) for every response used.
+	ans := Answer{Name: name, Type: qtype, Security: Insecure}
+	ad := msg.AuthenticatedData
+	ttl := c.maxTTL
+	owner, asked, requeries := name, name, 0
+	for {
+		if rrs, _ := rrsetAt(msg.Answer, owner, qtype); len(rrs) > 0 {
+			ans.Records, ttl = rrs, min(ttl, rrsetTTL(rrs))
+			break
+		}
+		next := ""
+		if qtype != dns.TypeCNAME {
+			if cname, _ := rrsetAt(msg.Answer, owner, dns.TypeCNAME); len(cname) > 0 {
+				next, ttl = canonical(cname[0].(*dns.CNAME).Target), min(ttl, rrsetTTL(cname))
+			}
+		}
+		if next == "" {
+			if owner != asked && !answersFor(msg, owner) {
+				if msg, err = c.requery(ctx, name, owner, qtype, &requeries); err != nil {
+					return Answer{}, err
+				}
+				asked, ad = owner, ad && msg.AuthenticatedData
+				continue
+			}
+			ans.NXDomain = msg.Rcode == dns.RcodeNameError
+			ttl = min(ttl, negativeTTL(msg))
+			break
+		}
+		if next == name || containsString(ans.Aliases, next) {
+			// A loop: no records, and nothing worth caching.
+			ans.Aliases = append(ans.Aliases, next)
+			ttl = 0
+			break
+		}
+		if len(ans.Aliases) == maxAliases {
+			return Answer{}, fmt.Errorf("%s %s: %w: alias chain longer than %d names", dns.TypeToString[qtype], name, ErrTemporary, maxAliases)
+		}
+		ans.Aliases = append(ans.Aliases, next)
+		owner = next
 	}
+	ans.TTL = ttl
 	switch {
 	case c.mode == Off:
 		ans.Reason = "DNSSEC validation is off (dns.dnssec: off)"
-	case msg.AuthenticatedData:
+	case ad:
 		ans.Security = Secure
 		ans.Proof = []string{"AD bit set by the upstream resolver (dns.dnssec: trust-ad)"}
 	default:
@@ -58,27 +102,36 @@ func (c *Client) resolve(ctx context.Context, name string, qtype uint16) (Answer
 	return ans, nil
 }
 
-// follow walks the CNAME chain in msg from name, without validation, and
-// returns the records of qtype at its end, the aliases, and the smallest TTL.
-func follow(msg *dns.Msg, name string, qtype uint16) ([]dns.RR, []string, time.Duration) {
-	owner := canonical(name)
-	var aliases []string
-	ttl := time.Duration(-1)
-	seen := map[string]bool{}
-	for !seen[owner] {
-		seen[owner] = true
-		if rrs, _ := rrsetAt(msg.Answer, owner, qtype); len(rrs) > 0 {
-			return rrs, aliases, minDuration(ttl, rrsetTTL(rrs))
-		}
-		cname, _ := rrsetAt(msg.Answer, owner, dns.TypeCNAME)
-		if len(cname) == 0 || qtype == dns.TypeCNAME {
-			break
-		}
-		ttl = minDuration(ttl, rrsetTTL(cname))
-		owner = canonical(cname[0].(*dns.CNAME).Target)
-		aliases = append(aliases, owner)
+// answersFor reports whether msg, whose alias chain ends at owner without
+// records of the type asked, says so about owner itself: by NXDOMAIN
+// (which is about the last name of the chain, RFC 6604 2.1), or by the SOA
+// of a negative answer from a zone that encloses owner (RFC 2308 2.2). A
+// recursive server that stops following a long chain returns the chain so
+// far with neither, and its end must be asked for again: taken as it is,
+// it would read as "no records" (an MX lookup falling back to the
+// domain's address, or a Bogus answer for want of a denial proof).
+func answersFor(msg *dns.Msg, owner string) bool {
+	if msg.Rcode == dns.RcodeNameError {
+		return true
 	}
-	return nil, aliases, max(ttl, 0)
+	for _, rr := range msg.Ns {
+		if soa, ok := rr.(*dns.SOA); ok && rr.Header().Class == dns.ClassINET && dns.IsSubDomain(canonical(soa.Hdr.Name), owner) {
+			return true
+		}
+	}
+	return false
+}
+
+// requery asks again for the end of an alias chain that the upstream cut
+// short, at most maxRequeries times per question: past that the answer is
+// a temporary failure, never "no records".
+func (c *Client) requery(ctx context.Context, name, owner string, qtype uint16, requeries *int) (*dns.Msg, error) {
+	if *requeries == maxRequeries {
+		return nil, fmt.Errorf("%s %s: %w: the upstream cut the alias chain short %d times (last at %s)",
+			dns.TypeToString[qtype], name, ErrTemporary, *requeries+1, owner)
+	}
+	*requeries++
+	return c.exchange(ctx, owner, qtype)
 }
 
 // validation collects the status of an answer as its links are checked.
@@ -105,12 +158,14 @@ func (v *validation) proof(lines ...string) {
 func (v *validation) ttl(d time.Duration) { v.ans.TTL = minDuration(v.ans.TTL, d) }
 
 // validate checks every link of the answer to name/qtype: each CNAME and
-// DNAME on the way, then the records or the proof that there are none.
+// DNAME on the way, then the records or the proof that there are none. A
+// chain that the upstream cut short is asked for again from where it
+// stopped (see answersFor).
 func (c *Client) validate(ctx context.Context, msg *dns.Msg, name string, qtype uint16) (Answer, error) {
 	ans := Answer{Name: name, Type: qtype, Security: Secure, TTL: c.maxTTL}
 	v := &validation{ans: &ans, now: c.now()}
-	owner := name
-	for hops := 0; hops < 16; hops++ {
+	owner, asked, requeries := name, name, 0
+	for {
 		if rrs, sigs := rrsetAt(msg.Answer, owner, qtype); len(rrs) > 0 {
 			if err := c.link(ctx, v, msg, owner, qtype, rrs, sigs); err != nil {
 				return Answer{}, err
@@ -123,11 +178,21 @@ func (c *Client) validate(ctx context.Context, msg *dns.Msg, name string, qtype 
 			return Answer{}, err
 		}
 		if next == "" {
+			if owner != asked && !answersFor(msg, owner) {
+				if msg, err = c.requery(ctx, name, owner, qtype, &requeries); err != nil {
+					return Answer{}, err
+				}
+				asked = owner
+				continue
+			}
 			break
 		}
 		if containsString(ans.Aliases, next) || next == name {
 			v.weaken(Bogus, "alias loop at "+next)
 			return ans, nil
+		}
+		if len(ans.Aliases) == maxAliases {
+			return Answer{}, fmt.Errorf("%s %s: %w: alias chain longer than %d names", dns.TypeToString[qtype], name, ErrTemporary, maxAliases)
 		}
 		ans.Aliases = append(ans.Aliases, next)
 		owner = next
@@ -252,11 +317,8 @@ func signingZoneOf(owner string, rrtype uint16) string {
 // one label at a time; each step is cached, and concurrent walks share work.
 func (c *Client) zoneFor(ctx context.Context, name string) (zoneState, error) {
 	name = canonical(name)
-	zs, _, err := c.zones.get(name, func() (zoneState, time.Duration, error) {
-		v, err, _ := c.flight.Do("z:"+name, func() (any, error) {
-			return c.computeZone(ctx, name)
-		})
-		z, _ := v.(zoneState)
+	zs, _, err := c.zones.get(ctx, name, func(ctx context.Context) (zoneState, time.Duration, error) {
+		z, err := c.computeZone(ctx, name)
 		ttl := min(z.TTL, c.maxTTL)
 		if z.Security == Bogus {
 			ttl = min(ttl, bogusTTL)

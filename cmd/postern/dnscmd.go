@@ -69,9 +69,16 @@ func dnsCommand(load func() (*Config, error)) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			h := res.Probe(ctx)
-			if h.Broken {
+			// The same sustained diagnosis as the daemon's: probes in a row
+			// until they can tell.
+			h := res.Diagnose(ctx)
+			switch {
+			case h.Broken:
 				return &exitError{4, fmt.Errorf("upstream breaks DNSSEC: %s", h.Problem)}
+			case h.Unreachable() != "":
+				return &exitError{4, fmt.Errorf("upstream did not answer the DNSSEC probe (unreachable, which says nothing about DNSSEC): %s", h.Unreachable())}
+			case h.Suspect():
+				return &exitError{4, fmt.Errorf("upstream answered without DNSSEC records, though not in %d probes in a row: %+v", resolver.BrokenAfterProbes, h.Findings)}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "upstream passes DNSSEC records over UDP and TCP (dnssec: %s)\n", res.Mode())
 			return nil

@@ -12,15 +12,33 @@ import (
 	"github.com/postern/postern/queue"
 )
 
-// TestQueuedStartupAndMemory measures (it asserts nothing about time) how
-// long the daemon takes to start with many messages queued, and its RSS
-// then and after it has tried each once. Run it with
+// TestQueuedStartupAndMemory holds the daemon to its targets with many
+// messages queued (bench/README.md): its own memory (RssAnon) under 150 MB
+// just after the start and once every message has been tried and deferred
+// (measured: 58 MB and 16 MB with 100,000 queued), and listening within 3 s
+// of the start. Time depends on what else the machine does (3.6 s with
+// 100,000 on the 2 shared cores at load 14, 1.2 s idle): the test fails
+// above twice the target and logs whether the target itself was met. RssFile, the pages of the
+// memory-mapped queue database that the recovery scan touches, is page
+// cache (shared, reclaimable) and only reported. CI runs it with 2,000
+// messages; the figures in bench/README.md come from
 //
 //	POSTERN_QUEUED=100000 go test ./cmd/postern -run QueuedStartup -v -timeout 30m
 func TestQueuedStartupAndMemory(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("POSTERN_QUEUED"))
-	if n == 0 {
-		t.Skip("set POSTERN_QUEUED to the number of messages to queue")
+	if testing.Short() {
+		t.Skip("the queued-startup figures are skipped in -short mode")
+	}
+	const (
+		targetStartup = 3 * time.Second
+		maxStartup    = 2 * targetStartup
+		maxAnonKB     = 150 << 10
+	)
+	n := 2000
+	if v := os.Getenv("POSTERN_QUEUED"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
+			t.Fatalf("POSTERN_QUEUED=%q is not a positive number", v)
+		}
 	}
 	d := newDaemon(t, nil)
 	os.MkdirAll(d.dataDir, 0o700)
@@ -45,16 +63,44 @@ func TestQueuedStartupAndMemory(t *testing.T) {
 		}(w)
 	}
 	wg.Wait()
-	q.Close()
+	if err := q.Close(); err != nil || t.Failed() {
+		t.Fatalf("filling the queue: %v", err)
+	}
 	t.Logf("queued %d messages of %d bytes in %s", n, len(body), time.Since(fill).Round(time.Millisecond))
 
 	start := time.Now()
 	d.start()
-	t.Logf("startup with %d queued: %s to listening", n, time.Since(start).Round(time.Millisecond))
-	t.Logf("RSS just after start: %s", rss(d.cmd.Process.Pid))
-	// Every message is tried once (its MX refuses connections) and deferred.
-	time.Sleep(30 * time.Second)
-	t.Logf("RSS after 30 s of deferring: %s", rss(d.cmd.Process.Pid))
+	startup := time.Since(start)
+	pid := d.cmd.Process.Pid
+	anonStart := procStatusKB(t, pid, "RssAnon:")
+	t.Logf("startup with %d queued: %s to listening (target %s met: %v); just after start: %s",
+		n, startup.Round(time.Millisecond), targetStartup, startup <= targetStartup, rss(pid))
+	if startup > maxStartup {
+		t.Errorf("startup with %d queued took %s, more than %s", n, startup.Round(time.Millisecond), maxStartup)
+	}
+	if anonStart > maxAnonKB {
+		t.Errorf("RssAnon just after start with %d queued: %d MB, more than %d MB", n, anonStart>>10, maxAnonKB>>10)
+	}
+
+	// Every message is tried once (its MX refuses connections) and
+	// deferred: wait until the queue says so.
+	deferred := fmt.Sprintf(`postern_queue_messages{state="deferred"} %d`+"\n", n)
+	deadline := time.Now().Add(time.Minute + time.Duration(n)*5*time.Millisecond)
+	for {
+		if _, metrics := httpGet(t, "http://"+d.web+"/metrics"); strings.Contains(metrics, deferred) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not every one of the %d messages was tried within the deadline", n)
+		}
+		time.Sleep(time.Second) // the queue counts are kept a second
+	}
+	anonTried := procStatusKB(t, pid, "RssAnon:")
+	t.Logf("every message tried and deferred after %s: %s, peak %d MB", time.Since(start).Round(time.Millisecond),
+		rss(pid), procStatusKB(t, pid, "VmHWM:")>>10)
+	if anonTried > maxAnonKB {
+		t.Errorf("RssAnon after trying all %d: %d MB, more than %d MB", n, anonTried>>10, maxAnonKB>>10)
+	}
 }
 
 func rss(pid int) string {

@@ -27,6 +27,8 @@ type Server struct {
 	asked    []dns.Question
 	noTCP    bool
 	failure  Failure
+	held     map[string]chan struct{} // questions about these names wait for the channel to close
+	maxChain int                      // CNAME links followed per answer; 0 means 8
 }
 
 // Failure is how the whole server misbehaves.
@@ -64,7 +66,7 @@ func StartSigned(t testing.TB, zone string) (*Server, []dns.RR) {
 // to the deepest zone that encloses its name (a DS question to the parent).
 func StartZones(t testing.TB, zones ...*Zone) *Server {
 	t.Helper()
-	s := &Server{t: t, zones: map[string]*Zone{}, servfail: map[string]bool{}}
+	s := &Server{t: t, zones: map[string]*Zone{}, servfail: map[string]bool{}, held: map[string]chan struct{}{}}
 	for _, z := range zones {
 		s.zones[z.Origin] = z
 	}
@@ -95,7 +97,17 @@ func StartZones(t testing.TB, zones ...*Zone) *Server {
 	go udp.ActivateAndServe()
 	go tcp.ActivateAndServe()
 	started.Wait()
-	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
+	t.Cleanup(func() {
+		// A held handler would keep Shutdown waiting for ever.
+		s.mu.Lock()
+		for name, ch := range s.held {
+			close(ch)
+			delete(s.held, name)
+		}
+		s.mu.Unlock()
+		udp.Shutdown()
+		tcp.Shutdown()
+	})
 	return s
 }
 
@@ -139,6 +151,37 @@ func (s *Server) Tamper(f func(q dns.Question, m *dns.Msg)) {
 func (s *Server) RefuseTCP() {
 	s.mu.Lock()
 	s.noTCP = true
+	s.mu.Unlock()
+}
+
+// Hold makes questions about name wait, unanswered, until release is
+// called (or the test ends): a slow upstream, without sleeping. The
+// question counts in Asked as soon as it arrives.
+func (s *Server) Hold(name string) (release func()) {
+	name = dns.CanonicalName(name)
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.held[name] = ch
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.held[name] == ch {
+				delete(s.held, name)
+				close(ch)
+			}
+			s.mu.Unlock()
+		})
+	}
+}
+
+// CutChains makes the server follow at most n CNAME (or DNAME) links in
+// one answer and return the chain so far, NOERROR with an empty authority
+// section, as recursive servers that stop following long chains do.
+func (s *Server) CutChains(n int) {
+	s.mu.Lock()
+	s.maxChain = n
 	s.mu.Unlock()
 }
 
@@ -204,6 +247,11 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		resp.SetEdns0(1232, do)
 	}
 	name := dns.CanonicalName(question.Name)
+	if hold, ok := s.held[name]; ok {
+		s.mu.Unlock()
+		<-hold
+		s.mu.Lock()
+	}
 	if s.servfail[name] {
 		resp.Rcode = dns.RcodeServerFailure
 		s.mu.Unlock()
@@ -212,7 +260,11 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	}
 	// Follow CNAMEs across zones as a recursive server would, putting the
 	// chain in the answer and the last name's proofs in the authority.
-	for hops := 0; hops < 8; hops++ {
+	maxChain := s.maxChain
+	if maxChain == 0 {
+		maxChain = 8
+	}
+	for hops := 0; ; hops++ {
 		z := s.zoneOf(name, question.Qtype)
 		if z == nil {
 			resp.Rcode = dns.RcodeRefused
@@ -223,6 +275,10 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		resp.Ns = r.authority
 		resp.Rcode = r.rcode
 		if r.cname == "" || question.Qtype == dns.TypeCNAME || s.servfail[r.cname] {
+			break
+		}
+		if hops+1 == maxChain {
+			resp.Ns, resp.Rcode = nil, dns.RcodeSuccess // the chain so far, and nothing about its end
 			break
 		}
 		name = r.cname
