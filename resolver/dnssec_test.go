@@ -305,8 +305,8 @@ func TestModes(t *testing.T) {
 	if a, _ := ad.Lookup(ctx, "ed.test", dns.TypeMX); a.Security != resolver.Insecure {
 		t.Fatalf("trust-ad without AD: %s", a.Security)
 	}
-	// An anchor that covers only test. leaves other names Indeterminate,
-	// and the probe asks for the anchored zone's keys.
+	// An anchor that covers only test. leaves other names Insecure (nothing
+	// can be proven of them), and the probe asks for the anchored zone's keys.
 	partial := h.client(t, resolver.Options{Anchors: h.tld.DS()})
 	if health := partial.Probe(ctx); health.Broken {
 		t.Fatalf("probe with an anchor at test.: %s", health.Problem)
@@ -322,7 +322,7 @@ func TestModes(t *testing.T) {
 		t.Fatalf("anchored at test.: %s %s", a.Security, a.Reason)
 	}
 	h.srv.Tamper(nil)
-	if a, _ := partial.Lookup(ctx, "example.", dns.TypeMX); a.Security != resolver.Indeterminate {
+	if a, _ := partial.Lookup(ctx, "example.", dns.TypeMX); a.Security != resolver.Insecure {
 		t.Fatalf("outside every anchor: %s %s", a.Security, a.Reason)
 	}
 }

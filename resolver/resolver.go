@@ -31,10 +31,13 @@ import (
 type Security uint8
 
 const (
-	Indeterminate Security = iota // no trust anchor covers the name
-	Insecure                      // provably unsigned, or not validated
-	Secure                        // validated from a trust anchor
-	Bogus                         // validation failed: treat as an attack
+	// Indeterminate: cannot be validated now (the upstream is diagnosed as
+	// stripping DNSSEC). The zero value, so that an unset status is never
+	// read as proof of anything.
+	Indeterminate Security = iota
+	Insecure               // provably unsigned, outside every trust anchor, or not validated (dnssec: off)
+	Secure                 // validated from a trust anchor
+	Bogus                  // validation failed: treat as an attack
 )
 
 func (s Security) String() string {

@@ -333,7 +333,12 @@ func (c *Client) computeZone(ctx context.Context, name string) (zoneState, error
 		return c.anchoredZone(ctx, name, anchors)
 	}
 	if name == "." {
-		return zoneState{Zone: ".", Security: Indeterminate, Reason: "no trust anchor covers this name", TTL: c.maxTTL}, nil
+		// The configured anchors say nothing of this name (a private anchor
+		// below the root): nothing can ever be proven of it, so it counts
+		// as unsigned, as a validator with no anchor for a name reports it.
+		// Indeterminate is kept for answers that cannot be validated now
+		// (the upstream strips DNSSEC), which must never lower a policy.
+		return zoneState{Zone: ".", Security: Insecure, Reason: "no trust anchor covers this name", TTL: c.maxTTL}, nil
 	}
 	parent, err := c.zoneFor(ctx, parentName(name))
 	if err != nil {
