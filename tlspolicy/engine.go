@@ -200,6 +200,11 @@ func (e *Engine) published(ctx context.Context, r Request, base Decision) (*Deci
 // 5.1); the failure is kept for TLS reports.
 func (e *Engine) stsDecision(ctx context.Context, r Request, base Decision) (*Decision, bool, error) {
 	pol, err := e.sts.policy(ctx, r.Domain)
+	if err != nil && ctx.Err() != nil {
+		// This delivery was cut short (a shutdown): that says nothing of
+		// the domain's policy, so it is not taken as "none".
+		return nil, false, &Refusal{Enhanced: "4.4.2", Reason: "MTA-STS policy lookup cut short: " + err.Error()}
+	}
 	if err != nil {
 		e.d.Log.Warn("MTA-STS policy unavailable", "domain", r.Domain, "err", err)
 	}

@@ -45,6 +45,7 @@ type CachedSTS struct {
 type stsCache struct {
 	db     *bbolt.DB
 	res    Resolver
+	budget time.Duration // for one shared resolution of a domain's policy
 	client *http.Client
 	now    func() time.Time
 	log    *slog.Logger
@@ -66,7 +67,8 @@ func newSTSCache(db *bbolt.DB, res Resolver, roots *x509.CertPool, port int, tim
 			return nil, fmt.Errorf("mta-sts cache: %w", err)
 		}
 	}
-	c := &stsCache{db: db, res: res, now: now, log: log, lastErr: map[string]string{}}
+	// The TXT lookup, the policy host's addresses and the fetch itself.
+	c := &stsCache{db: db, res: res, now: now, log: log, lastErr: map[string]string{}, budget: 2 * timeout}
 	c.mem, _ = lru.New[string, *CachedSTS](10000)
 	dialer := &net.Dialer{Timeout: timeout}
 	c.client = &http.Client{
@@ -105,10 +107,27 @@ func newSTSCache(db *bbolt.DB, res Resolver, roots *x509.CertPool, port int, tim
 }
 
 // policy returns the domain's policy in force, or nil when it has none.
+// Deliveries to one domain share one fetch, which runs under a context of
+// its own (bounded by the fetch budget), not the first caller's: one caller
+// giving up must not fail the others, nor be recorded as the domain's
+// failure. Each caller stops waiting at its own deadline, with an error
+// that says so (errors.Is the context's error).
 func (c *stsCache) policy(ctx context.Context, domain string) (*STSPolicy, error) {
-	v, err, _ := c.flight.Do(domain, func() (any, error) { return c.resolve(ctx, domain) })
-	p, _ := v.(*STSPolicy)
-	return p, err
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("MTA-STS policy of %s: %w", domain, context.Cause(ctx))
+	}
+	ch := c.flight.DoChan(domain, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.budget)
+		defer cancel()
+		return c.resolve(fctx, domain)
+	})
+	select {
+	case r := <-ch:
+		p, _ := r.Val.(*STSPolicy)
+		return p, r.Err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("MTA-STS policy of %s: %w", domain, context.Cause(ctx))
+	}
 }
 
 func (c *stsCache) resolve(ctx context.Context, domain string) (*STSPolicy, error) {
