@@ -69,6 +69,7 @@ type SubmissionConfig struct {
 	DataTimeout         time.Duration `mapstructure:"data_timeout"`
 	MaxConnections      int           `mapstructure:"max_connections"`
 	MaxConnectionsPerIP int           `mapstructure:"max_connections_per_ip"`
+	CheckHeaderFrom     bool          `mapstructure:"check_header_from"`
 	Auth                AuthConfig    `mapstructure:"auth"`
 }
 
@@ -216,6 +217,7 @@ var defaults = map[string]any{
 	"submission.data_timeout":             "3m",
 	"submission.max_connections":          1000,
 	"submission.max_connections_per_ip":   50,
+	"submission.check_header_from":        true,
 	"submission.auth.free_failures":       auth.DefaultLimits.FreeFailures,
 	"submission.auth.failure_delay":       auth.DefaultLimits.Delay.String(),
 	"submission.auth.max_failure_delay":   auth.DefaultLimits.MaxDelay.String(),
@@ -585,6 +587,7 @@ func (c *Config) submissionConfig() submission.Config {
 		Hostname: c.Hostname, MaxMessageBytes: s.MaxMessageBytes, MaxRecipients: s.MaxRecipients,
 		MaxLineLength: s.MaxLineLength, CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout,
 		MaxConnections: s.MaxConnections, MaxConnectionsPerIP: s.MaxConnectionsPerIP, MinTLSVersion: v,
+		AnyHeaderFrom: !s.CheckHeaderFrom,
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/dkim"
 )
 
 func reply(code int, enhanced string, text string) *smtp.SMTPError {
@@ -254,11 +255,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 // is computed as the message streams to the queue, and sealed in front of
 // it before the commit.
 func (s *session) enqueue(id string, body io.Reader, facts headerFacts) (string, error) {
-	keys := s.srv.dkim.Keys(facts.fromDomain)
-	if len(keys) == 0 {
-		keys = s.srv.dkim.Keys(queue.Domain(s.env.From))
-	}
-	sign, err := s.srv.dkim.Start(keys)
+	sign, err := s.srv.dkim.Start(s.signingKeys(facts))
 	if err != nil {
 		return "", err
 	}
@@ -267,6 +264,24 @@ func (s *session) enqueue(id string, body io.Reader, facts headerFacts) (string,
 	}
 	defer sign.Close()
 	return s.srv.queue.EnqueueSealed(id, s.env, io.TeeReader(body, sign), sign.Finish)
+}
+
+// signingKeys picks the DKIM keys: those of the From domain, which DMARC
+// aligns on, else those of the envelope sender's. Whatever the header
+// check's settings, a key signs only for an address the user may send as
+// (fromDomain checks every From address; the envelope sender is checked
+// again here though MAIL FROM checked it), so no setting and no parsing
+// gap can lend a user another domain's signature.
+func (s *session) signingKeys(facts headerFacts) []dkim.Key {
+	if d := fromDomain(s.user, facts.senders); d != "" {
+		if keys := s.srv.dkim.Keys(d); len(keys) > 0 {
+			return keys
+		}
+	}
+	if s.env.From == "" || !s.user.MaySend(s.env.From) {
+		return nil
+	}
+	return s.srv.dkim.Keys(asciiDomain(s.env.From))
 }
 
 // dataReaders keeps the 64 KiB buffers that read DATA, which would
@@ -288,6 +303,11 @@ func (s *session) data(r io.Reader) error {
 	br.Reset(guard)
 	defer func() { br.Reset(nil); dataReaders.Put(br) }()
 	header, facts, err := readHeader(br)
+	if err == nil && !s.srv.cfg.AnyHeaderFrom && !s.user.AnyHeaderFrom {
+		if serr := checkHeaderSenders(s.user, facts.senders); serr != nil {
+			err = serr
+		}
+	}
 	if err == nil {
 		s.env.TLSOptional = facts.tlsOptional && !s.env.RequireTLS // RFC 8689 5: REQUIRETLS wins
 		received := s.trace(id, start)
