@@ -87,6 +87,9 @@ type AuthConfig struct {
 	MaxFailures     int           `mapstructure:"max_failures"`
 	FailureWindow   time.Duration `mapstructure:"failure_window"`
 	Lockout         time.Duration `mapstructure:"lockout"`
+	// MaxConcurrentHashes bounds the password hashes in flight; 0 is
+	// GOMAXPROCS, at most 8.
+	MaxConcurrentHashes int `mapstructure:"max_concurrent_hashes"`
 }
 
 type QueueConfig struct {
@@ -200,74 +203,75 @@ type TelemetryConfig struct {
 
 // defaults are the production values; configs/postern.yaml documents each.
 var defaults = map[string]any{
-	"hostname":                            "",
-	"data_dir":                            "/var/lib/postern",
-	"log.level":                           "info",
-	"log.format":                          "text",
-	"submission.listen":                   []string{":587"},
-	"submission.tls_listen":               []string{":465"},
-	"submission.tls.cert_file":            "",
-	"submission.tls.key_file":             "",
-	"submission.tls.min_version":          "1.2",
-	"submission.tls.reload_interval":      "30s",
-	"submission.max_message_bytes":        int64(35 << 20),
-	"submission.max_recipients":           1000,
-	"submission.max_line_length":          2000,
-	"submission.command_timeout":          "5m",
-	"submission.data_timeout":             "3m",
-	"submission.max_connections":          1000,
-	"submission.max_connections_per_ip":   50,
-	"submission.check_header_from":        true,
-	"submission.auth.free_failures":       auth.DefaultLimits.FreeFailures,
-	"submission.auth.failure_delay":       auth.DefaultLimits.Delay.String(),
-	"submission.auth.max_failure_delay":   auth.DefaultLimits.MaxDelay.String(),
-	"submission.auth.max_failures":        auth.DefaultLimits.MaxFailures,
-	"submission.auth.failure_window":      auth.DefaultLimits.Window.String(),
-	"submission.auth.lockout":             auth.DefaultLimits.Lockout.String(),
-	"queue.inline_limit":                  int64(128 << 10),
-	"dns.servers":                         []string{},
-	"dns.timeout":                         "2s",
-	"dns.dnssec":                          "validate",
-	"dns.trust_anchor_file":               "",
-	"dns.trust_ad_remote":                 false,
-	"dns.on_broken_upstream":              "defer",
-	"dns.cache_size":                      10000,
-	"dns.cache_max_ttl":                   "1h",
-	"dns.probe_interval":                  "1h",
-	"tls.default":                         "may",
-	"tls.ca_file":                         "",
-	"tls.client_cert_file":                "",
-	"tls.client_key_file":                 "",
-	"tls.honor_tls_required_no":           true,
-	"tls.mta_sts_timeout":                 "30s",
-	"tls.downgrade_memory":                "warn",
-	"audit.retention":                     "2160h",
-	"dkim.headers":                        []string{},
-	"tlsrpt.enabled":                      false,
-	"tlsrpt.organization_name":            "",
-	"tlsrpt.contact_info":                 "",
-	"tlsrpt.submitter":                    "",
-	"tlsrpt.from":                         "",
-	"tlsrpt.send_hour":                    1,
-	"tls.downgrade_memory_max_age":        "720h",
-	"delivery.port":                       25,
-	"delivery.workers":                    32,
-	"delivery.retry":                      []string{"1m", "5m", "15m", "30m", "1h", "2h"},
-	"delivery.max_queue_lifetime":         "120h",
-	"delivery.delay_warning":              "4h",
-	"delivery.max_addr_attempts":          5,
-	"delivery.prefer_ipv6":                false,
-	"delivery.lease_time":                 "30m",
-	"delivery.poll_interval":              "5s",
-	"delivery.reuse_count":                100,
-	"delivery.reuse_idle":                 "10s",
-	"delivery.max_connections_per_domain": 20,
-	"shutdown.timeout":                    "30s",
-	"admin.metrics_listen":                "127.0.0.1:9587",
-	"admin.password":                      "",
-	"telemetry.otlp_endpoint":             "",
-	"telemetry.otlp_interval":             "60s",
-	"telemetry.trace_sample_ratio":        1.0,
+	"hostname":                              "",
+	"data_dir":                              "/var/lib/postern",
+	"log.level":                             "info",
+	"log.format":                            "text",
+	"submission.listen":                     []string{":587"},
+	"submission.tls_listen":                 []string{":465"},
+	"submission.tls.cert_file":              "",
+	"submission.tls.key_file":               "",
+	"submission.tls.min_version":            "1.2",
+	"submission.tls.reload_interval":        "30s",
+	"submission.max_message_bytes":          int64(35 << 20),
+	"submission.max_recipients":             1000,
+	"submission.max_line_length":            2000,
+	"submission.command_timeout":            "5m",
+	"submission.data_timeout":               "3m",
+	"submission.max_connections":            1000,
+	"submission.max_connections_per_ip":     50,
+	"submission.check_header_from":          true,
+	"submission.auth.free_failures":         auth.DefaultLimits.FreeFailures,
+	"submission.auth.failure_delay":         auth.DefaultLimits.Delay.String(),
+	"submission.auth.max_failure_delay":     auth.DefaultLimits.MaxDelay.String(),
+	"submission.auth.max_failures":          auth.DefaultLimits.MaxFailures,
+	"submission.auth.failure_window":        auth.DefaultLimits.Window.String(),
+	"submission.auth.lockout":               auth.DefaultLimits.Lockout.String(),
+	"submission.auth.max_concurrent_hashes": 0,
+	"queue.inline_limit":                    int64(128 << 10),
+	"dns.servers":                           []string{},
+	"dns.timeout":                           "2s",
+	"dns.dnssec":                            "validate",
+	"dns.trust_anchor_file":                 "",
+	"dns.trust_ad_remote":                   false,
+	"dns.on_broken_upstream":                "defer",
+	"dns.cache_size":                        10000,
+	"dns.cache_max_ttl":                     "1h",
+	"dns.probe_interval":                    "1h",
+	"tls.default":                           "may",
+	"tls.ca_file":                           "",
+	"tls.client_cert_file":                  "",
+	"tls.client_key_file":                   "",
+	"tls.honor_tls_required_no":             true,
+	"tls.mta_sts_timeout":                   "30s",
+	"tls.downgrade_memory":                  "warn",
+	"audit.retention":                       "2160h",
+	"dkim.headers":                          []string{},
+	"tlsrpt.enabled":                        false,
+	"tlsrpt.organization_name":              "",
+	"tlsrpt.contact_info":                   "",
+	"tlsrpt.submitter":                      "",
+	"tlsrpt.from":                           "",
+	"tlsrpt.send_hour":                      1,
+	"tls.downgrade_memory_max_age":          "720h",
+	"delivery.port":                         25,
+	"delivery.workers":                      32,
+	"delivery.retry":                        []string{"1m", "5m", "15m", "30m", "1h", "2h"},
+	"delivery.max_queue_lifetime":           "120h",
+	"delivery.delay_warning":                "4h",
+	"delivery.max_addr_attempts":            5,
+	"delivery.prefer_ipv6":                  false,
+	"delivery.lease_time":                   "30m",
+	"delivery.poll_interval":                "5s",
+	"delivery.reuse_count":                  100,
+	"delivery.reuse_idle":                   "10s",
+	"delivery.max_connections_per_domain":   20,
+	"shutdown.timeout":                      "30s",
+	"admin.metrics_listen":                  "127.0.0.1:9587",
+	"admin.password":                        "",
+	"telemetry.otlp_endpoint":               "",
+	"telemetry.otlp_interval":               "60s",
+	"telemetry.trace_sample_ratio":          1.0,
 }
 
 // loadConfig reads file (may be empty: defaults and environment only). Every
@@ -550,6 +554,9 @@ func (c *Config) validate() error {
 	if s.Auth.FreeFailures < 0 || s.Auth.FailureDelay < 0 || s.Auth.MaxFailureDelay < 0 {
 		bad("submission.auth", "values must not be negative")
 	}
+	if n := s.Auth.MaxConcurrentHashes; n < 0 || n > 1024 {
+		bad("submission.auth.max_concurrent_hashes", "%d: want 0 (GOMAXPROCS, at most 8) or a count up to 1024; each hash in flight holds 19 MiB", n)
+	}
 	if a := c.Admin.MetricsListen; a != "" {
 		host, _, err := net.SplitHostPort(a)
 		switch {
@@ -594,7 +601,7 @@ func (c *Config) submissionConfig() submission.Config {
 func (c *Config) authLimits() auth.Limits {
 	a := c.Submission.Auth
 	return auth.Limits{FreeFailures: a.FreeFailures, Delay: a.FailureDelay, MaxDelay: a.MaxFailureDelay,
-		MaxFailures: a.MaxFailures, Window: a.FailureWindow, Lockout: a.Lockout}
+		MaxFailures: a.MaxFailures, Window: a.FailureWindow, Lockout: a.Lockout, MaxConcurrentHashes: a.MaxConcurrentHashes}
 }
 
 func (c *Config) queuePath() string  { return filepath.Join(c.DataDir, "queue.db") }

@@ -103,6 +103,11 @@ func serve(cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	logHeaderFromCheck(cfg, users, log)
+	hashes := cfg.Submission.Auth.MaxConcurrentHashes
+	if hashes == 0 {
+		hashes = auth.DefaultConcurrentHashes()
+	}
+	log.Info("password hashes bounded", "max_concurrent_hashes", hashes, "hash_memory_mib", hashes*19)
 	verifier := auth.NewVerifier(users, cfg.authLimits(), nil)
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
 		DKIM:  signer,

@@ -3,6 +3,7 @@ package submission
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -188,7 +189,7 @@ func (q *memQueue) take() []queue.Envelope {
 // fixedAuth knows one user, allowed any sender.
 type fixedAuth struct{}
 
-func (fixedAuth) Verify(_, name, password string) (auth.User, time.Duration, error) {
+func (fixedAuth) Verify(_ context.Context, _, name, password string) (auth.User, time.Duration, error) {
 	if name == testUser && password == testPassword {
 		return auth.User{Name: testUser}, 0, nil
 	}

@@ -48,7 +48,7 @@ type Queue interface {
 
 // Authenticator checks credentials, with its own throttling.
 type Authenticator interface {
-	Verify(ip, name, password string) (auth.User, time.Duration, error)
+	Verify(ctx context.Context, ip, name, password string) (auth.User, time.Duration, error)
 }
 
 // Deps are the services the submission agent uses.

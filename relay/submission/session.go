@@ -36,6 +36,7 @@ var (
 	errEncryptionRequired = reply(538, "5.7.11", "Encryption required for requested authentication mechanism; use STARTTLS")
 	errBadCredentials     = reply(535, "5.7.8", "Authentication credentials invalid")
 	errThrottled          = reply(454, "4.7.0", "Too many failed authentication attempts from your address, try again later")
+	errAuthBusy           = reply(454, "4.7.0", "Too many authentications in progress, try again later")
 	errSenderNotAllowed   = reply(553, "5.7.1", "Sender address not allowed for this user")
 	errNoStorage          = reply(452, "4.3.1", "Insufficient system storage, try again later")
 	errLocal              = reply(451, "4.3.0", "Local error in processing, try again later")
@@ -135,7 +136,15 @@ func (m malformedIs501) Next(response []byte) ([]byte, bool, error) {
 }
 
 func (s *session) authenticate(username, password string) error {
-	u, delay, err := s.srv.auth.Verify(s.ip, username, password)
+	// The check may wait for a hash slot (auth.Limits.MaxConcurrentHashes),
+	// but no longer than the command may take (RFC 5321 4.5.3.2.7).
+	timeout := s.srv.cfg.CommandTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	u, delay, err := s.srv.auth.Verify(ctx, s.ip, username, password)
 	if err == nil {
 		s.user = &u
 		if s.counted != nil {
@@ -148,6 +157,11 @@ func (s *session) authenticate(username, password string) error {
 	s.srv.log.Warn("authentication failed", "client_ip", s.ip, "user", username, "reason", err.Error())
 	if delay > 0 {
 		s.srv.sleep(delay)
+	}
+	if errors.Is(err, auth.ErrBusy) {
+		// Temporary and not the client's fault: no delay, no failure counted.
+		s.srv.metrics.authFailed("busy")
+		return errAuthBusy
 	}
 	if errors.Is(err, auth.ErrThrottled) {
 		s.srv.metrics.authFailed("throttled")

@@ -719,3 +719,32 @@ func TestSubmissionTrace(t *testing.T) {
 		t.Error("queue.commit is not inside the submission span")
 	}
 }
+
+// slotlessAuth is a verifier whose hash slots are all taken until the
+// check's deadline: it records the deadline it was given and answers as
+// auth.Verifier does when it passes.
+type slotlessAuth struct{ deadline chan time.Time }
+
+func (a slotlessAuth) Verify(ctx context.Context, _, _, _ string) (auth.User, time.Duration, error) {
+	d, _ := ctx.Deadline()
+	a.deadline <- d
+	<-ctx.Done()
+	return auth.User{}, 0, fmt.Errorf("waiting for a hash slot: %w", auth.ErrBusy)
+}
+
+// An AUTH that gets no hash slot within its command deadline hears
+// 454 4.7.0, a temporary failure, not 535: its password was never judged.
+func TestAuthWithoutHashSlotIs454(t *testing.T) {
+	h := newHarness(t, func(c *Config, _ *auth.Limits) { c.CommandTimeout = 300 * time.Millisecond })
+	a := slotlessAuth{make(chan time.Time, 1)}
+	h.srv.auth = a
+	r := dialRawTLS(t, h.implicit)
+	r.expect("", "220")
+	r.expect("EHLO client.test", "250")
+	start := time.Now()
+	r.expect("AUTH PLAIN "+plainToken(testUser, testPassword), "454 4.7.0 Too many authentications in progress")
+	if d := <-a.deadline; d.IsZero() || d.Sub(start) > time.Second {
+		t.Fatalf("check deadline %v after the command, want within the 300ms command timeout", d.Sub(start))
+	}
+	r.expect("MAIL FROM:<app@example.org>", "530 5.7.0")
+}
