@@ -88,7 +88,7 @@ type AuthConfig struct {
 	FailureWindow   time.Duration `mapstructure:"failure_window"`
 	Lockout         time.Duration `mapstructure:"lockout"`
 	// MaxConcurrentHashes bounds the password hashes in flight; 0 is
-	// GOMAXPROCS, at most 8.
+	// GOMAXPROCS, at most 4.
 	MaxConcurrentHashes int `mapstructure:"max_concurrent_hashes"`
 }
 
@@ -555,7 +555,7 @@ func (c *Config) validate() error {
 		bad("submission.auth", "values must not be negative")
 	}
 	if n := s.Auth.MaxConcurrentHashes; n < 0 || n > 1024 {
-		bad("submission.auth.max_concurrent_hashes", "%d: want 0 (GOMAXPROCS, at most 8) or a count up to 1024; each hash in flight holds 19 MiB", n)
+		bad("submission.auth.max_concurrent_hashes", "%d: want 0 (GOMAXPROCS, at most 4) or a count up to 1024; each hash in flight holds 19 MiB", n)
 	}
 	if a := c.Admin.MetricsListen; a != "" {
 		host, _, err := net.SplitHostPort(a)
