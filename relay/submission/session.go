@@ -109,30 +109,16 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 	switch mech {
 	case sasl.Plain:
-		return malformedIs501{sasl.NewPlainServer(func(identity, username, password string) error {
+		return s.exchange(sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
 				return errBadCredentials // no acting on behalf of another user
 			}
 			return s.authenticate(username, password)
-		})}, nil
+		})), nil
 	case sasl.Login:
-		return malformedIs501{newLoginServer(s.authenticate)}, nil
+		return s.exchange(newLoginServer(s.authenticate)), nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
-}
-
-// malformedIs501 answers a SASL response that cannot be parsed with 501
-// 5.5.2 (RFC 4954 4); go-smtp would say 454, a temporary failure, and the
-// client would retry the same broken exchange.
-type malformedIs501 struct{ sasl.Server }
-
-func (m malformedIs501) Next(response []byte) ([]byte, bool, error) {
-	challenge, done, err := m.Server.Next(response)
-	var se *smtp.SMTPError
-	if err != nil && !errors.As(err, &se) {
-		err = errMalformedSASL
-	}
-	return challenge, done, err
 }
 
 func (s *session) authenticate(username, password string) error {
