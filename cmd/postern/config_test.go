@@ -59,7 +59,8 @@ func bound(t *testing.T, key, env string) bool {
 		"tls.default": "verify", "tls.honor_tls_required_no": "false", "tls.downgrade_memory": "defer",
 		"tlsrpt.from": "reports@env.test", "tlsrpt.send_hour": "7",
 		"admin.metrics_listen": "127.0.0.1:9999", "telemetry.otlp_endpoint": "http://collector.test:4318",
-		"telemetry.trace_sample_ratio": "0.25",
+		"telemetry.trace_sample_ratio": "0.25", "submission.check_header_from": "false",
+		"submission.auth.max_concurrent_hashes": "3",
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
 		if strings.HasSuffix(key, "_file") {
@@ -133,6 +134,8 @@ func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
 		"tls:\n  policies: [{domain: a.example, mode: verify, override: true}]\n": "tls.policies[0]",
 		"tls:\n  policies: [{domain: a.example, mode: may, until: friday}]\n":     "tls.policies[0]",
 		"tls:\n  policies: [{domain: a.example, mode: may, colour: red}]\n":       "colour",
+		"submission:\n  auth:\n    max_concurrent_hashes: -1\n":                   "submission.auth.max_concurrent_hashes",
+		"submission:\n  check_header_from: sometimes\n":                           "submission.check_header_from",
 	} {
 		path := writeConfig(t, text)
 		_, err := loadConfig(path)
