@@ -2,6 +2,7 @@ package submission
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -139,4 +140,20 @@ func TestForeignHeaderFromNeverGetsItsDomainsKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BDAT carries the same header as DATA: a foreign From split over chunks,
+// folded across the chunk boundary, is refused and nothing is queued.
+func TestHeaderFromOverBDAT(t *testing.T) {
+	h := newHarness(t)
+	r := h.inTransaction(testUser)
+	part1, part2 := "Subject: chunks\r\nFrom: app@example.org,\r\n", " ceo@bank.example\r\n\r\nbody\r\n"
+	fmt.Fprintf(r.conn, "BDAT %d\r\n%s", len(part1), part1)
+	r.expect("", "250")
+	fmt.Fprintf(r.conn, "BDAT %d LAST\r\n%s", len(part2), part2)
+	r.expect("", "550 5.7.1 Message refused: From address ceo@bank.example")
+	if n := h.count(); n != 0 {
+		t.Fatalf("%d messages queued", n)
+	}
+	r.expect("MAIL FROM:<app@example.org>", "250")
 }
