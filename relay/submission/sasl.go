@@ -31,7 +31,12 @@ import (
 // one-round-trip initial response may be pipelined, and then no
 // continuation line is read): go-smtp's buffer holds nothing more when a
 // challenge goes out. Lines are read a byte at a time so that nothing
-// after the response is taken from under go-smtp.
+// after the response is taken from under go-smtp. A client that breaks
+// that rule and sends its responses before the 334 (a script piping a
+// whole session in one write) has them read by go-smtp into its buffer,
+// out of reach here: its exchange waits until the command timeout and
+// ends with 421 4.4.2. Such a client worked before only by luck of
+// go-smtp's buffering.
 type saslExchange struct {
 	mech    sasl.Server
 	conn    net.Conn
