@@ -41,6 +41,7 @@ type operations interface {
 	UserDelete(name string) error
 	UserPasswd(name, password string) error
 	UserRequireTLS(name string, on bool) error
+	UserAnyHeaderFrom(name string, on bool) error
 	PolicyForget(domain string) error
 	Audit(f audit.Filter) ([]audit.Record, error)
 	TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error)
@@ -149,6 +150,9 @@ func (l *local) UserList() ([]auth.User, error)                    { return l.us
 func (l *local) UserDelete(name string) error                      { return l.users.Delete(name) }
 func (l *local) UserPasswd(name, pw string) error                  { return l.users.SetPassword(name, pw) }
 func (l *local) UserRequireTLS(name string, on bool) error         { return l.users.SetRequireTLS(name, on) }
+func (l *local) UserAnyHeaderFrom(name string, on bool) error {
+	return l.users.SetAnyHeaderFrom(name, on)
+}
 func (l *local) Close() error {
 	if l.close != nil {
 		return l.close()
@@ -364,6 +368,16 @@ func adminHandler(ops operations) http.Handler {
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserRequireTLS(r.PathValue("name"), req.On))
 	})
+	mux.HandleFunc("POST /v1/users/{name}/any-header-from", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			On bool `json:"on"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("bad request: %w", err))
+			return
+		}
+		reply(w, map[string]string{"ok": "true"}, ops.UserAnyHeaderFrom(r.PathValue("name"), req.On))
+	})
 	mux.HandleFunc("POST /v1/users/{name}/password", func(w http.ResponseWriter, r *http.Request) {
 		var req userRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
@@ -565,6 +579,9 @@ func (r *remote) PolicyForget(domain string) error {
 }
 func (r *remote) UserRequireTLS(name string, on bool) error {
 	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/require-tls", map[string]bool{"on": on}, nil)
+}
+func (r *remote) UserAnyHeaderFrom(name string, on bool) error {
+	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/any-header-from", map[string]bool{"on": on}, nil)
 }
 func (r *remote) UserPasswd(name, pw string) error {
 	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/password", userRequest{Password: pw}, nil)

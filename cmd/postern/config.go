@@ -71,6 +71,7 @@ type SubmissionConfig struct {
 	DataTimeout         time.Duration `mapstructure:"data_timeout"`
 	MaxConnections      int           `mapstructure:"max_connections"`
 	MaxConnectionsPerIP int           `mapstructure:"max_connections_per_ip"`
+	CheckHeaderFrom     bool          `mapstructure:"check_header_from"`
 	Auth                AuthConfig    `mapstructure:"auth"`
 }
 
@@ -88,6 +89,9 @@ type AuthConfig struct {
 	MaxFailures     int           `mapstructure:"max_failures"`
 	FailureWindow   time.Duration `mapstructure:"failure_window"`
 	Lockout         time.Duration `mapstructure:"lockout"`
+	// MaxConcurrentHashes bounds the password hashes in flight; 0 is
+	// GOMAXPROCS, at most 4.
+	MaxConcurrentHashes int `mapstructure:"max_concurrent_hashes"`
 }
 
 type QueueConfig struct {
@@ -238,6 +242,7 @@ var defaults = map[string]any{
 	"submission.data_timeout":             "3m",
 	"submission.max_connections":          1000,
 	"submission.max_connections_per_ip":   50,
+	"submission.check_header_from":        true,
 	"submission.auth.free_failures":       auth.DefaultLimits.FreeFailures,
 	"submission.auth.failure_delay":       auth.DefaultLimits.Delay.String(),
 	"submission.auth.max_failure_delay":   auth.DefaultLimits.MaxDelay.String(),
@@ -290,6 +295,9 @@ var defaults = map[string]any{
 	"telemetry.otlp_endpoint":             "",
 	"telemetry.otlp_interval":             "60s",
 	"telemetry.trace_sample_ratio":        1.0,
+
+	// 0: GOMAXPROCS, at most 4 (auth.DefaultConcurrentHashes).
+	"submission.auth.max_concurrent_hashes": 0,
 }
 
 // loadConfig reads file (may be empty: defaults and environment only). Every
@@ -602,6 +610,9 @@ func (c *Config) validate() error {
 	if s.Auth.FreeFailures < 0 || s.Auth.FailureDelay < 0 || s.Auth.MaxFailureDelay < 0 {
 		bad("submission.auth", "values must not be negative")
 	}
+	if n := s.Auth.MaxConcurrentHashes; n < 0 || n > 1024 {
+		bad("submission.auth.max_concurrent_hashes", "%d: want 0 (GOMAXPROCS, at most 4) or a count up to 1024; each hash in flight holds 19 MiB", n)
+	}
 	if a := c.Admin.MetricsListen; a != "" {
 		host, _, err := net.SplitHostPort(a)
 		switch {
@@ -639,13 +650,14 @@ func (c *Config) submissionConfig() submission.Config {
 		Hostname: c.Hostname, MaxMessageBytes: s.MaxMessageBytes, MaxRecipients: s.MaxRecipients,
 		MaxLineLength: s.MaxLineLength, CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout,
 		MaxConnections: s.MaxConnections, MaxConnectionsPerIP: s.MaxConnectionsPerIP, MinTLSVersion: v,
+		AnyHeaderFrom: !s.CheckHeaderFrom,
 	}
 }
 
 func (c *Config) authLimits() auth.Limits {
 	a := c.Submission.Auth
 	return auth.Limits{FreeFailures: a.FreeFailures, Delay: a.FailureDelay, MaxDelay: a.MaxFailureDelay,
-		MaxFailures: a.MaxFailures, Window: a.FailureWindow, Lockout: a.Lockout}
+		MaxFailures: a.MaxFailures, Window: a.FailureWindow, Lockout: a.Lockout, MaxConcurrentHashes: a.MaxConcurrentHashes}
 }
 
 func (c *Config) queuePath() string { return filepath.Join(c.DataDir, "queue.db") }

@@ -61,8 +61,9 @@ func bound(t *testing.T, key, env string) bool {
 		"tls.default": "verify", "tls.honor_tls_required_no": "false", "tls.downgrade_memory": "defer",
 		"tlsrpt.from": "reports@env.test", "tlsrpt.send_hour": "7", "tlsrpt.allow_networks": "127.0.0.0/8,fd00::/8",
 		"admin.metrics_listen": "127.0.0.1:9999", "telemetry.otlp_endpoint": "http://collector.test:4318",
-		"telemetry.trace_sample_ratio": "0.25",
-		"audit.retention":              "720h", // at least the two days the TLS reporter needs
+		"telemetry.trace_sample_ratio": "0.25", "submission.check_header_from": "false",
+		"submission.auth.max_concurrent_hashes": "3",
+		"audit.retention":                       "720h", // at least the two days the TLS reporter needs
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
 		if strings.HasSuffix(key, "_file") {
@@ -142,6 +143,8 @@ func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
 		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", tls: encrypt, auth_over_unverified_tls: true}]\n": "delivery.routes[0].auth_over_unverified_tls",
 		"delivery:\n  routes: [{domain: \"*\", next_hop: \"h.example:587\", tls_pins: [abcd]}]\n":                             "delivery.routes[0].tls_pins",
 		"tlsrpt:\n  allow_networks: [\"10.0.0.0\"]\n":                                                                         "tlsrpt.allow_networks",
+		"submission:\n  auth:\n    max_concurrent_hashes: -1\n":                                                               "submission.auth.max_concurrent_hashes",
+		"submission:\n  check_header_from: sometimes\n":                                                                       "submission.check_header_from",
 	} {
 		path := writeConfig(t, text)
 		_, err := loadConfig(path)

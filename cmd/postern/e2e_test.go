@@ -293,8 +293,15 @@ func TestBinaryLifecycle(t *testing.T) {
 	if out, err := d.run("", "user", "require-tls", "second", "on"); err != nil {
 		t.Fatalf("user require-tls through the socket: %v %s", err, out)
 	}
-	if out, _ := d.run("", "user", "list"); !regexp.MustCompile(`second\s+\(any\)\s+yes`).MatchString(out) {
-		t.Fatalf("user list does not show require-tls:\n%s", out)
+	if out, err := d.run("", "user", "header-from", "second", "any"); err != nil {
+		t.Fatalf("user header-from through the socket: %v %s", err, out)
+	}
+	if _, err := d.run("", "user", "header-from", "second", "maybe"); err == nil {
+		t.Fatal("user header-from took neither check nor any")
+	}
+	if out, _ := d.run("", "user", "list"); !regexp.MustCompile(`second\s+\(any\)\s+any\s+yes`).MatchString(out) ||
+		!regexp.MustCompile(`app\s+\*@example.org\s+checked\s+no`).MatchString(out) {
+		t.Fatalf("user list does not show require-tls and header-from:\n%s", out)
 	}
 	c, err := smtp.DialTLS(d.implicit, e2eTLS)
 	if err != nil {

@@ -236,7 +236,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					return json.NewEncoder(c.OutOrStdout()).Encode(users)
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tREQUIRETLS\tCREATED")
+				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tHEADER FROM\tREQUIRETLS\tCREATED")
 				for _, u := range users {
 					allowed := strings.Join(u.AllowFrom, ",")
 					if allowed == "" {
@@ -246,7 +246,11 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					if u.RequireTLS {
 						requireTLS = "yes"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", u.Name, allowed, requireTLS, u.Created.Format(time.DateTime))
+					headerFrom := "checked"
+					if u.AnyHeaderFrom {
+						headerFrom = "any"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", u.Name, allowed, headerFrom, requireTLS, u.Created.Format(time.DateTime))
 				}
 				return w.Flush()
 			})
@@ -273,7 +277,24 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 			return withOps(load, func(ops operations) error { return ops.UserRequireTLS(args[0], on) })
 		},
 	}
-	cmd.AddCommand(add, passwd, list, del, requireTLS)
+	headerFrom := &cobra.Command{
+		Use:   "header-from NAME check|any",
+		Short: "Check a user's header From and Sender against its allowed senders (the default), or let it write any",
+		Long: `With "check" (the default), every address in the header From and Sender fields
+must match the user's --allow-from patterns, or the message is refused with
+550 5.7.1. "any" exempts the user (a list manager sending on behalf of its
+members, say); its envelope sender is still checked, and DKIM still signs only
+for a From domain the patterns allow.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			anyFrom := args[1] == "any"
+			if !anyFrom && args[1] != "check" {
+				return &exitError{2, fmt.Errorf("say check or any, not %q", args[1])}
+			}
+			return withOps(load, func(ops operations) error { return ops.UserAnyHeaderFrom(args[0], anyFrom) })
+		},
+	}
+	cmd.AddCommand(add, passwd, list, del, requireTLS, headerFrom)
 	return cmd
 }
 

@@ -108,6 +108,12 @@ func serve(cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	logHeaderFromCheck(cfg, users, log)
+	hashes := cfg.Submission.Auth.MaxConcurrentHashes
+	if hashes == 0 {
+		hashes = auth.DefaultConcurrentHashes()
+	}
+	log.Info("password hashes bounded", "max_concurrent_hashes", hashes, "hash_memory_mib", hashes*19)
 	verifier := auth.NewVerifier(users, cfg.authLimits(), nil)
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
 		DKIM:  signer,
@@ -265,6 +271,25 @@ func housekeeping(ctx context.Context, q *queue.Queue, reporter *tlsrpt.Reporter
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// logHeaderFromCheck says at start where the header From check is off: for
+// everyone (submission.check_header_from: false) or for named users.
+func logHeaderFromCheck(cfg *Config, users *auth.Store, log *slog.Logger) {
+	if !cfg.Submission.CheckHeaderFrom {
+		log.Warn("header From check is off (submission.check_header_from: false): users may write any From and Sender; DKIM still signs only for allowed addresses")
+		return
+	}
+	list, err := users.List()
+	if err != nil {
+		log.Error("listing users", "err", err)
+		return
+	}
+	for _, u := range list {
+		if u.AnyHeaderFrom && len(u.AllowFrom) > 0 {
+			log.Warn("header From check is off for a user (postern user header-from NAME any)", "user", u.Name)
 		}
 	}
 }

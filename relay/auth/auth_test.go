@@ -1,8 +1,12 @@
 package auth
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,7 +37,7 @@ func TestVerify(t *testing.T) {
 		t.Fatalf("duplicate add: %v", err)
 	}
 	v := NewVerifier(s, DefaultLimits, nil)
-	u, _, err := v.Verify("192.0.2.1", "app", "s3cret")
+	u, _, err := v.Verify(context.Background(), "192.0.2.1", "app", "s3cret")
 	if err != nil || u.Name != "app" {
 		t.Fatalf("good password: %v", err)
 	}
@@ -41,17 +45,17 @@ func TestVerify(t *testing.T) {
 	if err := s.SetPassword("app", "n3w"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := v.Verify("192.0.2.1", "app", "s3cret"); !errors.Is(err, ErrBadCredentials) {
+	if _, _, err := v.Verify(context.Background(), "192.0.2.1", "app", "s3cret"); !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("old password after change: %v", err)
 	}
-	if _, _, err := v.Verify("192.0.2.1", "app", "n3w"); err != nil {
+	if _, _, err := v.Verify(context.Background(), "192.0.2.1", "app", "n3w"); err != nil {
 		t.Fatalf("new password: %v", err)
 	}
-	if _, _, err := v.Verify("192.0.2.1", "ghost", "n3w"); !errors.Is(err, ErrBadCredentials) {
+	if _, _, err := v.Verify(context.Background(), "192.0.2.1", "ghost", "n3w"); !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("unknown user must look like a bad password: %v", err)
 	}
 	s.Delete("app")
-	if _, _, err := v.Verify("192.0.2.1", "app", "n3w"); !errors.Is(err, ErrBadCredentials) {
+	if _, _, err := v.Verify(context.Background(), "192.0.2.1", "app", "n3w"); !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("deleted user still verifies: %v", err)
 	}
 	if list, _ := s.List(); len(list) != 0 {
@@ -67,7 +71,7 @@ func TestThrottleDelaysThenLocksOut(t *testing.T) {
 	v := NewVerifier(s, limits, func() time.Time { return now })
 	var delays []time.Duration
 	for i := 0; i < 5; i++ {
-		_, d, err := v.Verify("198.51.100.7", "app", "wrong")
+		_, d, err := v.Verify(context.Background(), "198.51.100.7", "app", "wrong")
 		if !errors.Is(err, ErrBadCredentials) {
 			t.Fatalf("attempt %d: %v", i, err)
 		}
@@ -79,14 +83,14 @@ func TestThrottleDelaysThenLocksOut(t *testing.T) {
 			t.Fatalf("delays %v, want %v", delays, want)
 		}
 	}
-	if _, _, err := v.Verify("198.51.100.7", "app", "pw"); !errors.Is(err, ErrThrottled) {
+	if _, _, err := v.Verify(context.Background(), "198.51.100.7", "app", "pw"); !errors.Is(err, ErrThrottled) {
 		t.Fatalf("locked-out address with the right password: %v", err)
 	}
-	if _, _, err := v.Verify("198.51.100.8", "app", "pw"); err != nil {
+	if _, _, err := v.Verify(context.Background(), "198.51.100.8", "app", "pw"); err != nil {
 		t.Fatalf("another address is not locked: %v", err)
 	}
 	now = now.Add(11 * time.Minute)
-	if _, _, err := v.Verify("198.51.100.7", "app", "pw"); err != nil {
+	if _, _, err := v.Verify(context.Background(), "198.51.100.7", "app", "pw"); err != nil {
 		t.Fatalf("lockout did not lapse: %v", err)
 	}
 }
@@ -143,10 +147,114 @@ func BenchmarkFailedAuth(b *testing.B) {
 	for _, name := range []string{"app", "ghost"} {
 		b.Run(map[string]string{"app": "wrong-password", "ghost": "unknown-user"}[name], func(b *testing.B) {
 			for b.Loop() {
-				if _, _, err := v.Verify("192.0.2.1", name, "guess"); !errors.Is(err, ErrBadCredentials) {
+				if _, _, err := v.Verify(context.Background(), "192.0.2.1", name, "guess"); !errors.Is(err, ErrBadCredentials) {
 					b.Fatal(err)
 				}
 			}
 		})
+	}
+}
+
+// countingChecks wraps v's password comparison to record the most hashes
+// in flight at once and how many ran.
+func countingChecks(v *Verifier) (peak, calls *atomic.Int64) {
+	var inFlight atomic.Int64
+	peak, calls = new(atomic.Int64), new(atomic.Int64)
+	real := v.checkPassword
+	v.checkPassword = func(hash, password string) (bool, error) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		calls.Add(1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		return real(hash, password)
+	}
+	return peak, calls
+}
+
+// A flood of failed AUTHs, for real and unknown users alike, computes at
+// most MaxConcurrentHashes argon2id hashes at once (each holds 19 MiB), and
+// every one of them does wait for a slot: an unknown user is not answered
+// sooner (issue 14 item 10).
+func TestHashesInFlightAreBounded(t *testing.T) {
+	s := newStore(t)
+	if err := s.Add("app", "s3cret", nil); err != nil {
+		t.Fatal(err)
+	}
+	v := NewVerifier(s, Limits{MaxConcurrentHashes: 2}, nil)
+	peak, calls := countingChecks(v)
+	var wg sync.WaitGroup
+	for i := range 24 {
+		name := []string{"app", "ghost"}[i%2]
+		wg.Go(func() {
+			if _, _, err := v.Verify(context.Background(), fmt.Sprintf("192.0.2.%d", i), name, "guess"); !errors.Is(err, ErrBadCredentials) {
+				t.Errorf("%s: %v", name, err)
+			}
+		})
+	}
+	wg.Wait()
+	if peak.Load() > 2 {
+		t.Errorf("%d hashes at once, want at most 2", peak.Load())
+	}
+	if calls.Load() != 24 {
+		t.Errorf("%d hashes for 24 failed attempts: unknown users must cost one too", calls.Load())
+	}
+}
+
+// A check that cannot get a hash slot before its deadline fails with
+// ErrBusy (the session's 454 4.7.0), counts no failure against the
+// address, and takes no slot.
+func TestBusyWhenNoHashSlotBeforeDeadline(t *testing.T) {
+	s := newStore(t)
+	s.Add("app", "s3cret", nil)
+	v := NewVerifier(s, Limits{MaxConcurrentHashes: 1, MaxFailures: 1, Lockout: time.Hour, Window: time.Hour}, nil)
+	started, hold := make(chan struct{}), make(chan struct{})
+	real := v.checkPassword
+	v.checkPassword = func(hash, password string) (bool, error) {
+		if password == "slow" {
+			close(started)
+			<-hold
+		}
+		return real(hash, password)
+	}
+	done := make(chan error)
+	go func() {
+		_, _, err := v.Verify(context.Background(), "192.0.2.1", "app", "slow")
+		done <- err
+	}()
+	<-started
+	expired, cancel := context.WithDeadline(context.Background(), time.Now())
+	defer cancel()
+	for _, name := range []string{"app", "ghost"} {
+		if _, _, err := v.Verify(expired, "192.0.2.2", name, "s3cret"); !errors.Is(err, ErrBusy) {
+			t.Fatalf("%s with every slot taken: %v, want ErrBusy", name, err)
+		}
+	}
+	close(hold)
+	if err := <-done; !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("slow check: %v", err)
+	}
+	if v.Locked("192.0.2.2") {
+		t.Error("a busy answer counted as a failure")
+	}
+	if _, _, err := v.Verify(context.Background(), "192.0.2.2", "app", "s3cret"); err != nil {
+		t.Fatalf("after the slot came free: %v", err)
+	}
+}
+
+// Raising or lowering the bound on reload takes effect for new checks.
+func TestHashSlotsFollowReload(t *testing.T) {
+	s := newStore(t)
+	s.Add("app", "s3cret", nil)
+	v := NewVerifier(s, Limits{MaxConcurrentHashes: 1}, nil)
+	v.SetLimits(Limits{MaxConcurrentHashes: 3})
+	peak, _ := countingChecks(v)
+	var wg sync.WaitGroup
+	for i := range 12 {
+		wg.Go(func() { v.Verify(context.Background(), fmt.Sprintf("192.0.2.%d", i), "app", "guess") })
+	}
+	wg.Wait()
+	if cap(v.hashSlots) != 3 || peak.Load() > 3 {
+		t.Fatalf("slots %d, peak %d after reload to 3", cap(v.hashSlots), peak.Load())
 	}
 }

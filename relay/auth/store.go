@@ -12,6 +12,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/net/idna"
 )
 
 var (
@@ -25,9 +26,15 @@ var bucketUsers = []byte("users")
 type User struct {
 	Name string `json:"name"`
 	Hash string `json:"hash"`
-	// AllowFrom lists the envelope senders the user may use, as glob
-	// patterns ("*@example.com"); empty means any sender.
+	// AllowFrom lists the senders the user may use, as glob patterns
+	// ("*@example.com"); empty means any sender. They bind the envelope
+	// sender and every address of the header From and Sender fields.
 	AllowFrom []string `json:"allow_from,omitempty"`
+	// AnyHeaderFrom exempts the user's header From and Sender fields from
+	// AllowFrom (a list manager, say, that sends on behalf of its
+	// members). The envelope sender is still bound, and no DKIM key signs
+	// for a From domain the patterns do not allow.
+	AnyHeaderFrom bool `json:"any_header_from,omitempty"`
 	// RequireTLS treats all of the user's mail as REQUIRETLS (RFC 8689):
 	// verified TLS at every hop, or a bounce. For a compliance egress.
 	RequireTLS bool      `json:"require_tls,omitempty"`
@@ -35,16 +42,31 @@ type User struct {
 	Updated    time.Time `json:"updated"`
 }
 
-// MaySend reports whether the user may use from as envelope sender. The
-// null sender is refused for users with restrictions: bounces are Postern's to send.
+// MaySend reports whether the user may use the address from as a sender.
+// The null sender is refused for users with restrictions: bounces are
+// Postern's to send. Case does not matter, and an internationalised domain
+// matches in either of its forms (U-label or A-label, RFC 5890), so that
+// "*@xn--bcher-kva.example" also allows "a@bücher.example"; a domain that
+// is not valid IDNA is matched only as written.
 func (u User) MaySend(from string) bool {
 	if len(u.AllowFrom) == 0 {
 		return true
 	}
-	from = strings.ToLower(from)
+	if from == "" {
+		return false
+	}
+	forms := []string{strings.ToLower(from)}
+	if at := strings.LastIndexByte(from, '@'); at >= 0 {
+		if a, err := idna.Lookup.ToASCII(from[at+1:]); err == nil {
+			forms = append(forms, strings.ToLower(from[:at+1]+a))
+		}
+	}
 	for _, p := range u.AllowFrom {
-		if ok, _ := path.Match(strings.ToLower(p), from); ok && from != "" {
-			return true
+		p = strings.ToLower(p)
+		for _, f := range forms {
+			if ok, _ := path.Match(p, f); ok {
+				return true
+			}
 		}
 	}
 	return false
@@ -140,6 +162,12 @@ func (s *Store) SetAllowFrom(name string, allowFrom []string) error {
 // SetRequireTLS marks (or unmarks) a user whose mail must all travel as REQUIRETLS.
 func (s *Store) SetRequireTLS(name string, on bool) error {
 	return s.change(name, func(u *User) { u.RequireTLS = on })
+}
+
+// SetAnyHeaderFrom exempts (or no longer exempts) a user's header From and
+// Sender fields from its sender patterns.
+func (s *Store) SetAnyHeaderFrom(name string, on bool) error {
+	return s.change(name, func(u *User) { u.AnyHeaderFrom = on })
 }
 
 func (s *Store) change(name string, f func(*User)) error {

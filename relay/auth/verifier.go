@@ -1,11 +1,15 @@
 package auth
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -18,6 +22,9 @@ var (
 	ErrBadCredentials = errors.New("invalid credentials")
 	// ErrThrottled means the client's address failed too often lately.
 	ErrThrottled = errors.New("too many failed authentications")
+	// ErrBusy means no password hash could start before the caller's
+	// deadline: too many checks are in flight.
+	ErrBusy = errors.New("too many password checks in progress")
 )
 
 // Limits govern the response to failed authentications from one address.
@@ -32,6 +39,18 @@ type Limits struct {
 	MaxFailures int
 	Window      time.Duration
 	Lockout     time.Duration
+	// MaxConcurrentHashes bounds the password hashes computed at once
+	// (each argon2id hash holds 19 MiB while it runs); 0 means
+	// DefaultConcurrentHashes.
+	MaxConcurrentHashes int
+}
+
+// DefaultConcurrentHashes is GOMAXPROCS, at most 4: more hashes at once
+// than there are CPUs only queue for them while holding their memory, and
+// 4 keeps the hashing memory near 76 MiB on a large machine. Successful
+// checks are remembered, so only new logins and failures need a slot.
+func DefaultConcurrentHashes() int {
+	return max(1, min(runtime.GOMAXPROCS(0), 4))
 }
 
 // DefaultLimits are what an internet-facing submission port needs.
@@ -55,6 +74,13 @@ type Verifier struct {
 	mu       sync.Mutex
 	failures *lru.Cache[string, *failureRecord]
 	dummy    string
+	// hashSlots holds one token per hash in flight; SetLimits may replace
+	// it, and a holder gives its token back to the channel it took it from.
+	hashSlots chan struct{}
+	waiting   atomic.Int64 // checks waiting for a slot
+	// checkPassword is the hash comparison (a field so that tests can
+	// watch how many run at once).
+	checkPassword func(hash, password string) (bool, error)
 }
 
 type failureRecord struct {
@@ -74,11 +100,20 @@ func NewVerifier(store *Store, limits Limits, clock func() time.Time) *Verifier 
 	dummy, _ := HashPassword("postern-dummy-password")
 	return &Verifier{
 		store: store, limits: limits, clock: clock,
-		cacheKey: key,
-		verified: expirable.NewLRU[[32]byte, string](4096, nil, 5*time.Minute),
-		failures: failures,
-		dummy:    dummy,
+		cacheKey:      key,
+		verified:      expirable.NewLRU[[32]byte, string](4096, nil, 5*time.Minute),
+		failures:      failures,
+		dummy:         dummy,
+		hashSlots:     newSlots(limits.MaxConcurrentHashes),
+		checkPassword: checkPassword,
 	}
+}
+
+func newSlots(n int) chan struct{} {
+	if n <= 0 {
+		n = DefaultConcurrentHashes()
+	}
+	return make(chan struct{}, n)
 }
 
 // Locked reports whether ip is refused for now.
@@ -90,8 +125,9 @@ func (v *Verifier) Locked(ip string) bool {
 }
 
 // Verify checks name and password for a client at ip. On failure it returns
-// ErrBadCredentials or ErrThrottled, and how long to wait before replying.
-func (v *Verifier) Verify(ip, name, password string) (User, time.Duration, error) {
+// ErrBadCredentials or ErrThrottled, and how long to wait before replying;
+// or ErrBusy when no hash could start before ctx ended.
+func (v *Verifier) Verify(ctx context.Context, ip, name, password string) (User, time.Duration, error) {
 	if v.Locked(ip) {
 		return User{}, 0, ErrThrottled
 	}
@@ -101,9 +137,13 @@ func (v *Verifier) Verify(ip, name, password string) (User, time.Duration, error
 	}
 	hash := u.Hash
 	if err != nil {
-		hash = v.dummy // spend the same time as for a real user
+		hash = v.dummy // spend the same time, and wait for the same slot, as for a real user
 	}
-	if v.check(name, password, hash) && err == nil {
+	ok, cerr := v.check(ctx, ip, name, password, hash)
+	if cerr != nil {
+		return User{}, 0, cerr
+	}
+	if ok && err == nil {
 		v.mu.Lock()
 		v.failures.Remove(ip)
 		v.mu.Unlock()
@@ -112,7 +152,12 @@ func (v *Verifier) Verify(ip, name, password string) (User, time.Duration, error
 	return User{}, v.fail(ip), ErrBadCredentials
 }
 
-func (v *Verifier) check(name, password, hash string) bool {
+// check compares password with hash. A remembered success costs no hash;
+// any other check waits for a hash slot, whether the user exists or not,
+// so neither memory nor timing depends on the name. While it waited, the
+// address may have been locked out by its other connections' failures: a
+// flood from one address then ends without computing their hashes.
+func (v *Verifier) check(ctx context.Context, ip, name, password, hash string) (bool, error) {
 	mac := hmac.New(sha256.New, v.cacheKey)
 	mac.Write([]byte(name))
 	mac.Write([]byte{0})
@@ -120,20 +165,53 @@ func (v *Verifier) check(name, password, hash string) bool {
 	var key [32]byte
 	copy(key[:], mac.Sum(nil))
 	if cached, ok := v.verified.Get(key); ok && cached == hash {
-		return true
+		return true, nil
 	}
-	ok, err := checkPassword(hash, password)
+	v.mu.Lock()
+	slots := v.hashSlots
+	v.mu.Unlock()
+	v.waiting.Add(1)
+	select {
+	case slots <- struct{}{}:
+		v.waiting.Add(-1)
+	case <-ctx.Done():
+		v.waiting.Add(-1)
+		return false, fmt.Errorf("waiting for a hash slot: %w (%w)", ErrBusy, context.Cause(ctx))
+	}
+	defer func() {
+		// argon2 allocates its memory afresh for every hash, and under a
+		// flood the collector's pacing would let several generations of
+		// these 19 MiB blocks pile up before it runs (the heap may double
+		// between collections): 8 slots reached 445 MB of RSS. With
+		// checks waiting, the finished hash is collected before its slot
+		// is handed on, so memory stays near slots × 19 MiB. The blocks
+		// hold no pointers; the collection costs a few milliseconds
+		// against the hash's tens.
+		if v.waiting.Load() > 0 {
+			runtime.GC()
+		}
+		<-slots
+	}()
+	if v.Locked(ip) {
+		return false, ErrThrottled
+	}
+	ok, err := v.checkPassword(hash, password)
 	if ok && err == nil {
 		v.verified.Add(key, hash)
 	}
-	return ok && err == nil
+	return ok && err == nil, nil
 }
 
 // SetLimits replaces the throttling limits (a configuration reload).
 func (v *Verifier) SetLimits(l Limits) {
 	v.mu.Lock()
+	defer v.mu.Unlock()
+	if l.MaxConcurrentHashes != v.limits.MaxConcurrentHashes {
+		// Checks in flight finish on the old slots: for a moment both
+		// bounds apply, never neither.
+		v.hashSlots = newSlots(l.MaxConcurrentHashes)
+	}
 	v.limits = l
-	v.mu.Unlock()
 }
 
 func (v *Verifier) fail(ip string) time.Duration {

@@ -641,6 +641,9 @@ func (e *Engine) transact(ctx context.Context, m queue.Message, idxs []int, hop 
 		out[k] = e.outcome(m, i, results[k], hop.Host, now)
 		e.attachEvidence(&out[k], m, addr, c.tls, policy.Source, now)
 	}
+	if ok, _ := c.client.Extension("DSN"); !ok {
+		e.reportRelayed(m, out, now)
+	}
 	e.logAttempt(m, idxs, hop.Host, addr, c.tls, summarize(results), transactionResult(results))
 	if o, ok := e.d.Policy.(tlspolicy.Observer); ok && hop.Route == nil {
 		// What the domain's MX offered, for the downgrade memory.
@@ -823,8 +826,8 @@ func (e *Engine) failureReport(m queue.Message) []dsn.Recipient {
 	var rcpts []dsn.Recipient
 	for _, r := range m.Recipients {
 		// Success reports (NOTIFY=SUCCESS) are left to the next hop when it
-		// offers DSN; Postern's own "relayed" report for hops without DSN is
-		// not built yet, so only failures are reported here.
+		// offers DSN; for a hop without DSN, reportRelayed sent Postern's
+		// own "relayed" report when the hop accepted the message.
 		if r.State != queue.Failed || !dsn.Wanted(r.Notify, dsn.Failed) {
 			continue
 		}

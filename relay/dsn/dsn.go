@@ -63,6 +63,15 @@ type Notice struct {
 // larger originals are returned as headers only.
 const MaxReturnedBytes = 1 << 20
 
+// RelayedTo is the per-recipient block of a "relayed" report (RFC 3461
+// 5.2.2): final (with its ORCPT, original) was accepted by remoteMTA, which
+// does not offer the DSN extension, so it will send no success report and
+// may not honour the other DSN parameters either. A relayed report is a
+// success: status 2.0.0.
+func RelayedTo(final, original, remoteMTA string, at time.Time) Recipient {
+	return Recipient{Final: final, Original: original, Action: Relayed, Status: "2.0.0", RemoteMTA: remoteMTA, LastAttempt: at}
+}
+
 // Wanted reports whether a recipient's NOTIFY preferences (RFC 3461 4.1) ask
 // for a report of action. Without NOTIFY, failures and delays are reported.
 func Wanted(notify []string, action Action) bool {
@@ -178,7 +187,12 @@ func subject(rcpts []Recipient) string {
 	case Delayed:
 		return "Delayed Mail (still being retried)"
 	}
-	return "Successful Mail Delivery Report"
+	for _, r := range rcpts {
+		if r.Action != Relayed {
+			return "Successful Mail Delivery Report"
+		}
+	}
+	return "Relayed Mail Delivery Report"
 }
 
 func explanation(n Notice) string {
@@ -194,6 +208,13 @@ func explanation(n Notice) string {
 				fmt.Fprintf(&b, " until %s", r.WillRetryUntil.UTC().Format(time.RFC1123))
 			}
 			b.WriteString(". You need not send it again.\r\n")
+		case Relayed:
+			fmt.Fprintf(&b, "Your message to <%s> was relayed", r.Final)
+			if r.RemoteMTA != "" {
+				fmt.Fprintf(&b, " to %s", r.RemoteMTA)
+			}
+			b.WriteString(", which does not offer delivery status notifications: no further report\r\n" +
+				"will come for this recipient, whether the message is delivered or not.\r\n")
 		default:
 			fmt.Fprintf(&b, "Your message to <%s> was %s.\r\n", r.Final, r.Action)
 		}

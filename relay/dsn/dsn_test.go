@@ -161,3 +161,33 @@ func TestWanted(t *testing.T) {
 		}
 	}
 }
+
+// A "relayed" report (RFC 3461 5.2.2) names the hop that took the message,
+// says no later report will come, and carries the header section only.
+func TestRelayedReport(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	n := Notice{ReportingMTA: "relay.test", From: "MAILER-DAEMON@relay.test", To: "app@example.org", EnvelopeID: "env9",
+		Date: now, Recipients: []Recipient{RelayedTo("a@dest.test", "rfc822;a@dest.test", "mx.dest.test", now)}, HeadersOnly: true}
+	p := parse(t, Build(n, original))
+	if got := p.header.Get("Subject"); got != "Relayed Mail Delivery Report" {
+		t.Errorf("subject %q", got)
+	}
+	if len(p.status) != 2 {
+		t.Fatalf("status blocks: %v", p.status)
+	}
+	for field, want := range map[string]string{"Final-Recipient": "rfc822; a@dest.test", "Original-Recipient": "rfc822;a@dest.test",
+		"Action": "relayed", "Status": "2.0.0", "Remote-Mta": "dns; mx.dest.test", "Diagnostic-Code": ""} {
+		if got := p.status[1].Get(field); got != want {
+			t.Errorf("%s = %q, want %q", field, got, want)
+		}
+	}
+	if p.status[0].Get("Original-Envelope-Id") != "env9" {
+		t.Errorf("ENVID not reported: %v", p.status[0])
+	}
+	if !strings.Contains(p.human, "relayed to mx.dest.test, which does not offer delivery status notifications") {
+		t.Errorf("explanation: %q", p.human)
+	}
+	if p.parts[2] != "text/rfc822-headers" || strings.Contains(p.payload, "secret body") {
+		t.Errorf("returned %s %q", p.parts[2], p.payload)
+	}
+}

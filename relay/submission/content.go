@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/mail"
 	"strings"
 	"time"
 )
@@ -92,7 +91,10 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 type headerFacts struct {
 	hasMessageID, hasDate bool
 	messageID             string // as the message gives it, for the delivery evidence
-	fromDomain            string // of the From header, which picks the DKIM keys
+	// senders holds the header fields that name the message's author or
+	// sender (From and Sender, every instance, unfolded), which must all
+	// be the user's (headerfrom.go).
+	senders []senderField
 	// tlsOptional: "TLS-Required: No" asks that recipient-published TLS
 	// policies be ignored for this message (RFC 8689 5).
 	tlsOptional bool
@@ -125,24 +127,30 @@ func readHeader(r *bufio.Reader) ([]byte, headerFacts, error) {
 			return buf.Bytes(), facts, nil
 		}
 		if line[0] == ' ' || line[0] == '\t' {
+			// A folded line continues the field above it (RFC 5322
+			// 2.2.3): an address can hide on it.
+			if n := len(facts.senders); n > 0 && facts.senders[n-1].open {
+				facts.senders[n-1].value += string(line)
+			}
 			continue
+		}
+		if n := len(facts.senders); n > 0 {
+			facts.senders[n-1].open = false
 		}
 		name, value, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
 			continue
 		}
-		switch strings.ToLower(string(bytes.TrimSpace(name))) {
+		// TrimSpace: obsolete syntax allows white space before the colon
+		// (RFC 5322 4.5), and receivers honour it.
+		switch field := strings.ToLower(string(bytes.TrimSpace(name))); field {
 		case "message-id":
 			facts.hasMessageID = true
 			facts.messageID = strings.TrimSpace(string(value))
 		case "date":
 			facts.hasDate = true
-		case "from":
-			if a, err := mail.ParseAddress(strings.TrimSpace(string(value))); err == nil {
-				if _, d, ok := strings.Cut(a.Address, "@"); ok {
-					facts.fromDomain = strings.ToLower(d)
-				}
-			}
+		case "from", "sender":
+			facts.senders = append(facts.senders, senderField{name: field, value: string(value), open: true})
 		case "tls-required":
 			facts.tlsOptional = strings.EqualFold(string(bytes.TrimSpace(value)), "no")
 		}

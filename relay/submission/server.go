@@ -33,6 +33,10 @@ type Config struct {
 	MaxConnections      int
 	MaxConnectionsPerIP int
 	MinTLSVersion       uint16
+	// AnyHeaderFrom turns off, for every user, the check that the header
+	// From and Sender addresses match the user's sender patterns (the
+	// zero value checks). DKIM keys still sign only for allowed addresses.
+	AnyHeaderFrom bool
 }
 
 // Queue is where accepted messages go.
@@ -44,7 +48,7 @@ type Queue interface {
 
 // Authenticator checks credentials, with its own throttling.
 type Authenticator interface {
-	Verify(ip, name, password string) (auth.User, time.Duration, error)
+	Verify(ctx context.Context, ip, name, password string) (auth.User, time.Duration, error)
 }
 
 // Deps are the services the submission agent uses.

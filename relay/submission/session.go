@@ -22,6 +22,7 @@ import (
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/dkim"
 )
 
 func reply(code int, enhanced string, text string) *smtp.SMTPError {
@@ -35,6 +36,7 @@ var (
 	errEncryptionRequired = reply(538, "5.7.11", "Encryption required for requested authentication mechanism; use STARTTLS")
 	errBadCredentials     = reply(535, "5.7.8", "Authentication credentials invalid")
 	errThrottled          = reply(454, "4.7.0", "Too many failed authentication attempts from your address, try again later")
+	errAuthBusy           = reply(454, "4.7.0", "Too many authentications in progress, try again later")
 	errSenderNotAllowed   = reply(553, "5.7.1", "Sender address not allowed for this user")
 	errNoStorage          = reply(452, "4.3.1", "Insufficient system storage, try again later")
 	errLocal              = reply(451, "4.3.0", "Local error in processing, try again later")
@@ -107,34 +109,28 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 	switch mech {
 	case sasl.Plain:
-		return malformedIs501{sasl.NewPlainServer(func(identity, username, password string) error {
+		return s.exchange(sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
 				return errBadCredentials // no acting on behalf of another user
 			}
 			return s.authenticate(username, password)
-		})}, nil
+		})), nil
 	case sasl.Login:
-		return malformedIs501{newLoginServer(s.authenticate)}, nil
+		return s.exchange(newLoginServer(s.authenticate)), nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-// malformedIs501 answers a SASL response that cannot be parsed with 501
-// 5.5.2 (RFC 4954 4); go-smtp would say 454, a temporary failure, and the
-// client would retry the same broken exchange.
-type malformedIs501 struct{ sasl.Server }
-
-func (m malformedIs501) Next(response []byte) ([]byte, bool, error) {
-	challenge, done, err := m.Server.Next(response)
-	var se *smtp.SMTPError
-	if err != nil && !errors.As(err, &se) {
-		err = errMalformedSASL
-	}
-	return challenge, done, err
-}
-
 func (s *session) authenticate(username, password string) error {
-	u, delay, err := s.srv.auth.Verify(s.ip, username, password)
+	// The check may wait for a hash slot (auth.Limits.MaxConcurrentHashes),
+	// but no longer than the command may take (RFC 5321 4.5.3.2.7).
+	timeout := s.srv.cfg.CommandTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	u, delay, err := s.srv.auth.Verify(ctx, s.ip, username, password)
 	if err == nil {
 		s.user = &u
 		if s.counted != nil {
@@ -147,6 +143,11 @@ func (s *session) authenticate(username, password string) error {
 	s.srv.log.Warn("authentication failed", "client_ip", s.ip, "user", username, "reason", err.Error())
 	if delay > 0 {
 		s.srv.sleep(delay)
+	}
+	if errors.Is(err, auth.ErrBusy) {
+		// Temporary and not the client's fault: no delay, no failure counted.
+		s.srv.metrics.authFailed("busy")
+		return errAuthBusy
 	}
 	if errors.Is(err, auth.ErrThrottled) {
 		s.srv.metrics.authFailed("throttled")
@@ -254,11 +255,7 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 // is computed as the message streams to the queue, and sealed in front of
 // it before the commit.
 func (s *session) enqueue(id string, body io.Reader, facts headerFacts) (string, error) {
-	keys := s.srv.dkim.Keys(facts.fromDomain)
-	if len(keys) == 0 {
-		keys = s.srv.dkim.Keys(queue.Domain(s.env.From))
-	}
-	sign, err := s.srv.dkim.Start(keys)
+	sign, err := s.srv.dkim.Start(s.signingKeys(facts))
 	if err != nil {
 		return "", err
 	}
@@ -267,6 +264,24 @@ func (s *session) enqueue(id string, body io.Reader, facts headerFacts) (string,
 	}
 	defer sign.Close()
 	return s.srv.queue.EnqueueSealed(id, s.env, io.TeeReader(body, sign), sign.Finish)
+}
+
+// signingKeys picks the DKIM keys: those of the From domain, which DMARC
+// aligns on, else those of the envelope sender's. Whatever the header
+// check's settings, a key signs only for an address the user may send as
+// (fromDomain checks every From address; the envelope sender is checked
+// again here though MAIL FROM checked it), so no setting and no parsing
+// gap can lend a user another domain's signature.
+func (s *session) signingKeys(facts headerFacts) []dkim.Key {
+	if d := fromDomain(s.user, facts.senders); d != "" {
+		if keys := s.srv.dkim.Keys(d); len(keys) > 0 {
+			return keys
+		}
+	}
+	if s.env.From == "" || !s.user.MaySend(s.env.From) {
+		return nil
+	}
+	return s.srv.dkim.Keys(asciiDomain(s.env.From))
 }
 
 // dataReaders keeps the 64 KiB buffers that read DATA, which would
@@ -288,6 +303,11 @@ func (s *session) data(r io.Reader) error {
 	br.Reset(guard)
 	defer func() { br.Reset(nil); dataReaders.Put(br) }()
 	header, facts, err := readHeader(br)
+	if err == nil && !s.srv.cfg.AnyHeaderFrom && !s.user.AnyHeaderFrom {
+		if serr := checkHeaderSenders(s.user, facts.senders); serr != nil {
+			err = serr
+		}
+	}
 	if err == nil {
 		s.env.TLSOptional = facts.tlsOptional && !s.env.RequireTLS // RFC 8689 5: REQUIRETLS wins
 		received := s.trace(id, start)

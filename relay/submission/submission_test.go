@@ -635,8 +635,10 @@ func TestNoPathRelaysWithoutAuth(t *testing.T) {
 		{"AUTH in cleartext", false, []step{{"AUTH PLAIN " + plainToken(testUser, testPassword), "538 5.7.11"},
 			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
 		{"AUTH LOGIN in cleartext", false, []step{{"AUTH LOGIN", "538 5.7.11"}, {"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
-		// go-smtp answers undecodable base64 itself, with 454 4.7.0.
-		{"malformed base64", true, []step{{"AUTH PLAIN !!!notbase64", "454 4.7.0"}, {"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		// go-smtp decodes the initial response before the session is
+		// asked, and answers undecodable base64 there with 454 4.7.0
+		// (sasl.go says why Postern cannot reach it).
+		{"malformed base64 initial response", true, []step{{"AUTH PLAIN !!!notbase64", "454 4.7.0"}, {"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
 		{"PLAIN without the NUL separators", true, []step{{"AUTH PLAIN " + b64(testUser+testPassword), "501 5.5.2"},
 			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
 		{"empty initial response then cancel", true, []step{{"AUTH PLAIN =", "501 5.5.2"}, {"AUTH PLAIN", "334"}, {"*", "501"},
@@ -717,5 +719,69 @@ func TestSubmissionTrace(t *testing.T) {
 	}
 	if commit.Parent().SpanID() != sub.SpanContext().SpanID() {
 		t.Error("queue.commit is not inside the submission span")
+	}
+}
+
+// slotlessAuth is a verifier whose hash slots are all taken until the
+// check's deadline: it records the deadline it was given and answers as
+// auth.Verifier does when it passes.
+type slotlessAuth struct{ deadline chan time.Time }
+
+func (a slotlessAuth) Verify(ctx context.Context, _, _, _ string) (auth.User, time.Duration, error) {
+	d, _ := ctx.Deadline()
+	a.deadline <- d
+	<-ctx.Done()
+	return auth.User{}, 0, fmt.Errorf("waiting for a hash slot: %w", auth.ErrBusy)
+}
+
+// An AUTH that gets no hash slot within its command deadline hears
+// 454 4.7.0, a temporary failure, not 535: its password was never judged.
+func TestAuthWithoutHashSlotIs454(t *testing.T) {
+	h := newHarness(t, func(c *Config, _ *auth.Limits) { c.CommandTimeout = 300 * time.Millisecond })
+	a := slotlessAuth{make(chan time.Time, 1)}
+	h.srv.auth = a
+	r := dialRawTLS(t, h.implicit)
+	r.expect("", "220")
+	r.expect("EHLO client.test", "250")
+	start := time.Now()
+	r.expect("AUTH PLAIN "+plainToken(testUser, testPassword), "454 4.7.0 Too many authentications in progress")
+	if d := <-a.deadline; d.IsZero() || d.Sub(start) > time.Second {
+		t.Fatalf("check deadline %v after the command, want within the 300ms command timeout", d.Sub(start))
+	}
+	r.expect("MAIL FROM:<app@example.org>", "530 5.7.0")
+}
+
+// Undecodable base64 in a SASL continuation line is a 501 5.5.2 (RFC 4954
+// 4: "MUST reject the AUTH command with a 501 reply"), not go-smtp's 454
+// 4.7.0; "*" cancels with 501; an over-long line is 500 5.5.6 and ends the
+// connection; and after a 501 the session is in step: a good AUTH follows.
+func TestSASLResponsesRFC4954(t *testing.T) {
+	h := newHarness(t)
+	type step struct{ send, want string }
+	for _, tc := range []struct {
+		name  string
+		steps []step
+	}{
+		{"PLAIN, undecodable response", []step{{"AUTH PLAIN", "334 "}, {"!!!notbase64", "501 5.5.2"},
+			{"AUTH PLAIN " + plainToken(testUser, testPassword), "235"}}},
+		{"LOGIN, undecodable user name", []step{{"AUTH LOGIN", "334 " + b64("Username:")}, {"dXNlcg", "501 5.5.2"},
+			{"AUTH PLAIN " + plainToken(testUser, testPassword), "235"}}},
+		{"LOGIN, undecodable password", []step{{"AUTH LOGIN", "334"}, {b64(testUser), "334 " + b64("Password:")}, {"%%%", "501 5.5.2"},
+			{"AUTH LOGIN " + b64(testUser), "334"}, {b64(testPassword), "235"}}},
+		{"PLAIN, decodable but malformed", []step{{"AUTH PLAIN", "334"}, {b64("no separators"), "501 5.5.2"},
+			{"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		{"PLAIN, empty response", []step{{"AUTH PLAIN", "334"}, {"=", "501 5.5.2"}}},
+		{"cancelled", []step{{"AUTH LOGIN", "334"}, {"*", "501 5.0.0"}, {"MAIL FROM:<app@example.org>", "530 5.7.0"}}},
+		{"wrong password still 535", []step{{"AUTH PLAIN", "334"}, {plainToken(testUser, "guess"), "535 5.7.8"}}},
+		{"over-long line", []step{{"AUTH PLAIN", "334"}, {strings.Repeat("A", 13000), "500 5.5.6"}, {"NOOP", "EOF"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := dialRawTLS(t, h.implicit)
+			r.expect("", "220")
+			r.expect("EHLO client.test", "250")
+			for _, s := range tc.steps {
+				r.expect(s.send, s.want)
+			}
+		})
 	}
 }
