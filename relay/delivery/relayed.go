@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"bytes"
 	"time"
 
 	"github.com/postern/postern/queue"
@@ -15,17 +14,22 @@ import (
 //
 // The report returns the header section only: RET governs failure reports
 // (RFC 3461 4.3), and a success report has no need of the body. Like the
-// delay warning, it is queued before the outcome is recorded: a crash in
-// between delivers the message again on restart, and the report with it.
+// delay warning, it rides in the outcomes' own transaction (Outcome.Notices):
+// a crash before the outcome is recorded sends neither, and one after it
+// sends both, once.
 func (e *Engine) reportRelayed(m queue.Message, outcomes []queue.Outcome, now time.Time) {
 	if m.From == "" {
 		return // never a notice to the null reverse-path (RFC 5321 6.1)
 	}
 	var rcpts []dsn.Recipient
-	for _, o := range outcomes {
+	first := -1
+	for k, o := range outcomes {
 		r := m.Recipients[o.Recipient]
 		if o.Result != queue.ResultDelivered || !dsn.Wanted(r.Notify, dsn.Relayed) {
 			continue
+		}
+		if first < 0 {
+			first = k
 		}
 		rcpts = append(rcpts, dsn.RelayedTo(r.Addr, r.Original, o.Host, now))
 	}
@@ -36,9 +40,6 @@ func (e *Engine) reportRelayed(m queue.Message, outcomes []queue.Outcome, now ti
 	if !ok {
 		return
 	}
-	if _, err := e.d.Queue.Enqueue("", draft.Envelope, bytes.NewReader(draft.Body)); err != nil {
-		e.d.Log.Error("queueing relayed notice failed", "queue_id", m.ID, "err", err)
-		return
-	}
+	outcomes[first].Notices = append(outcomes[first].Notices, draft)
 	e.metrics.notice("relayed")
 }
