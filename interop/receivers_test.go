@@ -1,0 +1,225 @@
+package interop
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// receiver is a real MTA Postern delivers to. It listens on port 25 of
+// two addresses, tlsIP offering STARTTLS and plainIP not, and relays
+// everything it accepts to the sink.
+type receiver struct {
+	name    string
+	tlsIP   string
+	plainIP string
+	start   func(w *world, r *receiver) error
+	leaf    *leaf
+	proc    *proc
+	// brokenTLS is set when the packaged receiver's own STARTTLS does not
+	// work in this setup: it stays in the suite, expected to make mail
+	// wait under every policy that needs TLS and to receive under may.
+	brokenTLS string
+}
+
+func allReceivers() []*receiver {
+	return []*receiver{
+		{name: "postfix", tlsIP: "127.77.1.10", plainIP: "127.77.1.11", start: startPostfix},
+	}
+}
+
+// Host and domain names of a receiver, in the zones below.
+func (r *receiver) mxName() string         { return "mx-" + r.name + ".plain.test" }
+func (r *receiver) otherName() string      { return "other-" + r.name + ".plain.test" }
+func (r *receiver) notlsName() string      { return "mxnotls-" + r.name + ".plain.test" }
+func (r *receiver) daneEEName() string     { return "mx." + r.name + ".dane-ee.test" }
+func (r *receiver) daneTAName() string     { return "mx." + r.name + ".dane-ta.test" }
+func (r *receiver) daneBadName() string    { return "mx.bad-" + r.name + ".dane-ee.test" }
+func (r *receiver) domain(p string) string { return policyDomains[p](r) }
+
+func (r *receiver) issueCert(w *world) error {
+	names := []string{r.mxName(), r.daneTAName()}
+	var err error
+	r.leaf, err = w.ca.issue(w.dir, r.name, names)
+	return err
+}
+
+// policyDomains: for each policy of the matrix, the recipient domain that
+// puts a receiver under it. Which policy each domain gets is set in
+// Postern's config (tls.policies) or published in DNS (TLSA).
+var policyDomains = map[string]func(r *receiver) string{
+	"may":               func(r *receiver) string { return "may-" + r.name + ".plain.test" },
+	"verify":            func(r *receiver) string { return "verify-" + r.name + ".plain.test" },
+	"dane-ee":           func(r *receiver) string { return r.name + ".dane-ee.test" },
+	"dane-ta":           func(r *receiver) string { return r.name + ".dane-ta.test" },
+	"verify-wrong-name": func(r *receiver) string { return "wrongname-" + r.name + ".plain.test" },
+	"dane-mismatch":     func(r *receiver) string { return "bad-" + r.name + ".dane-ee.test" },
+	"encrypt-no-tls":    func(r *receiver) string { return "notls-" + r.name + ".plain.test" },
+	"may-no-tls":        func(r *receiver) string { return "notlsmay-" + r.name + ".plain.test" },
+}
+
+// zones is the DNS of the world: a private signed root, test. under it,
+// and below that one zone per case.
+func (w *world) zones() []*zone {
+	root := &zone{name: ".", policy: "ec", records: []string{"ns.root. 3600 IN A " + knotAddr}}
+	test := &zone{name: "test.", policy: "ed3"}
+	plain := &zone{name: "plain.test.", policy: "ec3"}
+	daneEE := &zone{name: "dane-ee.test.", policy: "ec"}
+	daneTA := &zone{name: "dane-ta.test.", policy: "ed3"}
+	for _, r := range w.receivers {
+		a := func(name, ip string) string { return name + ". 300 IN A " + ip }
+		mx := func(domain, host string) string { return domain + ". 300 IN MX 10 " + host + "." }
+		plain.records = append(plain.records,
+			a(r.mxName(), r.tlsIP), a(r.otherName(), r.tlsIP), a(r.notlsName(), r.plainIP),
+			mx(r.domain("may"), r.mxName()), mx(r.domain("verify"), r.mxName()),
+			mx(r.domain("verify-wrong-name"), r.otherName()),
+			mx(r.domain("encrypt-no-tls"), r.notlsName()), mx(r.domain("may-no-tls"), r.notlsName()))
+		daneEE.records = append(daneEE.records,
+			a(r.daneEEName(), r.tlsIP), mx(r.domain("dane-ee"), r.daneEEName()),
+			"_25._tcp."+r.daneEEName()+". 300 IN TLSA 3 1 1 "+spkiSHA256(r.leaf.cert),
+			a(r.daneBadName(), r.tlsIP), mx(r.domain("dane-mismatch"), r.daneBadName()),
+			"_25._tcp."+r.daneBadName()+". 300 IN TLSA 3 1 1 "+strings.Repeat("ab", 32))
+		daneTA.records = append(daneTA.records,
+			a(r.daneTAName(), r.tlsIP), mx(r.domain("dane-ta"), r.daneTAName()),
+			"_25._tcp."+r.daneTAName()+". 300 IN TLSA 2 0 1 "+certSHA256(w.ca.cert))
+	}
+	pf := w.receivers[0] // the DNS cases are delivered to Postfix
+	cases := []*zone{
+		// An MX host that is a CNAME for a DANE-EE host: RFC 7672 2.2.2
+		// has the TLSA records looked up at the CNAME's target.
+		{name: "cname.test.", policy: "ed", records: []string{
+			"cname.test. 300 IN MX 10 mx.cname.test.",
+			"mx.cname.test. 300 IN CNAME " + pf.daneEEName() + ".",
+		}},
+		// Unsigned: its TLSA record (which matches nothing) is insecure and
+		// must be ignored (RFC 7672 2.2): delivery under may.
+		{name: "unsigned.test.", records: []string{
+			"unsigned.test. 300 IN MX 10 mx.unsigned.test.",
+			"mx.unsigned.test. 300 IN A " + pf.tlsIP,
+			"_25._tcp.mx.unsigned.test. 300 IN TLSA 3 1 1 " + strings.Repeat("00", 32),
+		}},
+		// Signed, but the parent's DS matches no key: bogus. Nothing from
+		// it may be used; the mail waits.
+		{name: "bogus.test.", policy: "ec", bogus: true, records: []string{
+			"bogus.test. 300 IN MX 10 mx.bogus.test.",
+			"mx.bogus.test. 300 IN A " + pf.tlsIP,
+			"_25._tcp.mx.bogus.test. 300 IN TLSA 3 1 1 " + spkiSHA256(pf.leaf.cert),
+		}},
+		// Only unusable TLSA records (unassigned usage 4, unassigned
+		// matching type 3): RFC 7672 2.2 makes that encrypted delivery
+		// without authentication.
+		{name: "unusable.test.", policy: "ec3", records: []string{
+			"unusable.test. 300 IN MX 10 mx.unusable.test.",
+			"mx.unusable.test. 300 IN A " + pf.tlsIP,
+			"_25._tcp.mx.unusable.test. 300 IN TLSA 4 1 1 " + spkiSHA256(pf.leaf.cert),
+			"_25._tcp.mx.unusable.test. 300 IN TLSA 3 1 3 " + spkiSHA256(pf.leaf.cert),
+		}},
+		// The senders' domain: DKIM keys, and an MX (Postfix) for bounces.
+		{name: "sender.test.", policy: "ed", records: append([]string{
+			"sender.test. 300 IN MX 10 mx.sender.test.",
+			"mx.sender.test. 300 IN A " + pf.tlsIP,
+		}, w.dkimRecords()...)},
+	}
+	return append([]*zone{root, test, plain, daneEE, daneTA}, cases...)
+}
+
+// startPostfix runs Postfix's master from the unpacked package, in the
+// foreground (-d), with a config directory of its own.
+func startPostfix(w *world, r *receiver) error {
+	tree := filepath.Join(treeRoot(), "postfix")
+	dir := filepath.Join(w.dir, "postfix")
+	q := filepath.Join(dir, "queue")
+	libs := filepath.Join(tree, "usr/lib/postfix")
+	// Per-recipient answers of a real MTA: one address is greylisted (450)
+	// and one does not exist (550), for the RCPT and bounce tests.
+	mainCF := fmt.Sprintf(`compatibility_level = 3.6
+queue_directory = %[1]s
+data_directory = %[2]s/data
+daemon_directory = %[3]s/usr/lib/postfix/sbin
+command_directory = %[3]s/usr/sbin
+shlib_directory = %[4]s
+meta_directory = %[2]s
+import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C LD_LIBRARY_PATH=%[4]s
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = %[5]s
+# Postfix accepts only addresses of an interface here; master.cf binds the
+# suite's own addresses.
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mydestination =
+alias_maps =
+alias_database =
+local_recipient_maps =
+notify_classes =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:%[6]s
+smtp_tls_security_level = none
+smtpd_tls_security_level = may
+smtpd_tls_chain_files = %[7]s, %[8]s
+smtpd_tls_loglevel = 1
+smtputf8_enable = yes
+message_size_limit = 40000000
+smtpd_recipient_restrictions = check_recipient_access inline:{
+  { later@%[9]s = 450 4.2.0 greylisted, try again later },
+  { nobody@%[9]s = 550 5.1.1 no such user here } },
+  permit_mynetworks, reject_unauth_destination
+maillog_file = /dev/stdout
+`, q, dir, tree, libs, r.mxName(), w.sink.port(), r.leaf.keyFile, r.leaf.chainFile, r.domain("may"))
+	masterCF := fmt.Sprintf(`%[1]s:25 inet n - n - - smtpd
+%[2]s:25 inet n - n - - smtpd -o smtpd_tls_security_level=none
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+showq     unix  n - n - - showq
+`, r.tlsIP, r.plainIP)
+	if err := writeFile(filepath.Join(dir, "main.cf"), mainCF, 0o644); err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(dir, "master.cf"), masterCF, 0o644); err != nil {
+		return err
+	}
+	// The queue layout "postfix check" would make, owned as Postfix wants.
+	if _, err := run(nil, "install", "-d", "-o", "postfix", filepath.Join(dir, "data")); err != nil {
+		return err
+	}
+	if _, err := run(nil, "install", "-d", filepath.Join(q, "pid")); err != nil {
+		return err
+	}
+	for _, sub := range []string{"active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming", "private", "saved", "trace"} {
+		if _, err := run(nil, "install", "-d", "-o", "postfix", "-m", "0700", filepath.Join(q, sub)); err != nil {
+			return err
+		}
+	}
+	if _, err := run(nil, "install", "-d", "-o", "postfix", "-g", "postdrop", "-m", "0730", filepath.Join(q, "maildrop")); err != nil {
+		return err
+	}
+	if _, err := run(nil, "install", "-d", "-o", "postfix", "-g", "postdrop", "-m", "0710", filepath.Join(q, "public")); err != nil {
+		return err
+	}
+	var err error
+	r.proc, err = w.spawn("postfix", []string{"LD_LIBRARY_PATH=" + libs},
+		filepath.Join(tree, "usr/lib/postfix/sbin/master"), "-c", dir, "-d")
+	if err != nil {
+		return err
+	}
+	if err := r.proc.waitListening(r.tlsIP + ":25"); err != nil {
+		return err
+	}
+	return r.proc.waitListening(r.plainIP + ":25")
+}
