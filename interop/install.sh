@@ -38,6 +38,11 @@ unpack postfix postfix
 unpack exim4 exim4-daemon-light exim4-base
 unpack opensmtpd opensmtpd
 unpack sendmail sendmail-bin sendmail-cf sendmail-base
+# The users the MTAs drop privileges to (their packages' maintainer
+# scripts, which did not run, would have made them).
+sysuser() { getent passwd "$1" >/dev/null || useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$1"; }
+getent group postdrop >/dev/null || groupadd --system postdrop
+sysuser postfix
 # Debian's unbound and knot packages may leave services enabled; the suite
 # runs its own instances with its own configs on addresses of its own.
 echo "interop tools installed; MTA trees in $root"
