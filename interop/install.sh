@@ -43,6 +43,16 @@ unpack sendmail sendmail-bin sendmail-cf sendmail-base
 sysuser() { getent passwd "$1" >/dev/null || useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$1"; }
 getent group postdrop >/dev/null || groupadd --system postdrop
 sysuser postfix
+sysuser Debian-exim
+sysuser opensmtpd
+sysuser opensmtpq
+mkdir -p /var/lib/opensmtpd/empty
+# Exim keeps root (needed for port 25) with -C only for a config named in
+# its compiled-in TRUSTED_CONFIG_LIST; the suite writes its config here.
+mkdir -p /etc/exim4
+touch /etc/exim4/trusted_configs
+grep -qxF "$root/exim4/interop.conf" /etc/exim4/trusted_configs ||
+  echo "$root/exim4/interop.conf" >>/etc/exim4/trusted_configs
 # Debian's unbound and knot packages may leave services enabled; the suite
 # runs its own instances with its own configs on addresses of its own.
 echo "interop tools installed; MTA trees in $root"

@@ -25,6 +25,7 @@ type receiver struct {
 func allReceivers() []*receiver {
 	return []*receiver{
 		{name: "postfix", tlsIP: "127.77.1.10", plainIP: "127.77.1.11", start: startPostfix},
+		{name: "exim", tlsIP: "127.77.2.10", plainIP: "127.77.2.11", start: startExim},
 	}
 }
 
@@ -215,6 +216,73 @@ showq     unix  n - n - - showq
 	var err error
 	r.proc, err = w.spawn("postfix", []string{"LD_LIBRARY_PATH=" + libs},
 		filepath.Join(tree, "usr/lib/postfix/sbin/master"), "-c", dir, "-d")
+	if err != nil {
+		return err
+	}
+	if err := r.proc.waitListening(r.tlsIP + ":25"); err != nil {
+		return err
+	}
+	return r.proc.waitListening(r.plainIP + ":25")
+}
+
+// startExim runs exim4-daemon-light (Exim with GnuTLS) in the foreground
+// (-bdf). Exim keeps root, which port 25 needs, only for a -C config in
+// its TRUSTED_CONFIG_LIST, so the config is written where install.sh
+// listed it.
+func startExim(w *world, r *receiver) error {
+	tree := filepath.Join(treeRoot(), "exim4")
+	dir := filepath.Join(w.dir, "exim")
+	for _, d := range []string{"spool", "log"} {
+		if _, err := run(nil, "install", "-d", "-o", "Debian-exim", "-m", "0750", filepath.Join(dir, d)); err != nil {
+			return err
+		}
+	}
+	conf := fmt.Sprintf(`primary_hostname = %[1]s
+# Exim re-executes itself to deliver; it is not at its compiled-in path.
+exim_path = %[8]s/usr/sbin/exim4
+spool_directory = %[2]s/spool
+log_file_path = %[2]s/log/%%slog
+pid_file_path = %[2]s/exim.pid
+daemon_smtp_ports = 25
+local_interfaces = <; %[3]s ; %[4]s
+# STARTTLS on one address only.
+tls_advertise_hosts = ${if eq{$received_ip_address}{%[4]s}{}{*}}
+tls_certificate = %[5]s
+tls_privatekey = %[6]s
+smtputf8_advertise_hosts = *
+accept_8bitmime = true
+message_size_limit = 40M
+host_lookup =
+rfc1413_hosts =
+never_users =
+acl_smtp_rcpt = acl_rcpt
+log_selector = +tls_cipher +tls_peerdn +smtp_connection +received_recipients +outgoing_port
+
+begin acl
+acl_rcpt:
+  accept
+
+begin routers
+to_sink:
+  driver = manualroute
+  route_list = * 127.0.0.1
+  self = send
+  transport = to_sink
+
+begin transports
+to_sink:
+  driver = smtp
+  port = %[7]s
+  hosts_avoid_tls = *
+  hosts_try_chunking =
+  hosts_try_prdr =
+`, r.mxName(), dir, r.tlsIP, r.plainIP, r.leaf.chainFile, r.leaf.keyFile, w.sink.port(), tree)
+	confPath := filepath.Join(tree, "interop.conf")
+	if err := writeFile(confPath, conf, 0o644); err != nil {
+		return err
+	}
+	var err error
+	r.proc, err = w.spawn("exim", nil, filepath.Join(tree, "usr/sbin/exim4"), "-C", confPath, "-bdf", "-d-all+pid+tls")
 	if err != nil {
 		return err
 	}
