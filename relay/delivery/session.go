@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -133,7 +134,17 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	}
 	info.Policy, info.PolicySource, info.PolicyType = policy.Describe(), policy.Source, policy.PolicyType
 	next.SetDeadline(time.Time{})
-	c := smtp.NewClient(&replayConn{Conn: next, pending: []byte("220 resumed\r\n")})
+	// go-smtp's client learns the extensions from an EHLO reply. After
+	// STARTTLS it sends its own EHLO, as RFC 3207 4.2 requires. Without TLS
+	// the session has had its EHLO: the client is handed that reply and its
+	// EHLO is not sent, since a server may refuse a second one (OpenSMTPD:
+	// "503 5.5.1 Invalid command: Already identified", which bounced mail).
+	rc := &replayConn{Conn: next, pending: []byte("220 resumed\r\n")}
+	if next == raw {
+		rc.pending = append(rc.pending, ehloReply(ehlo)...)
+		rc.swallow = []byte("EHLO ")
+	}
+	c := smtp.NewClient(rc)
 	c.CommandTimeout, c.SubmissionTimeout = t.Command, t.FinalDot
 	if err := c.Hello(hostname); err != nil {
 		c.Close()
@@ -198,10 +209,36 @@ func offersExtension(ehlo, ext string) bool {
 	return false
 }
 
-// replayConn returns pending bytes before reading the connection.
+// replayConn returns pending bytes before reading the connection, and
+// drops the first write that begins with swallow (a command whose reply
+// is in pending).
 type replayConn struct {
 	net.Conn
 	pending []byte
+	swallow []byte
+}
+
+func (r *replayConn) Write(p []byte) (int, error) {
+	if r.swallow != nil && bytes.HasPrefix(p, r.swallow) {
+		r.swallow = nil
+		return len(p), nil
+	}
+	return r.Conn.Write(p)
+}
+
+// ehloReply renders an EHLO reply (as textproto returned it: the lines
+// without codes, joined by newlines) back into its wire form.
+func ehloReply(msg string) []byte {
+	lines := strings.Split(msg, "\n")
+	var b bytes.Buffer
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		b.WriteString("250" + sep + l + "\r\n")
+	}
+	return b.Bytes()
 }
 
 func (r *replayConn) Read(p []byte) (int, error) {
