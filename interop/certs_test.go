@@ -88,9 +88,9 @@ func (ca *testCA) issue(dir, name string, dnsNames []string) (*leaf, error) {
 		certFile:  filepath.Join(dir, name+".crt"),
 		chainFile: filepath.Join(dir, name+".chain"),
 	}
-	// Keys are read by MTAs that may drop privileges before reading them;
-	// this is a throwaway test key.
-	if err := writeFile(l.keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), 0o644); err != nil {
+	// OpenSMTPD refuses a key that others can read; an MTA that reads it
+	// as its own user is given it by group (see startExim).
+	if err := writeFile(l.keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), 0o600); err != nil {
 		return nil, err
 	}
 	if err := writeFile(l.certFile, pemCert(der), 0o644); err != nil {

@@ -47,13 +47,13 @@ var expected = []struct {
 }
 
 // expectedFor adjusts the matrix for a receiver whose STARTTLS does not
-// work: every policy that needs TLS makes the mail wait.
+// work: every policy that needs TLS makes the mail wait, and so does may,
+// because Postern never retries a failed handshake in cleartext on the
+// same host (relay/delivery dialSession); the receiver's address without
+// STARTTLS still gets mail under may.
 func expectedFor(r *receiver, policy string, want outcome) outcome {
 	if r.brokenTLS == "" || !want.tls {
 		return want
-	}
-	if policy == "may" {
-		return outcome{delivered: true}
 	}
 	return outcome{}
 }

@@ -2,6 +2,7 @@ package interop
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -26,6 +27,13 @@ func allReceivers() []*receiver {
 	return []*receiver{
 		{name: "postfix", tlsIP: "127.77.1.10", plainIP: "127.77.1.11", start: startPostfix},
 		{name: "exim", tlsIP: "127.77.2.10", plainIP: "127.77.2.11", start: startExim},
+		{name: "opensmtpd", tlsIP: "127.77.3.10", plainIP: "127.77.3.11", start: startOpenSMTPD,
+			// Debian bookworm's opensmtpd 6.8.0p2 fails every STARTTLS
+			// handshake on the server side ("io-error: error:0A080006:SSL
+			// routines::EVP lib", alert internal_error to the client),
+			// with RSA and ECDSA keys alike, and swaks sees the same: its
+			// privilege-separated key process does not work with OpenSSL 3.
+			brokenTLS: "OpenSMTPD 6.8.0p2 on OpenSSL 3: every server-side TLS handshake fails (EVP lib)"},
 	}
 }
 
@@ -277,12 +285,47 @@ to_sink:
   hosts_try_chunking =
   hosts_try_prdr =
 `, r.mxName(), dir, r.tlsIP, r.plainIP, r.leaf.chainFile, r.leaf.keyFile, w.sink.port(), tree)
+	// Exim reads its key after dropping to its own user.
+	if _, err := run(nil, "chgrp", "Debian-exim", r.leaf.keyFile); err != nil {
+		return err
+	}
+	if err := os.Chmod(r.leaf.keyFile, 0o640); err != nil {
+		return err
+	}
 	confPath := filepath.Join(tree, "interop.conf")
 	if err := writeFile(confPath, conf, 0o644); err != nil {
 		return err
 	}
 	var err error
 	r.proc, err = w.spawn("exim", nil, filepath.Join(tree, "usr/sbin/exim4"), "-C", confPath, "-bdf", "-d-all+pid+tls")
+	if err != nil {
+		return err
+	}
+	if err := r.proc.waitListening(r.tlsIP + ":25"); err != nil {
+		return err
+	}
+	return r.proc.waitListening(r.plainIP + ":25")
+}
+
+// startOpenSMTPD runs smtpd in the foreground (-d). Its queue is the
+// compiled-in /var/spool/smtpd (smtpd.conf cannot move it).
+func startOpenSMTPD(w *world, r *receiver) error {
+	tree := filepath.Join(treeRoot(), "opensmtpd")
+	dir := filepath.Join(w.dir, "opensmtpd")
+	conf := fmt.Sprintf(`pki %[1]s cert "%[2]s"
+pki %[1]s key "%[3]s"
+smtp max-message-size 40M
+listen on %[4]s port 25 tls pki %[1]s hostname %[1]s
+listen on %[5]s port 25 hostname %[1]s
+action "sink" relay host smtp://127.0.0.1:%[6]s
+match from any for any action "sink"
+`, r.mxName(), r.leaf.chainFile, r.leaf.keyFile, r.tlsIP, r.plainIP, w.sink.port())
+	confPath := filepath.Join(dir, "smtpd.conf")
+	if err := writeFile(confPath, conf, 0o644); err != nil {
+		return err
+	}
+	var err error
+	r.proc, err = w.spawn("opensmtpd", nil, filepath.Join(tree, "usr/sbin/smtpd"), "-d", "-f", confPath)
 	if err != nil {
 		return err
 	}
