@@ -34,6 +34,7 @@ var knotPolicies = map[string]string{
 type dnsWorld struct {
 	anchorFile string // the private root's DNSKEY, for Postern and unbound
 	resolvConf string // "nameserver unbound", for tools that read resolv.conf
+	hostsFile  string // the machine's name, qualified, for tools that insist
 	zones      map[string]*zone
 }
 
@@ -136,6 +137,12 @@ func startDNS(w *world) (*dnsWorld, error) {
 	}
 	d.resolvConf = filepath.Join(dir, "resolv.conf")
 	if err := writeFile(d.resolvConf, "nameserver "+unboundAddr+"\n", 0o644); err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	d.hostsFile = filepath.Join(dir, "hosts")
+	hosts := fmt.Sprintf("127.0.0.1 localhost\n127.0.0.1 %[1]s.interop.test %[1]s\n::1 %[1]s.interop.test %[1]s\n", host)
+	if err := writeFile(d.hostsFile, hosts, 0o644); err != nil {
 		return nil, err
 	}
 	if err := writeFile(filepath.Join(dir, "root.hints"), ". 3600 IN NS ns.root.\nns.root. 3600 IN A "+knotAddr+"\n", 0o644); err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -186,6 +187,7 @@ func TestReceiverMatrix(t *testing.T) {
 			})
 		}
 	})
+	sort.Strings(table)
 	t.Logf("matrix:\n%s", strings.Join(table, "\n"))
 }
 

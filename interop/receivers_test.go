@@ -3,6 +3,7 @@ package interop
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -34,6 +35,7 @@ func allReceivers() []*receiver {
 			// with RSA and ECDSA keys alike, and swaks sees the same: its
 			// privilege-separated key process does not work with OpenSSL 3.
 			brokenTLS: "OpenSMTPD 6.8.0p2 on OpenSSL 3: every server-side TLS handshake fails (EVP lib)"},
+		{name: "sendmail", tlsIP: "127.77.4.10", plainIP: "127.77.4.11", start: startSendmail},
 	}
 }
 
@@ -326,6 +328,83 @@ match from any for any action "sink"
 	}
 	var err error
 	r.proc, err = w.spawn("opensmtpd", nil, filepath.Join(tree, "usr/sbin/smtpd"), "-d", "-f", confPath)
+	if err != nil {
+		return err
+	}
+	if err := r.proc.waitListening(r.tlsIP + ":25"); err != nil {
+		return err
+	}
+	return r.proc.waitListening(r.plainIP + ":25")
+}
+
+// startSendmail runs sendmail in the foreground (-bD) with a sendmail.cf
+// built by m4 from the package's own cf macros.
+func startSendmail(w *world, r *receiver) error {
+	tree := filepath.Join(treeRoot(), "sendmail")
+	dir := filepath.Join(w.dir, "sendmail")
+	if _, err := run(nil, "install", "-d", "-m", "0700", filepath.Join(dir, "mqueue")); err != nil {
+		return err
+	}
+	// Host names come from files only: the system resolver is not the
+	// suite's DNS, and nothing here needs it.
+	if err := writeFile(filepath.Join(dir, "service.switch"), "hosts files\naliases files\n", 0o644); err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(dir, "aliases"), "postmaster: root\n", 0o644); err != nil {
+		return err
+	}
+	// m4 quotes are ` and '.
+	q := func(v string) string { return "`" + v + "'" }
+	var mc strings.Builder
+	fmt.Fprintf(&mc, "divert(-1)\ninclude(%s)\ndivert(0)dnl\nOSTYPE(%s)dnl\n",
+		q(filepath.Join(tree, "usr/share/sendmail/cf/m4/cf.m4")), q("linux"))
+	for _, d := range [][2]string{
+		{"confDOMAIN_NAME", r.mxName()},
+		{"QUEUE_DIR", filepath.Join(dir, "mqueue")},
+		{"STATUS_FILE", filepath.Join(dir, "statistics")},
+		{"ALIAS_FILE", filepath.Join(dir, "aliases")},
+		{"confPID_FILE", filepath.Join(dir, "sendmail.pid")},
+		{"confSERVICE_SWITCH_FILE", filepath.Join(dir, "service.switch")},
+		{"confDONT_PROBE_INTERFACES", "true"},
+		// The world's directory is under /tmp (sticky, world-writable).
+		{"confDONT_BLAME_SENDMAIL", "TrustStickyBit,GroupWritableDirPathSafe"},
+		{"confCACERT_PATH", w.dir},
+		{"confCACERT", w.ca.file},
+		{"confSERVER_CERT", r.leaf.chainFile},
+		{"confSERVER_KEY", r.leaf.keyFile},
+		{"confTO_IDENT", "0s"},
+		{"confDELIVERY_MODE", "background"},
+		{"confEIGHT_BIT_HANDLING", "pass8"},
+		{"confMAX_MESSAGE_SIZE", "40000000"},
+		{"SMART_HOST", "[127.0.0.1]"},
+		{"RELAY_MAILER_ARGS", "TCP $h " + w.sink.port()},
+		{"SMTP_MAILER_ARGS", "TCP $h " + w.sink.port()},
+		{"ESMTP_MAILER_ARGS", "TCP $h " + w.sink.port()},
+	} {
+		fmt.Fprintf(&mc, "define(%s, %s)dnl\n", q(d[0]), q(d[1]))
+	}
+	for _, f := range []string{"promiscuous_relay", "accept_unresolvable_domains", "nocanonify", "no_default_msa"} {
+		fmt.Fprintf(&mc, "FEATURE(%s)dnl\n", q(f))
+	}
+	// STARTTLS on one address only (M=S: do not offer it).
+	fmt.Fprintf(&mc, "DAEMON_OPTIONS(%s)dnl\n", q("Family=inet, Addr="+r.tlsIP+", Port=25, Name=MTA"))
+	fmt.Fprintf(&mc, "DAEMON_OPTIONS(%s)dnl\n", q("Family=inet, Addr="+r.plainIP+", Port=25, Name=MTA-notls, M=S"))
+	fmt.Fprintf(&mc, "MAILER(%s)dnl\n", q("smtp"))
+	cf := filepath.Join(dir, "sendmail.cf")
+	cmd := exec.Command("m4")
+	cmd.Stdin = strings.NewReader(mc.String())
+	var m4Errors strings.Builder // FEATURE(promiscuous_relay) warns here
+	cmd.Stderr = &m4Errors
+	cfText, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("m4 sendmail.mc: %w\n%s", err, m4Errors.String())
+	}
+	if err := writeFile(cf, string(cfText), 0o644); err != nil {
+		return err
+	}
+	// Sendmail looks its host name up in DNS at start, whatever the
+	// service switch says; the system's resolver may not answer here.
+	r.proc, err = w.spawn("sendmail", nil, w.withSuiteDNS(filepath.Join(tree, "usr/libexec/sendmail/sendmail"), "-bD", "-C", cf)...)
 	if err != nil {
 		return err
 	}

@@ -220,6 +220,18 @@ func (w *world) spawn(name string, env []string, argv ...string) (*proc, error) 
 	return p, nil
 }
 
+// withSuiteDNS wraps argv to run in a mount namespace of its own where
+// /etc/resolv.conf names the suite's unbound and /etc/hosts gives the
+// machine's name a domain and an IPv6 address: for programs that read
+// the system's resolver configuration and offer no other way to set it,
+// and that wait for their own host name to resolve (sendmail sleeps a
+// minute per try). The process keeps its PID through the execs.
+func (w *world) withSuiteDNS(argv ...string) []string {
+	return append([]string{"unshare", "-m", "--", "sh", "-c",
+		`mount --bind "$0" /etc/resolv.conf && mount --bind "$1" /etc/hosts && shift && exec "$@"`,
+		w.dns.resolvConf, w.dns.hostsFile}, argv...)
+}
+
 // stop sends SIGTERM to the process and waits; SIGKILL after 10 seconds.
 func (p *proc) stop() {
 	select {
