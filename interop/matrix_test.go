@@ -76,6 +76,14 @@ func testMessage(tok, to string, extraHeaders string) []byte {
 	return b.Bytes()
 }
 
+// headerOf is the header section.
+func headerOf(msg []byte) []byte {
+	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
+		return msg[:i+2]
+	}
+	return msg
+}
+
 // bodyOf is everything after the header section.
 func bodyOf(msg []byte) []byte {
 	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {

@@ -168,8 +168,9 @@ func (p *postern) submit(from string, to []string, content []byte) (string, erro
 	if err := c.Auth(sasl.NewPlainClient("", submitUser, submitPass)); err != nil {
 		return "", err
 	}
+	// SMTPUTF8 for UTF-8 addresses or header fields (RFC 6531, 6532).
 	var opts *smtp.MailOptions
-	if hasNonASCII(from, to) {
+	if hasNonASCII(from, to) || hasNonASCII(string(headerOf(content)), nil) {
 		opts = &smtp.MailOptions{UTF8: true}
 	}
 	if err := c.Mail(from, opts); err != nil {

@@ -100,7 +100,7 @@ func startWorld() (w *world, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the interop suite binds ports 25 and 53 on 127.77.0.0/16: run it as root")
 	}
-	for _, tool := range []string{"knotd", "keymgr", "unbound", "swaks", "msmtp", "dkimverify", "python3", "unshare"} {
+	for _, tool := range []string{"knotd", "keymgr", "unbound", "swaks", "msmtp", "dkimverify", "/usr/bin/python3", "unshare", "m4"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("%s not found (run interop/install.sh): %w", tool, err)
 		}
