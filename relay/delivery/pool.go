@@ -70,7 +70,7 @@ func (p *pool) take(key string) *pooled {
 // enough or the server does not take RSET.
 func (p *pool) put(key string, pc *pooled) {
 	pc.uses++
-	if pc.uses >= p.maxUses || p.idleTime <= 0 || pc.c.client.Reset() != nil {
+	if pc.uses >= p.maxUses || p.idleTime <= 0 || pc.c.reset() != nil {
 		pc.c.close()
 		return
 	}
