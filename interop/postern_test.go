@@ -173,6 +173,13 @@ func (p *postern) submit(from string, to []string, content []byte) (string, erro
 	if hasNonASCII(from, to) || hasNonASCII(string(headerOf(content)), nil) {
 		opts = &smtp.MailOptions{UTF8: true}
 	}
+	// BODY=8BITMIME for 8-bit content (RFC 6152).
+	if hasNonASCII(string(content), nil) {
+		if opts == nil {
+			opts = &smtp.MailOptions{}
+		}
+		opts.Body = smtp.Body8BitMIME
+	}
 	if err := c.Mail(from, opts); err != nil {
 		return "", err
 	}
