@@ -48,6 +48,9 @@ func (r *receiver) daneTAName() string     { return "mx." + r.name + ".dane-ta.t
 func (r *receiver) daneBadName() string    { return "mx.bad-" + r.name + ".dane-ee.test" }
 func (r *receiver) domain(p string) string { return policyDomains[p](r) }
 
+// reuseDomain is a second domain under may with the same MX host.
+func (r *receiver) reuseDomain() string { return "reuse-" + r.name + ".plain.test" }
+
 func (r *receiver) issueCert(w *world) error {
 	names := []string{r.mxName(), r.daneTAName()}
 	var err error
@@ -84,7 +87,8 @@ func (w *world) zones() []*zone {
 			a(r.mxName(), r.tlsIP), a(r.otherName(), r.tlsIP), a(r.notlsName(), r.plainIP),
 			mx(r.domain("may"), r.mxName()), mx(r.domain("verify"), r.mxName()),
 			mx(r.domain("verify-wrong-name"), r.otherName()),
-			mx(r.domain("encrypt-no-tls"), r.notlsName()), mx(r.domain("may-no-tls"), r.notlsName()))
+			mx(r.domain("encrypt-no-tls"), r.notlsName()), mx(r.domain("may-no-tls"), r.notlsName()),
+			mx(r.reuseDomain(), r.mxName()))
 		daneEE.records = append(daneEE.records,
 			a(r.daneEEName(), r.tlsIP), mx(r.domain("dane-ee"), r.daneEEName()),
 			"_25._tcp."+r.daneEEName()+". 300 IN TLSA 3 1 1 "+spkiSHA256(r.leaf.cert),
