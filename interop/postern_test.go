@@ -118,7 +118,11 @@ tls:
   policies:
 %[7]sdkim:
   keys:
-%[8]sshutdown: {timeout: 5s}
+%[8]stlsrpt:
+  enabled: true
+  organization_name: Postern interop
+  contact_info: mailto:ops@sender.test
+shutdown: {timeout: 5s}
 admin: {metrics_listen: ""}
 `, posternHost, w.dir, posternIP, unboundAddr, w.dns.anchorFile, w.ca.file, pol.String(), keys.String())
 }

@@ -94,6 +94,9 @@ func (w *world) zones() []*zone {
 			"_25._tcp."+r.daneEEName()+". 300 IN TLSA 3 1 1 "+spkiSHA256(r.leaf.cert),
 			a(r.daneBadName(), r.tlsIP), mx(r.domain("dane-mismatch"), r.daneBadName()),
 			"_25._tcp."+r.daneBadName()+". 300 IN TLSA 3 1 1 "+strings.Repeat("ab", 32))
+		// TLS reports for the DANE-EE domain (RFC 8460 3).
+		daneEE.records = append(daneEE.records,
+			"_smtp._tls."+r.domain("dane-ee")+". 300 IN TXT \"v=TLSRPTv1; rua=mailto:"+tlsrptMailbox+"\"")
 		daneTA.records = append(daneTA.records,
 			a(r.daneTAName(), r.tlsIP), mx(r.domain("dane-ta"), r.daneTAName()),
 			"_25._tcp."+r.daneTAName()+". 300 IN TLSA 2 0 1 "+certSHA256(w.ca.cert))
