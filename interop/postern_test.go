@@ -112,7 +112,8 @@ delivery:
   poll_interval: 200ms
   retry: [2s]
   reuse_idle: 5s
-tls:
+  routes:
+%[9]stls:
   default: may
   ca_file: %[6]s
   policies:
@@ -124,7 +125,7 @@ tls:
   contact_info: mailto:ops@sender.test
 shutdown: {timeout: 5s}
 admin: {metrics_listen: ""}
-`, posternHost, w.dir, posternIP, unboundAddr, w.dns.anchorFile, w.ca.file, pol.String(), keys.String())
+`, posternHost, w.dir, posternIP, unboundAddr, w.dns.anchorFile, w.ca.file, pol.String(), keys.String(), w.routes())
 }
 
 func startPostern(w *world, bin string) (*postern, error) {

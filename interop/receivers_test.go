@@ -274,10 +274,29 @@ rfc1413_hosts =
 never_users =
 acl_smtp_rcpt = acl_rcpt
 log_selector = +tls_cipher +tls_peerdn +smtp_connection +received_recipients +outgoing_port
+# Exim is also the smarthost that requires AUTH, offered only inside TLS.
+auth_advertise_hosts = ${if eq{$tls_in_cipher}{}{}{*}}
 
 begin acl
 acl_rcpt:
+  deny message = 530 5.7.0 authentication required
+       domains = %[9]s
+       !authenticated = *
   accept
+
+begin authenticators
+plain_server:
+  driver = plaintext
+  public_name = PLAIN
+  server_prompts = :
+  server_condition = ${if and {{eq{$auth2}{%[10]s}}{eq{$auth3}{%[11]s}}}}
+  server_set_id = $auth2
+login_server:
+  driver = plaintext
+  public_name = LOGIN
+  server_prompts = Username:: : Password::
+  server_condition = ${if and {{eq{$auth1}{%[10]s}}{eq{$auth2}{%[11]s}}}}
+  server_set_id = $auth1
 
 begin routers
 to_sink:
@@ -293,7 +312,8 @@ to_sink:
   hosts_avoid_tls = *
   hosts_try_chunking =
   hosts_try_prdr =
-`, r.mxName(), dir, r.tlsIP, r.plainIP, r.leaf.chainFile, r.leaf.keyFile, w.sink.port(), tree)
+`, r.mxName(), dir, r.tlsIP, r.plainIP, r.leaf.chainFile, r.leaf.keyFile, w.sink.port(), tree,
+		strings.Join(smarthostDomains, " : "), smarthostUser, smarthostPass)
 	// Exim reads its key after dropping to its own user.
 	if _, err := run(nil, "chgrp", "Debian-exim", r.leaf.keyFile); err != nil {
 		return err
