@@ -14,6 +14,16 @@ set -euo pipefail
 root="${POSTERN_INTEROP_ROOT:-/opt/postern-interop}"
 export DEBIAN_FRONTEND=noninteractive
 
+# Packages must not start their services (knot and unbound would take
+# port 53): deny it for the length of this script unless a policy exists.
+cleanup=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod 0755 /usr/sbin/policy-rc.d
+  cleanup="rm -f /usr/sbin/policy-rc.d"
+fi
+trap '$cleanup' EXIT
+
 apt-get update -qq
 # Tools, and the libraries the unpacked MTAs link against.
 apt-get install -y -qq --no-install-recommends \
@@ -24,7 +34,7 @@ apt-get install -y -qq --no-install-recommends \
 
 mkdir -p "$root"
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'rm -rf "$tmp"; $cleanup' EXIT
 # "apt-get download" writes into the current directory as the _apt user.
 chmod 0777 "$tmp"
 (cd "$tmp" && apt-get download -qq postfix exim4-daemon-light exim4-base \
