@@ -97,7 +97,7 @@ func sum(b []byte) string {
 	return hex.EncodeToString(s[:8])
 }
 
-// check waits for the message's fate and compares it with want.
+// sent is a message submitted to Postern, and how to recognize it.
 type sent struct {
 	label, rcpt, tok, id string
 	content              []byte
