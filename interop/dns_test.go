@@ -65,6 +65,12 @@ func startDNS(w *world) (*dnsWorld, error) {
 			return nil, err
 		}
 	}
+	// knotd binds port 53 as root and then runs as the knot user (from the
+	// knot package), and keymgr switches to that user too: it must own the
+	// database, the keys and the run directory.
+	if _, err := run(nil, "chown", "-R", "knot:knot", dir); err != nil {
+		return nil, err
+	}
 	zones := w.zones()
 	d := &dnsWorld{zones: map[string]*zone{}}
 	for _, z := range zones {
@@ -164,6 +170,7 @@ func knotConf(dir string, zones []*zone) string {
 	fmt.Fprintf(&b, `server:
     rundir: %[1]s
     listen: %[2]s@53
+    user: knot:knot
 database:
     storage: %[1]s/db
 keystore:
@@ -200,7 +207,8 @@ func unboundConf(dir, anchor string) string {
   port: 53
   do-ip6: no
   do-not-query-localhost: no
-  username: ""
+  # unbound binds port 53 as root and then runs as the unbound user.
+  username: "unbound"
   chroot: ""
   directory: %[1]q
   pidfile: ""
