@@ -71,7 +71,7 @@ func (p *pool) take(key string) *pooled {
 func (p *pool) put(key string, pc *pooled) {
 	pc.uses++
 	// A cleartext fallback is not kept: the next message tries STARTTLS again.
-	if pc.c.tls.Fallback != "" || pc.uses >= p.maxUses || p.idleTime <= 0 || pc.c.client.Reset() != nil {
+	if pc.c.tls.Fallback != "" || pc.uses >= p.maxUses || p.idleTime <= 0 || pc.c.reset() != nil {
 		pc.c.close()
 		return
 	}

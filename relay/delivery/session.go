@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -70,6 +71,8 @@ type conn struct {
 	addr    netip.AddrPort
 	tls     TLSInfo
 	capped  *cappedConn // bounds what the server may make us read
+	replay  *replayConn // answers go-smtp's EHLO with ehlo, the session's reply
+	ehlo    []byte
 }
 
 // dialSession opens a session: connect, greeting, EHLO with our name,
@@ -139,16 +142,42 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 			info.PeerSHA256 = hex.EncodeToString(sum[:])
 		}
 		next = tc
+		// RFC 3207 4.2: everything learned before TLS is discarded; EHLO
+		// again.
+		text = textproto.NewConn(tc)
+		text.PrintfLine("EHLO %s", hostname)
+		if _, ehlo, err = readReply(text, 250); err != nil {
+			return fail(asFailure(err, host, "EHLO"))
+		}
 	}
 	info.Policy, info.PolicySource, info.PolicyType = policy.Describe(), policy.Source, policy.PolicyType
 	next.SetDeadline(time.Time{})
-	c := smtp.NewClient(&replayConn{Conn: next, pending: []byte("220 resumed\r\n")})
+	// The session has had its one EHLO (RFC 5321 4.1.4 lets a server refuse
+	// another: OpenSMTPD answers "503 5.5.1 Invalid command: Already
+	// identified", and that 5xx bounced mail). go-smtp's client, which
+	// says EHLO to learn the extensions (and again after every RSET), is
+	// handed the reply instead, and its EHLO is not sent.
+	rc := &replayConn{Conn: next, pending: []byte("220 resumed\r\n")}
+	reply := ehloReply(ehlo)
+	rc.expectEHLO(reply)
+	c := smtp.NewClient(rc)
 	c.CommandTimeout, c.SubmissionTimeout = t.Command, t.FinalDot
 	if err := c.Hello(hostname); err != nil {
 		c.Close()
 		return nil, asFailure(err, host, "EHLO")
 	}
-	return &conn{client: c, netConn: next, block: t.Block, host: host, addr: addr, tls: info, capped: capped}, nil
+	return &conn{client: c, netConn: next, block: t.Block, host: host, addr: addr, tls: info, capped: capped,
+		replay: rc, ehlo: reply}, nil
+}
+
+// reset aborts a transaction with RSET, keeping the session's single EHLO
+// (go-smtp's client would say EHLO again before the next MAIL).
+func (c *conn) reset() error {
+	if err := c.client.Reset(); err != nil {
+		return err
+	}
+	c.replay.expectEHLO(c.ehlo)
+	return nil
 }
 
 // Probe opens a session to host at addr under decision as a delivery
@@ -207,10 +236,40 @@ func offersExtension(ehlo, ext string) bool {
 	return false
 }
 
-// replayConn returns pending bytes before reading the connection.
+// replayConn returns pending bytes before reading the connection, and
+// can answer one EHLO from the client itself instead of sending it.
 type replayConn struct {
 	net.Conn
-	pending []byte
+	pending   []byte
+	ehloReply []byte // set: the next EHLO written is answered with this
+}
+
+// expectEHLO makes the next EHLO the client writes be answered with reply,
+// without reaching the server.
+func (r *replayConn) expectEHLO(reply []byte) { r.ehloReply = reply }
+
+func (r *replayConn) Write(p []byte) (int, error) {
+	if r.ehloReply != nil && bytes.HasPrefix(p, []byte("EHLO ")) {
+		r.pending = append(r.pending, r.ehloReply...)
+		r.ehloReply = nil
+		return len(p), nil
+	}
+	return r.Conn.Write(p)
+}
+
+// ehloReply renders an EHLO reply (as textproto returned it: the lines
+// without codes, joined by newlines) back into its wire form.
+func ehloReply(msg string) []byte {
+	lines := strings.Split(msg, "\n")
+	var b bytes.Buffer
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		b.WriteString("250" + sep + l + "\r\n")
+	}
+	return b.Bytes()
 }
 
 func (r *replayConn) Read(p []byte) (int, error) {
@@ -310,7 +369,7 @@ func (c *conn) send(tx Transaction) ([]*Failure, error) {
 		accepted++
 	}
 	if accepted == 0 {
-		c.client.Reset()
+		c.reset()
 		return results, nil
 	}
 	w, err := c.client.Data()
