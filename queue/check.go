@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -37,7 +38,21 @@ func check(db *bolt.DB, path string, budget time.Duration) (closed bool, err err
 	if err != nil {
 		return false, fmt.Errorf("check %s: %w", path, err)
 	}
-	problems := tx.Check()
+	problems := make(chan error)
+	go func() {
+		defer close(problems)
+		// bbolt's Check reads pages on a goroutine of its own, where a
+		// page number past the end of the file faults on the memory map,
+		// and a fault there ends the process. Every page it will read is
+		// read here first, where a fault is a panic and becomes a problem.
+		if err := readEveryPage(tx); err != nil {
+			problems <- err
+			return
+		}
+		for p := range tx.Check() {
+			problems <- p
+		}
+	}()
 	timer := time.NewTimer(budget)
 	defer timer.Stop()
 	var found []string
@@ -67,9 +82,34 @@ func check(db *bolt.DB, path string, budget time.Duration) (closed bool, err err
 	}
 }
 
+// readEveryPage walks every bucket of tx to its last key, on a goroutine
+// that turns a fault on the memory map (a page number leading outside the
+// file) into a panic, and turns a panic into an error.
+func readEveryPage(tx *bolt.Tx) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("reading every page: %v", r)
+		}
+	}()
+	var walk func(b *bolt.Bucket)
+	walk = func(b *bolt.Bucket) {
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if v == nil {
+				if child := b.Bucket(k); child != nil {
+					walk(child)
+				}
+			}
+		}
+	}
+	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { walk(b); return nil })
+}
+
 // openBolt opens the database file, turning bbolt's panics on a damaged
 // file (a meta or freelist page it cannot read) into ErrDamaged.
 func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			db, err = nil, fmt.Errorf("%s: %w (%v). %s", path, ErrDamaged, r, DamagedAdvice)

@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -37,6 +38,9 @@ func (q *Queue) update(fn func(tx *bolt.Tx) error) error {
 
 func (q *Queue) committer() {
 	defer close(q.stopped)
+	// A page number that leads outside the file faults on the memory map;
+	// as a panic, runGroup can turn it into ErrDamaged like any other.
+	debug.SetPanicOnFault(true)
 	group := make([]*writeRequest, 0, maxGroup)
 	for req := range q.writes {
 		group = append(group[:0], req)
