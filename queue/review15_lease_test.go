@@ -1,0 +1,52 @@
+package queue
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A delay notice covers several recipients of one lease and rides on the
+// first outcome it covers. When that one recipient is no longer held (a
+// worker that lost the lease delivered it meanwhile), the notice is not
+// queued; the other recipients it covered must then not be marked as
+// notified, or their sender never hears of the delay.
+func TestDelayNoticeNotQueuedLeavesItsRecipientsUnmarked(t *testing.T) {
+	clock := newClock()
+	q := openTest(t, clock, t.TempDir(), 0)
+	defer q.Close()
+	env := envelope("a@x.test", "b@x.test")
+	for i := range env.Recipients {
+		env.Recipients[i].Notify = []string{"DELAY", "FAILURE"}
+	}
+	id, err := q.Enqueue("", env, strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := mustLease(t, q, 1)
+	clock.Advance(2 * time.Minute)
+	second := mustLease(t, q, 1) // the first worker's lease ran out
+	if len(first) != 1 || len(second) != 1 || len(second[0].Recipients) != 2 {
+		t.Fatalf("leases: %+v then %+v", first, second)
+	}
+	// The first worker delivered a@ before it noticed.
+	if _, err := q.Record(id, first[0].Seq, []Outcome{{Recipient: 0, Result: ResultDelivered, Reply: "250 ok"}}); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("late delivery: %v", err)
+	}
+	// The second worker was deferred for both, and warns of the delay for
+	// both in one notice, carried by the first outcome it covers.
+	notice := Draft{Envelope: Envelope{Recipients: []Recipient{{Addr: "app@example.org", Notify: []string{"NEVER"}}}}, Body: []byte("delayed: a@, b@")}
+	_, err = q.Record(id, second[0].Seq, []Outcome{
+		{Recipient: 0, Result: ResultDeferred, RetryAt: clock.Now().Add(time.Hour), DelayNotified: true, Notices: []Draft{notice}},
+		{Recipient: 1, Result: ResultDeferred, RetryAt: clock.Now().Add(time.Hour), DelayNotified: true},
+	})
+	if err != nil {
+		t.Fatalf("second worker's outcomes: %v", err)
+	}
+	n, _ := q.Count()
+	queued := n == 2
+	if b := mustGet(t, q, id).Recipients[1]; b.DelayNotified && !queued {
+		t.Fatalf("b@ is marked as told of its delay, but no notice was queued (%d messages in the queue)", n)
+	}
+}
