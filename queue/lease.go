@@ -108,7 +108,8 @@ type Outcome struct {
 	Host      string // the server that said it, if one did
 	RetryAt   time.Time
 	// DelayNotified marks that a delay notice for the recipient is among
-	// the Notices of this Record's outcomes.
+	// the Notices of this Record's outcomes. It is recorded only if every
+	// notice of the Record was queued (see Record).
 	DelayNotified bool
 	// Notices (such as a delay notice to the sender) are enqueued in the
 	// same transaction as the outcome, and only if it applies: a crash or a
@@ -157,7 +158,15 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 		}
 		now := q.clock.Now()
 		m := old.clone()
-		applied, late := apply(&m, seq, outcomes, now)
+		// A notice rides on one outcome but may cover others (a delay
+		// notice names every recipient deferred): if one is not queued
+		// because its outcome's recipient is no longer held, no recipient
+		// may be marked as told.
+		allQueued := true
+		for _, o := range outcomes {
+			allQueued = allQueued && (len(o.Notices) == 0 || held(old, seq, o))
+		}
+		applied, late := apply(&m, seq, outcomes, now, allQueued)
 		lost = applied == 0 && len(outcomes) > 0
 		if err := journal(tx, old, seq, outcomes, now); err != nil {
 			return err
@@ -211,7 +220,9 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 
 // apply changes m by the outcomes and says how many were under the lease
 // seq, and how many late deliveries (of a lost lease) it recorded.
-func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) (applied, late int) {
+// DelayNotified is recorded only when notified is true (every notice of the
+// outcomes was queued).
+func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time, notified bool) (applied, late int) {
 	for _, o := range outcomes {
 		if o.Recipient < 0 || o.Recipient >= len(m.Recipients) {
 			continue
@@ -235,7 +246,7 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) (applied, 
 		}
 		r.Attempts++
 		r.LastAttempt, r.LastReply, r.LastHost, r.Lease = now, o.Reply, o.Host, 0
-		r.DelayNotified = r.DelayNotified || o.DelayNotified
+		r.DelayNotified = r.DelayNotified || (o.DelayNotified && notified)
 		switch o.Result {
 		case ResultDelivered:
 			r.State, r.FinalAt = Delivered, now
