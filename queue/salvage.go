@@ -78,7 +78,11 @@ func Salvage(path string, opts Options) (SalvageReport, error) {
 		return rep, fmt.Errorf("salvage %s: %w", path, err)
 	}
 	rep.Damaged = path + ".damaged-" + time.Now().UTC().Format("20060102T150405Z")
-	if err := rename(path, rep.Damaged); err != nil {
+	// The damaged file is kept by a second name, and the new one then
+	// replaces it in one rename: path names a database at every instant.
+	// Were it ever missing, a daemon started then would create an empty
+	// one, and its Recover would delete every spool file as unreferenced.
+	if err := os.Link(path, rep.Damaged); err != nil {
 		return rep, fmt.Errorf("salvage: keep the damaged file: %w", err)
 	}
 	if err := rename(tmp, path); err != nil {
