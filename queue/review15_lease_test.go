@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -48,5 +49,48 @@ func TestDelayNoticeNotQueuedLeavesItsRecipientsUnmarked(t *testing.T) {
 	queued := n == 2
 	if b := mustGet(t, q, id).Recipients[1]; b.DelayNotified && !queued {
 		t.Fatalf("b@ is marked as told of its delay, but no notice was queued (%d messages in the queue)", n)
+	}
+}
+
+// A worker that lost its lease may still deliver; by the time it records,
+// the message may be gone: the second worker finished and retired it, or
+// the operator deleted it under the attempt. The delivery happened all the
+// same, and its evidence must be kept, not dropped with ErrNotFound.
+func TestDeliveryOfAMessageGoneMeanwhileKeepsItsEvidence(t *testing.T) {
+	for _, how := range []string{"retired by the second worker", "deleted by the operator"} {
+		t.Run(how, func(t *testing.T) {
+			clock := newClock()
+			q := openTest(t, clock, t.TempDir(), 0)
+			defer q.Close()
+			id, err := q.Enqueue("", envelope("a@x.test"), strings.NewReader("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := mustLease(t, q, 1)
+			if how == "deleted by the operator" {
+				if err := q.Delete(id); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				clock.Advance(2 * time.Minute)
+				second := mustLease(t, q, 1)
+				_, err := q.Record(id, second[0].Seq, []Outcome{{Recipient: 0, Result: ResultDelivered, Reply: "250 second",
+					Journal: [][]byte{[]byte("second worker's delivery")}}}, func(Message) bool { return true })
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			start := clock.Now()
+			_, err = q.Record(id, first[0].Seq, []Outcome{{Recipient: 0, Result: ResultDelivered, Reply: "250 first",
+				Journal: [][]byte{[]byte("first worker's delivery")}}})
+			if err == nil {
+				t.Fatal("recording against a message that is gone succeeded")
+			}
+			var got []string
+			q.ReadJournal(start, time.Time{}, func(e JournalEntry) bool { got = append(got, string(e.Data)); return true })
+			if !slices.Contains(got, "first worker's delivery") {
+				t.Fatalf("evidence of a delivery that happened was dropped (%v); journal: %q", err, got)
+			}
+		})
 	}
 }
