@@ -45,6 +45,27 @@ func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now t
 	return nil
 }
 
+// journalGone appends the entries of the deliveries among outcomes whose
+// message is no longer queued (see Record).
+func journalGone(tx *bolt.Tx, outcomes []Outcome, now time.Time) error {
+	b := tx.Bucket(bucketJournal)
+	for _, o := range outcomes {
+		if o.Result != ResultDelivered {
+			continue
+		}
+		for _, entry := range o.Journal {
+			n, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := b.Put(journalKey(now, n), entry); err != nil {
+				return fmt.Errorf("journal: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 func journalKey(t time.Time, n uint64) []byte {
 	k := make([]byte, 16)
 	if ns := t.UnixNano(); ns > 0 && t.After(time.Unix(0, 0)) { // the zero time and earlier sort first

@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -133,7 +134,10 @@ type Outcome struct {
 // Its journal entries are kept with it: evidence of a delivery is never
 // dropped. If no outcome was under the lease, the error is ErrLeaseLost, once
 // what was kept is durable; the returned Message then has RetireSeq set only
-// if this call made the message Done and the caller is to retire it.
+// if this call made the message Done and the caller is to retire it. If
+// the message is gone (retired by the worker that took the lease over, or
+// deleted), the evidence of the deliveries among outcomes is journalled all
+// the same, and the error is ErrNotFound.
 //
 // quiet, when given, is asked (inside the transaction; it must not do I/O)
 // whether a Done message needs no notice at all; if so it is retired in the
@@ -150,9 +154,17 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 		return Message{}, fmt.Errorf("record %s: %w", id, err)
 	}
 	var queued []prepared
+	var gone bool
 	err = q.update(func(tx *bolt.Tx) error {
-		spooled, lost, queued = false, false, nil
+		spooled, lost, queued, gone = false, false, nil, false
 		old, err := getMessage(tx, id)
+		if errors.Is(err, ErrNotFound) {
+			// Retired by the worker that took the lease over, or deleted
+			// under the attempt: a delivery made all the same is a fact,
+			// and its evidence is kept.
+			gone = true
+			return journalGone(tx, outcomes, q.clock.Now())
+		}
 		if err != nil {
 			return err
 		}
@@ -211,6 +223,9 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 	q.removeUnqueued(notices, queued)
 	if err == nil && spooled {
 		os.Remove(q.spoolPath(id))
+	}
+	if err == nil && gone {
+		err = fmt.Errorf("record %s: %w (the evidence of its deliveries is kept)", id, ErrNotFound)
 	}
 	if err == nil && lost {
 		err = fmt.Errorf("record %s: %w (the evidence of the attempt is kept)", id, ErrLeaseLost)
