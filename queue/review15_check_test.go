@@ -19,6 +19,13 @@ import (
 // page, rather than in a page header.
 func pointerDamagedQueue(t *testing.T, dir string, n int) (onPage string) {
 	t.Helper()
+	return pointerDamagedQueueTo(t, dir, n, 1, func(uint64) uint64 { return 1 << 28 }) // 1 TiB into the file with 4 KiB pages
+}
+
+// pointerDamagedQueueTo is pointerDamagedQueue with the damaged element
+// (elem, 0 or 1) and page number (to, given the root branch's own) chosen.
+func pointerDamagedQueueTo(t *testing.T, dir string, n, elem int, to func(root uint64) uint64) (onPage string) {
+	t.Helper()
 	q := openTest(t, newClock(), dir, 0)
 	err := q.update(func(tx *bolt.Tx) error {
 		for i := 0; i < n; i++ {
@@ -55,15 +62,16 @@ func pointerDamagedQueue(t *testing.T, dir string, n int) (onPage string) {
 	if flags := binary.LittleEndian.Uint16(raw[8:]); flags != 0x01 {
 		t.Fatalf("messages bucket root page %d has flags %#x, want a branch", root, flags)
 	}
-	// Second branch element (header 16 bytes, elements of 16: pos, ksize, pgid).
+	// Branch element elem (header 16 bytes, elements of 16: pos, ksize, pgid).
 	var pgid [8]byte
-	binary.LittleEndian.PutUint64(pgid[:], 1<<28) // 1 TiB into the file with 4 KiB pages
-	if _, err := f.WriteAt(pgid[:], root*pageSize+16+16+8); err != nil {
+	binary.LittleEndian.PutUint64(pgid[:], to(uint64(root)))
+	at := 16 + 16*elem
+	if _, err := f.WriteAt(pgid[:], root*pageSize+int64(at)+8); err != nil {
 		t.Fatal(err)
 	}
 	// The element's key, the first ID on the page it pointed to.
-	pos, ksize := binary.LittleEndian.Uint32(raw[16+16:]), binary.LittleEndian.Uint32(raw[16+16+4:])
-	return string(raw[16+16+pos:][:ksize])
+	pos, ksize := binary.LittleEndian.Uint32(raw[at:]), binary.LittleEndian.Uint32(raw[at+4:])
+	return string(raw[uint32(at)+pos:][:ksize])
 }
 
 // The start-up check must refuse a database whose branch page points past
