@@ -135,3 +135,33 @@ func TestDamagedBranchMetWhileWritingFailsTheWriteNotTheProcess(t *testing.T) {
 		t.Fatalf("a write through a branch pointing past the end of queue.db: child %v:\n%s", err, text)
 	}
 }
+
+// A damaged page met by a read after the start (the check was off, or the
+// damage came later) must fail that read with ErrDamaged, as a write does:
+// reads run on the caller's goroutine (a delivery worker reading a body, the
+// admin API listing the queue), where bbolt's panic ends the process.
+func TestDamageFoundWhileReadingFailsTheReadNotTheProcess(t *testing.T) {
+	dir := t.TempDir()
+	_, onPage := damagedQueue(t, dir, 300)
+	q, err := Open(filepath.Join(dir, "queue.db"), Options{CheckTimeout: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for name, read := range map[string]func() error{
+		"Get":   func() error { _, err := q.Get(onPage[0]); return err },
+		"List":  func() error { _, err := q.List(Filter{}); return err },
+		"Stats": func() error { _, err := q.Stats(); return err },
+	} {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("%s through a damaged page panicked (in a worker or handler goroutine the process ends): %v", name, r)
+				}
+			}()
+			if err := read(); !errors.Is(err, ErrDamaged) {
+				t.Errorf("%s through a damaged page: %v, want ErrDamaged", name, err)
+			}
+		}()
+	}
+}
