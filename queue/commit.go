@@ -123,3 +123,17 @@ func (q *Queue) runGroup(group []*writeRequest) (err error) {
 		return nil
 	})
 }
+
+// view runs fn in a read transaction on the caller's goroutine (a delivery
+// worker, an admin request), where a bbolt panic on a damaged page, or a
+// fault on a page number outside the file, would end the process: both
+// become ErrDamaged, as they do for writes (see runGroup).
+func (q *Queue) view(fn func(tx *bolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s: %w (%v). %s", q.path, ErrDamaged, r, DamagedAdvice)
+		}
+	}()
+	return q.db.View(fn)
+}

@@ -78,7 +78,7 @@ func journalKey(t time.Time, n uint64) []byte {
 // ReadJournal calls fn for each entry written in [from, to), oldest first,
 // until fn returns false. A zero to means no upper bound.
 func (q *Queue) ReadJournal(from, to time.Time, fn func(JournalEntry) bool) error {
-	return q.db.View(func(tx *bolt.Tx) error {
+	return q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketJournal).Cursor()
 		for k, v := c.Seek(journalKey(from, 0)); k != nil; k, v = c.Next() {
 			t := time.Unix(0, int64(binary.BigEndian.Uint64(k)))
@@ -96,7 +96,7 @@ func (q *Queue) ReadJournal(from, to time.Time, fn func(JournalEntry) bool) erro
 // ReadJournalNewestFirst calls fn for each entry written in [from, to),
 // newest first, until fn returns false. A zero to means no upper bound.
 func (q *Queue) ReadJournalNewestFirst(from, to time.Time, fn func(JournalEntry) bool) error {
-	return q.db.View(func(tx *bolt.Tx) error {
+	return q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketJournal).Cursor()
 		var k, v []byte
 		if to.IsZero() {
