@@ -94,3 +94,37 @@ func TestDeliveryOfAMessageGoneMeanwhileKeepsItsEvidence(t *testing.T) {
 		})
 	}
 }
+
+// When both workers delivered (the first one's lease ran out under it), the
+// recipient got two copies: both deliveries happened, and the evidence of
+// each is kept, whichever was recorded first. So too when the second worker
+// was refused and failed the recipient: the first worker's delivery stands
+// as evidence against the bounce.
+func TestEveryDeliveryUnderALostLeaseKeepsItsEvidence(t *testing.T) {
+	for _, second := range []Result{ResultDelivered, ResultFailed} {
+		t.Run(map[Result]string{ResultDelivered: "second delivered", ResultFailed: "second failed"}[second], func(t *testing.T) {
+			clock := newClock()
+			q := openTest(t, clock, t.TempDir(), 0)
+			defer q.Close()
+			id, err := q.Enqueue("", envelope("a@x.test"), strings.NewReader("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := mustLease(t, q, 1)
+			clock.Advance(2 * time.Minute)
+			again := mustLease(t, q, 1)
+			if _, err := q.Record(id, again[0].Seq, []Outcome{{Recipient: 0, Result: second, Reply: "second worker",
+				Journal: [][]byte{[]byte("second worker's outcome")}}}); err != nil {
+				t.Fatal(err)
+			}
+			start := clock.Now()
+			q.Record(id, first[0].Seq, []Outcome{{Recipient: 0, Result: ResultDelivered, Reply: "250 first",
+				Journal: [][]byte{[]byte("first worker's delivery")}}})
+			var got []string
+			q.ReadJournal(start, time.Time{}, func(e JournalEntry) bool { got = append(got, string(e.Data)); return true })
+			if !slices.Contains(got, "first worker's delivery") {
+				t.Fatalf("evidence of the first worker's delivery was dropped; journal: %q", got)
+			}
+		})
+	}
+}
