@@ -20,16 +20,18 @@ type JournalEntry struct {
 }
 
 // journal appends the entries of the outcomes that apply (their recipient
-// was leased under seq), and those of deliveries made under a lost lease
-// (see Record), under keys that sort by time.
+// was leased under seq), and those of every delivery made under a lost
+// lease (see Record), under keys that sort by time.
 func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now time.Time) error {
 	b := tx.Bucket(bucketJournal)
 	for _, o := range outcomes {
 		if len(o.Journal) == 0 || o.Result == ResultReturned || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
 			continue
 		}
-		late := o.Result == ResultDelivered && !before.Recipients[o.Recipient].State.Final()
-		if !held(before, seq, o) && !late {
+		// A delivery is a fact whoever holds the recipient now, even one
+		// that has recorded its own outcome first (a second copy, or a
+		// failure the bounce will report): its evidence is kept.
+		if !held(before, seq, o) && o.Result != ResultDelivered {
 			continue
 		}
 		for _, entry := range o.Journal {
