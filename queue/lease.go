@@ -131,8 +131,9 @@ type Outcome struct {
 // again, or the daemon restarted) do not change their recipients, with one
 // exception: a delivery that happened is a fact, and a recipient that is not
 // yet final is marked Delivered all the same, so that it is not tried again.
-// Its journal entries are kept with it: evidence of a delivery is never
-// dropped. If no outcome was under the lease, the error is ErrLeaseLost, once
+// Its journal entries are kept, even when the recipient is final already
+// (the new holder delivered it too, or failed it): evidence of a delivery is
+// never dropped. If no outcome was under the lease, the error is ErrLeaseLost, once
 // what was kept is durable; the returned Message then has RetireSeq set only
 // if this call made the message Done and the caller is to retire it. If
 // the message is gone (retired by the worker that took the lease over, or
