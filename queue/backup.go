@@ -37,7 +37,7 @@ func (q *Queue) Backup(dir *os.Root) (BackupReport, error) {
 		return rep, fmt.Errorf("backup: %w", err)
 	}
 	var gone []string
-	err := q.db.View(func(tx *bolt.Tx) error {
+	err := q.view(func(tx *bolt.Tx) error {
 		// Spool files first, while the snapshot still names them: a message
 		// deleted since has lost its file, and is dropped below.
 		err := tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {

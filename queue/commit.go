@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -37,6 +38,9 @@ func (q *Queue) update(fn func(tx *bolt.Tx) error) error {
 
 func (q *Queue) committer() {
 	defer close(q.stopped)
+	// A page number that leads outside the file faults on the memory map;
+	// as a panic, runGroup can turn it into ErrDamaged like any other.
+	debug.SetPanicOnFault(true)
 	group := make([]*writeRequest, 0, maxGroup)
 	for req := range q.writes {
 		group = append(group[:0], req)
@@ -118,4 +122,18 @@ func (q *Queue) runGroup(group []*writeRequest) (err error) {
 		}
 		return nil
 	})
+}
+
+// view runs fn in a read transaction on the caller's goroutine (a delivery
+// worker, an admin request), where a bbolt panic on a damaged page, or a
+// fault on a page number outside the file, would end the process: both
+// become ErrDamaged, as they do for writes (see runGroup).
+func (q *Queue) view(fn func(tx *bolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s: %w (%v). %s", q.path, ErrDamaged, r, DamagedAdvice)
+		}
+	}()
+	return q.db.View(fn)
 }

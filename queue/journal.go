@@ -20,16 +20,39 @@ type JournalEntry struct {
 }
 
 // journal appends the entries of the outcomes that apply (their recipient
-// was leased under seq), and those of deliveries made under a lost lease
-// (see Record), under keys that sort by time.
+// was leased under seq), and those of every delivery made under a lost
+// lease (see Record), under keys that sort by time.
 func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now time.Time) error {
 	b := tx.Bucket(bucketJournal)
 	for _, o := range outcomes {
 		if len(o.Journal) == 0 || o.Result == ResultReturned || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
 			continue
 		}
-		late := o.Result == ResultDelivered && !before.Recipients[o.Recipient].State.Final()
-		if !held(before, seq, o) && !late {
+		// A delivery is a fact whoever holds the recipient now, even one
+		// that has recorded its own outcome first (a second copy, or a
+		// failure the bounce will report): its evidence is kept.
+		if !held(before, seq, o) && o.Result != ResultDelivered {
+			continue
+		}
+		for _, entry := range o.Journal {
+			n, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := b.Put(journalKey(now, n), entry); err != nil {
+				return fmt.Errorf("journal: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// journalGone appends the entries of the deliveries among outcomes whose
+// message is no longer queued (see Record).
+func journalGone(tx *bolt.Tx, outcomes []Outcome, now time.Time) error {
+	b := tx.Bucket(bucketJournal)
+	for _, o := range outcomes {
+		if o.Result != ResultDelivered {
 			continue
 		}
 		for _, entry := range o.Journal {
@@ -57,7 +80,7 @@ func journalKey(t time.Time, n uint64) []byte {
 // ReadJournal calls fn for each entry written in [from, to), oldest first,
 // until fn returns false. A zero to means no upper bound.
 func (q *Queue) ReadJournal(from, to time.Time, fn func(JournalEntry) bool) error {
-	return q.db.View(func(tx *bolt.Tx) error {
+	return q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketJournal).Cursor()
 		for k, v := c.Seek(journalKey(from, 0)); k != nil; k, v = c.Next() {
 			t := time.Unix(0, int64(binary.BigEndian.Uint64(k)))
@@ -75,7 +98,7 @@ func (q *Queue) ReadJournal(from, to time.Time, fn func(JournalEntry) bool) erro
 // ReadJournalNewestFirst calls fn for each entry written in [from, to),
 // newest first, until fn returns false. A zero to means no upper bound.
 func (q *Queue) ReadJournalNewestFirst(from, to time.Time, fn func(JournalEntry) bool) error {
-	return q.db.View(func(tx *bolt.Tx) error {
+	return q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketJournal).Cursor()
 		var k, v []byte
 		if to.IsZero() {

@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -108,7 +109,8 @@ type Outcome struct {
 	Host      string // the server that said it, if one did
 	RetryAt   time.Time
 	// DelayNotified marks that a delay notice for the recipient is among
-	// the Notices of this Record's outcomes.
+	// the Notices of this Record's outcomes. It is recorded only if every
+	// notice of the Record was queued (see Record).
 	DelayNotified bool
 	// Notices (such as a delay notice to the sender) are enqueued in the
 	// same transaction as the outcome, and only if it applies: a crash or a
@@ -129,10 +131,14 @@ type Outcome struct {
 // again, or the daemon restarted) do not change their recipients, with one
 // exception: a delivery that happened is a fact, and a recipient that is not
 // yet final is marked Delivered all the same, so that it is not tried again.
-// Its journal entries are kept with it: evidence of a delivery is never
-// dropped. If no outcome was under the lease, the error is ErrLeaseLost, once
+// Its journal entries are kept, even when the recipient is final already
+// (the new holder delivered it too, or failed it): evidence of a delivery is
+// never dropped. If no outcome was under the lease, the error is ErrLeaseLost, once
 // what was kept is durable; the returned Message then has RetireSeq set only
-// if this call made the message Done and the caller is to retire it.
+// if this call made the message Done and the caller is to retire it. If
+// the message is gone (retired by the worker that took the lease over, or
+// deleted), the evidence of the deliveries among outcomes is journalled all
+// the same, and the error is ErrNotFound.
 //
 // quiet, when given, is asked (inside the transaction; it must not do I/O)
 // whether a Done message needs no notice at all; if so it is retired in the
@@ -149,15 +155,31 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 		return Message{}, fmt.Errorf("record %s: %w", id, err)
 	}
 	var queued []prepared
+	var gone bool
 	err = q.update(func(tx *bolt.Tx) error {
-		spooled, lost, queued = false, false, nil
+		spooled, lost, queued, gone = false, false, nil, false
 		old, err := getMessage(tx, id)
+		if errors.Is(err, ErrNotFound) {
+			// Retired by the worker that took the lease over, or deleted
+			// under the attempt: a delivery made all the same is a fact,
+			// and its evidence is kept.
+			gone = true
+			return journalGone(tx, outcomes, q.clock.Now())
+		}
 		if err != nil {
 			return err
 		}
 		now := q.clock.Now()
 		m := old.clone()
-		applied, late := apply(&m, seq, outcomes, now)
+		// A notice rides on one outcome but may cover others (a delay
+		// notice names every recipient deferred): if one is not queued
+		// because its outcome's recipient is no longer held, no recipient
+		// may be marked as told.
+		allQueued := true
+		for _, o := range outcomes {
+			allQueued = allQueued && (len(o.Notices) == 0 || held(old, seq, o))
+		}
+		applied, late := apply(&m, seq, outcomes, now, allQueued)
 		lost = applied == 0 && len(outcomes) > 0
 		if err := journal(tx, old, seq, outcomes, now); err != nil {
 			return err
@@ -203,6 +225,9 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 	if err == nil && spooled {
 		os.Remove(q.spoolPath(id))
 	}
+	if err == nil && gone {
+		err = fmt.Errorf("record %s: %w (the evidence of its deliveries is kept)", id, ErrNotFound)
+	}
 	if err == nil && lost {
 		err = fmt.Errorf("record %s: %w (the evidence of the attempt is kept)", id, ErrLeaseLost)
 	}
@@ -211,7 +236,9 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 
 // apply changes m by the outcomes and says how many were under the lease
 // seq, and how many late deliveries (of a lost lease) it recorded.
-func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) (applied, late int) {
+// DelayNotified is recorded only when notified is true (every notice of the
+// outcomes was queued).
+func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time, notified bool) (applied, late int) {
 	for _, o := range outcomes {
 		if o.Recipient < 0 || o.Recipient >= len(m.Recipients) {
 			continue
@@ -235,7 +262,7 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) (applied, 
 		}
 		r.Attempts++
 		r.LastAttempt, r.LastReply, r.LastHost, r.Lease = now, o.Reply, o.Host, 0
-		r.DelayNotified = r.DelayNotified || o.DelayNotified
+		r.DelayNotified = r.DelayNotified || (o.DelayNotified && notified)
 		switch o.Result {
 		case ResultDelivered:
 			r.State, r.FinalAt = Delivered, now

@@ -372,7 +372,7 @@ func getMessage(tx *bolt.Tx, id string) (*Message, error) {
 // Get returns a message's envelope and state.
 func (q *Queue) Get(id string) (Message, error) {
 	var m *Message
-	err := q.db.View(func(tx *bolt.Tx) error {
+	err := q.view(func(tx *bolt.Tx) error {
 		var err error
 		if m, err = getMessage(tx, id); err == nil {
 			m.BodyGone = q.bodyGone(tx, m)
@@ -399,7 +399,7 @@ func (q *Queue) bodyGone(tx *bolt.Tx, m *Message) bool {
 func (q *Queue) Body(id string) (io.ReadCloser, error) {
 	var inline, prefix []byte
 	var known bool
-	err := q.db.View(func(tx *bolt.Tx) error {
+	err := q.view(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketBodies).Get([]byte(id)); v != nil {
 			inline, known = bytes.Clone(v), true
 			return nil
@@ -500,7 +500,7 @@ type Stats struct {
 // often (metrics) should keep the result a while.
 func (q *Queue) Stats() (Stats, error) {
 	st := Stats{Messages: map[string]int{"active": 0, "deferred": 0, "held": 0}}
-	err := q.db.View(func(tx *bolt.Tx) error {
+	err := q.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
 			var m Message
 			if err := json.Unmarshal(v, &m); err != nil {
@@ -527,7 +527,7 @@ func (q *Queue) Stats() (Stats, error) {
 // List returns the messages that match f, oldest ID first.
 func (q *Queue) List(f Filter) ([]Message, error) {
 	var out []Message
-	err := q.db.View(func(tx *bolt.Tx) error {
+	err := q.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
 			var m Message
 			if err := json.Unmarshal(v, &m); err != nil {
@@ -546,7 +546,7 @@ func (q *Queue) List(f Filter) ([]Message, error) {
 // Count returns the number of queued messages.
 func (q *Queue) Count() (int, error) {
 	var n int
-	err := q.db.View(func(tx *bolt.Tx) error {
+	err := q.view(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bucketMessages).Stats().KeyN
 		return nil
 	})

@@ -78,10 +78,14 @@ func Salvage(path string, opts Options) (SalvageReport, error) {
 		return rep, fmt.Errorf("salvage %s: %w", path, err)
 	}
 	rep.Damaged = path + ".damaged-" + time.Now().UTC().Format("20060102T150405Z")
-	if err := os.Rename(path, rep.Damaged); err != nil {
+	// The damaged file is kept by a second name, and the new one then
+	// replaces it in one rename: path names a database at every instant.
+	// Were it ever missing, a daemon started then would create an empty
+	// one, and its Recover would delete every spool file as unreferenced.
+	if err := os.Link(path, rep.Damaged); err != nil {
 		return rep, fmt.Errorf("salvage: keep the damaged file: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := rename(tmp, path); err != nil {
 		return rep, fmt.Errorf("salvage: put the new database in place (it is %s; the damaged one is %s): %w", tmp, rep.Damaged, err)
 	}
 	return rep, syncDir(filepath.Dir(path))
@@ -184,6 +188,9 @@ func salvageBody(stx, dtx *bolt.Tx, m *Message, spoolDir string, rep *SalvageRep
 	}
 	return dtx.Bucket(bucketBodies).Put([]byte(m.ID), body)
 }
+
+// rename is os.Rename; tests replace it to fail at a given step.
+var rename = os.Rename
 
 type kv struct{ k, v []byte }
 

@@ -293,7 +293,12 @@ func (e *Engine) holdLease(ctx context.Context, l queue.Lease) (context.Context,
 		defer close(stopped)
 		tick := time.NewTicker(e.renewCheck)
 		defer tick.Stop()
-		until := l.Until
+		// The queue's deadlines are wall-clock times (stored, and compared
+		// by UnixNano), so the time left is judged by the wall clock
+		// alone: Round(0) drops the monotonic reading, which would
+		// otherwise hide a step of the wall clock (NTP, a resumed VM)
+		// that makes the queue hand the recipients out again.
+		until := l.Until.Round(0)
 		for {
 			select {
 			case <-stop:
@@ -302,13 +307,13 @@ func (e *Engine) holdLease(ctx context.Context, l queue.Lease) (context.Context,
 				return
 			case <-tick.C:
 			}
-			now := e.d.Clock()
+			now := e.d.Clock().Round(0)
 			if until.Sub(now) > e.cfg.LeaseTime/2 {
 				continue
 			}
 			next, err := e.d.Queue.Renew(l.Message.ID, l.Seq, e.cfg.LeaseTime)
 			if err == nil {
-				until = next
+				until = next.Round(0)
 				continue
 			}
 			if errors.Is(err, queue.ErrLeaseLost) || errors.Is(err, queue.ErrNotFound) || !now.Before(until) {
