@@ -1,0 +1,57 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBackupRefusesPathThroughLinkOthersControl: a DIR named through a
+// symbolic link that another user can replace is refused, as a parent
+// of theirs is. The link resolves to a safe directory while the backup is
+// checked; whoever controls it can point it elsewhere afterwards (or
+// between the check and the writes), and the operator then restores
+// their queue and state from the name they typed.
+func TestBackupRefusesPathThroughLinkOthersControl(t *testing.T) {
+	ops := localOps(t, filepath.Join(t.TempDir(), "data"))
+	base := t.TempDir()
+	// linkIn makes dir (mode) holding a link to a safe directory of
+	// root's, and returns DIR named through that link, and the target.
+	linkIn := func(t *testing.T, dir string, mode os.FileMode) (string, string) {
+		safe := dir + "-target"
+		if err := os.Mkdir(safe, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(dir, mode) // past the umask
+		if err := os.Symlink(safe, filepath.Join(dir, "link")); err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Join(dir, "link", "backup"), safe
+	}
+	check := func(t *testing.T, dir, safe, inErr string) {
+		t.Helper()
+		_, err := ops.Backup(backupTarget{Dir: dir})
+		if err == nil || !strings.Contains(err.Error(), inErr) {
+			t.Errorf("backup into %s: %v, want an error saying %q", dir, err, inErr)
+		}
+		if e := entries(t, safe); len(e) > 0 {
+			t.Errorf("the link's target now holds %v", e)
+		}
+	}
+
+	t.Run("link in a directory anyone can write in", func(t *testing.T) {
+		dir, safe := linkIn(t, filepath.Join(base, "open"), 0o777)
+		check(t, dir, safe, "writable by others")
+	})
+	t.Run("link in another user's directory", func(t *testing.T) {
+		_, uid, gid := throwawayUser(t)
+		dir, safe := linkIn(t, filepath.Join(base, "theirs"), 0o755)
+		os.Lchown(filepath.Join(base, "theirs"), int(uid), int(gid))
+		os.Lchown(filepath.Join(base, "theirs", "link"), int(uid), int(gid))
+		check(t, dir, safe, "belongs to")
+	})
+}
