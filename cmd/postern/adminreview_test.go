@@ -54,4 +54,17 @@ func TestBackupRefusesPathThroughLinkOthersControl(t *testing.T) {
 		os.Lchown(filepath.Join(base, "theirs", "link"), int(uid), int(gid))
 		check(t, dir, safe, "belongs to")
 	})
+	t.Run("root's link, relative, in root's directory", func(t *testing.T) {
+		_, safe := linkIn(t, filepath.Join(base, "ours"), 0o755)
+		rel := filepath.Join(base, "ours", "rel")
+		if err := os.Symlink("../ours/./link", rel); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ops.Backup(backupTarget{Dir: filepath.Join(rel, "backup")}); err != nil {
+			t.Fatalf("backup through root's own links: %v", err)
+		}
+		if got := strings.Join(entries(t, filepath.Join(safe, "backup")), " "); got != "queue.db spool state.db" {
+			t.Errorf("backup holds %q", got)
+		}
+	})
 }

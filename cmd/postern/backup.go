@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	bolt "go.etcd.io/bbolt"
@@ -23,7 +24,8 @@ When Postern runs, the daemon writes the backup, as its own user and with its
 own view of the file system. DIR must not exist (it is created, mode 0700) or
 be an empty directory owned by the service user and writable by nobody else;
 its parent and every directory above must belong to root or the service user
-and be writable by nobody else (unless sticky, as /tmp is). Under the systemd
+and be writable by nobody else (unless sticky, as /tmp is), and so must every
+directory and symbolic link the name passes through. Under the systemd
 unit (configs/postern.service) the service sees only data_dir and
 /var/backups/postern as writable (ProtectSystem=strict), and has a /tmp and
 /var/tmp of its own that are deleted when it stops (PrivateTmp=yes). So write
@@ -202,27 +204,79 @@ func checkBackupDir(path string, fi fs.FileInfo, created bool) error {
 // this user, and only their owner can change them (or they are sticky, as
 // /tmp is, where nobody can rename or remove another's entry). Otherwise
 // someone else could swap the backup's directory for one of theirs.
+//
+// The path is resolved here one name at a time, as the kernel does, and
+// the check covers every directory passed through and every symbolic link
+// followed on the way, not only the directories of where it leads: a link
+// in a directory someone else can write in (or a link of theirs in /tmp)
+// could lead somewhere safe while this looks, and somewhere of theirs
+// when the backup is written or restored from the name the operator gave.
 func checkSafePath(dir string) error {
-	real, err := filepath.EvalSymlinks(dir)
-	if err != nil {
+	if err := checkSafeDir("/"); err != nil {
 		return err
 	}
-	for p := real; ; p = filepath.Dir(p) {
-		fi, err := os.Lstat(p)
+	at := "/" // where the names so far lead: a directory, reached without links
+	rest := dir
+	for links := 0; rest != ""; {
+		var name string
+		name, rest, _ = strings.Cut(strings.TrimLeft(rest, "/"), "/")
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			at = filepath.Dir(at)
+			continue
+		}
+		next := filepath.Join(at, name)
+		fi, err := os.Lstat(next)
 		if err != nil {
 			return err
 		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
-			return fmt.Errorf("%s belongs to %s: only root's or %s's directories may hold a backup", p, userName(st.Uid), userName(uint32(os.Geteuid())))
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			if err := checkSafeDir(next); err != nil {
+				return err
+			}
+			at = next
+			continue
 		}
-		if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
-			return fmt.Errorf("%s is writable by others (mode %04o): they could replace the backup", p, fi.Mode().Perm())
+		// Only the link's owner and its directory's owners (checked
+		// already) can change where it leads.
+		if links++; links > 40 {
+			return fmt.Errorf("%s: too many levels of symbolic links", dir)
 		}
-		if p == filepath.Dir(p) {
-			return nil
+		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 0 && int(uid) != os.Geteuid() {
+			return fmt.Errorf("%s is a symbolic link that belongs to %s: only root's or %s's may lead to a backup", next, userName(uid), userName(uint32(os.Geteuid())))
 		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return err
+		}
+		if filepath.IsAbs(target) {
+			at = "/"
+		}
+		rest = target + "/" + rest
 	}
+	return nil
+}
+
+// checkSafeDir: p is a directory of root's or this user's, that nobody
+// else can change (or sticky).
+func checkSafeDir(p string) error {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", p)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s belongs to %s: only root's or %s's directories may hold a backup", p, userName(st.Uid), userName(uint32(os.Geteuid())))
+	}
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("%s is writable by others (mode %04o): they could replace the backup", p, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // sameDir: the name path still leads to the directory dir holds open.
