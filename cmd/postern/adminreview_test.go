@@ -1,10 +1,13 @@
 package main
 
 import (
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestBackupRefusesPathThroughLinkOthersControl: a DIR named through a
@@ -67,4 +70,41 @@ func TestBackupRefusesPathThroughLinkOthersControl(t *testing.T) {
 			t.Errorf("backup holds %q", got)
 		}
 	})
+}
+
+// TestAdminHTTPOneClientCannotTakeEverySlot: the admin listener's
+// connection cap is not one that a single client can fill. The health
+// checks stay open to load balancers (docs/operations.md), so anyone who
+// can reach the port could otherwise hold every slot with connections that
+// send nothing, reopening each as it times out, and /healthz and /readyz
+// would go unanswered: the load balancer or orchestrator then takes the
+// relay out or restarts it.
+func TestAdminHTTPOneClientCannotTakeEverySlot(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := serverLimits{ReadHeader: time.Minute, Read: time.Minute, Write: time.Minute, Idle: time.Minute, MaxConns: 8}
+	srv := serveWebOn(l, &adminHTTP{limits: lim, metrics: http.NotFoundHandler()})
+	defer srv.Close()
+
+	// The attacker, from 127.0.0.2, opens twice the cap and sends nothing.
+	attacker := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 5 * time.Second}
+	for range 2 * lim.MaxConns {
+		c, err := attacker.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Skipf("cannot dial from 127.0.0.2: %v", err)
+		}
+		defer c.Close()
+	}
+	// The monitor, from 127.0.0.1, asks for /healthz.
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get("http://" + l.Addr().String() + "/healthz")
+	if err != nil {
+		t.Fatalf("/healthz while one client holds %d connections: %v", 2*lim.MaxConns, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz: %s", resp.Status)
+	}
 }
