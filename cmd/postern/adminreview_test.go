@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -106,5 +107,35 @@ func TestAdminHTTPOneClientCannotTakeEverySlot(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/healthz: %s", resp.Status)
+	}
+}
+
+// TestSalvageRefusesDataDirOfAnotherUser: "postern queue salvage" writes
+// a new queue.db; run as root on the service user's data_dir (as one may
+// in the middle of an incident) it must refuse, as every other command
+// does, instead of leaving a queue.db of root's, mode 0600, that the
+// service cannot open. Root and a throwaway user; skipped without them.
+func TestSalvageRefusesDataDirOfAnotherUser(t *testing.T) {
+	name, uid, gid := throwawayUser(t)
+	d := newDaemon(t, nil)
+	bin := binaryForAll(t)
+	os.Mkdir(d.dataDir, 0o700)
+	os.Chown(d.dataDir, int(uid), int(gid))
+	openToAll(t, filepath.Dir(d.dataDir))
+	os.Chmod(d.cfg, 0o644)
+	os.Chmod(filepath.Join(filepath.Dir(d.cfg), "root.anchor"), 0o644)
+	if out, err := runAs(uid, gid, "", bin, "user", "list", "-c", d.cfg); err != nil {
+		t.Fatalf("user list as %s: %v\n%s", name, err, out)
+	}
+
+	out, err := d.run("", "queue", "salvage")
+	if err == nil || !strings.Contains(out, "runuser -u "+name+" -- ") {
+		t.Errorf("queue salvage as root on %s's data_dir: %v\n%s", name, err, out)
+	}
+	for _, e := range entries(t, d.dataDir) {
+		fi, _ := os.Lstat(filepath.Join(d.dataDir, e))
+		if owner := fi.Sys().(*syscall.Stat_t).Uid; owner != uid {
+			t.Errorf("after salvage as root, %s belongs to uid %d", e, owner)
+		}
 	}
 }
