@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -137,5 +138,65 @@ func TestSalvageRefusesDataDirOfAnotherUser(t *testing.T) {
 		if owner := fi.Sys().(*syscall.Stat_t).Uid; owner != uid {
 			t.Errorf("after salvage as root, %s belongs to uid %d", e, owner)
 		}
+	}
+}
+
+// TestCLIRefusesSocketOthersCouldHaveReplaced: in a data_dir that others
+// can write in (made by hand under a permissive umask, the case of issue
+// 21 item 2), anyone can rename the socket's private directory away and
+// put one of theirs, holding a socket of theirs, in its place. The CLI
+// must not send its requests (passwords among them) to that socket; and
+// the daemon must not run on such a data_dir. Root and a throwaway user;
+// skipped without them.
+func TestCLIRefusesSocketOthersCouldHaveReplaced(t *testing.T) {
+	_, uid, gid := throwawayUser(t)
+	data := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(data, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(data, 0o777)
+	cfg := &Config{DataDir: data}
+
+	// The other user's directory and socket, where the daemon's were.
+	admin := filepath.Dir(cfg.socketPath())
+	if err := os.Mkdir(admin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", cfg.socketPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Lchown(admin, int(uid), int(gid))
+	os.Lchown(cfg.socketPath(), int(uid), int(gid))
+	got := make(chan string, 10)
+	fake := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- string(b)
+		io.WriteString(w, "{}")
+	})}
+	fake.SetKeepAlivesEnabled(false)
+	go fake.Serve(l)
+	defer fake.Close()
+
+	ops, err := openOperations(cfg)
+	if err == nil {
+		err = ops.UserAdd("app", "s3cret-pw", nil)
+		ops.Close()
+	}
+	select {
+	case body := <-got:
+		t.Errorf("the CLI sent %s to a socket in another user's directory", body)
+	default:
+	}
+	if err == nil {
+		t.Errorf("the CLI worked through a socket another user could have put in place")
+	}
+	t.Logf("CLI: %v", err)
+
+	// And the daemon does not start on such a data_dir.
+	openDir := t.TempDir()
+	os.Chmod(openDir, 0o777)
+	if err := checkDataDirOwner(openDir); err == nil || !strings.Contains(err.Error(), "writable by others") {
+		t.Errorf("data_dir mode 0777: %v, want a refusal saying it is writable by others", err)
 	}
 }
