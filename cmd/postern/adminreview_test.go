@@ -193,6 +193,22 @@ func TestCLIRefusesSocketOthersCouldHaveReplaced(t *testing.T) {
 	}
 	t.Logf("CLI: %v", err)
 
+	// Nor to one in another user's directory, however it came there.
+	os.Chmod(data, 0o700)
+	ops, err = openOperations(cfg)
+	if err == nil {
+		err = ops.UserAdd("app", "s3cret-pw", nil)
+		ops.Close()
+	}
+	select {
+	case body := <-got:
+		t.Errorf("the CLI sent %s to a socket in another user's directory (data_dir 0700)", body)
+	default:
+	}
+	if err == nil || !strings.Contains(err.Error(), "not talking to it") {
+		t.Errorf("a socket in another user's directory, data_dir 0700: %v", err)
+	}
+
 	// And the daemon does not start on such a data_dir.
 	openDir := t.TempDir()
 	os.Chmod(openDir, 0o777)
