@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -214,5 +215,55 @@ func TestCLIRefusesSocketOthersCouldHaveReplaced(t *testing.T) {
 	os.Chmod(openDir, 0o777)
 	if err := checkDataDirOwner(openDir); err == nil || !strings.Contains(err.Error(), "writable by others") {
 		t.Errorf("data_dir mode 0777: %v, want a refusal saying it is writable by others", err)
+	}
+}
+
+// TestServiceUnitInstallLetsTheServiceReadItsConfig: the install commands
+// in the unit's header, run as written (the user's name and /etc/postern
+// moved into the test's own), leave a configuration the service user can
+// read: the daemon runs as that user, and docs/operations.md has every
+// command run as it ("runuser -u postern -- postern backup … -c
+// /etc/postern/postern.yaml"). Root and a throwaway user; skipped without
+// them.
+func TestServiceUnitInstallLetsTheServiceReadItsConfig(t *testing.T) {
+	name, uid, gid := throwawayUser(t)
+	b, err := os.ReadFile("../../configs/postern.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	etc := filepath.Join(t.TempDir(), "etc")
+	openToAll(t, filepath.Dir(etc))
+	ranConfig, sawUser := false, false
+	for _, line := range strings.Split(string(b), "\n") {
+		cmd, ok := strings.CutPrefix(line, "#   ")
+		if !ok {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(cmd, "useradd "):
+			sawUser = true
+		case strings.HasPrefix(cmd, "install ") && strings.Contains(cmd, "/etc/postern/postern.yaml"):
+			if !sawUser && strings.Contains(cmd, "postern ") {
+				t.Errorf("%q names the postern user or group before the useradd line makes it", cmd)
+			}
+			args := strings.Fields(strings.NewReplacer("/etc/postern/", etc+"/", "configs/", "../../configs/",
+				" postern ", " "+name+" ").Replace(cmd+" "))
+			if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v %s", strings.Join(args, " "), err, out)
+			}
+			ranConfig = true
+		}
+	}
+	if !ranConfig {
+		t.Fatal("the unit's header does not install /etc/postern/postern.yaml")
+	}
+	os.Chmod(etc, 0o755) // install -D made it with root's umask
+	conf := filepath.Join(etc, "postern.yaml")
+	bin := binaryForAll(t)
+	if out, err := runAs(uid, gid, "", bin, "config", "check", "-c", conf); err != nil && strings.Contains(out, "permission denied") {
+		fi, _ := os.Stat(conf)
+		st := fi.Sys().(*syscall.Stat_t)
+		t.Errorf("the service user cannot read the configuration the unit's header installs (mode %s, uid %d gid %d): %v\n%s",
+			fi.Mode(), st.Uid, st.Gid, err, out)
 	}
 }
