@@ -247,7 +247,7 @@ func TestServiceUnitInstallLetsTheServiceReadItsConfig(t *testing.T) {
 				t.Errorf("%q names the postern user or group before the useradd line makes it", cmd)
 			}
 			args := strings.Fields(strings.NewReplacer("/etc/postern/", etc+"/", "configs/", "../../configs/",
-				" postern ", " "+name+" ").Replace(cmd+" "))
+				" postern ", " "+name+" ").Replace(cmd + " "))
 			if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 				t.Fatalf("%s: %v %s", strings.Join(args, " "), err, out)
 			}
