@@ -267,3 +267,62 @@ func TestServiceUnitInstallLetsTheServiceReadItsConfig(t *testing.T) {
 			fi.Mode(), st.Uid, st.Gid, err, out)
 	}
 }
+
+// TestStoppedBackupLeavesNothingLikeABackup: a backup the daemon does not
+// finish (it is killed, by a crash, a power loss, or systemd when a stop
+// takes longer than TimeoutStopSec, as one does while a backup holds its
+// read transaction) must not leave, under the name the operator gave, a directory
+// that looks like one. What it left (spool/ without queue.db and
+// state.db) restores as an empty queue with no users, and with DIR named
+// by the date, as docs/operations.md has it, it is "the last backup". A
+// spool file that is a FIFO holds the copy in place, so the stop comes
+// while the backup is part way.
+func TestStoppedBackupLeavesNothingLikeABackup(t *testing.T) {
+	d := newDaemon(t, nil)
+	if out, err := d.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("b", 98)+"\r\n", 2000) // spooled
+	reply, err := submit(d.starttls, "app", "pw", "app@example.org", "rcpt@stuck.test", []byte(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := queueID(reply)
+	if out, err := d.run("", "queue", "hold", id); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	spool := filepath.Join(d.dataDir, "spool", id)
+	if err := os.Remove(spool); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(spool, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := filepath.Join(t.TempDir(), "backup")
+	backup := exec.Command(d.bin, "backup", dir, "-c", d.cfg)
+	if err := backup.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the copy is under way: it made spool/ and waits on the FIFO.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if found, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), "*", "spool")); len(found) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the backup did not start copying")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Killed, as systemd does once TimeoutStopSec has passed (a stop waits
+	// for the backup's read transaction), or as a crash or power loss is.
+	d.signal(syscall.SIGKILL)
+	if err := backup.Wait(); err == nil {
+		t.Fatal("the backup succeeded without its spool file")
+	}
+	if fi, err := os.Lstat(dir); err == nil {
+		t.Errorf("the stopped backup left %s (%s) holding %v: named like a backup, it restores as an empty queue with no users",
+			dir, fi.Mode(), entries(t, dir))
+	}
+}
