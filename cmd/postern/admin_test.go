@@ -240,6 +240,9 @@ func TestFailedBackupRemovesWhatItWrote(t *testing.T) {
 	if _, err := os.Lstat(fresh); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("failed backup left %s (%v) holding %v", fresh, err, entries(t, fresh))
 	}
+	if e := entries(t, filepath.Dir(fresh)); len(e) > 0 {
+		t.Errorf("failed backup left %v beside %s", e, fresh)
+	}
 	given := t.TempDir()
 	if _, err := ops.Backup(backupTarget{Dir: given}); err == nil {
 		t.Fatal("backup with an unreadable spool file succeeded")

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -68,16 +70,21 @@ func targetFor(dir string) (backupTarget, error) {
 
 // Backup snapshots the queue (with its spool) and the state database into
 // a new or empty directory, which then serves as a data_dir. A failed
-// backup removes what it wrote.
+// backup removes what it wrote. A new DIR is written under a temporary
+// name beside it and renamed to DIR once complete: a backup cut off by a
+// crash, a power loss or a SIGKILL never leaves a DIR that looks like a
+// backup (spool/ without queue.db and state.db restores as an empty
+// queue with no users).
 func (l *local) Backup(t backupTarget) (rep backupReport, err error) {
 	rep.Dir = t.Dir
-	dir, cleanup, err := openBackupDir(t)
+	bd, err := openBackupDir(t)
 	if err != nil {
 		return rep, err
 	}
+	dir := bd.root
 	defer func() {
 		if err != nil {
-			if cerr := cleanup(); cerr != nil {
+			if cerr := bd.cleanup(); cerr != nil {
 				err = fmt.Errorf("%w (and removing what it wrote: %v)", err, cerr)
 			}
 		}
@@ -95,90 +102,115 @@ func (l *local) Backup(t backupTarget) (rep backupReport, err error) {
 	if err := queue.SyncIn(dir, "."); err != nil {
 		return rep, fmt.Errorf("backup: %w", err)
 	}
-	// The files went into the directory held open; make sure the name
-	// the operator gave still leads to it.
-	if err := sameDir(t.Dir, dir); err != nil {
-		return rep, err
-	}
-	return rep, nil
+	return rep, bd.publish()
 }
 
-// openBackupDir checks where a backup may go, creates the directory when
-// it does not exist, and opens it. cleanup removes what was written into
-// it, and the directory itself if it was created here.
-func openBackupDir(t backupTarget) (dir *os.Root, cleanup func() error, err error) {
+// backupDir is the directory a backup is written into, held open.
+type backupDir struct {
+	root    *os.Root
+	at      string // its name while the backup is written
+	final   string // DIR
+	created bool   // made here (at is then a temporary name beside DIR)
+}
+
+// publish gives a complete backup its name, DIR, and makes sure the name
+// leads to the directory written through root.
+func (b *backupDir) publish() error {
+	if b.created {
+		// The parent is safe (checkSafePath): only root and the service
+		// user can have made DIR since; in a sticky directory another
+		// user's DIR cannot be renamed over, and a non-empty one never is.
+		if _, err := os.Lstat(b.final); err == nil {
+			return fmt.Errorf("backup: %s appeared during the backup", b.final)
+		}
+		if err := os.Rename(b.at, b.final); err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+		b.at = b.final
+		if err := syncPath(filepath.Dir(b.final)); err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+	}
+	// The files went into the directory held open; make sure the name
+	// the operator gave leads to it.
+	return sameDir(b.final, b.root)
+}
+
+// cleanup removes what was written, and the directory if it was made here.
+func (b *backupDir) cleanup() error {
+	// Nobody else can write in the directory, and it was empty: all that
+	// is in it is this backup's.
+	if err := emptyDir(b.root); err != nil {
+		return err
+	}
+	if b.created {
+		if err := sameDir(b.at, b.root); err != nil {
+			return err
+		}
+		return os.Remove(b.at)
+	}
+	return nil
+}
+
+// openBackupDir checks where a backup may go, creates the directory (under
+// a temporary name) when DIR does not exist, and opens it.
+func openBackupDir(t backupTarget) (*backupDir, error) {
 	if !filepath.IsAbs(t.Dir) || filepath.Clean(t.Dir) != t.Dir || t.Dir == "/" {
-		return nil, nil, fmt.Errorf("backup: %q is not a clean absolute directory", t.Dir)
+		return nil, fmt.Errorf("backup: %q is not a clean absolute directory", t.Dir)
 	}
 	parent := filepath.Dir(t.Dir)
 	if t.Parent != nil {
 		fi, err := os.Stat(parent)
 		if err != nil || idOf(fi) != *t.Parent {
-			return nil, nil, fmt.Errorf("backup: %s is not the same directory for postern as for you (postern has a file system "+
+			return nil, fmt.Errorf("backup: %s is not the same directory for postern as for you (postern has a file system "+
 				"view of its own: under the systemd unit /tmp and /var/tmp are private to the service, PrivateTmp=yes, and "+
 				"deleted when it stops, and /home and /root are hidden from it, ProtectHome=yes); a backup there would be "+
 				"lost: use a directory below /var/backups/postern", parent)
 		}
 	}
 	if err := checkSafePath(parent); err != nil {
-		return nil, nil, fmt.Errorf("backup: %w", err)
+		return nil, fmt.Errorf("backup: %w", err)
 	}
-	created := true
-	if err := os.Mkdir(t.Dir, 0o700); errors.Is(err, fs.ErrExist) {
-		created = false
+	b := &backupDir{at: t.Dir, final: t.Dir}
+	if _, err := os.Lstat(t.Dir); errors.Is(err, fs.ErrNotExist) {
+		var rnd [6]byte
+		rand.Read(rnd[:])
+		b.at = filepath.Join(parent, "."+filepath.Base(t.Dir)+".partial-"+hex.EncodeToString(rnd[:]))
+		if err := os.Mkdir(b.at, 0o700); err != nil {
+			return nil, fmt.Errorf("backup: %w%s", err, unwritableHint(err))
+		}
+		b.created = true
 	} else if err != nil {
-		return nil, nil, fmt.Errorf("backup: %w%s", err, unwritableHint(err))
+		return nil, fmt.Errorf("backup: %w", err)
 	}
 	removeDir := func() {
-		if created {
-			os.Remove(t.Dir)
+		if b.created {
+			os.Remove(b.at)
 		}
 	}
-	fi, err := os.Lstat(t.Dir)
+	fi, err := os.Lstat(b.at)
 	if err == nil {
-		err = checkBackupDir(t.Dir, fi, created)
+		err = checkBackupDir(t.Dir, fi, b.created)
 	}
 	if err != nil {
 		removeDir()
-		return nil, nil, fmt.Errorf("backup: %w", err)
+		return nil, fmt.Errorf("backup: %w", err)
 	}
-	dir, err = os.OpenRoot(t.Dir)
+	b.root, err = os.OpenRoot(b.at)
 	if err == nil {
-		err = sameDir(t.Dir, dir)
+		err = sameDir(b.at, b.root)
 	}
-	if err == nil && !created {
-		err = checkEmpty(dir)
+	if err == nil && !b.created {
+		err = checkEmpty(b.root)
 	}
 	if err != nil {
-		if dir != nil {
-			dir.Close()
+		if b.root != nil {
+			b.root.Close()
 		}
 		removeDir()
-		return nil, nil, fmt.Errorf("backup: %w", err)
+		return nil, fmt.Errorf("backup: %w", err)
 	}
-	cleanup = func() error {
-		// Nobody else can write in the directory, and it was empty: all
-		// that is in it is this backup's.
-		if err := emptyDir(dir); err != nil {
-			return err
-		}
-		if created {
-			if err := sameDir(t.Dir, dir); err != nil {
-				return err
-			}
-			return os.Remove(t.Dir)
-		}
-		return nil
-	}
-	if created {
-		// DIR's own entry must be durable with what goes in it.
-		if err := syncPath(parent); err != nil {
-			cleanup()
-			dir.Close()
-			return nil, nil, fmt.Errorf("backup: %w", err)
-		}
-	}
-	return dir, cleanup, nil
+	return b, nil
 }
 
 // checkBackupDir: a directory (not a link to one) of the user writing the
