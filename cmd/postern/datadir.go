@@ -68,12 +68,13 @@ func checkDataDirOwner(dataDir string) error {
 	return nil
 }
 
-// checkDataDirMode: nobody but data_dir's owner may write in it. Whoever
-// can could replace its files, and rename the admin socket's private
-// directory away and put one of theirs, with a socket of theirs, in its
-// place.
+// checkDataDirMode: nobody but data_dir's owner may write in it, unless
+// it is sticky (a tmpfs mounted there is 1777), where nobody can rename or
+// remove another's entry. Whoever can could replace its files, and rename
+// the admin socket's private directory away and put one of theirs, with a
+// socket of theirs, in its place.
 func checkDataDirMode(dataDir string, fi fs.FileInfo) error {
-	if fi.Mode().Perm()&0o022 != 0 {
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
 		return fmt.Errorf("data_dir %s is writable by others (mode %04o): they could replace its files and the admin socket; "+
 			"make it the service user's alone: chmod 0700 %s", dataDir, fi.Mode().Perm(), dataDir)
 	}
