@@ -186,6 +186,9 @@ const operatorBounce = "5.0.0 returned to the sender by the postmaster (postern 
 // openOperations connects to the running daemon, or opens the databases
 // itself when none runs.
 func openOperations(cfg *Config) (operations, error) {
+	if err := checkSocketDir(cfg.DataDir, filepath.Dir(cfg.socketPath())); err != nil {
+		return nil, err
+	}
 	if c, err := net.DialTimeout("unix", cfg.socketPath(), time.Second); err == nil {
 		c.Close()
 		return newRemote(cfg.socketPath()), nil

@@ -240,6 +240,9 @@ func TestFailedBackupRemovesWhatItWrote(t *testing.T) {
 	if _, err := os.Lstat(fresh); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("failed backup left %s (%v) holding %v", fresh, err, entries(t, fresh))
 	}
+	if e := entries(t, filepath.Dir(fresh)); len(e) > 0 {
+		t.Errorf("failed backup left %v beside %s", e, fresh)
+	}
 	given := t.TempDir()
 	if _, err := ops.Backup(backupTarget{Dir: given}); err == nil {
 		t.Fatal("backup with an unreadable spool file succeeded")
@@ -421,14 +424,16 @@ func TestAdminHTTPLimits(t *testing.T) {
 		t.Cleanup(func() { srv.Close() })
 		return l.Addr().String()
 	}
-	dial := func(addr string) (net.Conn, *bufio.Reader) {
-		c, err := net.Dial("tcp", addr)
+	dialFrom := func(from byte, addr string) (net.Conn, *bufio.Reader) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, from)}}
+		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
 		return c, bufio.NewReader(c)
 	}
+	dial := func(addr string) (net.Conn, *bufio.Reader) { return dialFrom(1, addr) }
 	healthz := func(c net.Conn, br *bufio.Reader, wait time.Duration) error {
 		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
 		c.SetReadDeadline(time.Now().Add(wait))
@@ -460,17 +465,22 @@ func TestAdminHTTPLimits(t *testing.T) {
 		t.Errorf("connection trickling a body: %v", err)
 	}
 
-	// Two connections at most: a third waits until one closes.
+	// Two connections at most (one per peer): a third waits until one
+	// closes; a second one from the same peer is closed at once.
 	capped := serve(serverLimits{ReadHeader: time.Minute, Read: time.Minute, Write: time.Minute, Idle: time.Minute, MaxConns: 2})
-	first, firstBR := dial(capped)
+	first, firstBR := dialFrom(1, capped)
 	if err := healthz(first, firstBR, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	second, secondBR := dial(capped)
+	again, againBR := dialFrom(1, capped)
+	if err := healthz(again, againBR, 5*time.Second); err == nil {
+		t.Errorf("a second connection from one peer over a cap of one per peer was answered")
+	}
+	second, secondBR := dialFrom(2, capped)
 	if err := healthz(second, secondBR, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	third, thirdBR := dial(capped)
+	third, thirdBR := dialFrom(3, capped)
 	if err := healthz(third, thirdBR, 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("a third connection over a cap of two: %v, want no answer", err)
 	}

@@ -49,6 +49,9 @@ func checkDataDirOwner(dataDir string) error {
 	if me := uint32(os.Geteuid()); owner != me {
 		return &wrongUserError{dataDir: dataDir, path: dataDir, owner: owner, found: me, asUs: true}
 	}
+	if err := checkDataDirMode(dataDir, fi); err != nil {
+		return err
+	}
 	for _, name := range dataDirFiles {
 		path := filepath.Join(dataDir, name)
 		fi, err := os.Lstat(path)
@@ -61,6 +64,44 @@ func checkDataDirOwner(dataDir string) error {
 		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != owner {
 			return &wrongUserError{dataDir: dataDir, path: path, owner: owner, found: uid}
 		}
+	}
+	return nil
+}
+
+// checkDataDirMode: nobody but data_dir's owner may write in it, unless
+// it is sticky (a tmpfs mounted there is 1777), where nobody can rename or
+// remove another's entry. Whoever can could replace its files, and rename
+// the admin socket's private directory away and put one of theirs, with a
+// socket of theirs, in its place.
+func checkDataDirMode(dataDir string, fi fs.FileInfo) error {
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("data_dir %s is writable by others (mode %04o): they could replace its files and the admin socket; "+
+			"make it the service user's alone: chmod 0700 %s", dataDir, fi.Mode().Perm(), dataDir)
+	}
+	return nil
+}
+
+// checkSocketDir: before the CLI sends a request (a password, say) to the
+// admin socket, the socket's directory is data_dir's owner's, mode 0700,
+// in a data_dir nobody else can write in, so that no one else can have
+// put a socket of theirs there. What this process cannot see is left to
+// the connection, which then fails as well.
+func checkSocketDir(dataDir, sockDir string) error {
+	fi, err := os.Stat(dataDir)
+	if err != nil {
+		return nil
+	}
+	if err := checkDataDirMode(dataDir, fi); err != nil {
+		return err
+	}
+	sfi, err := os.Lstat(sockDir)
+	if err != nil {
+		return nil
+	}
+	owner := fi.Sys().(*syscall.Stat_t).Uid
+	if uid := sfi.Sys().(*syscall.Stat_t).Uid; !sfi.IsDir() || uid != owner || sfi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("the admin socket's directory %s is not a directory of data_dir's owner %s with mode 0700 "+
+			"(it belongs to %s, mode %s): someone else may have put it there; not talking to it", sockDir, userName(owner), userName(uid), sfi.Mode())
 	}
 	return nil
 }

@@ -15,7 +15,7 @@ type serverLimits struct {
 	Read       time.Duration // to read a whole request, body included
 	Write      time.Duration // from the end of the headers to the end of the response
 	Idle       time.Duration // a kept-alive connection waiting for its next request
-	MaxConns   int           // connections open at once; more wait to be accepted
+	MaxConns   int           // connections open at once; more wait to be accepted (a TCP peer holds a quarter at most)
 }
 
 var (
@@ -54,30 +54,64 @@ func boundBodies(h http.Handler) http.Handler {
 }
 
 // limitListener accepts at most n connections at once: Accept waits for
-// one to close, leaving the others in the kernel's backlog.
+// one to close, leaving the others in the kernel's backlog. A TCP peer
+// (an IP address) may hold a quarter of them at most, and a connection
+// past that is closed at once: otherwise a single client that can reach
+// the port could hold every slot with connections that send nothing,
+// reopening each as it times out, and the health checks of the load
+// balancer would wait behind them in the backlog.
 type limitListener struct {
 	net.Listener
-	slots chan struct{}
-	done  chan struct{}
-	once  sync.Once
+	slots   chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	perPeer int
+	mu      sync.Mutex
+	peers   map[string]int // connections held, by TCP peer address
 }
 
 func newLimitListener(l net.Listener, n int) net.Listener {
-	return &limitListener{Listener: l, slots: make(chan struct{}, n), done: make(chan struct{})}
+	return &limitListener{Listener: l, slots: make(chan struct{}, n), done: make(chan struct{}),
+		perPeer: max(1, n/4), peers: map[string]int{}}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	select {
-	case l.slots <- struct{}{}:
-	case <-l.done:
-		return nil, net.ErrClosed
+	for {
+		select {
+		case l.slots <- struct{}{}:
+		case <-l.done:
+			return nil, net.ErrClosed
+		}
+		c, err := l.Listener.Accept()
+		if err != nil {
+			<-l.slots
+			return nil, err
+		}
+		// A Unix socket's peers have no address to tell them apart (and
+		// only the service user and root can connect to it).
+		tcp, ok := c.RemoteAddr().(*net.TCPAddr)
+		if !ok {
+			return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
+		}
+		peer := tcp.IP.String()
+		l.mu.Lock()
+		if l.peers[peer] >= l.perPeer {
+			l.mu.Unlock()
+			c.Close()
+			<-l.slots
+			continue
+		}
+		l.peers[peer]++
+		l.mu.Unlock()
+		return &limitedConn{Conn: c, release: func() {
+			l.mu.Lock()
+			if l.peers[peer]--; l.peers[peer] == 0 {
+				delete(l.peers, peer)
+			}
+			l.mu.Unlock()
+			<-l.slots
+		}}, nil
 	}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.slots
-		return nil, err
-	}
-	return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
 }
 
 func (l *limitListener) Close() error {

@@ -516,6 +516,11 @@ func salvageCommand(load func() (*Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// It writes a new queue.db: as data_dir's owner only, or the
+			// service could not open it.
+			if err := checkDataDirOwner(cfg.DataDir); err != nil {
+				return err
+			}
 			rep, err := queue.Salvage(cfg.queuePath(), queue.Options{})
 			if err != nil {
 				return err
