@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"sort"
 	"strings"
 
@@ -148,4 +149,34 @@ func hops(ctx context.Context, res resolver.Resolver, routes []Route, port int, 
 // shuffled first, then stably sorted by preference.
 func randomShuffle(mx []resolver.MX) {
 	rand.Shuffle(len(mx), func(i, j int) { mx[i], mx[j] = mx[j], mx[i] })
+}
+
+// addresses resolves a hop's host (or reads an address literal), in the
+// preferred address family first.
+func (e *Engine) addresses(ctx context.Context, host string) ([]netip.Addr, *Failure) {
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	ans, err := e.d.Resolver.LookupAddrs(ctx, host)
+	if err != nil {
+		return nil, &Failure{Temporary: true, Enhanced: "4.4.3", Text: "address lookup for " + host + ": " + err.Error()}
+	}
+	if ans.Security == resolver.Bogus {
+		return nil, &Failure{Temporary: true, Enhanced: "4.7.5", Text: "address lookup for " + host + " failed DNSSEC validation: " + ans.Reason}
+	}
+	if len(ans.Addrs) == 0 {
+		return nil, &Failure{Temporary: true, Enhanced: "4.4.4", Text: "mail server " + host + " has no address"}
+	}
+	v6, v4 := []netip.Addr{}, []netip.Addr{}
+	for _, a := range ans.Addrs {
+		if a.Is6() {
+			v6 = append(v6, a)
+		} else {
+			v4 = append(v4, a)
+		}
+	}
+	if e.cfg.PreferIPv6 {
+		return append(v6, v4...), nil
+	}
+	return append(v4, v6...), nil
 }
