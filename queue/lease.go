@@ -105,8 +105,11 @@ type Outcome struct {
 	Recipient int    // index into Message.Recipients
 	Result    Result //
 	Reply     string // what the next hop said, or why we did not get that far
-	Host      string // the server that said it, if one did
-	RetryAt   time.Time
+	// Status is Reply's enhanced status code (RFC 3463), such as "5.1.1",
+	// kept apart so that notices need not read it out of the text.
+	Status  string
+	Host    string // the server that said it, if one did
+	RetryAt time.Time
 	// DelayNotified marks that a delay notice for the recipient is among
 	// the Notices of this Record's outcomes.
 	DelayNotified bool
@@ -222,7 +225,7 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) (applied, 
 				// The next hop took it: whoever holds the recipient now
 				// must not send it again (its own outcome will be late).
 				r.Attempts++
-				r.LastAttempt, r.LastReply, r.LastHost = now, o.Reply, o.Host
+				r.LastAttempt, r.LastReply, r.LastStatus, r.LastHost = now, o.Reply, o.Status, o.Host
 				r.State, r.FinalAt, r.Lease = Delivered, now, 0
 				late++
 			}
@@ -234,7 +237,7 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time) (applied, 
 			continue
 		}
 		r.Attempts++
-		r.LastAttempt, r.LastReply, r.LastHost, r.Lease = now, o.Reply, o.Host, 0
+		r.LastAttempt, r.LastReply, r.LastStatus, r.LastHost, r.Lease = now, o.Reply, o.Status, o.Host, 0
 		r.DelayNotified = r.DelayNotified || o.DelayNotified
 		switch o.Result {
 		case ResultDelivered:

@@ -640,7 +640,9 @@ var ErrInFlight = errors.New("a delivery attempt is in flight")
 // FailNow gives every pending recipient of a message a final failure with
 // reply, so that the sender is notified as for any permanent failure (the
 // delivery engine retires the message and sends the notice). Recipients
-// leased to a worker are left alone, and the error is ErrInFlight.
+// leased to a worker are left alone, and the error is ErrInFlight. No
+// enhanced status is recorded (LastStatus is cleared): the notice states the
+// generic 5.0.0 (RFC 3463 3.1).
 func (q *Queue) FailNow(id, reply string) (int, error) {
 	var n, leased int
 	err := q.modify(id, func(m *Message, now time.Time) error {
@@ -649,7 +651,7 @@ func (q *Queue) FailNow(id, reply string) (int, error) {
 			r := &m.Recipients[i]
 			switch r.State {
 			case Pending:
-				r.State, r.FinalAt, r.LastReply, r.LastHost = Failed, now, reply, ""
+				r.State, r.FinalAt, r.LastReply, r.LastStatus, r.LastHost = Failed, now, reply, "", ""
 				n++
 			case Leased:
 				leased++

@@ -186,9 +186,9 @@ func (a *attempt) addresses(ctx context.Context, hop Hop, policy tlspolicy.Decis
 	addrs, f := a.e.addresses(addrCtx, hop.Host)
 	addrSpan.End()
 	if f != nil && hop.Route == nil {
-		result := "validation-failure"
-		if strings.Contains(f.Text, "DNSSEC") {
-			result = "dnssec-invalid"
+		result := f.ResultType // dnssec-invalid for a bogus answer
+		if result == "" {
+			result = "validation-failure"
 		}
 		a.note(tlsrpt.Attempt{PolicyType: orNoPolicy(policy.PolicyType), PolicyStrings: policy.PolicyStrings,
 			MXHost: hop.Host, Result: result, Info: f.Text})
@@ -443,16 +443,18 @@ func (a *attempt) fail(f *Failure) []queue.Outcome {
 func (a *attempt) record(i int, f *Failure, host string, addr netip.AddrPort, t TLSInfo, source string) queue.Outcome {
 	e, m, now := a.e, a.m, a.now
 	o := queue.Outcome{Recipient: i, Host: host}
+	expired := false
 	switch {
 	case f == nil:
-		o.Result, o.Reply = queue.ResultDelivered, "250 2.0.0 accepted"
+		o.Result, o.Reply, o.Status = queue.ResultDelivered, "250 2.0.0 accepted", "2.0.0"
 	case !f.Temporary:
-		o.Result, o.Reply = queue.ResultFailed, f.Error()
+		o.Result, o.Reply, o.Status = queue.ResultFailed, f.Error(), f.Enhanced
 	case now.Sub(m.Arrival) >= e.cfg.MaxQueueLifetime:
-		o.Result = queue.ResultFailed
+		expired = true
+		o.Result, o.Status = queue.ResultFailed, "4.4.7"
 		o.Reply = "4.4.7 message expired after " + e.cfg.MaxQueueLifetime.String() + " in the queue; last error: " + f.Error()
 	default:
-		o.Result, o.Reply = queue.ResultDeferred, f.Error()
+		o.Result, o.Reply, o.Status = queue.ResultDeferred, f.Error(), f.Enhanced
 		o.RetryAt = now.Add(e.backoff(m.Recipients[i].Attempts))
 	}
 	if o.Result == queue.ResultDeferred {
@@ -464,7 +466,7 @@ func (a *attempt) record(i int, f *Failure, host string, addr netip.AddrPort, t 
 		TLSFallback: t.Fallback}
 	if o.Result == queue.ResultFailed {
 		r.Result = audit.Bounced
-		if strings.HasPrefix(o.Reply, "4.4.7 ") {
+		if expired {
 			r.Result = audit.Expired
 		}
 	}

@@ -3,7 +3,6 @@ package delivery
 import (
 	"errors"
 	"io"
-	"regexp"
 	"strings"
 	"time"
 
@@ -37,7 +36,7 @@ func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) bool 
 		}
 		covered = append(covered, k)
 		rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Original: r.Original, Action: dsn.Delayed,
-			Status: statusOf(o.Reply, "4.0.0"), RemoteMTA: o.Host, Diagnostic: o.Reply, LastAttempt: e.d.Clock(),
+			Status: orStatus(o.Status, "4.0.0"), RemoteMTA: o.Host, Diagnostic: o.Reply, LastAttempt: e.d.Clock(),
 			WillRetryUntil: m.Arrival.Add(e.cfg.MaxQueueLifetime)})
 	}
 	if len(rcpts) == 0 {
@@ -71,7 +70,7 @@ func (e *Engine) failureReport(m queue.Message) []dsn.Recipient {
 			continue
 		}
 		rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Original: r.Original, Action: dsn.Failed,
-			Status: statusOf(r.LastReply, "5.0.0"), RemoteMTA: r.LastHost, Diagnostic: r.LastReply, LastAttempt: r.LastAttempt})
+			Status: orStatus(r.LastStatus, "5.0.0"), RemoteMTA: r.LastHost, Diagnostic: r.LastReply, LastAttempt: r.LastAttempt})
 	}
 	return rcpts
 }
@@ -174,14 +173,14 @@ func (e *Engine) reportRelayed(m queue.Message, outcomes []queue.Outcome, now ti
 	e.metrics.notice("relayed")
 }
 
-var enhancedCode = regexp.MustCompile(`\b([245]\.\d{1,3}\.\d{1,3})\b`)
-
-// statusOf finds the enhanced status code in a recorded reply.
-func statusOf(reply string, fallback string) string {
-	if m := enhancedCode.FindStringSubmatch(reply); m != nil {
-		return m[1]
+// orStatus is a recorded enhanced status code (RFC 3463), or fallback
+// where none was recorded: a failure given by the operator (queue.FailNow),
+// or one recorded before outcomes carried their status.
+func orStatus(status, fallback string) string {
+	if status == "" {
+		return fallback
 	}
-	return fallback
+	return status
 }
 
 func isASCII(s string) bool {

@@ -162,7 +162,8 @@ func (e *Engine) addresses(ctx context.Context, host string) ([]netip.Addr, *Fai
 		return nil, &Failure{Temporary: true, Enhanced: "4.4.3", Text: "address lookup for " + host + ": " + err.Error()}
 	}
 	if ans.Security == resolver.Bogus {
-		return nil, &Failure{Temporary: true, Enhanced: "4.7.5", Text: "address lookup for " + host + " failed DNSSEC validation: " + ans.Reason}
+		return nil, &Failure{Temporary: true, Enhanced: "4.7.5", ResultType: "dnssec-invalid",
+			Text: "address lookup for " + host + " failed DNSSEC validation: " + ans.Reason}
 	}
 	if len(ans.Addrs) == 0 {
 		return nil, &Failure{Temporary: true, Enhanced: "4.4.4", Text: "mail server " + host + " has no address"}
