@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"go.etcd.io/bbolt"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/resolver"
 )
 
@@ -115,7 +117,7 @@ func (e *Engine) SetRules(def Mode, policies []Local, honorTLSRequiredNo bool) {
 
 // Decide implements Policy.
 func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
-	r.Domain, r.MXHost = strings.ToLower(strings.TrimSuffix(r.Domain, ".")), strings.ToLower(strings.TrimSuffix(r.MXHost, "."))
+	r.Domain, r.MXHost = mailname.Normalize(r.Domain), mailname.Normalize(r.MXHost)
 	if r.Port == 0 {
 		r.Port = 25
 	}
@@ -429,30 +431,16 @@ func (e *Engine) requireTLS(ctx context.Context, r Request, d Decision, mxSecure
 }
 
 func listedMX(mx resolver.MXAnswer, host string) bool {
-	for _, m := range mx.Records {
-		if strings.EqualFold(m.Host, host) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(mx.Records, func(m resolver.MX) bool { return strings.EqualFold(m.Host, host) })
 }
 
 func uniq(names ...string) []string {
 	var out []string
 	for _, n := range names {
-		n = strings.ToLower(strings.TrimSuffix(n, "."))
-		if n != "" && !containsFold(out, n) {
+		n = mailname.Normalize(n)
+		if n != "" && !slices.Contains(out, n) { // all normalised alike
 			out = append(out, n)
 		}
 	}
 	return out
-}
-
-func containsFold(list []string, s string) bool {
-	for _, x := range list {
-		if strings.EqualFold(x, s) {
-			return true
-		}
-	}
-	return false
 }

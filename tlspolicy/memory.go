@@ -4,13 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"go.etcd.io/bbolt"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/postern/postern/internal/mailname"
 )
 
 // Seen is how well a delivery to a domain was protected.
@@ -66,7 +67,7 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 	if e.cfg.DowngradeMemory == MemoryOff || e.d.DB == nil {
 		return
 	}
-	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	domain = mailname.Normalize(domain)
 	now := e.d.Clock()
 	// Most deliveries confirm what is remembered: those touch only the
 	// copy in memory, and the database at most once per memoryWriteEvery,
@@ -131,7 +132,7 @@ func (e *Engine) Memory(domain string) (Memory, bool) {
 	if e.d.DB == nil {
 		return Memory{}, false
 	}
-	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	domain = mailname.Normalize(domain)
 	if c, cached := e.memCache.Get(domain); cached {
 		return c.Memory, true
 	}
@@ -152,7 +153,7 @@ func (e *Engine) Forget(domain string) error {
 	if e.d.DB == nil {
 		return fmt.Errorf("no state database")
 	}
-	e.memCache.Remove(strings.ToLower(strings.TrimSuffix(domain, ".")))
+	e.memCache.Remove(mailname.Normalize(domain))
 	return ForgetMemory(e.d.DB, domain)
 }
 
@@ -164,7 +165,7 @@ func ForgetMemory(db *bbolt.DB, domain string) error {
 		if err != nil {
 			return err
 		}
-		key := []byte(strings.ToLower(strings.TrimSuffix(domain, ".")))
+		key := []byte(mailname.Normalize(domain))
 		if b.Get(key) == nil {
 			return fmt.Errorf("nothing is remembered of %s", domain)
 		}

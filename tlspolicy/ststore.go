@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"go.etcd.io/bbolt"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/resolver"
 )
 
@@ -260,11 +260,11 @@ func (c *stsCache) store(domain string, e CachedSTS) {
 }
 
 // STSCached returns the cached policy of domain, if any (for policy check).
-func (e *Engine) STSCached(domain string) *CachedSTS { return e.sts.load(strings.ToLower(domain)) }
+func (e *Engine) STSCached(domain string) *CachedSTS { return e.sts.load(mailname.Normalize(domain)) }
 
 // STSFailure says why the last fetch of domain's policy failed ("" when it did not).
 func (e *Engine) STSFailure(domain string) string {
 	e.sts.mu.Lock()
 	defer e.sts.mu.Unlock()
-	return e.sts.lastErr[strings.ToLower(domain)]
+	return e.sts.lastErr[mailname.Normalize(domain)]
 }

@@ -421,6 +421,17 @@ func TestRouteSelection(t *testing.T) {
 	}
 }
 
+// A route matches as a local TLS policy does (one function, mailname.Match):
+// neither the case nor a trailing dot of the pattern decides.
+func TestRouteMatchIgnoresCaseAndTrailingDot(t *testing.T) {
+	routes := []Route{{Match: "Partner.Example.", Host: "exact"}, {Match: ".Example.COM", Host: "suffix"}}
+	for domain, want := range map[string]string{"partner.example": "exact", "mail.example.com": "suffix"} {
+		if r, ok := routeFor(routes, domain); !ok || r.Host != want {
+			t.Errorf("%s routed to %q (%v), want %s", domain, r.Host, ok, want)
+		}
+	}
+}
+
 func TestConnectionReuse(t *testing.T) {
 	w := newWorld(t, smtptest.Start(t, nil))
 	for i := 0; i < 7; i++ {

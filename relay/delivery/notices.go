@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/dsn"
 )
@@ -132,7 +133,7 @@ func (e *Engine) notice(m queue.Message, rcpts []dsn.Recipient, headersOnly bool
 		// not itself held to REQUIRETLS (RFC 8689 5).
 		HeadersOnly: headersOnly || strings.EqualFold(m.Return, "HDRS") || m.RequireTLS}
 	// The report's envelope needs SMTPUTF8 only for a non-ASCII sender.
-	env := queue.Envelope{From: "", UTF8: !isASCII(m.From), BodyType: "8BITMIME", Recipients: []queue.Recipient{{Addr: m.From, Notify: []string{"NEVER"}}}}
+	env := queue.Envelope{From: "", UTF8: !mailname.IsASCII(m.From), BodyType: "8BITMIME", Recipients: []queue.Recipient{{Addr: m.From, Notify: []string{"NEVER"}}}}
 	return queue.Draft{Envelope: env, Body: dsn.Build(n, original)}, true
 }
 
@@ -181,13 +182,4 @@ func orStatus(status, fallback string) string {
 		return fallback
 	}
 	return status
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }

@@ -1,14 +1,16 @@
 package delivery
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"sort"
+	"slices"
 	"strings"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
 )
@@ -61,13 +63,7 @@ func RouteDecision(r Route, roots *x509.CertPool, requireTLS bool) tlspolicy.Dec
 }
 
 func (r Route) matches(domain string) bool {
-	switch {
-	case r.Match == "*":
-		return true
-	case strings.HasPrefix(r.Match, "."):
-		return strings.HasSuffix(domain, r.Match)
-	}
-	return domain == r.Match
+	return r.Match == "*" || mailname.Match(r.Match, domain)
 }
 
 // routeFor picks the most specific route: exact, then the longest suffix, then "*".
@@ -135,9 +131,9 @@ func hops(ctx context.Context, res resolver.Resolver, routes []Route, port int, 
 			return nil, &Failure{Enhanced: "5.1.10", Text: fmt.Sprintf("domain %s accepts no mail (null MX)", domain)}
 		}
 	}
-	records := append([]resolver.MX(nil), ans.Records...)
+	records := slices.Clone(ans.Records)
 	shuffle(records)
-	sort.SliceStable(records, func(i, j int) bool { return records[i].Preference < records[j].Preference })
+	slices.SortStableFunc(records, func(a, b resolver.MX) int { return cmp.Compare(a.Preference, b.Preference) })
 	out := make([]Hop, 0, len(records))
 	for _, mx := range records {
 		out = append(out, Hop{Host: mx.Host, Port: port})
