@@ -61,6 +61,8 @@ type Engine struct {
 	sts   *stsCache
 	rules atomic.Pointer[rules] // the part of cfg a reload may change
 
+	metrics instruments
+
 	memMu    sync.Mutex // makes the read-modify-write of a confirming delivery atomic
 	memCache *lru.Cache[string, cachedMemory]
 }
@@ -90,10 +92,10 @@ func NewEngine(cfg Config, d Deps) (*Engine, error) {
 			return nil, fmt.Errorf("tls memory: %w", err)
 		}
 	}
-	e := &Engine{cfg: cfg, d: d}
+	e := &Engine{cfg: cfg, d: d, metrics: newInstruments()}
 	e.SetRules(cfg.Default, cfg.Policies, cfg.HonorTLSRequiredNo)
 	e.memCache, _ = lru.New[string, cachedMemory](10000)
-	sts, err := newSTSCache(d.DB, d.Resolver, cfg.Roots, cfg.STSPort, cfg.STSTimeout, d.Clock, d.Log)
+	sts, err := newSTSCache(d.DB, d.Resolver, cfg.Roots, cfg.STSPort, cfg.STSTimeout, d.Clock, d.Log, e.metrics.stsFetches)
 	if err != nil {
 		return nil, err
 	}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
@@ -56,9 +55,6 @@ type Memory struct {
 }
 
 var memoryBucket = []byte("tls-memory")
-
-var downgrades, _ = otel.GetMeterProvider().Meter("github.com/postern/postern/tlspolicy").Int64Counter(
-	"postern.tls.downgrades", metric.WithDescription("Deliveries weaker than the destination domain has shown before"))
 
 // Observe records how a delivery to domain was protected. A delivery
 // weaker than the domain's remembered best looks like a STARTTLS-stripping
@@ -111,7 +107,7 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 	}
 	e.memCache.Add(domain, cachedMemory{Memory: after, written: now})
 	if had && seen < before.Best && now.Sub(before.Last) <= e.cfg.MemoryMaxAge {
-		downgrades.Add(ctx, 1, metric.WithAttributes(attribute.String("seen", seen.String()), attribute.String("before", before.Best.String())))
+		e.metrics.downgrades.Add(ctx, 1, metric.WithAttributes(attribute.String("seen", seen.String()), attribute.String("before", before.Best.String())))
 		e.d.Log.Warn("TLS downgrade: this domain was delivered with stronger TLS before (a STARTTLS-stripping attack looks like this)",
 			"domain", domain, "now", seen.String(), "before", before.Best.String(), "since", before.First, "last", before.Last,
 			"fix", "postern policy forget "+domain+" once the change is known to be genuine")
