@@ -26,7 +26,7 @@ func (q *Queue) Lease(max int, hold time.Duration) ([]Lease, error) {
 	var leases []Lease
 	err := q.update(func(tx *bolt.Tx) error {
 		leases = leases[:0]
-		now := q.clock.Now()
+		now := q.clock()
 		for _, id := range dueIDs(tx, now, max) {
 			old, err := getMessage(tx, id)
 			if err != nil {
@@ -158,7 +158,7 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 		if err != nil {
 			return err
 		}
-		now := q.clock.Now()
+		now := q.clock()
 		m := old.clone()
 		applied, late := apply(&m, seq, outcomes, now)
 		lost = applied == 0 && len(outcomes) > 0

@@ -79,7 +79,7 @@ func buildWorld(t *testing.T, mx *smtptest.MX, dns *resolvertest.Server, res *re
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
-	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c})
+	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
