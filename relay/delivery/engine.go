@@ -71,8 +71,8 @@ type Queue interface {
 type Deps struct {
 	Queue    Queue
 	Resolver resolver.Resolver
-	Log      *slog.Logger
-	Clock    func() time.Time
+	Log      *slog.Logger     // nil: logs nothing
+	Clock    func() time.Time // nil: time.Now
 	Dialer   *net.Dialer
 	// Policy decides how strong each connection's TLS must be; the
 	// default is opportunistic (tlspolicy.May) everywhere.
@@ -107,6 +107,9 @@ func (e *Engine) SetRoutes(routes []Route) { e.routes.Store(&routes) }
 func New(cfg Config, d Deps) *Engine {
 	if d.Clock == nil {
 		d.Clock = time.Now
+	}
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
 	}
 	if d.Dialer == nil {
 		d.Dialer = &net.Dialer{}
