@@ -16,7 +16,7 @@ import (
 func BenchmarkEnqueue(b *testing.B) {
 	for _, clients := range []int{1, 16} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
-			q := openTest(b, SystemClock{}, b.TempDir(), 0)
+			q := openTest(b, wallClock{}, b.TempDir(), 0)
 			defer q.Close()
 			body := bytes.Repeat([]byte("x"), 2048)
 			b.SetBytes(int64(len(body)))
@@ -43,7 +43,7 @@ func BenchmarkEnqueue(b *testing.B) {
 
 // BenchmarkLease measures granting leases on due messages, 100 at a time.
 func BenchmarkLease(b *testing.B) {
-	q := openTest(b, SystemClock{}, b.TempDir(), 0)
+	q := openTest(b, wallClock{}, b.TempDir(), 0)
 	defer q.Close()
 	b.ReportAllocs()
 	const batch = 100
@@ -69,7 +69,7 @@ func BenchmarkLease(b *testing.B) {
 //
 //	go test ./queue -run '^$' -bench Stats
 func BenchmarkStats(b *testing.B) {
-	q := openTest(b, SystemClock{}, b.TempDir(), 0)
+	q := openTest(b, wallClock{}, b.TempDir(), 0)
 	defer q.Close()
 	var wg sync.WaitGroup
 	for w := range 16 {

@@ -27,7 +27,7 @@ func (q *Queue) Lease(max int, hold time.Duration) ([]Lease, error) {
 	var leases []Lease
 	err := q.update(func(tx *bolt.Tx) error {
 		leases = leases[:0]
-		now := q.clock.Now()
+		now := q.clock()
 		for _, id := range dueIDs(tx, now, max) {
 			old, err := getMessage(tx, id)
 			if err != nil {
@@ -106,8 +106,11 @@ type Outcome struct {
 	Recipient int    // index into Message.Recipients
 	Result    Result //
 	Reply     string // what the next hop said, or why we did not get that far
-	Host      string // the server that said it, if one did
-	RetryAt   time.Time
+	// Status is Reply's enhanced status code (RFC 3463), such as "5.1.1",
+	// kept apart so that notices need not read it out of the text.
+	Status  string
+	Host    string // the server that said it, if one did
+	RetryAt time.Time
 	// DelayNotified marks that a delay notice for the recipient is among
 	// the Notices of this Record's outcomes. It is recorded only if every
 	// notice of the Record was queued (see Record).
@@ -164,12 +167,12 @@ func (q *Queue) Record(id string, seq uint64, outcomes []Outcome, quiet ...func(
 			// under the attempt: a delivery made all the same is a fact,
 			// and its evidence is kept.
 			gone = true
-			return journalGone(tx, outcomes, q.clock.Now())
+			return journalGone(tx, outcomes, q.clock())
 		}
 		if err != nil {
 			return err
 		}
-		now := q.clock.Now()
+		now := q.clock()
 		m := old.clone()
 		// A notice rides on one outcome but may cover others (a delay
 		// notice names every recipient deferred): if one is not queued
@@ -249,7 +252,7 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time, notified b
 				// The next hop took it: whoever holds the recipient now
 				// must not send it again (its own outcome will be late).
 				r.Attempts++
-				r.LastAttempt, r.LastReply, r.LastHost = now, o.Reply, o.Host
+				r.LastAttempt, r.LastReply, r.LastStatus, r.LastHost = now, o.Reply, o.Status, o.Host
 				r.State, r.FinalAt, r.Lease = Delivered, now, 0
 				late++
 			}
@@ -261,7 +264,7 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time, notified b
 			continue
 		}
 		r.Attempts++
-		r.LastAttempt, r.LastReply, r.LastHost, r.Lease = now, o.Reply, o.Host, 0
+		r.LastAttempt, r.LastReply, r.LastStatus, r.LastHost, r.Lease = now, o.Reply, o.Status, o.Host, 0
 		r.DelayNotified = r.DelayNotified || (o.DelayNotified && notified)
 		switch o.Result {
 		case ResultDelivered:

@@ -77,3 +77,26 @@ func mustGet(t *testing.T, q *Queue, id string) Message {
 	}
 	return m
 }
+
+// An outcome's enhanced status is kept beside its reply, for the notice
+// that may quote it later; an operator's FailNow, which gives none, clears it.
+func TestRecordKeepsStatus(t *testing.T) {
+	clock := newClock()
+	q := openTest(t, clock, t.TempDir(), 0)
+	defer q.Close()
+	id, _ := q.Enqueue("", envelope("a@x.test"), strings.NewReader("x"))
+	l := mustLease(t, q, 1)
+	if _, err := q.Record(id, l[0].Seq, []Outcome{{Recipient: 0, Result: ResultDeferred, Reply: "451 4.3.0 try later",
+		Status: "4.3.0", RetryAt: clock.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := q.Get(id); m.Recipients[0].LastStatus != "4.3.0" {
+		t.Fatalf("recorded %+v; want LastStatus 4.3.0", m.Recipients[0])
+	}
+	if _, err := q.FailNow(id, "5.0.0 returned by the operator"); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := q.Get(id); m.Recipients[0].LastStatus != "" || m.Recipients[0].LastReply != "5.0.0 returned by the operator" {
+		t.Fatalf("after FailNow %+v; want no status", m.Recipients[0])
+	}
+}

@@ -72,6 +72,9 @@ type Recipient struct {
 	LastAttempt time.Time `json:"last_attempt,omitzero"`
 	LastReply   string    `json:"last_reply,omitempty"`
 	LastHost    string    `json:"last_host,omitempty"` // the server that gave LastReply, if any
+	// LastStatus is LastReply's enhanced status code (RFC 3463), where the
+	// outcome carried one (Outcome.Status).
+	LastStatus string `json:"last_status,omitempty"`
 	// DelayNotified records that a delay notice was sent for this recipient.
 	DelayNotified bool      `json:"delay_notified,omitempty"`
 	FinalAt       time.Time `json:"final_at,omitzero"`

@@ -18,14 +18,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Clock tells the queue what time it is.
-type Clock interface{ Now() time.Time }
-
-// SystemClock is the wall clock.
-type SystemClock struct{}
-
-func (SystemClock) Now() time.Time { return time.Now() }
-
 var (
 	ErrNotFound  = errors.New("no such message")
 	ErrLeaseLost = errors.New("lease no longer held")
@@ -49,9 +41,9 @@ var (
 
 // Options configure Open. Zero values take the defaults.
 type Options struct {
-	Clock       Clock
-	SpoolDir    string // default: "spool" beside the database file
-	InlineLimit int64  // bodies up to this size live inside bbolt; default 128 KiB
+	Clock       func() time.Time // tells the queue what time it is; default time.Now
+	SpoolDir    string           // default: "spool" beside the database file
+	InlineLimit int64            // bodies up to this size live inside bbolt; default 128 KiB
 	// LockTimeout is how long Open waits for another process to let go of
 	// the database file; default 1s.
 	LockTimeout time.Duration
@@ -64,7 +56,7 @@ type Options struct {
 type Queue struct {
 	db          *bolt.DB
 	path        string
-	clock       Clock
+	clock       func() time.Time
 	spoolDir    string
 	inlineLimit int64
 
@@ -87,7 +79,7 @@ type Queue struct {
 // Open opens (creating if needed) the queue database at path.
 func Open(path string, opts Options) (*Queue, error) {
 	if opts.Clock == nil {
-		opts.Clock = SystemClock{}
+		opts.Clock = time.Now
 	}
 	if opts.SpoolDir == "" {
 		opts.SpoolDir = filepath.Join(filepath.Dir(path), "spool")
@@ -179,7 +171,7 @@ var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadd
 func (q *Queue) NewID() string {
 	var b [12]byte
 	rand.Read(b[6:])
-	next := uint64(q.clock.Now().UnixMilli())<<16 | uint64(binary.BigEndian.Uint16(b[6:8]))
+	next := uint64(q.clock().UnixMilli())<<16 | uint64(binary.BigEndian.Uint16(b[6:8]))
 	q.idMu.Lock()
 	if next <= q.lastID {
 		next = q.lastID + 1
@@ -246,7 +238,7 @@ func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func
 // prepare reads the body: into memory when small, into an fsynced spool file
 // otherwise.
 func (q *Queue) prepare(id string, env Envelope, body io.Reader) (*Message, []byte, error) {
-	now := q.clock.Now()
+	now := q.clock()
 	if env.Arrival.IsZero() {
 		env.Arrival = now
 	}
@@ -560,7 +552,7 @@ func (q *Queue) modify(id string, change func(m *Message, now time.Time) error) 
 		if err != nil {
 			return err
 		}
-		now := q.clock.Now()
+		now := q.clock()
 		m := old.clone()
 		if err := change(&m, now); err != nil {
 			return err
@@ -597,7 +589,7 @@ func (q *Queue) RetryAllNow() (int, error) {
 	var n int
 	err := q.update(func(tx *bolt.Tx) error {
 		n = 0
-		now := q.clock.Now()
+		now := q.clock()
 		var changed []*Message
 		var olds []*Message
 		err := tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
@@ -640,7 +632,9 @@ var ErrInFlight = errors.New("a delivery attempt is in flight")
 // FailNow gives every pending recipient of a message a final failure with
 // reply, so that the sender is notified as for any permanent failure (the
 // delivery engine retires the message and sends the notice). Recipients
-// leased to a worker are left alone, and the error is ErrInFlight.
+// leased to a worker are left alone, and the error is ErrInFlight. No
+// enhanced status is recorded (LastStatus is cleared): the notice states the
+// generic 5.0.0 (RFC 3463 3.1).
 func (q *Queue) FailNow(id, reply string) (int, error) {
 	var n, leased int
 	err := q.modify(id, func(m *Message, now time.Time) error {
@@ -649,7 +643,7 @@ func (q *Queue) FailNow(id, reply string) (int, error) {
 			r := &m.Recipients[i]
 			switch r.State {
 			case Pending:
-				r.State, r.FinalAt, r.LastReply, r.LastHost = Failed, now, reply, ""
+				r.State, r.FinalAt, r.LastReply, r.LastStatus, r.LastHost = Failed, now, reply, "", ""
 				n++
 			case Leased:
 				leased++

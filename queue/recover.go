@@ -31,7 +31,7 @@ func (q *Queue) Recover() (RecoveryReport, error) {
 	err := q.update(func(tx *bolt.Tx) error {
 		rep = RecoveryReport{}
 		clear(spooled)
-		now := q.clock.Now()
+		now := q.clock()
 		if err := tx.DeleteBucket(bucketSchedule); err != nil {
 			return err
 		}

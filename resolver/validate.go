@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -77,7 +78,7 @@ func (c *Client) resolve(ctx context.Context, name string, qtype uint16) (Answer
 			ttl = min(ttl, negativeTTL(msg))
 			break
 		}
-		if next == name || containsString(ans.Aliases, next) {
+		if next == name || slices.Contains(ans.Aliases, next) {
 			// A loop: no records, and nothing worth caching.
 			ans.Aliases = append(ans.Aliases, next)
 			ttl = 0
@@ -149,7 +150,7 @@ func (v *validation) weaken(s Security, reason string) {
 
 func (v *validation) proof(lines ...string) {
 	for _, l := range lines {
-		if !containsString(v.ans.Proof, l) {
+		if !slices.Contains(v.ans.Proof, l) {
 			v.ans.Proof = append(v.ans.Proof, l)
 		}
 	}
@@ -187,7 +188,7 @@ func (c *Client) validate(ctx context.Context, msg *dns.Msg, name string, qtype 
 			}
 			break
 		}
-		if containsString(ans.Aliases, next) || next == name {
+		if slices.Contains(ans.Aliases, next) || next == name {
 			v.weaken(Bogus, "alias loop at "+next)
 			return ans, nil
 		}
@@ -368,10 +369,10 @@ func (c *Client) stepDown(ctx context.Context, name string, parent zoneState) (z
 			return bogus(parent, fmt.Sprintf("DS for %s: %v", name, err)), nil
 		}
 		proof := fmt.Sprintf("%s DS %s signed by %s key %d", name, describeDS(ds), parent.Zone, res.keyTag)
-		return c.enterZone(ctx, name, ds, min(rrsetTTL(ds), res.ttl, parent.TTL), append(clone(parent.Proof), proof))
+		return c.enterZone(ctx, name, ds, min(rrsetTTL(ds), res.ttl, parent.TTL), append(slices.Clone(parent.Proof), proof))
 	}
 	same := parent
-	same.Proof = clone(parent.Proof)
+	same.Proof = slices.Clone(parent.Proof)
 	for _, rr := range msg.Answer {
 		dOwner := canonical(rr.Header().Name)
 		if _, ok := rr.(*dns.DNAME); !ok || rr.Header().Class != dns.ClassINET || dOwner == name || !dns.IsSubDomain(dOwner, name) {
@@ -494,12 +495,12 @@ func (c *Client) validateKeys(ctx context.Context, zone string, authenticators [
 	if err != nil {
 		return fail(fmt.Sprintf("DNSKEY set of %s: %v", zone, err))
 	}
-	proof = append(clone(proof), fmt.Sprintf("%s DNSKEY set signed by key %s", zone, strings.Join(matched, ", ")))
+	proof = append(slices.Clone(proof), fmt.Sprintf("%s DNSKEY set signed by key %s", zone, strings.Join(matched, ", ")))
 	return zoneState{Zone: zone, Security: Secure, Keys: keys, Proof: proof, TTL: min(ttl, res.ttl, rrsetTTL(rrs))}, nil
 }
 
 func bogus(at zoneState, reason string) zoneState {
-	return zoneState{Zone: at.Zone, Security: Bogus, TTL: bogusTTL, Reason: reason, Proof: clone(at.Proof)}
+	return zoneState{Zone: at.Zone, Security: Bogus, TTL: bogusTTL, Reason: reason, Proof: slices.Clone(at.Proof)}
 }
 
 // verified describes a successful signature check.
@@ -710,14 +711,3 @@ func lastLabels(name string, n int) string {
 	}
 	return canonical(strings.Join(labels[len(labels)-n:], "."))
 }
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-func clone(s []string) []string { return append([]string(nil), s...) }

@@ -2,10 +2,10 @@ package tlspolicy
 
 import (
 	"context"
-	"strings"
 
 	"github.com/miekg/dns"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/resolver"
 )
 
@@ -51,7 +51,7 @@ func (r Report) Deliverable() bool {
 // Check gathers the report for domain, deciding for each of its MX hosts
 // (or the domain itself, as the implicit MX) at port.
 func (e *Engine) Check(ctx context.Context, domain string, port int) Report {
-	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	domain = mailname.Normalize(domain)
 	r := Report{Domain: domain}
 	r.Local, r.Lapsed = localFor(e.rules.Load().Policies, domain, e.d.Clock())
 	r.MX, r.MXErr = e.d.Resolver.LookupMX(ctx, domain)

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"go.etcd.io/bbolt"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/resolver"
 )
 
@@ -59,6 +61,8 @@ type Engine struct {
 	sts   *stsCache
 	rules atomic.Pointer[rules] // the part of cfg a reload may change
 
+	metrics instruments
+
 	memMu    sync.Mutex // makes the read-modify-write of a confirming delivery atomic
 	memCache *lru.Cache[string, cachedMemory]
 }
@@ -88,10 +92,10 @@ func NewEngine(cfg Config, d Deps) (*Engine, error) {
 			return nil, fmt.Errorf("tls memory: %w", err)
 		}
 	}
-	e := &Engine{cfg: cfg, d: d}
+	e := &Engine{cfg: cfg, d: d, metrics: newInstruments()}
 	e.SetRules(cfg.Default, cfg.Policies, cfg.HonorTLSRequiredNo)
 	e.memCache, _ = lru.New[string, cachedMemory](10000)
-	sts, err := newSTSCache(d.DB, d.Resolver, cfg.Roots, cfg.STSPort, cfg.STSTimeout, d.Clock, d.Log)
+	sts, err := newSTSCache(d.DB, d.Resolver, cfg.Roots, cfg.STSPort, cfg.STSTimeout, d.Clock, d.Log, e.metrics.stsFetches)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +119,7 @@ func (e *Engine) SetRules(def Mode, policies []Local, honorTLSRequiredNo bool) {
 
 // Decide implements Policy.
 func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
-	r.Domain, r.MXHost = strings.ToLower(strings.TrimSuffix(r.Domain, ".")), strings.ToLower(strings.TrimSuffix(r.MXHost, "."))
+	r.Domain, r.MXHost = mailname.Normalize(r.Domain), mailname.Normalize(r.MXHost)
 	if r.Port == 0 {
 		r.Port = 25
 	}
@@ -429,30 +433,16 @@ func (e *Engine) requireTLS(ctx context.Context, r Request, d Decision, mxSecure
 }
 
 func listedMX(mx resolver.MXAnswer, host string) bool {
-	for _, m := range mx.Records {
-		if strings.EqualFold(m.Host, host) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(mx.Records, func(m resolver.MX) bool { return strings.EqualFold(m.Host, host) })
 }
 
 func uniq(names ...string) []string {
 	var out []string
 	for _, n := range names {
-		n = strings.ToLower(strings.TrimSuffix(n, "."))
-		if n != "" && !containsFold(out, n) {
+		n = mailname.Normalize(n)
+		if n != "" && !slices.Contains(out, n) { // all normalised alike
 			out = append(out, n)
 		}
 	}
 	return out
-}
-
-func containsFold(list []string, s string) bool {
-	for _, x := range list {
-		if strings.EqualFold(x, s) {
-			return true
-		}
-	}
-	return false
 }

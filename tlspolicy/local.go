@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/postern/postern/internal/mailname"
 )
 
 // Mode is what an operator's policy entry (or tls.default) asks for.
@@ -77,12 +79,12 @@ func localFor(entries []Local, domain string, now time.Time) (entry *Local, laps
 		e := &entries[i]
 		var score int
 		switch {
-		case strings.EqualFold(e.Domain, domain):
-			score = 1 << 16
-		case strings.HasPrefix(e.Domain, ".") && strings.HasSuffix(strings.ToLower(domain), strings.ToLower(e.Domain)):
-			score = len(e.Domain)
-		default:
+		case !mailname.Match(e.Domain, domain):
 			continue
+		case !strings.HasPrefix(e.Domain, "."):
+			score = 1 << 16
+		default:
+			score = len(e.Domain)
 		}
 		if !e.Until.IsZero() && now.After(e.Until) {
 			if lapsed == nil {

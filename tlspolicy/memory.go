@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"go.etcd.io/bbolt"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/postern/postern/internal/mailname"
 )
 
 // Seen is how well a delivery to a domain was protected.
@@ -56,9 +56,6 @@ type Memory struct {
 
 var memoryBucket = []byte("tls-memory")
 
-var downgrades, _ = otel.GetMeterProvider().Meter("github.com/postern/postern/tlspolicy").Int64Counter(
-	"postern.tls.downgrades", metric.WithDescription("Deliveries weaker than the destination domain has shown before"))
-
 // Observe records how a delivery to domain was protected. A delivery
 // weaker than the domain's remembered best looks like a STARTTLS-stripping
 // attacker, and is logged and counted.
@@ -66,7 +63,7 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 	if e.cfg.DowngradeMemory == MemoryOff || e.d.DB == nil {
 		return
 	}
-	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	domain = mailname.Normalize(domain)
 	now := e.d.Clock()
 	// Most deliveries confirm what is remembered: those touch only the
 	// copy in memory, and the database at most once per memoryWriteEvery,
@@ -110,7 +107,7 @@ func (e *Engine) Observe(ctx context.Context, domain string, seen Seen) {
 	}
 	e.memCache.Add(domain, cachedMemory{Memory: after, written: now})
 	if had && seen < before.Best && now.Sub(before.Last) <= e.cfg.MemoryMaxAge {
-		downgrades.Add(ctx, 1, metric.WithAttributes(attribute.String("seen", seen.String()), attribute.String("before", before.Best.String())))
+		e.metrics.downgrades.Add(ctx, 1, metric.WithAttributes(attribute.String("seen", seen.String()), attribute.String("before", before.Best.String())))
 		e.d.Log.Warn("TLS downgrade: this domain was delivered with stronger TLS before (a STARTTLS-stripping attack looks like this)",
 			"domain", domain, "now", seen.String(), "before", before.Best.String(), "since", before.First, "last", before.Last,
 			"fix", "postern policy forget "+domain+" once the change is known to be genuine")
@@ -131,7 +128,7 @@ func (e *Engine) Memory(domain string) (Memory, bool) {
 	if e.d.DB == nil {
 		return Memory{}, false
 	}
-	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	domain = mailname.Normalize(domain)
 	if c, cached := e.memCache.Get(domain); cached {
 		return c.Memory, true
 	}
@@ -152,7 +149,7 @@ func (e *Engine) Forget(domain string) error {
 	if e.d.DB == nil {
 		return fmt.Errorf("no state database")
 	}
-	e.memCache.Remove(strings.ToLower(strings.TrimSuffix(domain, ".")))
+	e.memCache.Remove(mailname.Normalize(domain))
 	return ForgetMemory(e.d.DB, domain)
 }
 
@@ -164,7 +161,7 @@ func ForgetMemory(db *bbolt.DB, domain string) error {
 		if err != nil {
 			return err
 		}
-		key := []byte(strings.ToLower(strings.TrimSuffix(domain, ".")))
+		key := []byte(mailname.Normalize(domain))
 		if b.Get(key) == nil {
 			return fmt.Errorf("nothing is remembered of %s", domain)
 		}

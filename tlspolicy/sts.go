@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/postern/postern/internal/mailname"
 )
 
 // STSPolicy is a parsed MTA-STS policy (RFC 8461 3.2).
@@ -57,7 +59,7 @@ func ParseSTSPolicy(body string) (STSPolicy, error) {
 			}
 			p.MaxAge = time.Duration(n) * time.Second
 		case "mx":
-			pattern := strings.ToLower(strings.TrimSuffix(value, "."))
+			pattern := mailname.Normalize(value)
 			if !validHostName(strings.TrimPrefix(pattern, "*.")) {
 				return p, fmt.Errorf("mx %q is not a host name pattern", value)
 			}
@@ -97,7 +99,7 @@ func validHostName(host string) bool {
 // Matches reports whether host is one of the policy's MX patterns; a
 // wildcard stands for exactly one leftmost label (RFC 8461 4.1).
 func (p STSPolicy) Matches(host string) bool {
-	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	host = mailname.Normalize(host)
 	for _, pattern := range p.MX {
 		if rest, ok := strings.CutPrefix(pattern, "*."); ok {
 			if _, after, ok := strings.Cut(host, "."); ok && after == rest {

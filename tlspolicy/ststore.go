@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"io"
@@ -15,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"go.etcd.io/bbolt"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/resolver"
 )
 
@@ -49,8 +48,10 @@ type stsCache struct {
 	client *http.Client
 	now    func() time.Time
 	log    *slog.Logger
-	flight singleflight.Group // one fetch per domain at a time
-	mu     sync.Mutex
+	// fetches counts policy fetches by result (the engine's instrument).
+	fetches metric.Int64Counter
+	flight  singleflight.Group // one fetch per domain at a time
+	mu      sync.Mutex
 	// lastErr keeps, per domain, why the last fetch failed, for reports.
 	lastErr map[string]string
 	// mem mirrors recently used entries of the database, so that a
@@ -58,7 +59,7 @@ type stsCache struct {
 	mem *lru.Cache[string, *CachedSTS]
 }
 
-func newSTSCache(db *bbolt.DB, res Resolver, roots *x509.CertPool, port int, timeout time.Duration, now func() time.Time, log *slog.Logger) (*stsCache, error) {
+func newSTSCache(db *bbolt.DB, res Resolver, roots *x509.CertPool, port int, timeout time.Duration, now func() time.Time, log *slog.Logger, fetches metric.Int64Counter) (*stsCache, error) {
 	if db != nil {
 		if err := db.Update(func(tx *bbolt.Tx) error {
 			_, err := tx.CreateBucketIfNotExists(stsBucket)
@@ -68,7 +69,7 @@ func newSTSCache(db *bbolt.DB, res Resolver, roots *x509.CertPool, port int, tim
 		}
 	}
 	// The TXT lookup, the policy host's addresses and the fetch itself.
-	c := &stsCache{db: db, res: res, now: now, log: log, lastErr: map[string]string{}, budget: 2 * timeout}
+	c := &stsCache{db: db, res: res, now: now, log: log, fetches: fetches, lastErr: map[string]string{}, budget: 2 * timeout}
 	c.mem, _ = lru.New[string, *CachedSTS](10000)
 	dialer := &net.Dialer{Timeout: timeout}
 	c.client = &http.Client{
@@ -189,12 +190,9 @@ func (c *stsCache) fetch(ctx context.Context, domain string) (STSPolicy, error) 
 	if err != nil {
 		result = "error"
 	}
-	stsFetches.Add(ctx, 1, metric.WithAttributes(attribute.String("result", result)))
+	c.fetches.Add(ctx, 1, metric.WithAttributes(attribute.String("result", result)))
 	return pol, err
 }
-
-var stsFetches, _ = otel.GetMeterProvider().Meter("github.com/postern/postern/tlspolicy").Int64Counter(
-	"postern.mta_sts.fetches", metric.WithDescription("MTA-STS policy fetches by result (ok, error)"))
 
 func (c *stsCache) fetchPolicy(ctx context.Context, domain string) (STSPolicy, error) {
 	url := "https://mta-sts." + domain + "/.well-known/mta-sts.txt"
@@ -260,11 +258,11 @@ func (c *stsCache) store(domain string, e CachedSTS) {
 }
 
 // STSCached returns the cached policy of domain, if any (for policy check).
-func (e *Engine) STSCached(domain string) *CachedSTS { return e.sts.load(strings.ToLower(domain)) }
+func (e *Engine) STSCached(domain string) *CachedSTS { return e.sts.load(mailname.Normalize(domain)) }
 
 // STSFailure says why the last fetch of domain's policy failed ("" when it did not).
 func (e *Engine) STSFailure(domain string) string {
 	e.sts.mu.Lock()
 	defer e.sts.mu.Unlock()
-	return e.sts.lastErr[strings.ToLower(domain)]
+	return e.sts.lastErr[mailname.Normalize(domain)]
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/queue"
 )
 
@@ -76,7 +77,7 @@ type Filter struct {
 }
 
 func (f Filter) matches(r Record) bool {
-	if f.RcptDomain != "" && !strings.EqualFold(queue.Domain(r.Recipient), strings.TrimSuffix(f.RcptDomain, ".")) {
+	if f.RcptDomain != "" && queue.Domain(r.Recipient) != mailname.Normalize(f.RcptDomain) {
 		return false
 	}
 	if f.MessageID != "" && strings.Trim(r.MessageID, "<>") != strings.Trim(f.MessageID, "<>") {

@@ -79,7 +79,7 @@ func buildWorld(t *testing.T, mx *smtptest.MX, dns *resolvertest.Server, res *re
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
-	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c})
+	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -418,6 +418,17 @@ func TestRouteSelection(t *testing.T) {
 	}
 	if _, ok := routeFor(routes[1:], "other.test"); ok {
 		t.Error("route matched without a catch-all")
+	}
+}
+
+// A route matches as a local TLS policy does (one function, mailname.Match):
+// neither the case nor a trailing dot of the pattern decides.
+func TestRouteMatchIgnoresCaseAndTrailingDot(t *testing.T) {
+	routes := []Route{{Match: "Partner.Example.", Host: "exact"}, {Match: ".Example.COM", Host: "suffix"}}
+	for domain, want := range map[string]string{"partner.example": "exact", "mail.example.com": "suffix"} {
+		if r, ok := routeFor(routes, domain); !ok || r.Host != want {
+			t.Errorf("%s routed to %q (%v), want %s", domain, r.Host, ok, want)
+		}
 	}
 }
 

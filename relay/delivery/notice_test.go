@@ -68,7 +68,7 @@ func (w *world) countNotices(action string) int {
 func TestFailureNoticeWhenTheBodyIsGone(t *testing.T) {
 	w := newWorld(t, smtptest.Start(t, nil))
 	dir := t.TempDir()
-	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: w.clock, InlineLimit: 16})
+	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: w.clock.Now, InlineLimit: 16})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,13 +1,16 @@
 package delivery
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"fmt"
 	"math/rand/v2"
-	"sort"
+	"net/netip"
+	"slices"
 	"strings"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
 )
@@ -60,13 +63,7 @@ func RouteDecision(r Route, roots *x509.CertPool, requireTLS bool) tlspolicy.Dec
 }
 
 func (r Route) matches(domain string) bool {
-	switch {
-	case r.Match == "*":
-		return true
-	case strings.HasPrefix(r.Match, "."):
-		return strings.HasSuffix(domain, r.Match)
-	}
-	return domain == r.Match
+	return r.Match == "*" || mailname.Match(r.Match, domain)
 }
 
 // routeFor picks the most specific route: exact, then the longest suffix, then "*".
@@ -134,9 +131,9 @@ func hops(ctx context.Context, res resolver.Resolver, routes []Route, port int, 
 			return nil, &Failure{Enhanced: "5.1.10", Text: fmt.Sprintf("domain %s accepts no mail (null MX)", domain)}
 		}
 	}
-	records := append([]resolver.MX(nil), ans.Records...)
+	records := slices.Clone(ans.Records)
 	shuffle(records)
-	sort.SliceStable(records, func(i, j int) bool { return records[i].Preference < records[j].Preference })
+	slices.SortStableFunc(records, func(a, b resolver.MX) int { return cmp.Compare(a.Preference, b.Preference) })
 	out := make([]Hop, 0, len(records))
 	for _, mx := range records {
 		out = append(out, Hop{Host: mx.Host, Port: port})
@@ -148,4 +145,35 @@ func hops(ctx context.Context, res resolver.Resolver, routes []Route, port int, 
 // shuffled first, then stably sorted by preference.
 func randomShuffle(mx []resolver.MX) {
 	rand.Shuffle(len(mx), func(i, j int) { mx[i], mx[j] = mx[j], mx[i] })
+}
+
+// addresses resolves a hop's host (or reads an address literal), in the
+// preferred address family first.
+func (e *Engine) addresses(ctx context.Context, host string) ([]netip.Addr, *Failure) {
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	ans, err := e.d.Resolver.LookupAddrs(ctx, host)
+	if err != nil {
+		return nil, &Failure{Temporary: true, Enhanced: "4.4.3", Text: "address lookup for " + host + ": " + err.Error()}
+	}
+	if ans.Security == resolver.Bogus {
+		return nil, &Failure{Temporary: true, Enhanced: "4.7.5", ResultType: "dnssec-invalid",
+			Text: "address lookup for " + host + " failed DNSSEC validation: " + ans.Reason}
+	}
+	if len(ans.Addrs) == 0 {
+		return nil, &Failure{Temporary: true, Enhanced: "4.4.4", Text: "mail server " + host + " has no address"}
+	}
+	v6, v4 := []netip.Addr{}, []netip.Addr{}
+	for _, a := range ans.Addrs {
+		if a.Is6() {
+			v6 = append(v6, a)
+		} else {
+			v4 = append(v4, a)
+		}
+	}
+	if e.cfg.PreferIPv6 {
+		return append(v6, v4...), nil
+	}
+	return append(v4, v6...), nil
 }

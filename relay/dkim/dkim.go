@@ -20,6 +20,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/postern/postern/internal/mailname"
 )
 
 // DefaultHeaders are signed when present; From is listed twice so that a
@@ -51,7 +53,7 @@ func New(keys []Key, headers []string) *Signer {
 	}
 	s := &Signer{keys: map[string][]Key{}, headers: headers}
 	for _, k := range keys {
-		d := strings.ToLower(strings.TrimSuffix(k.Domain, "."))
+		d := mailname.Normalize(k.Domain)
 		s.keys[d] = append(s.keys[d], k)
 	}
 	return s
@@ -64,7 +66,7 @@ func (s *Signer) Keys(domain string) []Key {
 	if s == nil {
 		return nil
 	}
-	d := strings.ToLower(strings.TrimSuffix(domain, "."))
+	d := mailname.Normalize(domain)
 	for d != "" {
 		if k := s.keys[d]; len(k) > 0 {
 			return k

@@ -13,6 +13,8 @@ import (
 	"mime/quotedprintable"
 	"strings"
 	"time"
+
+	"github.com/postern/postern/internal/mailname"
 )
 
 // Action is what happened to a recipient (RFC 3464 2.3.3).
@@ -93,7 +95,7 @@ func Wanted(notify []string, action Action) bool {
 // Build writes the report as a complete message (headers and body), with
 // original as the message it reports on.
 func Build(n Notice, original []byte) []byte {
-	global := !isASCII(n.To) || anyNonASCII(n.Recipients)
+	global := !mailname.IsASCII(n.To) || anyNonASCII(n.Recipients)
 	boundary := newBoundary()
 	var b bytes.Buffer
 	msgID := boundary[:24] + "@" + n.ReportingMTA
@@ -275,7 +277,7 @@ func headerSection(msg []byte) []byte {
 }
 
 func addressType(addr string) string {
-	if isASCII(addr) {
+	if mailname.IsASCII(addr) {
 		return "rfc822"
 	}
 	return "utf-8" // RFC 6533 3
@@ -283,20 +285,11 @@ func addressType(addr string) string {
 
 func anyNonASCII(rcpts []Recipient) bool {
 	for _, r := range rcpts {
-		if !isASCII(r.Final) || !isASCII(r.Original) {
+		if !mailname.IsASCII(r.Final) || !mailname.IsASCII(r.Original) {
 			return true
 		}
 	}
 	return false
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }
 
 func newBoundary() string {

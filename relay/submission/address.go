@@ -5,6 +5,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/internal/mailname"
 )
 
 func addressError(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
@@ -29,7 +31,7 @@ func canonicalAddress(addr string, smtputf8 bool, badCode smtp.EnhancedCode) (st
 	if !utf8.ValidString(addr) {
 		return "", addressError(501, badCode, "Address is not valid UTF-8")
 	}
-	if !smtputf8 && !isASCII(addr) {
+	if !smtputf8 && !mailname.IsASCII(addr) {
 		// RFC 6531 3.5: non-ASCII addresses need SMTPUTF8 on MAIL FROM.
 		return "", addressError(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII address requires SMTPUTF8")
 	}
@@ -48,15 +50,6 @@ func canonicalAddress(addr string, smtputf8 bool, badCode smtp.EnhancedCode) (st
 		local = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(local) + `"`
 	}
 	return local + "@" + domain, nil
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }
 
 func validDomain(d string) bool {

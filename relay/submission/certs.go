@@ -33,6 +33,9 @@ type Certificates struct {
 // self-signed certificate for hostname, for local use, and warns: clients
 // will have to be told not to verify it.
 func NewCertificates(certFile, keyFile, hostname string, log *slog.Logger) (*Certificates, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	c := &Certificates{certFile: certFile, keyFile: keyFile, log: log}
 	if certFile == "" && keyFile == "" {
 		cert, err := SelfSigned(hostname)

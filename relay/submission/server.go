@@ -56,7 +56,7 @@ type Deps struct {
 	Queue          Queue
 	Auth           Authenticator
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	Log            *slog.Logger
+	Log            *slog.Logger        // default: logs nothing
 	Clock          func() time.Time    // default time.Now
 	Sleep          func(time.Duration) // default time.Sleep; delays failed AUTH replies
 	Queued         func()              // called after each accepted message, e.g. to wake delivery
@@ -90,6 +90,9 @@ type Server struct {
 func New(cfg Config, d Deps) *Server {
 	if d.Clock == nil {
 		d.Clock = time.Now
+	}
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
 	}
 	if d.Sleep == nil {
 		d.Sleep = time.Sleep

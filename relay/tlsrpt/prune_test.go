@@ -18,7 +18,7 @@ import (
 func TestSentReportsArePruned(t *testing.T) {
 	c := &clock{now: time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)}
 	dir := t.TempDir()
-	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: c})
+	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: c.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postern/postern/internal/mailname"
 	"github.com/postern/postern/queue"
 )
 
@@ -125,7 +126,7 @@ func Aggregate(j Journal, day time.Time) (map[string][]PolicyResult, error) {
 		if !ok {
 			return true
 		}
-		k := policyKey{strings.ToLower(a.PolicyDomain), a.PolicyType, strings.Join(a.PolicyStrings, "\n")}
+		k := policyKey{mailname.Normalize(a.PolicyDomain), a.PolicyType, strings.Join(a.PolicyStrings, "\n")}
 		r := results[k]
 		if r == nil {
 			r = &PolicyResult{Policy: Policy{Type: a.PolicyType, String: a.PolicyStrings, Domain: k.domain}}

@@ -21,7 +21,7 @@ func (c *clock) Now() time.Time { return c.now }
 // A scripted day of attempts becomes the RFC 8460 report, field by field.
 func TestReportFromScriptedAttempts(t *testing.T) {
 	c := &clock{now: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)}
-	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c})
+	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{Clock: c.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestRunSendsYesterdayOnce(t *testing.T) {
 func oneDayOfAttempts(t *testing.T, c *clock) (*queue.Queue, *bbolt.DB) {
 	t.Helper()
 	dir := t.TempDir()
-	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: c})
+	q, err := queue.Open(filepath.Join(dir, "queue.db"), queue.Options{Clock: c.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

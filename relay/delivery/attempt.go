@@ -1,0 +1,494 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/audit"
+	"github.com/postern/postern/relay/tlsrpt"
+	"github.com/postern/postern/tlspolicy"
+)
+
+// attempt is one try at the recipients of one domain: everything the try
+// needs, with methods in the order the protocol happens. run finds the
+// route (a configured next hop, or the MX hosts), then for each hop decides
+// the TLS policy, resolves addresses, connects (in cleartext again where
+// STARTTLS failed and only opportunistic TLS was asked), authenticates to a
+// route that has credentials, transacts, and records an outcome for every
+// recipient.
+type attempt struct {
+	e      *Engine
+	m      queue.Message
+	domain string
+	idxs   []int     // the recipients of m that the attempt is for
+	now    time.Time // when the attempt began: outcomes and evidence carry it
+	// seen is what each session tried under a policy saw of the domain's
+	// TLS, for the domain's TLS reports.
+	seen []tlsrpt.Attempt
+}
+
+// deliverDomain makes one attempt for the recipients of one domain.
+func (e *Engine) deliverDomain(ctx context.Context, m queue.Message, domain string, idxs []int) []queue.Outcome {
+	ctx, span := e.metrics.tracer.Start(ctx, "delivery.domain", trace.WithAttributes(attribute.String("postern.domain", domain)))
+	defer span.End()
+	a := &attempt{e: e, m: m, domain: domain, idxs: idxs, now: e.d.Clock()}
+	out := a.run(ctx)
+	if len(out) > 0 {
+		// What each attempt saw of the domain's TLS policy is journalled
+		// with the outcomes, for the domain's TLS reports.
+		for _, s := range a.seen {
+			out[0].Journal = append(out[0].Journal, s.Encode())
+		}
+	}
+	return out
+}
+
+// note hears of every session attempted under a policy.
+func (a *attempt) note(s tlsrpt.Attempt) {
+	if !a.m.TLSReport { // a report's own delivery is not reported (RFC 8460 3)
+		s.PolicyDomain = a.domain
+		a.seen = append(a.seen, s)
+	}
+}
+
+// run tries the domain's hops in order, and the addresses of each, until
+// one takes the transaction or refuses it for good.
+func (a *attempt) run(ctx context.Context) []queue.Outcome {
+	e := a.e
+	hopList, f := a.route(ctx)
+	if f != nil {
+		return a.fail(f)
+	}
+	release, err := e.conns.acquire(ctx, a.domain)
+	if err != nil {
+		return a.fail(&Failure{Temporary: true, Enhanced: "4.4.2", Text: "shutting down"})
+	}
+	defer release()
+	var last *Failure
+	tried := 0
+	for _, hop := range hopList {
+		policy, f := a.policy(ctx, hop)
+		if f != nil {
+			if !f.Temporary {
+				return a.fail(f)
+			}
+			last = f
+			continue
+		}
+		// A session kept from an earlier message to this hop goes first.
+		if pc := e.conns.take(poolKey(hop, policy)); pc != nil {
+			out, f := a.transact(ctx, hop, policy, pc)
+			if f == nil {
+				return out
+			}
+			if !f.Temporary {
+				return a.fail(f)
+			}
+		}
+		addrs, f := a.addresses(ctx, hop, policy)
+		if f != nil {
+			last = f
+			continue
+		}
+		for _, addr := range addrs {
+			if tried >= e.cfg.MaxAddrAttempts {
+				break
+			}
+			tried++
+			out, f := a.deliverVia(ctx, hop, policy, netip.AddrPortFrom(addr, uint16(hop.Port)))
+			if f == nil {
+				return out
+			}
+			last = f
+			if !f.Temporary {
+				return a.fail(f)
+			}
+		}
+	}
+	if last == nil {
+		last = &Failure{Temporary: true, Enhanced: "4.4.4", Text: "no usable address for any mail server of " + a.domain}
+	}
+	return a.fail(last)
+}
+
+// route lists the hops for the domain: a configured route's next hop, or
+// its MX hosts.
+func (a *attempt) route(ctx context.Context) ([]Hop, *Failure) {
+	e := a.e
+	dnsCtx, dnsSpan := e.metrics.tracer.Start(ctx, "dns.mx")
+	hopList, err := hops(dnsCtx, e.d.Resolver, *e.routes.Load(), e.cfg.Port, a.domain, e.d.Shuffle)
+	dnsSpan.End()
+	if err != nil {
+		f := asFailure(err, "", "route")
+		a.log("", netip.AddrPort{}, TLSInfo{}, f.Error(), map[bool]string{true: "deferred", false: "failed"}[f.Temporary])
+		return nil, f
+	}
+	return hopList, nil
+}
+
+// policy decides how strong the hop's TLS must be. A refusal (the policy
+// cannot be met or found now) is a Failure, and reported.
+func (a *attempt) policy(ctx context.Context, hop Hop) (tlspolicy.Decision, *Failure) {
+	e := a.e
+	policyCtx, policySpan := e.metrics.tracer.Start(ctx, "tls.policy", trace.WithAttributes(attribute.String("postern.mx", hop.Host)))
+	policy, err := a.decide(policyCtx, hop)
+	policySpan.SetAttributes(attribute.String("postern.tls_policy", policy.Describe()))
+	policySpan.End()
+	if err == nil {
+		return policy, nil
+	}
+	f := &Failure{Temporary: true, Enhanced: "4.7.5", Host: hop.Host, Text: "TLS policy for " + hop.Host + ": " + err.Error()}
+	var refusal *tlspolicy.Refusal
+	if errors.As(err, &refusal) {
+		f.Temporary, f.Enhanced, f.ResultType = !refusal.Permanent, refusal.Enhanced, refusal.ResultType
+		if hop.Route == nil && refusal.ResultType != "" {
+			a.note(tlsrpt.Attempt{PolicyType: orNoPolicy(refusal.PolicyType), PolicyStrings: refusal.PolicyStrings,
+				MXHost: hop.Host, Result: refusal.ResultType, Info: refusal.Reason})
+		}
+	}
+	a.log(hop.Host, netip.AddrPort{}, TLSInfo{ResultType: f.ResultType}, f.Error(), "skipped")
+	return policy, f
+}
+
+// decide asks the policy, unless the hop is a route with its own level.
+func (a *attempt) decide(ctx context.Context, hop Hop) (tlspolicy.Decision, error) {
+	m := a.m
+	if r := hop.Route; r != nil && (r.TLS != nil || r.Username != "" || len(r.Pins) > 0) {
+		return RouteDecision(*r, a.e.d.Roots, m.RequireTLS), nil
+	}
+	return a.e.d.Policy.Decide(ctx, tlspolicy.Request{Domain: a.domain, MXHost: hop.Host, Port: hop.Port,
+		RequireTLS: m.Envelope.RequireTLS, TLSOptional: m.Envelope.TLSOptional, Report: m.Envelope.TLSReport, Route: hop.Route != nil})
+}
+
+// poolKey names the sessions that may be shared: same host, port and TLS
+// decision, so no message rides on a session made for a weaker policy.
+func poolKey(h Hop, d tlspolicy.Decision) string {
+	// ConnKey is what keeps a session from serving a weaker decision; the
+	// description keeps the evidence of each delivery its own.
+	return h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + d.ConnKey()
+}
+
+// addresses resolves the hop's host, in the preferred address family
+// first. A failure to resolve an MX host is reported like a TLS failure:
+// it keeps mail from the domain as surely.
+func (a *attempt) addresses(ctx context.Context, hop Hop, policy tlspolicy.Decision) ([]netip.Addr, *Failure) {
+	addrCtx, addrSpan := a.e.metrics.tracer.Start(ctx, "dns.address", trace.WithAttributes(attribute.String("postern.mx", hop.Host)))
+	addrs, f := a.e.addresses(addrCtx, hop.Host)
+	addrSpan.End()
+	if f != nil && hop.Route == nil {
+		result := f.ResultType // dnssec-invalid for a bogus answer
+		if result == "" {
+			result = "validation-failure"
+		}
+		a.note(tlsrpt.Attempt{PolicyType: orNoPolicy(policy.PolicyType), PolicyStrings: policy.PolicyStrings,
+			MXHost: hop.Host, Result: result, Info: f.Text})
+	}
+	return addrs, f
+}
+
+// deliverVia delivers over one connection to addr. A non-nil Failure means
+// this host could not take the transaction at all and the next may be tried.
+func (a *attempt) deliverVia(ctx context.Context, hop Hop, policy tlspolicy.Decision, addr netip.AddrPort) ([]queue.Outcome, *Failure) {
+	ctx, span := a.e.metrics.tracer.Start(ctx, "smtp.attempt", trace.WithAttributes(attribute.String("postern.mx", hop.Host),
+		attribute.String("postern.ip", addr.Addr().String())))
+	defer span.End()
+	c, f := a.connect(ctx, hop, policy, addr)
+	if f != nil {
+		return nil, f
+	}
+	if f := a.authenticate(c, hop); f != nil {
+		return nil, f
+	}
+	return a.transact(ctx, hop, policy, &pooled{c: c})
+}
+
+// connect opens a session to addr under the policy, and reports what it
+// saw for the domain's TLS reports.
+func (a *attempt) connect(ctx context.Context, hop Hop, policy tlspolicy.Decision, addr netip.AddrPort) (*conn, *Failure) {
+	e := a.e
+	connectCtx, connectSpan := e.metrics.tracer.Start(ctx, "connect")
+	c, err := dialSession(connectCtx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, policy)
+	if err == nil {
+		connectSpan.SetAttributes(attribute.String("postern.tls_version", c.tls.Version), attribute.String("postern.tls_auth", c.tls.Auth))
+	}
+	connectSpan.End()
+	seen := tlsrpt.Attempt{PolicyType: orNoPolicy(policy.PolicyType), PolicyStrings: policy.PolicyStrings,
+		MXHost: hop.Host, ReceivingIP: addr.Addr().String()}
+	if f := asFailureOrNil(err); f != nil && f.CleartextRetry {
+		// What failed is still reported, then the session is had without TLS.
+		if hop.Route == nil && f.ResultType != "" {
+			seen.Result, seen.Info = f.ResultType, f.Text
+			a.note(seen)
+			seen.Result, seen.Info = "", ""
+		}
+		c, err = a.fallback(ctx, hop, addr, policy, f)
+	}
+	if err != nil {
+		f := asFailure(err, hop.Host, "connect")
+		switch {
+		case f.ResultType != "":
+			seen.Result, seen.Info = f.ResultType, f.Text
+		case f.Enhanced == "4.4.1":
+			seen.Result, seen.Info = "validation-failure", "connection failed: "+f.Text
+		}
+		if hop.Route == nil && seen.Result != "" {
+			a.note(seen)
+		}
+		a.log(hop.Host, addr, TLSInfo{Policy: policy.Describe(), PolicySource: policy.Source, ResultType: f.ResultType}, f.Error(), "deferred")
+		return nil, f
+	}
+	if hop.Route == nil && c.tls.Fallback == "" {
+		a.note(seen) // a session under the policy: a success for the report
+	}
+	return c, nil
+}
+
+// fallback opens a cleartext session after STARTTLS failed where nothing
+// required TLS (RFC 7435 3: opportunistic TLS must not lose mail that
+// cleartext would deliver). It is logged, counted, and recorded in the
+// session's TLS information, hence in the audit trail and, as a delivery in
+// cleartext, in the downgrade memory. Only a decision that allows it gets
+// here: never DANE, MTA-STS, REQUIRETLS, a level above may, or a domain
+// the downgrade memory (in defer mode) holds to TLS.
+func (a *attempt) fallback(ctx context.Context, hop Hop, addr netip.AddrPort, policy tlspolicy.Decision, why *Failure) (*conn, error) {
+	e, m := a.e, a.m
+	e.metrics.fallback(policy.Source)
+	e.d.Log.Warn("STARTTLS failed where TLS is opportunistic: retrying in cleartext on a new connection",
+		"queue_id", m.ID, "mx", hop.Host, "ip", addr.Addr().String(), "tls_policy", policy.Describe(), "tls_result", why.ResultType, "reason", why.Text)
+	plain := policy
+	plain.Level = tlspolicy.None
+	plain.Reason = policy.Reason + "; cleartext after STARTTLS failed"
+	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, plain)
+	if err != nil {
+		return nil, err
+	}
+	c.tls.Fallback = why.Text
+	c.tls.Policy, c.tls.PolicySource = policy.Describe()+" (cleartext fallback)", policy.Source
+	return c, nil
+}
+
+// authenticate logs in to a route's next hop when the route has
+// credentials; on failure the session is closed.
+func (a *attempt) authenticate(c *conn, hop Hop) *Failure {
+	r := hop.Route
+	if r == nil || r.Username == "" {
+		return nil
+	}
+	// Credentials go only over TLS whose certificate was verified (or,
+	// where the operator opted in, at least over TLS): an attacker who
+	// can intercept the connection must not learn them.
+	switch {
+	case c.tls.Version == "":
+		c.close()
+		return &Failure{Temporary: true, Enhanced: "4.7.0", Host: hop.Host, Text: hop.Host + " offers no TLS; not sending route credentials in cleartext"}
+	case !c.tls.Verified && !r.AuthOverUnverifiedTLS:
+		c.close()
+		return &Failure{Temporary: true, Enhanced: "4.7.0", Host: hop.Host,
+			Text: hop.Host + "'s certificate was not verified; not sending route credentials (set auth_over_unverified_tls on the route to allow it)"}
+	}
+	if err := c.client.Auth(sasl.NewPlainClient("", r.Username, r.Password)); err != nil {
+		c.close()
+		f := asFailure(err, hop.Host, "AUTH")
+		f.Temporary = true // our credentials are wrong: the operator must fix them, the mail must wait
+		return f
+	}
+	return nil
+}
+
+// transact sends the message on an open session, and keeps the session for
+// the next message when it is still in good order.
+func (a *attempt) transact(ctx context.Context, hop Hop, policy tlspolicy.Decision, pc *pooled) ([]queue.Outcome, *Failure) {
+	e, m, idxs := a.e, a.m, a.idxs
+	c, addr := pc.c, pc.c.addr
+	keep := false
+	_, span := e.metrics.tracer.Start(ctx, "smtp.transaction")
+	defer span.End()
+	// go-smtp's client knows no context, and sets its own deadlines: a
+	// shutdown that cuts attempts off closes the connection beneath it.
+	cutOff := context.AfterFunc(ctx, func() { c.netConn.Close() })
+	defer func() {
+		if !cutOff() {
+			keep = false
+		}
+		if keep {
+			e.conns.put(poolKey(hop, policy), pc)
+		} else {
+			c.close()
+		}
+	}()
+	body, err := e.d.Queue.Body(m.ID)
+	if err != nil {
+		return nil, &Failure{Temporary: true, Enhanced: "4.3.0", Text: "reading queued message: " + err.Error()}
+	}
+	defer body.Close()
+	tx := Transaction{From: m.From, Size: m.Size, Body: body, Options: smtp.MailOptions{
+		UTF8: m.UTF8, RequireTLS: m.RequireTLS, Return: smtp.DSNReturn(m.Return), EnvelopeID: m.EnvelopeID,
+		Body: smtp.BodyType(m.BodyType),
+	}}
+	for _, i := range idxs {
+		r := m.Recipients[i]
+		ro := smtp.RcptOptions{}
+		for _, n := range r.Notify {
+			ro.Notify = append(ro.Notify, smtp.DSNNotify(n))
+		}
+		if typ, addr, ok := strings.Cut(r.Original, ";"); ok {
+			ro.OriginalRecipientType, ro.OriginalRecipient = smtp.DSNAddressType(strings.ToUpper(typ)), addr
+		}
+		tx.Recipients = append(tx.Recipients, TxRecipient{Addr: r.Addr, Options: ro})
+	}
+	results, err := c.send(tx)
+	if err != nil {
+		f := asFailure(err, hop.Host, "transaction")
+		a.log(hop.Host, addr, c.tls, f.Error(), "failed-transaction")
+		return nil, f
+	}
+	keep = true
+	out := make([]queue.Outcome, len(idxs))
+	for k, i := range idxs {
+		out[k] = a.record(i, results[k], hop.Host, addr, c.tls, policy.Source)
+	}
+	if ok, _ := c.client.Extension("DSN"); !ok {
+		e.reportRelayed(m, out, a.now)
+	}
+	a.log(hop.Host, addr, c.tls, summarize(results), transactionResult(results))
+	if o, ok := e.d.Policy.(tlspolicy.Observer); ok && hop.Route == nil {
+		// What the domain's MX offered, for the downgrade memory.
+		seen := tlspolicy.SeenPlaintext
+		switch {
+		case c.tls.Verified || c.tls.PassivePKIX:
+			seen = tlspolicy.SeenVerified
+		case c.tls.Version != "":
+			seen = tlspolicy.SeenEncrypted
+		}
+		o.Observe(context.Background(), queue.Domain(m.Recipients[idxs[0]].Addr), seen)
+	}
+	return out, nil
+}
+
+// transactionResult names what a finished transaction did for its
+// recipients: delivered (all), partial, deferred or refused (none).
+func transactionResult(results []*Failure) string {
+	delivered, temporary := 0, 0
+	for _, f := range results {
+		switch {
+		case f == nil:
+			delivered++
+		case f.Temporary:
+			temporary++
+		}
+	}
+	switch {
+	case delivered == len(results):
+		return "delivered"
+	case delivered > 0:
+		return "partial"
+	case temporary > 0:
+		return "deferred"
+	}
+	return "refused"
+}
+
+func summarize(results []*Failure) string {
+	var parts []string
+	for _, f := range results {
+		if f == nil {
+			parts = append(parts, "250 accepted")
+		} else {
+			parts = append(parts, f.Error())
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// log writes one line per attempt (or step given up), and counts it.
+func (a *attempt) log(host string, addr netip.AddrPort, t TLSInfo, reply, result string) {
+	e, m := a.e, a.m
+	rcpts := make([]string, len(a.idxs))
+	for k, i := range a.idxs {
+		rcpts[k] = m.Recipients[i].Addr
+	}
+	ip := ""
+	if addr.IsValid() {
+		ip = addr.Addr().String()
+	}
+	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip,
+		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "tls_auth", t.Auth, "tls_policy", t.Policy, "tls_policy_type", t.PolicyType, "tls_verify_failure", t.VerifyFailure, "tls_result", t.ResultType, "reply", reply,
+		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
+	e.metrics.attempt(result, t)
+}
+
+// fail records f for every recipient of the attempt.
+func (a *attempt) fail(f *Failure) []queue.Outcome {
+	out := make([]queue.Outcome, len(a.idxs))
+	for k, i := range a.idxs {
+		out[k] = a.record(i, f, f.Host, netip.AddrPort{}, TLSInfo{}, "")
+	}
+	return out
+}
+
+// record turns recipient i's result into what the queue records: a
+// temporary failure is retried with backoff until the queue lifetime runs
+// out, then fails (RFC 5321 4.5.4.1). A final outcome carries its audit
+// record, which the queue journals in the same transaction as the outcome.
+func (a *attempt) record(i int, f *Failure, host string, addr netip.AddrPort, t TLSInfo, source string) queue.Outcome {
+	e, m, now := a.e, a.m, a.now
+	o := queue.Outcome{Recipient: i, Host: host}
+	expired := false
+	switch {
+	case f == nil:
+		o.Result, o.Reply, o.Status = queue.ResultDelivered, "250 2.0.0 accepted", "2.0.0"
+	case !f.Temporary:
+		o.Result, o.Reply, o.Status = queue.ResultFailed, f.Error(), f.Enhanced
+	case now.Sub(m.Arrival) >= e.cfg.MaxQueueLifetime:
+		expired = true
+		o.Result, o.Status = queue.ResultFailed, "4.4.7"
+		o.Reply = "4.4.7 message expired after " + e.cfg.MaxQueueLifetime.String() + " in the queue; last error: " + f.Error()
+	default:
+		o.Result, o.Reply, o.Status = queue.ResultDeferred, f.Error(), f.Enhanced
+		o.RetryAt = now.Add(e.backoff(m.Recipients[i].Attempts))
+	}
+	if o.Result == queue.ResultDeferred {
+		return o
+	}
+	r := audit.Record{Time: now, QueueID: m.ID, MessageID: m.MessageID, Sender: m.From, Recipient: m.Recipients[o.Recipient].Addr,
+		Result: audit.Delivered, MX: o.Host, TLSVersion: t.Version, TLSCipher: t.Cipher, PolicySource: source,
+		PolicyMode: t.Policy, Verified: t.Verified, VerifiedBy: t.Auth, Reply: o.Reply, PeerCertSHA256: t.PeerSHA256,
+		TLSFallback: t.Fallback}
+	if o.Result == queue.ResultFailed {
+		r.Result = audit.Bounced
+		if expired {
+			r.Result = audit.Expired
+		}
+	}
+	if addr.IsValid() {
+		r.IP = addr.Addr().String()
+	}
+	o.Journal = append(o.Journal, r.Encode())
+	e.metrics.finished(r.Result, source, t.Verified, now.Sub(m.Arrival).Seconds())
+	return o
+}
+
+func asFailureOrNil(err error) *Failure {
+	var f *Failure
+	if errors.As(err, &f) {
+		return f
+	}
+	return nil
+}
+
+func orNoPolicy(policyType string) string {
+	if policyType == "" {
+		return "no-policy-found"
+	}
+	return policyType
+}
