@@ -1,0 +1,78 @@
+package delivery
+
+import (
+	"crypto/x509"
+	"strings"
+	"testing"
+
+	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/smtptest"
+	"github.com/postern/postern/tlspolicy"
+)
+
+// TestPooledSessionNeverCarriesAnotherRoutesCredentials: a session that
+// authenticated with one route's credentials is kept for reuse; mail for
+// another route to the same smarthost, with other credentials or none, must
+// not ride on it (it would be relayed, and accounted, as the first route's
+// user, which the operator never configured for that domain).
+func TestPooledSessionNeverCarriesAnotherRoutesCredentials(t *testing.T) {
+	mx := smtptest.Start(t, func(mx *smtptest.MX) { mx.Password = "hop-secret" })
+	verify := tlspolicy.Verify
+	w := newWorld(t, mx,
+		Route{Match: ".a.example", Host: "127.0.0.1", Username: "relay", Password: "hop-secret"},
+		Route{Match: ".b.example", Host: "127.0.0.1", TLS: &verify}) // no credentials for b
+	w.engine.d.Roots = x509.NewCertPool()
+	w.engine.d.Roots.AddCert(mx.Leaf)
+
+	w.submit(sender, "x@mail.a.example")
+	w.run()
+	if got := mx.Received(); len(got) != 1 || got[0].User != "relay" {
+		t.Fatalf("route a: smarthost got %+v", got)
+	}
+	w.submit(sender, "y@mail.b.example")
+	w.run()
+	for _, m := range mx.Received() {
+		if len(m.Rcpts) > 0 && strings.HasSuffix(m.Rcpts[0], "b.example") && m.User != "" {
+			t.Fatalf("mail for route b (no credentials) left authenticated as %q, on route a's pooled session (%d connections in all)",
+				m.User, mx.Connections())
+		}
+	}
+}
+
+// TestRoutePinsAreNeverIgnored: a route that names tls_pins has said which
+// key its next hop must hold. At tls: encrypt (with or without credentials
+// and the auth_over_unverified_tls opt-in) or may, the pins are silently
+// dropped today, so a next hop with any other key gets the mail, and the
+// route's credentials.
+func TestRoutePinsAreNeverIgnored(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		route Route
+	}{
+		{"encrypt", Route{TLS: level(tlspolicy.Encrypt)}},
+		{"may", Route{TLS: level(tlspolicy.May)}},
+		{"encrypt with credentials and the opt-in", Route{TLS: level(tlspolicy.Encrypt), Username: "relay", Password: "hop-secret", AuthOverUnverifiedTLS: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mx := smtptest.Start(t, func(mx *smtptest.MX) {
+				if tc.route.Username != "" {
+					mx.Password = "hop-secret"
+				}
+			})
+			route := tc.route
+			route.Match, route.Host = "*", "127.0.0.1"
+			route.Pins = [][]byte{make([]byte, 32)} // not the smarthost's key
+			w := newWorld(t, mx, route)
+			id := w.submit(sender, "a@anywhere.example")
+			w.run()
+			if got := mx.Received(); len(got) != 0 || mx.AuthAttempts() != 0 {
+				t.Fatalf("a next hop whose key is not pinned got %d messages (TLS %v) and %d AUTH attempts",
+					len(got), len(got) > 0 && got[0].TLS, mx.AuthAttempts())
+			}
+			r := w.state(id).Recipients[0]
+			if r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "4.7.") {
+				t.Fatalf("want a 4.7.x deferral, got %v %q", r.State, r.LastReply)
+			}
+		})
+	}
+}
