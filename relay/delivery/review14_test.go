@@ -1,7 +1,9 @@
 package delivery
 
 import (
+	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"strings"
 	"testing"
 
@@ -74,5 +76,32 @@ func TestRoutePinsAreNeverIgnored(t *testing.T) {
 				t.Fatalf("want a 4.7.x deferral, got %v %q", r.State, r.LastReply)
 			}
 		})
+	}
+}
+
+// TestRouteAtMayKeepsTheDomainsLocalPolicy: the operator's tls.policies
+// entry for a recipient domain (encrypt here) is a demand too. A route to a
+// smarthost whose own tls is may must not make that domain's mail leave
+// weaker: today the route's level replaces the entry, so a failed STARTTLS
+// is retried in cleartext (the fallback the issue allows only where
+// "nothing requires TLS for a destination ... local entry ... at may").
+func TestRouteAtMayKeepsTheDomainsLocalPolicy(t *testing.T) {
+	mx := smtptest.Start(t, func(mx *smtptest.MX) {
+		mx.Server.TLSConfig = &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return nil, errors.New("no certificate today")
+		}}
+	})
+	w := newWorld(t, mx, Route{Match: "*", Host: "127.0.0.1", TLS: level(tlspolicy.May)})
+	e, err := tlspolicy.NewEngine(tlspolicy.Config{Default: tlspolicy.ModeMay,
+		Policies: []tlspolicy.Local{{Domain: "bank.example", Mode: tlspolicy.ModeEncrypt}}},
+		tlspolicy.Deps{Resolver: w.engine.d.Resolver.(tlspolicy.Resolver), Clock: w.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.engine.d.Policy = e
+	w.submit(sender, "ceo@bank.example")
+	w.run()
+	if got := mx.Received(); len(got) != 0 {
+		t.Fatalf("mail for bank.example (tls.policies: encrypt) left in cleartext (TLS %v) through a route at may", got[0].TLS)
 	}
 }
