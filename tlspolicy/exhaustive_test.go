@@ -105,10 +105,13 @@ const (
 	stsEnforceNotListed
 	stsFetchFailed       // a record, no policy to be had, nothing cached
 	stsFetchFailedCached // a record, the fetch fails, an enforce policy listing the MX is cached
+	// The _mta-sts TXT answer says there is no record, but fails DNSSEC
+	// validation; nothing is cached. It proves nothing either way.
+	stsAbsentBogus
 	stsStates
 )
 
-var stsNames = [...]string{"none", "testing", "enforce-listed", "enforce-not-listed", "fetch-failed", "fetch-failed-cached"}
+var stsNames = [...]string{"none", "testing", "enforce-listed", "enforce-not-listed", "fetch-failed", "fetch-failed-cached", "absent-bogus"}
 
 type memoryState uint8
 
@@ -214,6 +217,10 @@ func (w *exhaustiveWorld) LookupTXT(_ context.Context, name string) ([]string, r
 		a.NXDomain = true
 		return nil, a, nil
 	}
+	if sts == stsAbsentBogus {
+		a.NXDomain, a.Security, a.Reason = true, resolver.Bogus, "RRSIG missing"
+		return nil, a, nil
+	}
 	id := "one"
 	if sts == stsFetchFailedCached {
 		id = "two" // newer than the cached policy, so it is fetched, and that fails
@@ -285,6 +292,7 @@ type combination struct {
 	hop        hop
 	mem        memoryState
 	memDefer   bool
+	mxHost     string // the host the decision is for
 }
 
 func (c combination) String() string {
@@ -446,13 +454,13 @@ func TestPolicyEngineExhaustive(t *testing.T) {
 										if index++; index%exhaustiveStride != 0 {
 											continue
 										}
-										c := combination{local: local, def: def, chain: chain, sts: sts, requireTLS: requireTLS,
-											tlsNo: tlsNo, hop: h, mem: mem, memDefer: deferMode}
 										r := tlspolicy.Request{Domain: domain, MXHost: "mx." + domain, Port: 25,
 											RequireTLS: requireTLS, TLSOptional: tlsNo, Route: h == hopRoute, Report: h == hopReport}
 										if h == hopRoute {
 											r.MXHost = "smarthost.example"
 										}
+										c := combination{local: local, def: def, chain: chain, sts: sts, requireTLS: requireTLS,
+											tlsNo: tlsNo, hop: h, mem: mem, memDefer: deferMode, mxHost: r.MXHost}
 										d, err := engines[deferMode].Decide(ctx, r)
 										o := outcome{d: d, err: err}
 										if err != nil && !errors.As(err, &o.refusal) {
@@ -570,6 +578,23 @@ func checkInvariants(c combination, o outcome, fail func(combination, outcome, s
 			need(tlspolicy.Encrypt, "the downgrade memory (encrypted before)")
 		}
 	}
+	// Which certificates are accepted. A PKIX decision (MTA-STS enforce,
+	// verify, the downgrade memory, REQUIRETLS) names the MX host and
+	// nothing else (RFC 8461 4.1, RFC 8689 4.2; the test's local entries
+	// add no names); a DANE decision names the TLSA base domain (here the
+	// MX host) and at most the next-hop domain (RFC 7672 3.2.2). Where TLS
+	// is required, nothing older than TLS 1.2 is accepted (RFC 8996; RFC
+	// 8461 4.1 asks for TLS 1.2 or later).
+	if !refused && d.Level == tlspolicy.Verify {
+		for _, n := range d.Names {
+			if n != c.mxHost && !(len(d.TLSA) > 0 && n == d.PolicyDomain) {
+				fail(c, o, "a verified decision accepts a certificate for %q, which is not the MX host", n)
+			}
+		}
+	}
+	if !refused && d.Level >= tlspolicy.Encrypt && d.MinVersion != 0 && d.MinVersion < tls.VersionTLS12 {
+		fail(c, o, "TLS is required, yet a version below 1.2 (%#x) is accepted", d.MinVersion)
+	}
 	// The DANE base domain is the MX host, never the TLSA record's alias target.
 	if !refused && (strings.Contains(d.SNI, provider) || strings.Contains(strings.Join(d.Names, " "), provider)) {
 		fail(c, o, "the TLSA record's CNAME target is used as a name")
@@ -591,7 +616,7 @@ func checkInvariants(c combination, o outcome, fail func(combination, outcome, s
 	if !refused && d.AllowsCleartextRetry() {
 		asks := c.requireTLS || (!weakenedByOperator && mode >= tlspolicy.ModeEncrypt && mode != tlspolicy.ModeDANE) ||
 			(published && chainSecure && (c.chain.tlsa == stUsable || c.chain.tlsa == stUnusable)) ||
-			(published && c.sts != stsNone && c.sts != stsFetchFailed) ||
+			(published && c.sts != stsNone && c.sts != stsFetchFailed && c.sts != stsAbsentBogus) ||
 			(c.hop == hopMX && c.memDefer && c.mem != memNone && !weakenedByOperator)
 		if asks {
 			fail(c, o, "a cleartext retry is allowed where TLS is asked for")
