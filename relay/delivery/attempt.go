@@ -2,6 +2,8 @@ package delivery
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net/netip"
 	"strconv"
@@ -175,7 +177,15 @@ func (a *attempt) decide(ctx context.Context, hop Hop) (tlspolicy.Decision, erro
 func poolKey(h Hop, d tlspolicy.Decision) string {
 	// ConnKey is what keeps a session from serving a weaker decision; the
 	// description keeps the evidence of each delivery its own.
-	return h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + d.ConnKey()
+	key := h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + d.ConnKey()
+	if h.Route != nil {
+		// A route's session may have authenticated: it carries mail only
+		// for routes with the same credentials (or, like it, none), never
+		// another route's mail under this one's login.
+		sum := sha256.Sum256([]byte(h.Route.Username + "\x00" + h.Route.Password))
+		key += "|auth=" + hex.EncodeToString(sum[:8])
+	}
+	return key
 }
 
 // addresses resolves the hop's host, in the preferred address family
