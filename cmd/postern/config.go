@@ -535,6 +535,10 @@ func (c *Config) validate() error {
 				bad(key+".tls_pins", "%v", err)
 			}
 		}
+		if len(r.TLSPins) > 0 && r.TLS != "" && level != tlspolicy.Verify {
+			// A pin is a check of the next hop's key, which only verify makes.
+			bad(key+".tls_pins", "pins are checked only with tls: verify (or no tls), not %q", r.TLS)
+		}
 	}
 	for _, s := range c.DNS.Servers {
 		if net.ParseIP(strings.Trim(s, "[]")) == nil {

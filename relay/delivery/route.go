@@ -43,10 +43,12 @@ type Route struct {
 func RouteDecision(r Route, roots *x509.CertPool, requireTLS bool) tlspolicy.Decision {
 	d := tlspolicy.Decision{Level: tlspolicy.May, Source: "route", Roots: roots, Reason: "route for " + r.Match,
 		PolicyType: "no-policy-found"}
-	switch {
-	case r.TLS != nil:
+	if r.TLS != nil {
 		d.Level = *r.TLS
-	case len(r.Pins) > 0:
+	}
+	if len(r.Pins) > 0 && d.Level < tlspolicy.Verify {
+		// Pins name the key the next hop must hold: a check that a
+		// weaker level would skip (configuration refuses that mix).
 		d.Level = tlspolicy.Verify
 	}
 	if r.Username != "" && d.Level < tlspolicy.Verify && !(d.Level == tlspolicy.Encrypt && r.AuthOverUnverifiedTLS) {
