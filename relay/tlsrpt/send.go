@@ -171,8 +171,57 @@ func (e *insideError) Error() string { return e.msg }
 // sharedAddressSpace is 100.64.0.0/10 (RFC 6598), inside a carrier's network.
 var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
 
-// internalAddr names why a is not on the public internet, or "".
+// Ranges that are not on the public internet beyond what netip names, and
+// IPv6 forms that carry an IPv4 address a gateway or tunnel delivers to.
+var (
+	notPublic4 = []netip.Prefix{
+		netip.MustParsePrefix("192.0.0.0/24"),  // IETF protocol assignments (RFC 6890)
+		netip.MustParsePrefix("198.18.0.0/15"), // benchmarking (RFC 2544)
+		netip.MustParsePrefix("240.0.0.0/4"),   // reserved, and the broadcast address
+	}
+	siteLocal      = netip.MustParsePrefix("fec0::/10")      // RFC 3879
+	nat64LocalUse  = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215: a network's own translator
+	nat64WellKnown = netip.MustParsePrefix("64:ff9b::/96")   // RFC 6052 2.1
+	ipv4Compatible = netip.MustParsePrefix("::/96")          // RFC 4291 2.5.5.1 (deprecated)
+	sixToFour      = netip.MustParsePrefix("2002::/16")      // RFC 3056 2
+)
+
+// internalAddr names why a is not on the public internet, or "". An IPv6
+// address that embeds an IPv4 one (NAT64, IPv4-compatible, 6to4) reaches
+// that IPv4 address through a translator or relay, so it is judged by it.
 func internalAddr(a netip.Addr) string {
+	a = a.Unmap()
+	if why := internalForm(a); why != "" {
+		return why
+	}
+	var v4 netip.Addr
+	b := a.As16()
+	switch {
+	case !a.Is6():
+		return ""
+	case nat64LocalUse.Contains(a):
+		return "local-use NAT64"
+	case siteLocal.Contains(a):
+		return "site-local"
+	case nat64WellKnown.Contains(a), ipv4Compatible.Contains(a):
+		v4 = netip.AddrFrom4([4]byte(b[12:16]))
+	case sixToFour.Contains(a):
+		v4 = netip.AddrFrom4([4]byte(b[2:6]))
+	default:
+		return ""
+	}
+	if why := internalForm(v4); why != "" {
+		return why + " (" + v4.String() + " inside " + a.String() + ")"
+	}
+	return ""
+}
+
+func internalForm(a netip.Addr) string {
+	for _, p := range notPublic4 {
+		if p.Contains(a) {
+			return "reserved"
+		}
+	}
 	switch {
 	case a.IsLoopback():
 		return "loopback"
