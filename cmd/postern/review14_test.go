@@ -29,3 +29,19 @@ func TestRoutePinsWithAWeakerTLSAreRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyCheckShowsTheRoute: postern policy check says what delivery
+// will do. For a domain that delivery.routes sends to a smarthost,
+// delivery never looks at the MX set: it goes to the route's next hop under
+// the route's level (verify, for a route with credentials). Today the
+// check prints the MX decisions ("default may" for mx.dest.test) as if the
+// route did not exist.
+func TestPolicyCheckShowsTheRoute(t *testing.T) {
+	d := newDaemon(t, nil)
+	d.editConfig("  poll_interval: 100ms\n", "  poll_interval: 100ms\n  routes:\n    - domain: dest.test\n"+
+		"      next_hop: smarthost.example:587\n      username: relay\n      password: secret\n")
+	out, err := d.run("", "policy", "check", "dest.test")
+	if !strings.Contains(out, "smarthost.example") {
+		t.Fatalf("policy check for a routed domain does not mention its route (err %v):\n%s", err, out)
+	}
+}
