@@ -64,16 +64,32 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 			defer cancel()
 			r := engine.Check(ctx, args[0], port)
 			printReport(cmd.OutOrStdout(), r, port, db == nil)
+			// A routed domain's mail never goes to its MX set: say where it
+			// goes, and under which decision, as delivery would.
+			route, routed := delivery.RouteFor(cfg.deliveryConfig().Routes, r.Domain)
+			if routed {
+				fmt.Fprintf(cmd.OutOrStdout(), "  route %s: delivery goes to %s port %d, not to the MX hosts above\n", route.Match, route.Host, route.Port)
+				d, own := delivery.RouteDecision(route, nil)
+				var refused error
+				if !own {
+					d, refused = engine.Decide(ctx, tlspolicy.Request{Domain: r.Domain, MXHost: route.Host, Port: route.Port, Route: true})
+				}
+				if refused != nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "    decision: do not use: %v\n", refused)
+					return &exitError{4, fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "    decision: %s (%s)\n", d.Describe(), d.Reason)
+			}
 			if m, ok := engine.Memory(r.Domain); ok {
 				fmt.Fprintf(cmd.OutOrStdout(), "  downgrade memory (%s): %s TLS since %s, last %s\n", cfg.TLS.DowngradeMemory, m.Best,
 					m.First.UTC().Format(time.RFC3339), m.Last.UTC().Format(time.RFC3339))
 			} else if db != nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "  downgrade memory (%s): nothing remembered\n", cfg.TLS.DowngradeMemory)
 			}
-			if !r.Deliverable() {
+			if !routed && !r.Deliverable() {
 				return &exitError{4, fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
 			}
-			if connect && !probeHosts(ctx, cmd.OutOrStdout(), cfg.Hostname, r, port) {
+			if connect && !routed && !probeHosts(ctx, cmd.OutOrStdout(), cfg.Hostname, r, port) {
 				return &exitError{4, fmt.Errorf("no MX of %s could be reached under its TLS policy", r.Domain)}
 			}
 			return nil

@@ -41,7 +41,7 @@ func TestPolicyCheckShowsTheRoute(t *testing.T) {
 	d.editConfig("  poll_interval: 100ms\n", "  poll_interval: 100ms\n  routes:\n    - domain: dest.test\n"+
 		"      next_hop: smarthost.example:587\n      username: relay\n      password: secret\n")
 	out, err := d.run("", "policy", "check", "dest.test")
-	if !strings.Contains(out, "smarthost.example") {
-		t.Fatalf("policy check for a routed domain does not mention its route (err %v):\n%s", err, out)
+	if !strings.Contains(out, "smarthost.example") || !strings.Contains(out, "decision: route verify") {
+		t.Fatalf("policy check for a routed domain does not show its route and the route's decision (err %v):\n%s", err, out)
 	}
 }

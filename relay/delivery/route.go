@@ -64,6 +64,23 @@ func RouteDecision(r Route, roots *x509.CertPool, requireTLS bool) tlspolicy.Dec
 	return d
 }
 
+// RouteFor returns the route delivery takes for domain instead of its MX
+// set, if one matches (for postern policy check).
+func RouteFor(routes []Route, domain string) (Route, bool) {
+	return routeFor(routes, strings.ToLower(strings.TrimSuffix(domain, ".")))
+}
+
+// RouteDecision is the decision delivery makes for a route's next hop when
+// the route carries its own requirement (tls, credentials or pins); own is
+// false when the route leaves the decision to the recipient domain's
+// tls.policies entry or tls.default (for postern policy check).
+func RouteDecision(r Route, roots *x509.CertPool) (d tlspolicy.Decision, own bool) {
+	if r.TLS == nil && r.Username == "" && len(r.Pins) == 0 {
+		return tlspolicy.Decision{}, false
+	}
+	return routeDecision(r, roots, false), true
+}
+
 func (r Route) matches(domain string) bool {
 	return r.Match == "*" || mailname.Match(r.Match, domain)
 }
