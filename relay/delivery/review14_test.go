@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -104,4 +105,54 @@ func TestRouteAtMayKeepsTheDomainsLocalPolicy(t *testing.T) {
 	if got := mx.Received(); len(got) != 0 {
 		t.Fatalf("mail for bank.example (tls.policies: encrypt) left in cleartext (TLS %v) through a route at may", got[0].TLS)
 	}
+}
+
+// TestRouteDecisionExhaustive holds every combination of a route's own
+// settings to what they demand, as the policy engine's exhaustive test
+// does for published policies (that test never sees routeDecision):
+// credentials only over verified TLS (or encrypt with the opt-in), pins
+// always checked, REQUIRETLS verified, and never below the route's tls.
+func TestRouteDecisionExhaustive(t *testing.T) {
+	levels := []*tlspolicy.Level{nil, level(tlspolicy.None), level(tlspolicy.May), level(tlspolicy.Encrypt), level(tlspolicy.Verify)}
+	n := 0
+	for _, tls := range levels {
+		for _, user := range []string{"", "relay"} {
+			for _, optIn := range []bool{false, true} {
+				for _, pinned := range []bool{false, true} {
+					for _, requireTLS := range []bool{false, true} {
+						r := Route{Match: "*", Host: "smarthost.example", Port: 587, TLS: tls, Username: user, AuthOverUnverifiedTLS: optIn}
+						if user != "" {
+							r.Password = "secret"
+						}
+						if pinned {
+							r.Pins = [][]byte{make([]byte, 32)}
+						}
+						d := routeDecision(r, nil, requireTLS)
+						n++
+						tlsName := "unset"
+						if tls != nil {
+							tlsName = tls.String()
+						}
+						name := fmt.Sprintf("tls=%s user=%q opt-in=%t pins=%t requiretls=%t: %s", tlsName, user, optIn, pinned, requireTLS, d.Describe())
+						if tls != nil && d.Level < *tls {
+							t.Errorf("%s: below the route's own level", name)
+						}
+						if user != "" && d.Level < tlspolicy.Verify && !(optIn && d.Level == tlspolicy.Encrypt) {
+							t.Errorf("%s: credentials where TLS is not verified", name)
+						}
+						if requireTLS && d.Level < tlspolicy.Verify {
+							t.Errorf("%s: REQUIRETLS without verified TLS", name)
+						}
+						if pinned && (d.Level != tlspolicy.Verify || !d.Pinned || len(d.TLSA) == 0) {
+							t.Errorf("%s: the pinned key is not checked", name)
+						}
+						if d.AllowsCleartextRetry() && (user != "" || pinned || requireTLS || (tls != nil && *tls > tlspolicy.May)) {
+							t.Errorf("%s: a cleartext retry where TLS is asked for", name)
+						}
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d route combinations", n)
 }
