@@ -1,14 +1,18 @@
 package delivery
 
 import (
+	"bufio"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/smtptest"
 	"github.com/postern/postern/tlspolicy"
 )
@@ -155,4 +159,53 @@ func TestRouteDecisionExhaustive(t *testing.T) {
 		}
 	}
 	t.Logf("%d route combinations", n)
+}
+
+// TestFallbackSessionNeverBouncesForWantingTLS: the cleartext fallback is
+// Postern's own last resort after a STARTTLS that failed (perhaps for a
+// moment, perhaps because someone on the path broke it). A server that
+// then answers "530 5.7.0 Must issue a STARTTLS command first" says it
+// wants TLS, nothing about the message: the message must wait for a try
+// in which TLS works, not bounce at once. Before the fallback existed
+// this message waited (4.7.5); today it bounces on its first attempt.
+func TestFallbackSessionNeverBouncesForWantingTLS(t *testing.T) {
+	w := newWorld(t, smtptest.Start(t, nil))
+	w.engine.d.Policy = tlspolicy.Fixed{Level: tlspolicy.May}
+	var conns atomic.Int32
+	w.engine.cfg.Port = hostileMX(t, func(c net.Conn, r *bufio.Reader) {
+		first := conns.Add(1) == 1
+		fmt.Fprintf(c, "220 mx ESMTP\r\n")
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			switch cmd := strings.ToUpper(strings.TrimSpace(line)); {
+			case strings.HasPrefix(cmd, "EHLO"):
+				fmt.Fprintf(c, "250-mx\r\n250 STARTTLS\r\n")
+			case cmd == "STARTTLS" && first:
+				fmt.Fprintf(c, "220 go ahead\r\n")
+				r.Read(make([]byte, 4096))            // the ClientHello
+				fmt.Fprintf(c, "this is not TLS\r\n") // the handshake fails
+				return
+			case strings.HasPrefix(cmd, "MAIL"), strings.HasPrefix(cmd, "RCPT"), strings.HasPrefix(cmd, "DATA"):
+				fmt.Fprintf(c, "530 5.7.0 Must issue a STARTTLS command first\r\n")
+			case cmd == "QUIT":
+				fmt.Fprintf(c, "221 bye\r\n")
+				return
+			default:
+				fmt.Fprintf(c, "250 ok\r\n")
+			}
+		}
+	})
+	id := w.submit(sender, "a@dest.test")
+	w.run()
+	m, err := w.q.Get(id)
+	if err != nil {
+		evidence, _ := audit.Query(w.q, audit.Filter{RcptDomain: "dest.test"})
+		t.Fatalf("the message is finished after a cleartext fallback the server refused for wanting TLS (%d connections): %v; audit: %+v", conns.Load(), err, evidence)
+	}
+	if r := m.Recipients[0]; r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "4.") {
+		t.Fatalf("want a deferral, got %v %q", r.State, r.LastReply)
+	}
 }
