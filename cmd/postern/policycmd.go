@@ -69,7 +69,7 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 			route, routed := delivery.RouteFor(cfg.deliveryConfig().Routes, r.Domain)
 			if routed {
 				fmt.Fprintf(cmd.OutOrStdout(), "  route %s: delivery goes to %s port %d, not to the MX hosts above\n", route.Match, route.Host, route.Port)
-				d, own := delivery.RouteDecision(route, nil)
+				d, own := delivery.OwnRouteDecision(route, nil)
 				var refused error
 				if !own {
 					d, refused = engine.Decide(ctx, tlspolicy.Request{Domain: r.Domain, MXHost: route.Host, Port: route.Port, Route: true})

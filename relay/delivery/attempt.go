@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -357,6 +358,20 @@ func (a *attempt) transact(ctx context.Context, hop Hop, policy tlspolicy.Decisi
 		tx.Recipients = append(tx.Recipients, TxRecipient{Addr: r.Addr, Options: ro})
 	}
 	results, err := c.send(tx)
+	if c.tls.Fallback != "" {
+		// In a cleartext fallback a refusal for the want of TLS says
+		// nothing about the message: the next try starts with STARTTLS
+		// again, which may work then (a moment's breakage, or someone on
+		// the path). Only a reply about the message itself is final.
+		if f := asFailureOrNil(err); f != nil {
+			wantedTLS(f)
+		}
+		for _, f := range results {
+			if f != nil {
+				wantedTLS(f)
+			}
+		}
+	}
 	if err != nil {
 		f := asFailure(err, hop.Host, "transaction")
 		a.log(hop.Host, addr, c.tls, f.Error(), "failed-transaction")
@@ -486,6 +501,23 @@ func (a *attempt) record(i int, f *Failure, host string, addr netip.AddrPort, t 
 	o.Journal = append(o.Journal, r.Encode())
 	e.metrics.finished(r.Result, source, t.Verified, now.Sub(m.Arrival).Seconds())
 	return o
+}
+
+// wantedTLS makes a permanent refusal that asks for TLS (530, or the
+// enhanced codes 5.7.0 "security", 5.7.10 "encryption needed", 5.7.11
+// "encryption required", RFC 3463 and RFC 5248) temporary: it was earned
+// by the cleartext fallback, not by the message.
+func wantedTLS(f *Failure) {
+	if f.Temporary {
+		return
+	}
+	switch {
+	case f.Code == 530, f.Enhanced == "5.7.0", f.Enhanced == "5.7.10", f.Enhanced == "5.7.11":
+		// Postern's own deferral (4.7.0), quoting the server, so that
+		// a delay notice never carries a permanent status.
+		f.Text = fmt.Sprintf("the server answered %q in a cleartext session after STARTTLS failed; the next try uses STARTTLS again", f.Error())
+		f.Temporary, f.Code, f.Enhanced = true, 0, "4.7.0"
+	}
 }
 
 func asFailureOrNil(err error) *Failure {

@@ -70,15 +70,15 @@ func RouteFor(routes []Route, domain string) (Route, bool) {
 	return routeFor(routes, strings.ToLower(strings.TrimSuffix(domain, ".")))
 }
 
-// RouteDecision is the decision delivery makes for a route's next hop when
-// the route carries its own requirement (tls, credentials or pins); own is
-// false when the route leaves the decision to the recipient domain's
+// OwnRouteDecision is the decision delivery makes for a route's next hop
+// when the route carries its own requirement (tls, credentials or pins);
+// own is false when the route leaves the decision to the recipient domain's
 // tls.policies entry or tls.default (for postern policy check).
-func RouteDecision(r Route, roots *x509.CertPool) (d tlspolicy.Decision, own bool) {
+func OwnRouteDecision(r Route, roots *x509.CertPool) (d tlspolicy.Decision, own bool) {
 	if r.TLS == nil && r.Username == "" && len(r.Pins) == 0 {
 		return tlspolicy.Decision{}, false
 	}
-	return routeDecision(r, roots, false), true
+	return RouteDecision(r, roots, false), true
 }
 
 func (r Route) matches(domain string) bool {
