@@ -163,14 +163,33 @@ func (a *attempt) policy(ctx context.Context, hop Hop) (tlspolicy.Decision, *Fai
 	return policy, f
 }
 
-// decide asks the policy, unless the hop is a route with its own level.
+// decide asks the policy. A route with its own settings (tls, credentials,
+// pins) decides for its next hop, but never below the recipient domain's
+// own tls.policies entry: that entry is the operator's demand for the
+// domain's mail, and the route is only the way it leaves.
 func (a *attempt) decide(ctx context.Context, hop Hop) (tlspolicy.Decision, error) {
 	m := a.m
-	if r := hop.Route; r != nil && (r.TLS != nil || r.Username != "" || len(r.Pins) > 0) {
-		return RouteDecision(*r, a.e.d.Roots, m.RequireTLS), nil
-	}
-	return a.e.d.Policy.Decide(ctx, tlspolicy.Request{Domain: a.domain, MXHost: hop.Host, Port: hop.Port,
+	asked, err := a.e.d.Policy.Decide(ctx, tlspolicy.Request{Domain: a.domain, MXHost: hop.Host, Port: hop.Port,
 		RequireTLS: m.Envelope.RequireTLS, TLSOptional: m.Envelope.TLSOptional, Report: m.Envelope.TLSReport, Route: hop.Route != nil})
+	r := hop.Route
+	if r == nil || (r.TLS == nil && r.Username == "" && len(r.Pins) == 0) {
+		return asked, err
+	}
+	if err != nil {
+		return asked, err // the domain's entry refuses this hop (dane-only, say)
+	}
+	d := RouteDecision(*r, a.e.d.Roots, m.RequireTLS)
+	if asked.Source == "local" && asked.Level > d.Level {
+		d.Level = asked.Level
+		d.Reason += "; raised to " + asked.Level.String() + " by the " + asked.Reason
+		if d.Level == tlspolicy.Verify && len(r.Pins) > 0 {
+			d.TLSA, d.Pinned = tlspolicy.PinnedKeys(r.Pins), true
+		}
+	}
+	if asked.MinVersion > d.MinVersion {
+		d.MinVersion = asked.MinVersion
+	}
+	return d, nil
 }
 
 // poolKey names the sessions that may be shared: same host, port and TLS

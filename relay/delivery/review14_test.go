@@ -131,7 +131,7 @@ func TestRouteDecisionExhaustive(t *testing.T) {
 						if pinned {
 							r.Pins = [][]byte{make([]byte, 32)}
 						}
-						d := routeDecision(r, nil, requireTLS)
+						d := RouteDecision(r, nil, requireTLS)
 						n++
 						tlsName := "unset"
 						if tls != nil {
