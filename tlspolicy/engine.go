@@ -257,10 +257,14 @@ func (e *Engine) dane(ctx context.Context, r Request, base Decision) (*Decision,
 	if err != nil {
 		return nil, true, &Refusal{Enhanced: "4.4.3", Reason: "address lookup: " + err.Error()}
 	}
-	switch addrs.Security {
-	case resolver.Insecure:
+	switch {
+	case addrs.Security == resolver.Insecure && addrs.UpstreamBroken:
+		// Insecure only by dns.on_broken_upstream, under a validated MX
+		// set: no proof that the host has no DANE.
+		return nil, true, dnssecRefusal("the addresses of "+r.MXHost, resolver.Bogus, addrs.Reason)
+	case addrs.Security == resolver.Insecure:
 		return nil, true, nil // RFC 7672 2.2.2: no TLSA lookup for insecure addresses
-	case resolver.Secure:
+	case addrs.Security == resolver.Secure:
 	default:
 		return nil, true, dnssecRefusal("the addresses of "+r.MXHost, addrs.Security, addrs.Reason)
 	}
@@ -324,6 +328,12 @@ func (e *Engine) tlsaFor(ctx context.Context, r Request, addrs resolver.AddrAnsw
 		if err != nil {
 			return tlsa, name, &Refusal{Enhanced: "4.7.5", ResultType: "dnssec-invalid", PolicyType: "tlsa",
 				Reason: fmt.Sprintf("TLSA lookup for _%d._tcp.%s failed, so DANE cannot be checked: %v", r.Port, name, err)}
+		}
+		if tlsa.UpstreamBroken && tlsa.Security != resolver.Secure {
+			// Insecure only because dns.on_broken_upstream: insecure said
+			// so: where the MX set and the addresses validated, that is no
+			// proof that this host has no DANE (RFC 7672 2.2).
+			return tlsa, name, dnssecRefusal(fmt.Sprintf("the TLSA records at _%d._tcp.%s", r.Port, name), resolver.Bogus, tlsa.Reason)
 		}
 		switch tlsa.Security {
 		case resolver.Secure:
@@ -400,11 +410,13 @@ func (e *Engine) requireTLS(ctx context.Context, r Request, d Decision, mxSecure
 		if err != nil {
 			return Decision{}, &Refusal{Enhanced: "4.4.3", Reason: "REQUIRETLS: MX lookup: " + err.Error()}
 		}
-		switch mx.Security {
-		case resolver.Secure:
+		switch {
+		case mx.Security == resolver.Secure:
 			mxSecure = true
-		case resolver.Insecure:
+		case mx.Security == resolver.Insecure && !mx.UpstreamBroken:
 		default:
+			// Not validated, or insecure only by dns.on_broken_upstream:
+			// no proof either way, so REQUIRETLS waits.
 			return Decision{}, dnssecRefusal("REQUIRETLS: the MX records of "+r.Domain, mx.Security, mx.Reason)
 		}
 	}

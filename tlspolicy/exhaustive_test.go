@@ -58,17 +58,24 @@ const (
 	stUsable   // records, some usable (3 1 1)
 	stUnusable // records, none usable (1 1 1)
 	stAbsent   // securely none
+	// Insecure only because dns.on_broken_upstream: insecure lowered an
+	// answer that failed validation (resolver's UpstreamBroken): the
+	// operator's opt-in for mail that does not need DANE, no proof of
+	// anything else.
+	stDowngraded
 )
 
-var statusNames = [...]string{"secure", "insecure", "bogus", "indeterminate", "error", "usable", "unusable", "absent"}
+var statusNames = [...]string{"secure", "insecure", "bogus", "indeterminate", "error", "usable", "unusable", "absent", "insecure-by-opt-in"}
 
 func (s status) String() string { return statusNames[s] }
 
-func (s status) uncertain() bool { return s == stBogus || s == stIndeterminate || s == stError }
+func (s status) uncertain() bool {
+	return s == stBogus || s == stIndeterminate || s == stError || s == stDowngraded
+}
 
 func (s status) security() resolver.Security {
 	switch s {
-	case stInsecure:
+	case stInsecure, stDowngraded:
 		return resolver.Insecure
 	case stBogus:
 		return resolver.Bogus
@@ -82,13 +89,13 @@ func (s status) security() resolver.Security {
 // is not Secure are never looked at, so they are not varied.
 func chains() []dnsChain {
 	var out []dnsChain
-	for _, mx := range []status{stInsecure, stBogus, stIndeterminate, stError} {
+	for _, mx := range []status{stInsecure, stBogus, stIndeterminate, stError, stDowngraded} {
 		out = append(out, dnsChain{mx: mx})
 	}
-	for _, addr := range []status{stInsecure, stBogus, stIndeterminate, stError} {
+	for _, addr := range []status{stInsecure, stBogus, stIndeterminate, stError, stDowngraded} {
 		out = append(out, dnsChain{mx: stSecure, addr: addr})
 	}
-	for _, tlsa := range []status{stUsable, stUnusable, stAbsent, stInsecure, stBogus, stIndeterminate, stError} {
+	for _, tlsa := range []status{stUsable, stUnusable, stAbsent, stInsecure, stBogus, stIndeterminate, stError, stDowngraded} {
 		for _, alias := range []bool{false, true} {
 			out = append(out, dnsChain{mx: stSecure, addr: stSecure, tlsa: tlsa, tlsaAlias: alias})
 		}
@@ -156,7 +163,7 @@ func (w *exhaustiveWorld) LookupMX(_ context.Context, domain string) (resolver.M
 		return resolver.MXAnswer{}, errUpstream
 	}
 	return resolver.MXAnswer{Records: []resolver.MX{{Host: "mx." + strings.TrimSuffix(domain, "."), Preference: 10}},
-		Security: c.mx.security(), Reason: "as the test says"}, nil
+		Security: c.mx.security(), Reason: "as the test says", UpstreamBroken: c.mx == stDowngraded}, nil
 }
 
 func (w *exhaustiveWorld) LookupAddrs(_ context.Context, host string) (resolver.AddrAnswer, error) {
@@ -173,7 +180,7 @@ func (w *exhaustiveWorld) LookupAddrs(_ context.Context, host string) (resolver.
 	case c.addr == stError:
 		return resolver.AddrAnswer{}, errUpstream
 	}
-	return resolver.AddrAnswer{Addrs: loopback, Security: c.addr.security(), Reason: "as the test says"}, nil
+	return resolver.AddrAnswer{Addrs: loopback, Security: c.addr.security(), Reason: "as the test says", UpstreamBroken: c.addr == stDowngraded}, nil
 }
 
 // provider is where an aliased TLSA record's owner points: never a name
@@ -204,8 +211,8 @@ func (w *exhaustiveWorld) LookupTLSA(_ context.Context, host string, port int) (
 		a.Records = []dns.RR{record(1), record(0)}
 	case stAbsent:
 		a.NXDomain = true
-	default: // insecure, bogus, indeterminate: records that cannot be trusted
-		a.Records, a.Security = []dns.RR{record(3)}, c.tlsa.security()
+	default: // insecure, bogus, indeterminate, downgraded: records that cannot be trusted
+		a.Records, a.Security, a.UpstreamBroken = []dns.RR{record(3)}, c.tlsa.security(), c.tlsa == stDowngraded
 	}
 	return a, nil
 }
@@ -564,7 +571,10 @@ func checkInvariants(c combination, o outcome, fail func(combination, outcome, s
 			}
 		}
 		// DNS uncertainty where it could hide DANE: wait.
-		uncertain := c.chain.mx.uncertain() || (c.chain.mx == stSecure && c.chain.addr.uncertain()) ||
+		// An MX set insecure by the opt-in is the operator's accepted
+		// weakening (DANE off for it); anything below a validated MX set
+		// that is not proven stays uncertain, whatever the setting.
+		uncertain := (c.chain.mx.uncertain() && c.chain.mx != stDowngraded) || (c.chain.mx == stSecure && c.chain.addr.uncertain()) ||
 			(chainSecure && c.chain.tlsa.uncertain())
 		if uncertain && !refused {
 			fail(c, o, "delivers although DNS cannot tell whether DANE applies")
@@ -641,12 +651,14 @@ func checkUncertaintyNeverLowers(t *testing.T, w *exhaustiveWorld, engines map[b
 	}
 	var slots []slot
 	certainTLSA := []status{stUsable, stUnusable, stAbsent, stInsecure}
-	for _, u := range []status{stBogus, stIndeterminate, stError} {
+	for _, u := range []status{stBogus, stIndeterminate, stError, stDowngraded} {
 		s := slot{uncertain: dnsChain{mx: u}, certain: []dnsChain{{mx: stInsecure}, {mx: stSecure, addr: stInsecure}}}
 		for _, tl := range certainTLSA {
 			s.certain = append(s.certain, dnsChain{mx: stSecure, addr: stSecure, tlsa: tl})
 		}
-		slots = append(slots, s)
+		if u != stDowngraded { // the MX set's opt-in is the operator's to make
+			slots = append(slots, s)
+		}
 		s = slot{uncertain: dnsChain{mx: stSecure, addr: u}, certain: []dnsChain{{mx: stSecure, addr: stInsecure}}}
 		for _, tl := range certainTLSA {
 			s.certain = append(s.certain, dnsChain{mx: stSecure, addr: stSecure, tlsa: tl})

@@ -138,7 +138,7 @@ func (c *stsCache) resolve(ctx context.Context, domain string) (*STSPolicy, erro
 		cached = nil
 	}
 	txts, ans, err := c.res.LookupTXT(ctx, "_mta-sts."+domain)
-	if err == nil && len(txts) == 0 && (ans.Security == resolver.Bogus || ans.Security == resolver.Indeterminate) {
+	if err == nil && len(txts) == 0 && (ans.Security == resolver.Bogus || ans.Security == resolver.Indeterminate || ans.UpstreamBroken) {
 		// An absence that fails validation proves nothing: REQUIRETLS
 		// must not fail a message for good on it.
 		err = fmt.Errorf("the answer that there is no record fails DNSSEC validation (%s): %s", ans.Security, ans.Reason)
