@@ -66,6 +66,8 @@ type local struct {
 	reload func() (string, error)
 	// kick wakes the daemon's delivery after a change that makes work due.
 	kick func()
+	// verifier is the daemon's: it knows the users file as it runs it.
+	verifier *auth.Verifier
 }
 
 func (l *local) wake() {
@@ -146,7 +148,7 @@ func (l *local) PolicyForget(domain string) error {
 
 func (l *local) QueueList(f queue.Filter) ([]queue.Message, error) { return l.q.List(f) }
 func (l *local) QueueShow(id string) (queue.Message, error)        { return l.q.Get(id) }
-func (l *local) UserList() ([]auth.User, error)                    { return l.users.List() }
+func (l *local) UserList() ([]auth.User, error)                    { return l.listUsers() }
 func (l *local) UserDelete(name string) error                      { return l.users.Delete(name) }
 func (l *local) UserPasswd(name, pw string) error                  { return l.users.SetPassword(name, pw) }
 func (l *local) UserRequireTLS(name string, on bool) error         { return l.users.SetRequireTLS(name, on) }

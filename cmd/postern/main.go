@@ -236,7 +236,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					return json.NewEncoder(c.OutOrStdout()).Encode(users)
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tHEADER FROM\tREQUIRETLS\tCREATED")
+				fmt.Fprintln(w, "NAME\tSOURCE\tALLOWED SENDERS\tHEADER FROM\tREQUIRETLS\tCREATED")
 				for _, u := range users {
 					allowed := strings.Join(u.AllowFrom, ",")
 					if allowed == "" {
@@ -250,9 +250,16 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					if u.AnyHeaderFrom {
 						headerFrom = "any"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", u.Name, allowed, headerFrom, requireTLS, u.Created.Format(time.DateTime))
+					created := "-" // the users file keeps no dates
+					if !u.Created.IsZero() {
+						created = u.Created.Format(time.DateTime)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", u.Name, u.Source, allowed, headerFrom, requireTLS, created)
 				}
-				return w.Flush()
+				if err := w.Flush(); err != nil {
+					return err
+				}
+				return listDirectoryNote(c.OutOrStdout(), load)
 			})
 		},
 	}
@@ -294,7 +301,7 @@ for a From domain the patterns allow.`,
 			return withOps(load, func(ops operations) error { return ops.UserAnyHeaderFrom(args[0], anyFrom) })
 		},
 	}
-	cmd.AddCommand(add, passwd, list, del, requireTLS, headerFrom)
+	cmd.AddCommand(add, passwd, list, del, requireTLS, headerFrom, userHashCommand())
 	return cmd
 }
 

@@ -65,6 +65,14 @@ func (r *reloader) reload() (string, error) {
 		r.log.Error("reload: configuration refused; nothing changed", "err", err)
 		return "", err
 	}
+	// The users file is read again on every reload, changed or not: that
+	// is how configuration management hands over new users. One that does
+	// not parse refuses the reload, and the users in force stay.
+	users, err := r.applyUsers(next)
+	if err != nil {
+		r.log.Error("reload: configuration refused; nothing changed", "err", err)
+		return "", err
+	}
 	certChanged, certErr := r.certs.Reload()
 	if certErr != nil {
 		r.log.Error("reload: certificate not replaced", "err", certErr)
@@ -95,6 +103,9 @@ func (r *reloader) reload() (string, error) {
 		r.log.Warn("reload: these settings cannot change while running; restart postern to apply them", "keys", restart)
 	}
 	summary := fmt.Sprintf("applied: %s\ncertificate: %s", orNone(applied), map[bool]string{true: "replaced", false: "unchanged"}[certChanged])
+	if users != "" {
+		summary += "\n" + users
+	}
 	if certErr != nil {
 		summary += " (" + certErr.Error() + ")"
 	}

@@ -115,6 +115,14 @@ func serve(cfg *Config, log *slog.Logger) error {
 	}
 	log.Info("password hashes bounded", "max_concurrent_hashes", hashes, "hash_memory_mib", hashes*19)
 	verifier := auth.NewVerifier(users, cfg.authLimits(), nil)
+	usersFile, err := cfg.usersFile()
+	if err != nil {
+		return err
+	}
+	if usersFile != nil {
+		verifier.SetFile(usersFile)
+		log.Info("users file loaded", "file", usersFile.Path(), "users", len(usersFile.List()))
+	}
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
 		DKIM:  signer,
 		Queue: q, Auth: verifier,
@@ -159,7 +167,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	}
 	reload := newReloader(cfg, certs, srv, verifier, policy, engine, log)
 	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send,
-		reload: reload.reload, kick: engine.Kick})
+		reload: reload.reload, kick: engine.Kick, verifier: verifier})
 	if err != nil {
 		return err
 	}
