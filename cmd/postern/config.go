@@ -692,6 +692,7 @@ func (c *Config) submissionConfig() submission.Config {
 		MaxLineLength: s.MaxLineLength, CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout,
 		MaxConnections: s.MaxConnections, MaxConnectionsPerIP: s.MaxConnectionsPerIP, MinTLSVersion: v,
 		AnyHeaderFrom: !s.CheckHeaderFrom,
+		SendingLimits: c.sendingLimits(),
 	}
 }
 

@@ -302,6 +302,7 @@ for a From domain the patterns allow.`,
 		},
 	}
 	cmd.AddCommand(add, passwd, list, del, requireTLS, headerFrom, userHashCommand())
+	cmd.AddCommand(userVolumeCommands(load)...)
 	return cmd
 }
 

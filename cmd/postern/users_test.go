@@ -85,3 +85,78 @@ func TestUsersFile(t *testing.T) {
 	}
 	d.signal(syscall.SIGTERM)
 }
+
+// TestSendingLimitsAndSuspension: a credential over submission.limits gets
+// 450 4.7.1, counted in the metric; the window survives a restart; "user
+// show" gives the volume; "user suspend" stops a session already logged
+// in on the running daemon, and "user resume" lets it send again.
+func TestSendingLimitsAndSuspension(t *testing.T) {
+	d := newDaemon(t, nil)
+	d.editConfig(`tls_listen: ["127.0.0.1:0"]`, `tls_listen: ["127.0.0.1:0"]`+"\n  limits: {messages_per_hour: 2, recipients_per_hour: 0}")
+	for _, u := range []string{"app", "ops"} {
+		if out, err := d.run("pw\n", "user", "add", u, "--password-stdin"); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+	}
+	if out, err := d.run("", "user", "limit", "ops", "messages_per_hour", "0"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	body := []byte("From: a@example.org\r\nSubject: x\r\n\r\nhi\r\n")
+	for i := 0; i < 2; i++ {
+		if _, err := submit(d.starttls, "app", "pw", "a@example.org", "x@dest.test", body); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	var se *smtp.SMTPError
+	_, err := submit(d.starttls, "app", "pw", "a@example.org", "x@dest.test", body)
+	if !errors.As(err, &se) || se.Code != 450 || se.EnhancedCode != (smtp.EnhancedCode{4, 7, 1}) {
+		t.Fatalf("third message in the hour: %v", err)
+	}
+	t.Logf("third message: %v", err)
+	if _, metrics := httpGet(t, "http://"+d.web+"/metrics"); !strings.Contains(metrics, `postern_submission_limited_total{reason="messages"} 1`) {
+		t.Errorf("metric missing:\n%s", grepLines(metrics, "postern_submission_limited"))
+	}
+	out, err := d.run("", "user", "show", "app")
+	if err != nil || !strings.Contains(out, "last hour:   2 messages (limit 2 per hour), 2 recipients (limit unlimited)") {
+		t.Fatalf("user show: %v\n%s", err, out)
+	}
+	t.Logf("user show app:\n%s", out)
+
+	// A restart does not reset the window.
+	d.signal(syscall.SIGTERM)
+	d.start()
+	if _, err := submit(d.starttls, "app", "pw", "a@example.org", "x@dest.test", body); !errors.As(err, &se) || se.Code != 450 {
+		t.Fatalf("after a restart: %v", err)
+	}
+
+	// ops has no message limit of its own; suspended, its open session stops.
+	c, err := smtp.DialStartTLS(d.starttls, e2eTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := submitOn(c, "ops", "pw", "a@example.org", "x@dest.test", body); err != nil {
+		t.Fatal(err)
+	}
+	out, err = d.run("", "user", "suspend", "ops")
+	if err != nil || !strings.Contains(out, "user ops suspended") {
+		t.Fatalf("suspend: %v\n%s", err, out)
+	}
+	t.Logf("user suspend ops: %s", out)
+	err = c.Mail("a@example.org", nil)
+	if !errors.As(err, &se) || se.Code != 450 || !strings.Contains(se.Message, "suspended") {
+		t.Fatalf("MAIL of a suspended credential: %v", err)
+	}
+	t.Logf("MAIL after suspend: %v", err)
+	if out, err := d.run("", "user", "show", "ops"); err != nil || !strings.Contains(out, "suspended:   yes, since") {
+		t.Fatalf("user show: %v\n%s", err, out)
+	}
+	if out, err := d.run("", "user", "resume", "ops"); err != nil {
+		t.Fatalf("resume: %v\n%s", err, out)
+	}
+	if err := c.Mail("a@example.org", nil); err != nil {
+		t.Fatalf("MAIL after resume: %v", err)
+	}
+	d.signal(syscall.SIGTERM)
+}

@@ -201,6 +201,9 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	if !s.user.MaySend(from) {
 		return errSenderNotAllowed
 	}
+	if err := s.quotaMail(); err != nil {
+		return err
+	}
 	s.srv.mu.Lock()
 	draining := s.srv.draining
 	s.busy.Store(!draining)
@@ -237,6 +240,9 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	if max := int(s.srv.maxRecipients.Load()); max > 0 && len(s.env.Recipients) >= max {
 		return errTooManyRcpts
+	}
+	if err := s.quotaRcpt(); err != nil {
+		return err
 	}
 	r := queue.Recipient{Addr: canon}
 	for _, n := range opts.Notify {
@@ -324,6 +330,7 @@ func (s *session) data(r io.Reader) error {
 		span.SetStatus(codes.Error, err.Error())
 		return s.refuse(err)
 	}
+	s.quotaCount()
 	s.srv.queued()
 	s.srv.metrics.queued(s.srv.clock().Sub(start))
 	tlsVersion := ""
