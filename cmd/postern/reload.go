@@ -95,6 +95,7 @@ func (r *reloader) reload() (string, error) {
 	r.srv.SetLimits(next.Submission.MaxRecipients, next.Submission.MaxConnections, next.Submission.MaxConnectionsPerIP)
 	r.auth.SetLimits(next.authLimits())
 	r.srv.SetSendingLimits(next.sendingLimits())
+	r.applyDirectory(next, applied)
 	r.policy.SetRules(def, policies, next.TLS.HonorTLSRequiredNo)
 	r.engine.SetRoutes(next.deliveryConfig().Routes)
 

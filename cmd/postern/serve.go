@@ -124,6 +124,14 @@ func serve(cfg *Config, log *slog.Logger) error {
 		verifier.SetFile(usersFile)
 		log.Info("users file loaded", "file", usersFile.Path(), "users", len(usersFile.List()))
 	}
+	dir, err := cfg.directory()
+	if err != nil {
+		return err
+	}
+	if dir != nil {
+		verifier.SetDirectory(dir)
+		log.Info("user directory", "directory", dir.String(), "order", "users file, store, directory")
+	}
 	counter, err := quota.Open(stateDB, nil)
 	if err != nil {
 		return err

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -22,6 +27,7 @@ func (c *Config) validateUsers(bad func(key, format string, args ...any)) {
 	if l := c.Submission.Limits; l.MessagesPerHour < 0 || l.RecipientsPerHour < 0 {
 		bad("submission.limits", "messages_per_hour and recipients_per_hour are counts (0 is unlimited), not negative")
 	}
+	c.validateLDAP(bad)
 }
 
 // usersFile loads submission.auth.users_file, or returns nil when none is
@@ -113,4 +119,67 @@ func (r *reloader) applyUsers(next *Config) (string, error) {
 	n := len(file.List())
 	r.log.Info("reload: users file loaded", "file", file.Path(), "users", n)
 	return fmt.Sprintf("users file: %d users from %s", n, file.Path()), nil
+}
+
+// validateLDAP checks submission.auth.ldap, naming the key at fault.
+func (c *Config) validateLDAP(bad func(key, format string, args ...any)) {
+	l := c.Submission.Auth.LDAP
+	if l.URL == "" {
+		return
+	}
+	if l.Timeout <= 0 {
+		bad("submission.auth.ldap.timeout", "must be positive")
+	}
+	if _, err := c.directory(); err != nil {
+		var se *auth.SettingError
+		if errors.As(err, &se) {
+			bad("submission.auth.ldap."+se.Setting, "%v", se.Err)
+		} else {
+			bad("submission.auth.ldap", "%v", err)
+		}
+	}
+}
+
+// directory builds the LDAP directory of submission.auth.ldap, or returns
+// nil when none is set.
+func (c *Config) directory() (auth.Directory, error) {
+	l := c.Submission.Auth.LDAP
+	if l.URL == "" {
+		return nil, nil
+	}
+	var roots *x509.CertPool // nil: the system roots
+	if l.CAFile != "" {
+		b, err := os.ReadFile(l.CAFile)
+		if err != nil {
+			return nil, &auth.SettingError{Setting: "ca_file", Err: err}
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(b) {
+			return nil, &auth.SettingError{Setting: "ca_file", Err: fmt.Errorf("%s holds no PEM certificate", l.CAFile)}
+		}
+	}
+	return auth.NewLDAP(auth.LDAPConfig{URL: l.URL, StartTLS: l.StartTLS, RootCAs: roots, BindDN: l.BindDN,
+		BindPassword: l.BindPassword, Base: l.Base, Filter: l.Filter, SenderAttribute: l.SenderAttribute,
+		SenderTemplate: l.SenderTemplate, Timeout: l.Timeout})
+}
+
+// applyDirectory puts next's directory in force when its settings changed
+// (changed lists the keys a reload changes); building it cannot fail, as
+// the configuration was validated.
+func (r *reloader) applyDirectory(next *Config, changed []string) {
+	if !slices.ContainsFunc(changed, func(k string) bool { return strings.HasPrefix(k, "submission.auth.ldap.") }) {
+		return
+	}
+	dir, err := next.directory()
+	if err != nil {
+		r.log.Error("reload: directory not replaced", "err", err)
+		return
+	}
+	if dir == nil {
+		r.auth.SetDirectory(nil)
+		r.log.Info("reload: directory off")
+		return
+	}
+	r.auth.SetDirectory(dir)
+	r.log.Info("reload: directory in force", "directory", dir.String())
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/relay/auth/ldaptest"
 )
 
 // TestUsersFile: users from a file written by configuration management
@@ -157,6 +160,77 @@ func TestSendingLimitsAndSuspension(t *testing.T) {
 	}
 	if err := c.Mail("a@example.org", nil); err != nil {
 		t.Fatalf("MAIL after resume: %v", err)
+	}
+	d.signal(syscall.SIGTERM)
+}
+
+// TestLDAPUsers: the daemon checks directory users against a real
+// OpenLDAP over LDAPS, with their senders from the mail attribute; with
+// the directory down a new login gets 454 4.7.0 while a remembered one
+// still sends; a bad directory setting is named by its key.
+func TestLDAPUsers(t *testing.T) {
+	srv := ldaptest.Start(t, `dn: uid=alice,ou=people,dc=example,dc=org
+objectClass: inetOrgPerson
+uid: alice
+cn: Alice
+sn: A
+mail: alice@example.org
+userPassword: alice-pw
+
+dn: uid=bob,ou=people,dc=example,dc=org
+objectClass: inetOrgPerson
+uid: bob
+cn: Bob
+sn: B
+mail: bob@example.org
+userPassword: bob-pw
+`)
+	d := newDaemon(t, nil)
+	ldapConf := fmt.Sprintf(`
+  auth:
+    ldap:
+      url: %s
+      ca_file: %s
+      base: ou=people,dc=example,dc=org
+      filter: "(&(objectClass=inetOrgPerson)(uid={user}))"
+      sender_attribute: mail`, srv.TLSURL, srv.CAFile)
+	d.editConfig(`tls_listen: ["127.0.0.1:0"]`, `tls_listen: ["127.0.0.1:0"]`+ldapConf)
+
+	b, _ := os.ReadFile(d.cfg)
+	good := string(b)
+	os.WriteFile(d.cfg, []byte(strings.Replace(good, "ldaps://", "ldap://", 1)), 0o600)
+	out, err := d.run("", "config", "check")
+	if exitCode(err) != 2 || !strings.Contains(out, "submission.auth.ldap.url: ") || !strings.Contains(out, "cleartext") {
+		t.Fatalf("ldap:// without starttls: %v\n%s", err, out)
+	}
+	t.Logf("config check: %s", out)
+	os.WriteFile(d.cfg, []byte(good), 0o600)
+
+	d.start()
+	body := []byte("From: alice@example.org\r\nSubject: x\r\n\r\nhi\r\n")
+	if _, err := submit(d.starttls, "alice", "alice-pw", "alice@example.org", "x@dest.test", body); err != nil {
+		t.Fatalf("directory user: %v", err)
+	}
+	var se *smtp.SMTPError
+	if _, err := submit(d.starttls, "alice", "alice-pw", "bob@example.org", "x@dest.test", body); !errors.As(err, &se) || se.Code != 553 {
+		t.Fatalf("another's address: %v", err)
+	}
+	if _, err := submit(d.starttls, "alice", "wrong", "alice@example.org", "x@dest.test", body); !errors.As(err, &se) || se.Code != 535 {
+		t.Fatalf("wrong password: %v", err)
+	}
+	out, err = d.run("", "user", "list")
+	if err != nil || !strings.Contains(out, "users of the directory "+srv.TLSURL) {
+		t.Fatalf("user list: %v\n%s", err, out)
+	}
+
+	srv.Stop()
+	_, err = submit(d.starttls, "bob", "bob-pw", "bob@example.org", "x@dest.test", body)
+	if !errors.As(err, &se) || se.Code != 454 || se.EnhancedCode != (smtp.EnhancedCode{4, 7, 0}) {
+		t.Fatalf("directory down: %v", err)
+	}
+	t.Logf("directory down: %v", err)
+	if _, err := submit(d.starttls, "alice", "alice-pw", "alice@example.org", "x@dest.test", body); err != nil {
+		t.Fatalf("remembered directory user, directory down: %v", err)
 	}
 	d.signal(syscall.SIGTERM)
 }

@@ -107,7 +107,7 @@ func (v *Verifier) verifyInDirectory(ctx context.Context, dir Directory, ip, nam
 		}
 		return User{}, v.fail(ip), ErrBadCredentials
 	case errors.Is(err, ErrBadCredentials):
-		return User{}, v.fail(ip), ErrBadCredentials
+		return User{}, v.fail(ip), err // may say why, for the log; never sent
 	case errors.Is(err, ErrUnavailable):
 		// Not the client's fault: no failure counted.
 		return User{}, 0, err

@@ -37,6 +37,7 @@ var (
 	errBadCredentials     = reply(535, "5.7.8", "Authentication credentials invalid")
 	errThrottled          = reply(454, "4.7.0", "Too many failed authentication attempts from your address, try again later")
 	errAuthBusy           = reply(454, "4.7.0", "Too many authentications in progress, try again later")
+	errDirectoryDown      = reply(454, "4.7.0", "Temporary authentication failure: the user directory cannot be reached, try again later")
 	errSenderNotAllowed   = reply(553, "5.7.1", "Sender address not allowed for this user")
 	errNoStorage          = reply(452, "4.3.1", "Insufficient system storage, try again later")
 	errLocal              = reply(451, "4.3.0", "Local error in processing, try again later")
@@ -148,6 +149,12 @@ func (s *session) authenticate(username, password string) error {
 		// Temporary and not the client's fault: no delay, no failure counted.
 		s.srv.metrics.authFailed("busy")
 		return errAuthBusy
+	}
+	if errors.Is(err, auth.ErrUnavailable) {
+		// RFC 4954 6: 454 4.7.0 is the temporary failure; a 535 would
+		// tell a client with the right password that it is wrong.
+		s.srv.metrics.authFailed("directory_unavailable")
+		return errDirectoryDown
 	}
 	if errors.Is(err, auth.ErrThrottled) {
 		s.srv.metrics.authFailed("throttled")
