@@ -236,7 +236,8 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					return json.NewEncoder(c.OutOrStdout()).Encode(users)
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tSOURCE\tALLOWED SENDERS\tHEADER FROM\tREQUIRETLS\tCREATED")
+				// SOURCE comes last, so that scripts reading the columns before it keep working.
+				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tHEADER FROM\tREQUIRETLS\tCREATED\tSOURCE")
 				for _, u := range users {
 					allowed := strings.Join(u.AllowFrom, ",")
 					if allowed == "" {
@@ -254,7 +255,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					if !u.Created.IsZero() {
 						created = u.Created.Format(time.DateTime)
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", u.Name, u.Source, allowed, headerFrom, requireTLS, created)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", u.Name, allowed, headerFrom, requireTLS, created, u.Source)
 				}
 				if err := w.Flush(); err != nil {
 					return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,7 +51,8 @@ func TestUsersFile(t *testing.T) {
 		t.Fatalf("file user's sender patterns: %v", err)
 	}
 	out, err := d.run("", "user", "list")
-	if err != nil || !strings.Contains(out, "app     file    *@example.org") || !strings.Contains(out, "stored  store   (any)") {
+	if err != nil || !regexp.MustCompile(`app\s+\*@example.org\s+checked\s+no\s+-\s+file\n`).MatchString(out) ||
+		!regexp.MustCompile(`stored\s+\(any\)\s+checked\s+no\s+\S+ \S+\s+store\n`).MatchString(out) {
 		t.Fatalf("user list: %v\n%s", err, out)
 	}
 	t.Logf("user list:\n%s", out)
