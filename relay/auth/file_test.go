@@ -154,3 +154,33 @@ func TestVerifyFileUsers(t *testing.T) {
 		t.Errorf("list: %s, want %s", strings.Join(got, " "), want)
 	}
 }
+
+type recordingDirectory struct{ asked []string }
+
+func (d *recordingDirectory) Authenticate(_ context.Context, name, _ string) (User, error) {
+	d.asked = append(d.asked, name)
+	return User{Name: name, AllowFrom: []string{name}}, nil
+}
+func (d *recordingDirectory) String() string { return "test directory" }
+
+// TestDirectoryNamesKeepTheAlphabet: a name that could not be a local
+// user's (it would go into Received headers and logs) never reaches the
+// directory, and costs a hash like an unknown name.
+func TestDirectoryNamesKeepTheAlphabet(t *testing.T) {
+	v := NewVerifier(newStore(t), DefaultLimits, nil)
+	dir := &recordingDirectory{}
+	v.SetDirectory(dir)
+	var hashes atomic.Int32
+	v.checkPassword = func(hash, pw string) (bool, error) { hashes.Add(1); return checkPassword(hash, pw) }
+	for _, name := range []string{"bob\r\nX-Injected: 1", "a b", "*", ""} {
+		if _, _, err := v.Verify(context.Background(), "192.0.2.7", name, "pw"); !errors.Is(err, ErrBadCredentials) {
+			t.Errorf("%q: %v", name, err)
+		}
+	}
+	if len(dir.asked) != 0 || hashes.Load() != 4 {
+		t.Errorf("directory asked for %q; %d hashes", dir.asked, hashes.Load())
+	}
+	if u, _, err := v.Verify(context.Background(), "192.0.2.7", "bob@example.org", "pw"); err != nil || u.Source != SourceLDAP {
+		t.Errorf("a good name: %+v %v", u, err)
+	}
+}

@@ -78,6 +78,15 @@ func (v *Verifier) lookup(name string) (User, bool, error) {
 // hash in a hash slot, as it does without a directory, so that it answers
 // no sooner than a wrong password for a local user.
 func (v *Verifier) verifyInDirectory(ctx context.Context, dir Directory, ip, name, password string) (User, time.Duration, error) {
+	if ValidateName(name) != nil {
+		// The name goes into Received headers and logs: a directory
+		// user's name must keep to the alphabet a local one does.
+		// Refused as an unknown name is, at the same cost.
+		if _, cerr := v.check(ctx, ip, name, password, v.dummy); cerr != nil {
+			return User{}, 0, cerr
+		}
+		return User{}, v.fail(ip), ErrBadCredentials
+	}
 	key := v.credentialKey(name, password)
 	if u, ok := v.dirVerified.Get(key); ok {
 		return u, 0, nil
