@@ -143,7 +143,7 @@ func userVolumeCommands(load func() (*Config, error)) []*cobra.Command {
 					return err
 				}
 				if on {
-					fmt.Fprintf(c.OutOrStdout(), "user %s suspended: its MAIL and RCPT commands get 450 4.7.1 from now on, in open sessions too, until 'postern user resume %s'\n", args[0], args[0])
+					fmt.Fprintf(c.OutOrStdout(), "user %s suspended: its MAIL, RCPT and DATA get 450 4.7.1 from now on, in open sessions too, until 'postern user resume %s'\n", args[0], args[0])
 				} else {
 					fmt.Fprintf(c.OutOrStdout(), "user %s may send again\n", args[0])
 				}
@@ -196,7 +196,7 @@ Users of the users file carry theirs in the file (messages_per_hour=N).`,
 		},
 	}
 	return []*cobra.Command{
-		{Use: "suspend NAME", Short: "Stop a credential from sending, at once and also on a running daemon (450 4.7.1 at MAIL and RCPT)",
+		{Use: "suspend NAME", Short: "Stop a credential from sending, at once and also on a running daemon (450 4.7.1 at MAIL, RCPT and DATA)",
 			Args: cobra.ExactArgs(1), RunE: suspend(true)},
 		{Use: "resume NAME", Short: "Let a suspended credential send again", Args: cobra.ExactArgs(1), RunE: suspend(false)},
 		show, limit,

@@ -297,7 +297,7 @@ func (c *Counter) Suspended(user string) (time.Time, bool) {
 }
 
 // Suspend stops user from sending (on) or lets it send again. It is
-// written before it returns, and applies to the next MAIL or RCPT of
+// written before it returns, and applies to the next MAIL, RCPT or DATA of
 // every session, those already authenticated included.
 func (c *Counter) Suspend(user string, on bool) error {
 	now := c.clock().UTC()

@@ -80,6 +80,16 @@ func (s *session) quotaRcpt() error {
 	return s.checkQuota(s.srv.quota.CheckRecipient(s.user.Name, s.srv.sendingLimits(s.user), len(s.env.Recipients)))
 }
 
+// quotaData stops a transaction whose credential was suspended after its
+// last RCPT; the limits were checked at MAIL and RCPT. (go-smtp has sent
+// 354 already, so the client hears this at the end of its data.)
+func (s *session) quotaData() error {
+	if s.srv.quota == nil {
+		return nil
+	}
+	return s.checkQuota(s.srv.quota.CheckMail(s.user.Name, quota.Limits{})) // no limits: the suspension only
+}
+
 // quotaCount counts a queued message.
 func (s *session) quotaCount() {
 	if s.srv.quota != nil {

@@ -1,6 +1,7 @@
 package submission
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/postern/postern/relay/auth"
@@ -57,6 +58,13 @@ func TestSendingLimits(t *testing.T) {
 	f.expect("RCPT TO:<a@dest.test>", "450 4.7.1 Sending is suspended for this credential")
 	f.expect("RSET", "250")
 	f.expect("MAIL FROM:<app@example.org>", "450 4.7.1 Sending is suspended for this credential")
+	// Suspended between RCPT and DATA: the data is refused, not queued.
 	h.quota.Suspend("free", false)
 	f.expect("MAIL FROM:<app@example.org>", "250")
+	f.expect("RCPT TO:<a@dest.test>", "250")
+	h.quota.Suspend("free", true)
+	before := h.count()
+	if got := f.sendData(msg); !strings.HasPrefix(got, "450 4.7.1 Sending is suspended") || h.count() != before {
+		t.Fatalf("DATA after a suspension: %s (%d queued, were %d)", got, h.count(), before)
+	}
 }

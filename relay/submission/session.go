@@ -305,6 +305,9 @@ func (s *session) data(r io.Reader) error {
 	if s.user == nil || !s.inMail {
 		return errAuthRequired
 	}
+	if err := s.quotaData(); err != nil {
+		return err
+	}
 	start := s.srv.clock()
 	id := s.srv.queue.NewID()
 	ctx, span := s.srv.metrics.tracer.Start(context.Background(), "submission", trace.WithSpanKind(trace.SpanKindServer),
