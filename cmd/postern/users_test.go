@@ -135,6 +135,16 @@ func TestSendingLimitsAndSuspension(t *testing.T) {
 		t.Fatalf("after a restart: %v", err)
 	}
 
+	// The default limit changes live on reload.
+	b, _ := os.ReadFile(d.cfg)
+	os.WriteFile(d.cfg, []byte(strings.Replace(string(b), "messages_per_hour: 2", "messages_per_hour: 3", 1)), 0o600)
+	if out, err := d.run("", "reload"); err != nil || !strings.Contains(out, "applied: submission.limits.messages_per_hour") {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	if _, err := submit(d.starttls, "app", "pw", "a@example.org", "x@dest.test", body); err != nil {
+		t.Fatalf("after the limit was raised: %v", err)
+	}
+
 	// ops has no message limit of its own; suspended, its open session stops.
 	c, err := smtp.DialStartTLS(d.starttls, e2eTLS)
 	if err != nil {
@@ -225,13 +235,26 @@ userPassword: bob-pw
 		t.Fatalf("user list: %v\n%s", err, out)
 	}
 
+	// A reload that changes the directory settings applies them, and
+	// forgets what the old settings confirmed.
+	os.WriteFile(d.cfg, []byte(strings.Replace(good, "sender_attribute: mail", "sender_template: \"{user}@staff.example.org\"", 1)), 0o600)
+	if out, err := d.run("", "reload"); err != nil || !strings.Contains(out, "submission.auth.ldap.sender_attribute") {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	if _, err := submit(d.starttls, "alice", "alice-pw", "alice@example.org", "x@dest.test", body); !errors.As(err, &se) || se.Code != 553 {
+		t.Fatalf("the old sender after the reload: %v", err)
+	}
+	if _, err := submit(d.starttls, "alice", "alice-pw", "alice@staff.example.org", "x@dest.test", []byte("From: alice@staff.example.org\r\n\r\nhi\r\n")); err != nil {
+		t.Fatalf("the template's sender after the reload: %v", err)
+	}
+
 	srv.Stop()
 	_, err = submit(d.starttls, "bob", "bob-pw", "bob@example.org", "x@dest.test", body)
 	if !errors.As(err, &se) || se.Code != 454 || se.EnhancedCode != (smtp.EnhancedCode{4, 7, 0}) {
 		t.Fatalf("directory down: %v", err)
 	}
 	t.Logf("directory down: %v", err)
-	if _, err := submit(d.starttls, "alice", "alice-pw", "alice@example.org", "x@dest.test", body); err != nil {
+	if _, err := submit(d.starttls, "alice", "alice-pw", "alice@staff.example.org", "x@dest.test", []byte("From: alice@staff.example.org\r\n\r\nhi\r\n")); err != nil {
 		t.Fatalf("remembered directory user, directory down: %v", err)
 	}
 	d.signal(syscall.SIGTERM)

@@ -3,6 +3,7 @@ package quota
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -162,4 +163,41 @@ func TestRunFlushes(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// BenchmarkAdd is what a queued message costs the counter: no write, no
+// fsync (those are Flush's, once a minute).
+func BenchmarkAdd(b *testing.B) {
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "state.db"), 0o600, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	c, _ := Open(db, nil)
+	lim := Limits{MessagesPerHour: 1 << 30, RecipientsPerHour: 1 << 30}
+	b.ResetTimer()
+	for b.Loop() {
+		c.CheckMail("app", lim)
+		c.CheckRecipient("app", lim, 0)
+		c.Add("app", 1)
+	}
+}
+
+// BenchmarkFlush is the once-a-minute write: 1,000 credentials that sent
+// in the last minute, one transaction, one fsync.
+func BenchmarkFlush(b *testing.B) {
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "state.db"), 0o600, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	c, _ := Open(db, nil)
+	for b.Loop() {
+		for u := 0; u < 1000; u++ {
+			c.Add(fmt.Sprintf("user%d", u), 1)
+		}
+		if err := c.Flush(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
