@@ -149,7 +149,7 @@ func (c *Config) directory() (auth.Directory, error) {
 	}
 	var roots *x509.CertPool // nil: the system roots
 	if l.CAFile != "" {
-		b, err := os.ReadFile(l.CAFile)
+		b, err := readBounded(l.CAFile, 1<<20) // CA certificates, not a device that never ends
 		if err != nil {
 			return nil, &auth.SettingError{Setting: "ca_file", Err: err}
 		}
@@ -182,4 +182,21 @@ func (r *reloader) applyDirectory(next *Config, changed []string) {
 	}
 	r.auth.SetDirectory(dir)
 	r.log.Info("reload: directory in force", "directory", dir.String())
+}
+
+// readBounded reads at most limit bytes of path, and fails on more.
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
+	}
+	return b, nil
 }
