@@ -22,6 +22,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/quota"
 	"github.com/postern/postern/relay/tlsrpt"
 	"github.com/postern/postern/tlspolicy"
 )
@@ -42,6 +43,9 @@ type operations interface {
 	UserPasswd(name, password string) error
 	UserRequireTLS(name string, on bool) error
 	UserAnyHeaderFrom(name string, on bool) error
+	UserSuspend(name string, on bool) error
+	UserShow(name string) (userReport, error)
+	UserLimit(name, which string, n *int) error
 	PolicyForget(domain string) error
 	Audit(f audit.Filter) ([]audit.Record, error)
 	TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error)
@@ -66,6 +70,12 @@ type local struct {
 	reload func() (string, error)
 	// kick wakes the daemon's delivery after a change that makes work due.
 	kick func()
+	// verifier is the daemon's: it knows the users file as it runs it.
+	verifier *auth.Verifier
+	// quota counts what each credential sends, and holds suspensions.
+	quota *quota.Counter
+	// limits are the daemon's default sending limits in force.
+	limits func() quota.Limits
 }
 
 func (l *local) wake() {
@@ -146,7 +156,7 @@ func (l *local) PolicyForget(domain string) error {
 
 func (l *local) QueueList(f queue.Filter) ([]queue.Message, error) { return l.q.List(f) }
 func (l *local) QueueShow(id string) (queue.Message, error)        { return l.q.Get(id) }
-func (l *local) UserList() ([]auth.User, error)                    { return l.users.List() }
+func (l *local) UserList() ([]auth.User, error)                    { return l.listUsers() }
 func (l *local) UserDelete(name string) error                      { return l.users.Delete(name) }
 func (l *local) UserPasswd(name, pw string) error                  { return l.users.SetPassword(name, pw) }
 func (l *local) UserRequireTLS(name string, on bool) error         { return l.users.SetRequireTLS(name, on) }
@@ -210,7 +220,13 @@ func openOperations(cfg *Config) (operations, error) {
 		q.Close()
 		return nil, err
 	}
-	return &local{q: q, users: users, state: db, cfg: cfg, close: func() error { db.Close(); return q.Close() }}, nil
+	counter, err := quota.Open(db, nil)
+	if err != nil {
+		db.Close()
+		q.Close()
+		return nil, err
+	}
+	return &local{q: q, users: users, state: db, cfg: cfg, quota: counter, close: func() error { db.Close(); return q.Close() }}, nil
 }
 
 func openState(cfg *Config) (*bolt.DB, *auth.Store, error) {
@@ -389,6 +405,7 @@ func adminHandler(ops operations) http.Handler {
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserPasswd(r.PathValue("name"), req.Password))
 	})
+	userVolumeRoutes(mux, ops, reply)
 	return mux
 }
 

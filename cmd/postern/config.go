@@ -73,6 +73,14 @@ type SubmissionConfig struct {
 	MaxConnectionsPerIP int           `mapstructure:"max_connections_per_ip"`
 	CheckHeaderFrom     bool          `mapstructure:"check_header_from"`
 	Auth                AuthConfig    `mapstructure:"auth"`
+	Limits              SendingLimits `mapstructure:"limits"`
+}
+
+// SendingLimits are the default hourly limits of every credential; 0 is
+// unlimited. Users may carry their own.
+type SendingLimits struct {
+	MessagesPerHour   int `mapstructure:"messages_per_hour"`
+	RecipientsPerHour int `mapstructure:"recipients_per_hour"`
 }
 
 type TLSConfig struct {
@@ -92,6 +100,25 @@ type AuthConfig struct {
 	// MaxConcurrentHashes bounds the password hashes in flight; 0 is
 	// GOMAXPROCS, at most 4.
 	MaxConcurrentHashes int `mapstructure:"max_concurrent_hashes"`
+	// UsersFile is a users file (auth.FileUsers), consulted before the
+	// built-in store; "" for none.
+	UsersFile string     `mapstructure:"users_file"`
+	LDAP      LDAPConfig `mapstructure:"ldap"`
+}
+
+// LDAPConfig is the directory consulted after the users file and the
+// built-in store; an empty url turns it off.
+type LDAPConfig struct {
+	URL             string        `mapstructure:"url"`
+	StartTLS        bool          `mapstructure:"starttls"`
+	CAFile          string        `mapstructure:"ca_file"`
+	BindDN          string        `mapstructure:"bind_dn"`
+	BindPassword    string        `mapstructure:"bind_password"`
+	Base            string        `mapstructure:"base"`
+	Filter          string        `mapstructure:"filter"`
+	SenderAttribute string        `mapstructure:"sender_attribute"`
+	SenderTemplate  string        `mapstructure:"sender_template"`
+	Timeout         time.Duration `mapstructure:"timeout"`
 }
 
 type QueueConfig struct {
@@ -298,6 +325,19 @@ var defaults = map[string]any{
 
 	// 0: GOMAXPROCS, at most 4 (auth.DefaultConcurrentHashes).
 	"submission.auth.max_concurrent_hashes": 0,
+	"submission.auth.users_file":            "",
+	"submission.auth.ldap.url":              "",
+	"submission.auth.ldap.starttls":         false,
+	"submission.auth.ldap.ca_file":          "",
+	"submission.auth.ldap.bind_dn":          "",
+	"submission.auth.ldap.bind_password":    "",
+	"submission.auth.ldap.base":             "",
+	"submission.auth.ldap.filter":           "(uid={user})",
+	"submission.auth.ldap.sender_attribute": "",
+	"submission.auth.ldap.sender_template":  "",
+	"submission.auth.ldap.timeout":          "10s",
+	"submission.limits.messages_per_hour":   0,
+	"submission.limits.recipients_per_hour": 0,
 }
 
 // loadConfig reads file (may be empty: defaults and environment only). Every
@@ -617,6 +657,7 @@ func (c *Config) validate() error {
 	if n := s.Auth.MaxConcurrentHashes; n < 0 || n > 1024 {
 		bad("submission.auth.max_concurrent_hashes", "%d: want 0 (GOMAXPROCS, at most 4) or a count up to 1024; each hash in flight holds 19 MiB", n)
 	}
+	c.validateUsers(bad)
 	if a := c.Admin.MetricsListen; a != "" {
 		host, _, err := net.SplitHostPort(a)
 		switch {
@@ -655,6 +696,7 @@ func (c *Config) submissionConfig() submission.Config {
 		MaxLineLength: s.MaxLineLength, CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout,
 		MaxConnections: s.MaxConnections, MaxConnectionsPerIP: s.MaxConnectionsPerIP, MinTLSVersion: v,
 		AnyHeaderFrom: !s.CheckHeaderFrom,
+		SendingLimits: c.sendingLimits(),
 	}
 }
 

@@ -63,6 +63,7 @@ func bound(t *testing.T, key, env string) bool {
 		"admin.metrics_listen": "127.0.0.1:9999", "telemetry.otlp_endpoint": "http://collector.test:4318",
 		"telemetry.trace_sample_ratio": "0.25", "submission.check_header_from": "false",
 		"submission.auth.max_concurrent_hashes": "3",
+		"submission.auth.ldap.starttls":         "true",
 		"audit.retention":                       "720h", // at least the two days the TLS reporter needs
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
@@ -83,6 +84,12 @@ func bound(t *testing.T, key, env string) bool {
 		t.Setenv("POSTERN_TLSRPT_ORGANIZATION_NAME", "Env")
 		t.Setenv("POSTERN_TLSRPT_CONTACT_INFO", "env@env.test")
 		before.TLSRPT.OrganizationName, before.TLSRPT.ContactInfo = "Env", "env@env.test"
+	}
+	if key == "submission.auth.ldap.url" { // a directory needs a base and senders
+		value = "ldaps://ldap.env.test"
+		t.Setenv("POSTERN_SUBMISSION_AUTH_LDAP_BASE", "dc=env,dc=test")
+		t.Setenv("POSTERN_SUBMISSION_AUTH_LDAP_SENDER_ATTRIBUTE", "mail")
+		before.Submission.Auth.LDAP.Base, before.Submission.Auth.LDAP.SenderAttribute = "dc=env,dc=test", "mail"
 	}
 	t.Setenv(env, value)
 	after, err := loadConfig("")

@@ -236,7 +236,8 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					return json.NewEncoder(c.OutOrStdout()).Encode(users)
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tHEADER FROM\tREQUIRETLS\tCREATED")
+				// SOURCE comes last, so that scripts reading the columns before it keep working.
+				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tHEADER FROM\tREQUIRETLS\tCREATED\tSOURCE")
 				for _, u := range users {
 					allowed := strings.Join(u.AllowFrom, ",")
 					if allowed == "" {
@@ -250,9 +251,16 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					if u.AnyHeaderFrom {
 						headerFrom = "any"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", u.Name, allowed, headerFrom, requireTLS, u.Created.Format(time.DateTime))
+					created := "-" // the users file keeps no dates
+					if !u.Created.IsZero() {
+						created = u.Created.Format(time.DateTime)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", u.Name, allowed, headerFrom, requireTLS, created, u.Source)
 				}
-				return w.Flush()
+				if err := w.Flush(); err != nil {
+					return err
+				}
+				return listDirectoryNote(c.OutOrStdout(), load)
 			})
 		},
 	}
@@ -294,7 +302,8 @@ for a From domain the patterns allow.`,
 			return withOps(load, func(ops operations) error { return ops.UserAnyHeaderFrom(args[0], anyFrom) })
 		},
 	}
-	cmd.AddCommand(add, passwd, list, del, requireTLS, headerFrom)
+	cmd.AddCommand(add, passwd, list, del, requireTLS, headerFrom, userHashCommand())
+	cmd.AddCommand(userVolumeCommands(load)...)
 	return cmd
 }
 

@@ -336,7 +336,8 @@ telemetry: {otlp_endpoint: %q, otlp_interval: 200ms}`, collector.URL))
 func checkMetricNamesInConfigs(t *testing.T, scrape string) {
 	t.Helper()
 	eventOnly := map[string]bool{"postern_tls_downgrades_total": true, "postern_mta_sts_fetches_total": true,
-		"postern_delivery_notices_total": true, "postern_submission_refused_total": true}
+		"postern_delivery_notices_total": true, "postern_submission_refused_total": true,
+		"postern_submission_limited_total": true}
 	for _, file := range []string{"../../configs/prometheus-alerts.yaml", "../../configs/grafana-dashboard.json"} {
 		b, err := os.ReadFile(file)
 		if err != nil {

@@ -21,7 +21,7 @@ import (
 var liveKeys = []string{
 	"log.level",
 	"submission.max_recipients", "submission.max_connections", "submission.max_connections_per_ip",
-	"submission.auth.",
+	"submission.auth.", "submission.limits.",
 	"tls.default", "tls.policies", "tls.honor_tls_required_no",
 	"delivery.routes",
 }
@@ -65,6 +65,14 @@ func (r *reloader) reload() (string, error) {
 		r.log.Error("reload: configuration refused; nothing changed", "err", err)
 		return "", err
 	}
+	// The users file is read again on every reload, changed or not: that
+	// is how configuration management hands over new users. One that does
+	// not parse refuses the reload, and the users in force stay.
+	users, err := r.applyUsers(next)
+	if err != nil {
+		r.log.Error("reload: configuration refused; nothing changed", "err", err)
+		return "", err
+	}
 	certChanged, certErr := r.certs.Reload()
 	if certErr != nil {
 		r.log.Error("reload: certificate not replaced", "err", certErr)
@@ -86,6 +94,8 @@ func (r *reloader) reload() (string, error) {
 	logLevel.UnmarshalText([]byte(next.Log.Level))
 	r.srv.SetLimits(next.Submission.MaxRecipients, next.Submission.MaxConnections, next.Submission.MaxConnectionsPerIP)
 	r.auth.SetLimits(next.authLimits())
+	r.srv.SetSendingLimits(next.sendingLimits())
+	r.applyDirectory(next, applied)
 	r.policy.SetRules(def, policies, next.TLS.HonorTLSRequiredNo)
 	r.engine.SetRoutes(next.deliveryConfig().Routes)
 
@@ -95,6 +105,9 @@ func (r *reloader) reload() (string, error) {
 		r.log.Warn("reload: these settings cannot change while running; restart postern to apply them", "keys", restart)
 	}
 	summary := fmt.Sprintf("applied: %s\ncertificate: %s", orNone(applied), map[bool]string{true: "replaced", false: "unchanged"}[certChanged])
+	if users != "" {
+		summary += "\n" + users
+	}
 	if certErr != nil {
 		summary += " (" + certErr.Error() + ")"
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/delivery"
+	"github.com/postern/postern/relay/quota"
 	"github.com/postern/postern/relay/submission"
 	"github.com/postern/postern/relay/tlsrpt"
 	"github.com/postern/postern/resolver"
@@ -115,8 +116,28 @@ func serve(cfg *Config, log *slog.Logger) error {
 	}
 	log.Info("password hashes bounded", "max_concurrent_hashes", hashes, "hash_memory_mib", hashes*19)
 	verifier := auth.NewVerifier(users, cfg.authLimits(), nil)
+	usersFile, err := cfg.usersFile()
+	if err != nil {
+		return err
+	}
+	if usersFile != nil {
+		verifier.SetFile(usersFile)
+		log.Info("users file loaded", "file", usersFile.Path(), "users", len(usersFile.List()))
+	}
+	dir, err := cfg.directory()
+	if err != nil {
+		return err
+	}
+	if dir != nil {
+		verifier.SetDirectory(dir)
+		log.Info("user directory", "directory", dir.String(), "order", "users file, store, directory")
+	}
+	counter, err := quota.Open(stateDB, nil)
+	if err != nil {
+		return err
+	}
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
-		DKIM:  signer,
+		DKIM: signer, Quota: counter,
 		Queue: q, Auth: verifier,
 		GetCertificate: certs.GetCertificate, Log: log, Queued: engine.Kick,
 	})
@@ -128,6 +149,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go certs.Watch(ctx, cfg.Submission.TLS.ReloadInterval)
+	go counter.Run(ctx, quota.FlushInterval, func(err error) { log.Error("sending volume not saved; retried next minute", "err", err) })
 	go res.RunProbes(ctx, cfg.DNS.ProbeInterval)
 	go housekeeping(ctx, q, reporter, stateDB, cfg.Audit.Retention, cfg.TLS.MemoryMaxAge, log)
 	if cfg.TLSRPT.Enabled {
@@ -159,7 +181,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	}
 	reload := newReloader(cfg, certs, srv, verifier, policy, engine, log)
 	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send,
-		reload: reload.reload, kick: engine.Kick})
+		reload: reload.reload, kick: engine.Kick, verifier: verifier, quota: counter, limits: srv.SendingLimits})
 	if err != nil {
 		return err
 	}
@@ -204,6 +226,10 @@ func serve(cfg *Config, log *slog.Logger) error {
 			cancel()
 			if err != nil {
 				log.Warn("submission sessions cut at the shutdown deadline", "err", err)
+			}
+			// The last minute's volume, so that a restart keeps the window.
+			if err := counter.Flush(); err != nil {
+				log.Error("sending volume not saved", "err", err)
 			}
 			<-deliveryDone
 			log.Info("stopped")

@@ -47,24 +47,55 @@ func checkPassword(hash, password string) (bool, error) {
 		}
 		return err == nil, err
 	}
+	p, err := parseArgon2id(hash)
+	if err != nil {
+		return false, err
+	}
+	got := argon2.IDKey([]byte(password), p.salt, p.passes, p.memory, p.threads, uint32(len(p.key)))
+	return subtle.ConstantTimeCompare(got, p.key) == 1, nil
+}
+
+type argon2idHash struct {
+	memory, passes uint32
+	threads        uint8
+	salt, key      []byte
+}
+
+// parseArgon2id reads a PHC string: $argon2id$v=19$m=…,t=…,p=…$salt$key.
+func parseArgon2id(hash string) (argon2idHash, error) {
+	var p argon2idHash
 	parts := strings.Split(hash, "$")
-	if len(parts) != 6 || parts[1] != "argon2id" {
-		return false, errMalformedHash
+	if len(parts) != 6 || parts[0] != "" || parts[1] != "argon2id" {
+		return p, errMalformedHash
 	}
 	var version int
-	var memory, passes uint32
-	var threads uint8
 	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
-		return false, errMalformedHash
+		return p, errMalformedHash
 	}
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &memory, &passes, &threads); err != nil {
-		return false, errMalformedHash
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &p.memory, &p.passes, &p.threads); err != nil {
+		return p, errMalformedHash
 	}
-	salt, err1 := b64.DecodeString(parts[4])
-	want, err2 := b64.DecodeString(parts[5])
-	if err1 != nil || err2 != nil || len(want) == 0 {
-		return false, errMalformedHash
+	// A hash from elsewhere must not make each login allocate gigabytes
+	// or spin for minutes: the hash semaphore bounds how many run, not
+	// what each costs.
+	if p.memory < 8 || p.memory > 1<<20 || p.passes < 1 || p.passes > 64 || p.threads < 1 {
+		return p, fmt.Errorf("%w: parameters m=%d,t=%d,p=%d out of range (m up to 1048576 KiB, t up to 64)",
+			errMalformedHash, p.memory, p.passes, p.threads)
 	}
-	got := argon2.IDKey([]byte(password), salt, passes, memory, threads, uint32(len(want)))
-	return subtle.ConstantTimeCompare(got, want) == 1, nil
+	var err1, err2 error
+	p.salt, err1 = b64.DecodeString(parts[4])
+	p.key, err2 = b64.DecodeString(parts[5])
+	if err1 != nil || err2 != nil || len(p.key) < 16 || len(p.salt) < 8 {
+		return p, errMalformedHash
+	}
+	return p, nil
+}
+
+// bcryptCost checks a bcrypt hash's form and returns its cost.
+func bcryptCost(hash string) (int, error) {
+	cost, err := bcrypt.Cost([]byte(hash))
+	if err != nil {
+		return 0, fmt.Errorf("bcrypt hash: %w", err)
+	}
+	return cost, nil
 }

@@ -37,9 +37,16 @@ type User struct {
 	AnyHeaderFrom bool `json:"any_header_from,omitempty"`
 	// RequireTLS treats all of the user's mail as REQUIRETLS (RFC 8689):
 	// verified TLS at every hop, or a bounce. For a compliance egress.
-	RequireTLS bool      `json:"require_tls,omitempty"`
-	Created    time.Time `json:"created"`
-	Updated    time.Time `json:"updated"`
+	RequireTLS bool `json:"require_tls,omitempty"`
+	// MessagesPerHour and RecipientsPerHour are the user's own sending
+	// limits; nil takes submission.limits, 0 is unlimited.
+	MessagesPerHour   *int      `json:"messages_per_hour,omitempty"`
+	RecipientsPerHour *int      `json:"recipients_per_hour,omitempty"`
+	Created           time.Time `json:"created"`
+	Updated           time.Time `json:"updated"`
+	// Source says where the user comes from: SourceFile, SourceStore or
+	// SourceLDAP. It is not stored.
+	Source string `json:"source,omitempty"`
 }
 
 // MaySend reports whether the user may use the address from as a sender.
@@ -170,6 +177,28 @@ func (s *Store) SetAnyHeaderFrom(name string, on bool) error {
 	return s.change(name, func(u *User) { u.AnyHeaderFrom = on })
 }
 
+// The per-user sending limits SetSendingLimit changes.
+const (
+	LimitMessages   = "messages_per_hour"
+	LimitRecipients = "recipients_per_hour"
+)
+
+// SetSendingLimit sets one of a user's own hourly limits (LimitMessages or
+// LimitRecipients); nil returns it to the default (submission.limits), 0
+// makes it unlimited.
+func (s *Store) SetSendingLimit(name, which string, n *int) error {
+	if n != nil && *n < 0 {
+		return fmt.Errorf("%s %d: want a count, 0 for unlimited", which, *n)
+	}
+	switch which {
+	case LimitMessages:
+		return s.change(name, func(u *User) { u.MessagesPerHour = n })
+	case LimitRecipients:
+		return s.change(name, func(u *User) { u.RecipientsPerHour = n })
+	}
+	return fmt.Errorf("no limit called %q (want %s or %s)", which, LimitMessages, LimitRecipients)
+}
+
 func (s *Store) change(name string, f func(*User)) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		u, err := getUser(tx, name)
@@ -213,6 +242,7 @@ func (s *Store) List() ([]User, error) {
 				return err
 			}
 			u.Hash = ""
+			u.Source = SourceStore
 			out = append(out, u)
 			return nil
 		})
@@ -229,10 +259,12 @@ func getUser(tx *bolt.Tx, name string) (User, error) {
 	if err := json.Unmarshal(v, &u); err != nil {
 		return u, fmt.Errorf("decode user %s: %w", name, err)
 	}
+	u.Source = SourceStore
 	return u, nil
 }
 
 func putUser(tx *bolt.Tx, u User) error {
+	u.Source = ""
 	v, err := json.Marshal(u)
 	if err != nil {
 		return err

@@ -2,9 +2,7 @@ package auth
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"runtime"
@@ -61,7 +59,16 @@ var DefaultLimits = Limits{FreeFailures: 3, Delay: time.Second, MaxDelay: 5 * ti
 type Verifier struct {
 	store  *Store
 	limits Limits
-	clock  func() time.Time
+	// file and dir are the other sources of users (SetFile,
+	// SetDirectory), under mu; nil when not configured.
+	file *FileUsers
+	dir  Directory
+	// dirVerified remembers the directory's recent successes, as
+	// verified does the local ones; dirSlots bounds the directory
+	// checks in flight (each holds a connection to the directory).
+	dirVerified *expirable.LRU[[32]byte, User]
+	dirSlots    chan struct{}
+	clock       func() time.Time
 
 	// Argon2id costs ~20 ms of CPU by design; a busy application that opens
 	// a connection per burst would pay that every time. Successful checks
@@ -102,6 +109,8 @@ func NewVerifier(store *Store, limits Limits, clock func() time.Time) *Verifier 
 		store: store, limits: limits, clock: clock,
 		cacheKey:      key,
 		verified:      expirable.NewLRU[[32]byte, string](4096, nil, 5*time.Minute),
+		dirVerified:   expirable.NewLRU[[32]byte, User](4096, nil, 5*time.Minute),
+		dirSlots:      make(chan struct{}, maxDirectoryChecks),
 		failures:      failures,
 		dummy:         dummy,
 		hashSlots:     newSlots(limits.MaxConcurrentHashes),
@@ -131,19 +140,24 @@ func (v *Verifier) Verify(ctx context.Context, ip, name, password string) (User,
 	if v.Locked(ip) {
 		return User{}, 0, ErrThrottled
 	}
-	u, err := v.store.Get(name)
-	if err != nil && !errors.Is(err, ErrNoSuchUser) {
+	u, found, err := v.lookup(name)
+	if err != nil {
 		return User{}, 0, err
 	}
+	if !found {
+		if dir := v.directory(); dir != nil {
+			return v.verifyInDirectory(ctx, dir, ip, name, password)
+		}
+	}
 	hash := u.Hash
-	if err != nil {
+	if !found {
 		hash = v.dummy // spend the same time, and wait for the same slot, as for a real user
 	}
 	ok, cerr := v.check(ctx, ip, name, password, hash)
 	if cerr != nil {
 		return User{}, 0, cerr
 	}
-	if ok && err == nil {
+	if ok && found {
 		v.mu.Lock()
 		v.failures.Remove(ip)
 		v.mu.Unlock()
@@ -158,12 +172,7 @@ func (v *Verifier) Verify(ctx context.Context, ip, name, password string) (User,
 // address may have been locked out by its other connections' failures: a
 // flood from one address then ends without computing their hashes.
 func (v *Verifier) check(ctx context.Context, ip, name, password, hash string) (bool, error) {
-	mac := hmac.New(sha256.New, v.cacheKey)
-	mac.Write([]byte(name))
-	mac.Write([]byte{0})
-	mac.Write([]byte(password))
-	var key [32]byte
-	copy(key[:], mac.Sum(nil))
+	key := v.credentialKey(name, password)
 	if cached, ok := v.verified.Get(key); ok && cached == hash {
 		return true, nil
 	}

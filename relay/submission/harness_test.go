@@ -18,6 +18,7 @@ import (
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/quota"
 )
 
 const (
@@ -29,6 +30,7 @@ type harness struct {
 	t        testing.TB
 	q        *queue.Queue
 	users    *auth.Store
+	quota    *quota.Counter
 	srv      *Server
 	starttls string // address of the STARTTLS listener
 	implicit string // address of the implicit-TLS listener
@@ -63,8 +65,12 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	counter, err := quota.Open(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv := New(cfg, Deps{
-		Queue: q, Auth: auth.NewVerifier(users, limits, nil), Log: log,
+		Queue: q, Auth: auth.NewVerifier(users, limits, nil), Log: log, Quota: counter,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil },
 		Sleep:          func(time.Duration) {},
 	})
@@ -72,7 +78,7 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	l2, _ := net.Listen("tcp", "127.0.0.1:0")
 	go srv.ServeSTARTTLS(l1)
 	go srv.ServeTLS(l2)
-	h := &harness{t: t, q: q, users: users, srv: srv, starttls: l1.Addr().String(), implicit: l2.Addr().String()}
+	h := &harness{t: t, q: q, users: users, quota: counter, srv: srv, starttls: l1.Addr().String(), implicit: l2.Addr().String()}
 	t.Cleanup(func() {
 		srv.smtp.Close()
 		q.Close()

@@ -20,6 +20,7 @@ type instruments struct {
 	accepted     metric.Int64Counter
 	refused      metric.Int64Counter
 	authFailures metric.Int64Counter
+	limitedCount metric.Int64Counter
 	latency      metric.Float64Histogram
 	tracer       trace.Tracer
 
@@ -38,6 +39,8 @@ func newInstruments() *instruments {
 		metric.WithDescription("MAIL, RCPT and DATA commands refused, by command and enhanced status code"))
 	in.authFailures, _ = m.Int64Counter("postern.submission.auth.failures",
 		metric.WithDescription("Failed AUTH attempts, by reason (bad_credentials, throttled, error)"))
+	in.limitedCount, _ = m.Int64Counter("postern.submission.limited",
+		metric.WithDescription("MAIL and RCPT refused by a credential's sending limits, by reason (messages, recipients, suspended)"))
 	in.latency, _ = m.Float64Histogram("postern.submission.duration", metric.WithUnit("s"),
 		metric.WithDescription("From DATA to the 250 reply, the queue's fsync included"),
 		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

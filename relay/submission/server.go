@@ -19,6 +19,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/dkim"
+	"github.com/postern/postern/relay/quota"
 )
 
 // Config is the submission service's settings, already validated.
@@ -37,6 +38,9 @@ type Config struct {
 	// From and Sender addresses match the user's sender patterns (the
 	// zero value checks). DKIM keys still sign only for allowed addresses.
 	AnyHeaderFrom bool
+	// SendingLimits are the default hourly limits of each credential
+	// (0: unlimited); they apply only with a Deps.Quota.
+	SendingLimits quota.Limits
 }
 
 // Queue is where accepted messages go.
@@ -61,6 +65,7 @@ type Deps struct {
 	Sleep          func(time.Duration) // default time.Sleep; delays failed AUTH replies
 	Queued         func()              // called after each accepted message, e.g. to wake delivery
 	DKIM           *dkim.Signer        // signs messages of the domains it has keys for; nil signs none
+	Quota          Quota               // counts and limits what each credential sends; nil limits nothing
 }
 
 // Server runs the submission listeners.
@@ -73,12 +78,14 @@ type Server struct {
 	sleep   func(time.Duration)
 	queued  func()
 	dkim    *dkim.Signer
+	quota   Quota
 	tls     *tls.Config
 	smtp    *smtp.Server
 	metrics *instruments
 
 	// The limits a configuration reload may change (SetLimits).
 	maxRecipients, maxConnections, maxConnectionsPerIP atomic.Int64
+	messagesPerHour, recipientsPerHour                 atomic.Int64
 
 	mu        sync.Mutex
 	listeners []*limitListener
@@ -103,11 +110,12 @@ func New(cfg Config, d Deps) *Server {
 	if cfg.MinTLSVersion == 0 {
 		cfg.MinTLSVersion = tls.VersionTLS12
 	}
-	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep, queued: d.Queued, dkim: d.DKIM,
+	s := &Server{cfg: cfg, queue: d.Queue, auth: d.Auth, log: d.Log, clock: d.Clock, sleep: d.Sleep, queued: d.Queued, dkim: d.DKIM, quota: d.Quota,
 		sessions: map[*session]struct{}{}, metrics: newInstruments()}
 	s.maxRecipients.Store(int64(cfg.MaxRecipients))
 	s.maxConnections.Store(int64(cfg.MaxConnections))
 	s.maxConnectionsPerIP.Store(int64(cfg.MaxConnectionsPerIP))
+	s.SetSendingLimits(cfg.SendingLimits)
 	s.tls = &tls.Config{MinVersion: cfg.MinTLSVersion, GetCertificate: d.GetCertificate}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname

@@ -37,6 +37,7 @@ var (
 	errBadCredentials     = reply(535, "5.7.8", "Authentication credentials invalid")
 	errThrottled          = reply(454, "4.7.0", "Too many failed authentication attempts from your address, try again later")
 	errAuthBusy           = reply(454, "4.7.0", "Too many authentications in progress, try again later")
+	errDirectoryDown      = reply(454, "4.7.0", "Temporary authentication failure: the user directory cannot be reached, try again later")
 	errSenderNotAllowed   = reply(553, "5.7.1", "Sender address not allowed for this user")
 	errNoStorage          = reply(452, "4.3.1", "Insufficient system storage, try again later")
 	errLocal              = reply(451, "4.3.0", "Local error in processing, try again later")
@@ -149,6 +150,12 @@ func (s *session) authenticate(username, password string) error {
 		s.srv.metrics.authFailed("busy")
 		return errAuthBusy
 	}
+	if errors.Is(err, auth.ErrUnavailable) {
+		// RFC 4954 6: 454 4.7.0 is the temporary failure; a 535 would
+		// tell a client with the right password that it is wrong.
+		s.srv.metrics.authFailed("directory_unavailable")
+		return errDirectoryDown
+	}
 	if errors.Is(err, auth.ErrThrottled) {
 		s.srv.metrics.authFailed("throttled")
 		return errThrottled
@@ -201,6 +208,9 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	if !s.user.MaySend(from) {
 		return errSenderNotAllowed
 	}
+	if err := s.quotaMail(); err != nil {
+		return err
+	}
 	s.srv.mu.Lock()
 	draining := s.srv.draining
 	s.busy.Store(!draining)
@@ -237,6 +247,9 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	if max := int(s.srv.maxRecipients.Load()); max > 0 && len(s.env.Recipients) >= max {
 		return errTooManyRcpts
+	}
+	if err := s.quotaRcpt(); err != nil {
+		return err
 	}
 	r := queue.Recipient{Addr: canon}
 	for _, n := range opts.Notify {
@@ -292,6 +305,9 @@ func (s *session) data(r io.Reader) error {
 	if s.user == nil || !s.inMail {
 		return errAuthRequired
 	}
+	if err := s.quotaData(); err != nil {
+		return err
+	}
 	start := s.srv.clock()
 	id := s.srv.queue.NewID()
 	ctx, span := s.srv.metrics.tracer.Start(context.Background(), "submission", trace.WithSpanKind(trace.SpanKindServer),
@@ -324,6 +340,7 @@ func (s *session) data(r io.Reader) error {
 		span.SetStatus(codes.Error, err.Error())
 		return s.refuse(err)
 	}
+	s.quotaCount()
 	s.srv.queued()
 	s.srv.metrics.queued(s.srv.clock().Sub(start))
 	tlsVersion := ""
