@@ -73,6 +73,9 @@ type SubmissionConfig struct {
 	MaxConnectionsPerIP int           `mapstructure:"max_connections_per_ip"`
 	CheckHeaderFrom     bool          `mapstructure:"check_header_from"`
 	Auth                AuthConfig    `mapstructure:"auth"`
+	// ProxyProtocol lists the load balancers' networks (CIDR) whose
+	// connections open with a PROXY protocol header; empty is off.
+	ProxyProtocol []string `mapstructure:"proxy_protocol"`
 }
 
 type TLSConfig struct {
@@ -243,6 +246,7 @@ var defaults = map[string]any{
 	"submission.max_connections":          1000,
 	"submission.max_connections_per_ip":   50,
 	"submission.check_header_from":        true,
+	"submission.proxy_protocol":           []string{},
 	"submission.auth.free_failures":       auth.DefaultLimits.FreeFailures,
 	"submission.auth.failure_delay":       auth.DefaultLimits.Delay.String(),
 	"submission.auth.max_failure_delay":   auth.DefaultLimits.MaxDelay.String(),
@@ -432,6 +436,9 @@ func (c *Config) validate() error {
 				bad(key, "%q is not host:port", a)
 			}
 		}
+	}
+	if _, err := parseNetworks(s.ProxyProtocol); err != nil {
+		bad("submission.proxy_protocol", "%v", err)
 	}
 	if (s.TLS.CertFile == "") != (s.TLS.KeyFile == "") {
 		bad("submission.tls.cert_file", "cert_file and key_file go together")
@@ -650,8 +657,35 @@ func (c *Config) submissionConfig() submission.Config {
 		Hostname: c.Hostname, MaxMessageBytes: s.MaxMessageBytes, MaxRecipients: s.MaxRecipients,
 		MaxLineLength: s.MaxLineLength, CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout,
 		MaxConnections: s.MaxConnections, MaxConnectionsPerIP: s.MaxConnectionsPerIP, MinTLSVersion: v,
-		AnyHeaderFrom: !s.CheckHeaderFrom,
+		AnyHeaderFrom: !s.CheckHeaderFrom, ProxyFrom: c.proxyNetworks(),
 	}
+}
+
+// proxyNetworks are the networks trusted to send a PROXY protocol header.
+func (c *Config) proxyNetworks() []netip.Prefix {
+	nets, _ := parseNetworks(c.Submission.ProxyProtocol)
+	return nets
+}
+
+// parseNetworks reads networks in CIDR notation; a bare address is a
+// network of one.
+func parseNetworks(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, n := range list {
+		if a, err := netip.ParseAddr(n); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a network in CIDR notation (10.0.0.0/24, 2001:db8::/64) or an address", n)
+		}
+		if p.Addr().Is4In6() {
+			return nil, fmt.Errorf("%q: write IPv4 networks as IPv4 (10.0.0.0/24)", n)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func (c *Config) authLimits() auth.Limits {

@@ -21,6 +21,7 @@ import (
 var liveKeys = []string{
 	"log.level",
 	"submission.max_recipients", "submission.max_connections", "submission.max_connections_per_ip",
+	"submission.proxy_protocol",
 	"submission.auth.",
 	"tls.default", "tls.policies", "tls.honor_tls_required_no",
 	"delivery.routes",
@@ -85,6 +86,7 @@ func (r *reloader) reload() (string, error) {
 	slices.Sort(restart)
 	logLevel.UnmarshalText([]byte(next.Log.Level))
 	r.srv.SetLimits(next.Submission.MaxRecipients, next.Submission.MaxConnections, next.Submission.MaxConnectionsPerIP)
+	r.srv.SetProxyNetworks(next.proxyNetworks())
 	r.auth.SetLimits(next.authLimits())
 	r.policy.SetRules(def, policies, next.TLS.HonorTLSRequiredNo)
 	r.engine.SetRoutes(next.deliveryConfig().Routes)
