@@ -56,6 +56,10 @@ type Config struct {
 	// DrainTimeout is how long attempts in flight may go on after Run's
 	// context ends.
 	DrainTimeout time.Duration
+	// Sources are the local addresses connections leave from (each MX
+	// address from a source of its family), with their EHLO names; empty
+	// lets the kernel choose. A route may pin its own (Route.Source).
+	Sources []Source
 }
 
 // Queue is what delivery needs of the queue.
@@ -422,6 +426,10 @@ func (e *Engine) tryHops(ctx context.Context, m queue.Message, domain string, id
 			last = f
 			continue
 		}
+		if addrs, f = e.reachable(hop, addrs); f != nil {
+			last = f
+			continue
+		}
 		for _, a := range addrs {
 			if tried >= e.cfg.MaxAddrAttempts {
 				break
@@ -478,7 +486,8 @@ func (e *Engine) attempt(ctx context.Context, m queue.Message, idxs []int, hop H
 		attribute.String("postern.ip", addr.Addr().String())))
 	defer span.End()
 	connectCtx, connectSpan := e.metrics.tracer.Start(ctx, "connect")
-	c, err := dialSession(connectCtx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, policy)
+	from := e.egressFor(hop, addr.Addr())
+	c, err := dialSession(connectCtx, from.dialer, from.helo, hop.Host, addr, e.cfg.Timeouts, policy)
 	if err == nil {
 		connectSpan.SetAttributes(attribute.String("postern.tls_version", c.tls.Version), attribute.String("postern.tls_auth", c.tls.Auth))
 	}
@@ -548,7 +557,8 @@ func (e *Engine) fallback(ctx context.Context, m queue.Message, hop Hop, addr ne
 	plain := policy
 	plain.Level = tlspolicy.None
 	plain.Reason = policy.Reason + "; cleartext after STARTTLS failed"
-	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, plain)
+	from := e.egressFor(hop, addr.Addr())
+	c, err := dialSession(ctx, from.dialer, from.helo, hop.Host, addr, e.cfg.Timeouts, plain)
 	if err != nil {
 		return nil, err
 	}
@@ -586,7 +596,7 @@ func (e *Engine) decide(ctx context.Context, m queue.Message, domain string, hop
 func poolKey(h Hop, d tlspolicy.Decision) string {
 	// ConnKey is what keeps a session from serving a weaker decision; the
 	// description keeps the evidence of each delivery its own.
-	return h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + d.ConnKey()
+	return h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + d.ConnKey() + egressKey(h)
 }
 
 // transact sends one message on an open session, and keeps the session for
@@ -703,7 +713,7 @@ func (e *Engine) logAttempt(m queue.Message, idxs []int, host string, addr netip
 	if addr.IsValid() {
 		ip = addr.Addr().String()
 	}
-	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip,
+	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip, "source_ip", t.SourceIP,
 		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "tls_auth", t.Auth, "tls_policy", t.Policy, "tls_policy_type", t.PolicyType, "tls_verify_failure", t.VerifyFailure, "tls_result", t.ResultType, "reply", reply,
 		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
 	e.metrics.attempt(result, t)
@@ -727,7 +737,7 @@ func (e *Engine) attachEvidence(o *queue.Outcome, m queue.Message, addr netip.Ad
 	r := audit.Record{Time: now, QueueID: m.ID, MessageID: m.MessageID, Sender: m.From, Recipient: m.Recipients[o.Recipient].Addr,
 		Result: audit.Delivered, MX: o.Host, TLSVersion: t.Version, TLSCipher: t.Cipher, PolicySource: source,
 		PolicyMode: t.Policy, Verified: t.Verified, VerifiedBy: t.Auth, Reply: o.Reply, PeerCertSHA256: t.PeerSHA256,
-		TLSFallback: t.Fallback}
+		TLSFallback: t.Fallback, SourceIP: t.SourceIP}
 	if o.Result == queue.ResultFailed {
 		r.Result = audit.Bounced
 		if strings.HasPrefix(o.Reply, "4.4.7 ") {

@@ -59,6 +59,8 @@ type TLSInfo struct {
 	// its first certificate, computed once per connection for the evidence.
 	Chain      []*x509.Certificate `json:"-"`
 	PeerSHA256 string
+	// SourceIP is the local address the connection left from.
+	SourceIP string
 }
 
 // conn is one open SMTP session to a next hop, ready for transactions.
@@ -141,6 +143,9 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		next = tc
 	}
 	info.Policy, info.PolicySource, info.PolicyType = policy.Describe(), policy.Source, policy.PolicyType
+	if a, err := netip.ParseAddrPort(raw.LocalAddr().String()); err == nil {
+		info.SourceIP = a.Addr().Unmap().String()
+	}
 	next.SetDeadline(time.Time{})
 	c := smtp.NewClient(&replayConn{Conn: next, pending: []byte("220 resumed\r\n")})
 	c.CommandTimeout, c.SubmissionTimeout = t.Command, t.FinalDot
