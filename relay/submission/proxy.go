@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -245,8 +246,10 @@ func (c *proxiedConn) Read(p []byte) (int, error) {
 }
 
 // errUntrustedProxyHeader ends a connection that sent a PROXY header from
-// an address not in submission.proxy_protocol.
-var errUntrustedProxyHeader = errors.New("PROXY protocol header from an untrusted address")
+// an address not in submission.proxy_protocol. It is net.ErrClosed too (the
+// connection is closed by then), which go-smtp ends a session on quietly:
+// the refusal is logged once, here, as a warning.
+var errUntrustedProxyHeader = fmt.Errorf("PROXY protocol header from an untrusted address: %w", net.ErrClosed)
 
 // sniffConn is a connection from an address that may not send a PROXY
 // header. SMTP clients wait for the greeting and TLS clients open with a
