@@ -238,6 +238,29 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// TestOperationsHAProxyExampleIsValid: the HAProxy configuration that
+// docs/operations.md shows passes haproxy -c.
+func TestOperationsHAProxyExampleIsValid(t *testing.T) {
+	haproxy, err := exec.LookPath("haproxy")
+	if err != nil {
+		t.Skip("haproxy is not installed (apt-get install haproxy)")
+	}
+	doc, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "\n```haproxy\n")
+	example, _, closed := strings.Cut(rest, "\n```\n")
+	if !ok || !closed {
+		t.Fatal("docs/operations.md has no ```haproxy block")
+	}
+	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
+	os.WriteFile(cfg, []byte(example+"\n"), 0o600)
+	if out, err := exec.Command(haproxy, "-c", "-f", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("haproxy -c on the documented configuration: %v\n%s", err, out)
+	}
+}
+
 func dialFrom(local, addr string) (net.Conn, error) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 10 * time.Second}
 	return d.Dial("tcp", addr)

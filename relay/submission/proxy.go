@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -185,7 +186,14 @@ func (l *proxyListener) readHeader(c net.Conn) {
 	// large TLVs in one read; what follows the header (a pipelined EHLO, a
 	// TLS ClientHello) stays in the buffer and is read first.
 	br := bufio.NewReaderSize(c, 256)
-	h, err := proxyproto.Read(br)
+	// proxyproto.Read takes an end of stream for "no header"; a first byte
+	// read here tells a health check that sent none from a client that
+	// sent something else.
+	_, err := br.Peek(1)
+	var h *proxyproto.Header
+	if err == nil {
+		h, err = proxyproto.Read(br)
+	}
 	c.SetReadDeadline(time.Time{})
 	l.mu.Lock()
 	delete(l.pending, c)
@@ -205,14 +213,14 @@ func (l *proxyListener) readHeader(c net.Conn) {
 }
 
 // refuse closes a connection from a trusted network that did not open with
-// a valid header. A balancer's TCP health check connects and closes
-// without a byte: that is not worth a warning.
+// a valid header. A balancer's TCP health check connects and closes (or
+// resets) without a byte: that is not worth a warning.
 func (l *proxyListener) refuse(c net.Conn, proxy string, err error) {
 	c.Close()
 	var ne net.Error
 	reason, msg := "malformed", "malformed PROXY protocol header from a trusted address; connection closed"
 	switch {
-	case errors.Is(err, io.EOF):
+	case errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET):
 		l.log.Debug("connection from a trusted address closed before a PROXY protocol header", "proxy_ip", proxy)
 		return
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol):

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"net/textproto"
 	"strings"
@@ -220,6 +221,27 @@ func TestProxyProtocolRefusals(t *testing.T) {
 			}
 			waitFor(t, func() bool { return strings.Contains(h.logs.String(), tc.log) }, "log: "+tc.log)
 		})
+	}
+}
+
+// TestProxyProtocolTCPHealthCheckIsQuiet: a balancer's plain TCP check
+// (connect, then close or reset, without a byte) is not refused noisily.
+func TestProxyProtocolTCPHealthCheckIsQuiet(t *testing.T) {
+	h := newHarness(t, withProxyFrom("127.0.0.0/8"))
+	for _, reset := range []bool{false, true} {
+		c, err := net.Dial("tcp", h.starttls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reset {
+			c.(*net.TCPConn).SetLinger(0) // close with RST, as HAProxy's checks do
+		}
+		c.Close()
+	}
+	const quiet = "level=DEBUG msg=\"connection from a trusted address closed before a PROXY protocol header\""
+	waitFor(t, func() bool { return strings.Count(h.logs.String(), quiet) == 2 }, "both checks")
+	if log := h.logs.String(); strings.Contains(log, "level=WARN") {
+		t.Errorf("a TCP health check was logged:\n%s", log)
 	}
 }
 
