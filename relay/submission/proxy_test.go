@@ -115,7 +115,7 @@ func TestProxyProtocolGivesTheClientAddress(t *testing.T) {
 				t.Errorf("Received header %q does not name %s", first, tc.received)
 			}
 			log := h.logs.String()
-			if !strings.Contains(log, `msg=authenticated proxy_ip=127.0.0.1 user=app client_ip=`+tc.clientIP) {
+			if !strings.Contains(log, `msg=authenticated user=app client_ip=`+tc.clientIP+` proxy_ip=127.0.0.1`) {
 				t.Errorf("log does not name the client and the balancer:\n%s", log)
 			}
 		})
@@ -151,7 +151,7 @@ func TestProxyProtocolThrottleCountsTheClient(t *testing.T) {
 	login("203.0.113.66", "wrong", "535 5.7.8")
 	login("203.0.113.66", testPassword, "454 4.7.0")
 	login("203.0.113.67", testPassword, "235")
-	if log := h.logs.String(); !strings.Contains(log, "client_ip=203.0.113.66 user=app") {
+	if log := h.logs.String(); !strings.Contains(log, "client_ip=203.0.113.66 proxy_ip=127.0.0.1 user=app") {
 		t.Errorf("the failures are not logged under the client's address:\n%s", log)
 	}
 }

@@ -59,11 +59,8 @@ type session struct {
 	srv  *Server
 	conn *smtp.Conn
 	ip   string
-	// proxy is the load balancer's address when the connection came
-	// through one (PROXY protocol); ip is then the client's.
-	proxy string
-	tls   *tls.ConnectionState
-	user  *auth.User
+	tls  *tls.ConnectionState
+	user *auth.User
 
 	inMail bool
 	// busy is set from MAIL until the transaction ends, so that a
@@ -72,6 +69,10 @@ type session struct {
 	counted *countedConn // the accepted connection beneath any TLS
 	env     queue.Envelope
 	rcpts   map[string]bool
+
+	// proxy is the load balancer's address when the connection came
+	// through one (PROXY protocol); ip is then the client's.
+	proxy string
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -139,11 +140,11 @@ func (s *session) authenticate(username, password string) error {
 		if s.counted != nil {
 			s.counted.authenticated.Store(true)
 		}
-		s.srv.log.Info("authenticated", append(s.via(), "user", u.Name, "client_ip", s.ip)...)
+		s.srv.log.Info("authenticated", append([]any{"user", u.Name, "client_ip", s.ip}, s.via()...)...)
 		return nil
 	}
 	// The name is the client's word: log it quoted, never the password.
-	s.srv.log.Warn("authentication failed", append(s.via(), "client_ip", s.ip, "user", username, "reason", err.Error())...)
+	s.srv.log.Warn("authentication failed", append([]any{"client_ip", s.ip}, append(s.via(), "user", username, "reason", err.Error())...)...)
 	if delay > 0 {
 		s.srv.sleep(delay)
 	}
