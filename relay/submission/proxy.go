@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -38,10 +36,8 @@ const DefaultProxyHeaderTimeout = 10 * time.Second
 // the accept loop that every other client waits on.
 type proxyListener struct {
 	net.Listener
-	trusted *atomic.Pointer[[]netip.Prefix] // shared with the server (SetProxyNetworks)
+	srv     *Server // its trusted networks (SetProxyNetworks), log and metrics
 	timeout time.Duration
-	log     *slog.Logger
-	metrics *instruments
 
 	start   sync.Once
 	ready   chan net.Conn
@@ -54,11 +50,12 @@ type proxyListener struct {
 	pending map[net.Conn]struct{} // waiting for their header
 }
 
-func newProxyListener(l net.Listener, trusted *atomic.Pointer[[]netip.Prefix], timeout time.Duration, log *slog.Logger, m *instruments) *proxyListener {
+func newProxyListener(l net.Listener, srv *Server) *proxyListener {
+	timeout := srv.cfg.ProxyHeaderTimeout
 	if timeout <= 0 {
 		timeout = DefaultProxyHeaderTimeout
 	}
-	return &proxyListener{Listener: l, trusted: trusted, timeout: timeout, log: log, metrics: m,
+	return &proxyListener{Listener: l, srv: srv, timeout: timeout,
 		ready: make(chan net.Conn), done: make(chan struct{}), pending: map[net.Conn]struct{}{}}
 }
 
@@ -160,7 +157,7 @@ func (l *proxyListener) isTrusted(a net.Addr) bool {
 	if !ok {
 		return false
 	}
-	for _, p := range *l.trusted.Load() {
+	for _, p := range *l.srv.proxyFrom.Load() {
 		if p.Contains(ip) {
 			return true
 		}
@@ -208,7 +205,7 @@ func (l *proxyListener) readHeader(c net.Conn) {
 		// its health checks: they keep the balancer's address.
 		pc.remote = h.SourceAddr
 	}
-	l.log.Debug("PROXY protocol header read", "client_ip", remoteHost(pc), "proxy_ip", proxy, "proxy_version", int(h.Version))
+	l.srv.log.Debug("PROXY protocol header read", "client_ip", remoteHost(pc), "proxy_ip", proxy, "proxy_version", int(h.Version))
 	l.hand(pc)
 }
 
@@ -221,15 +218,15 @@ func (l *proxyListener) refuse(c net.Conn, proxy string, err error) {
 	reason, msg := "malformed", "malformed PROXY protocol header from a trusted address; connection closed"
 	switch {
 	case errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET):
-		l.log.Debug("connection from a trusted address closed before a PROXY protocol header", "proxy_ip", proxy)
+		l.srv.log.Debug("connection from a trusted address closed before a PROXY protocol header", "proxy_ip", proxy)
 		return
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol):
 		reason, msg = "missing", "PROXY protocol header missing from a trusted address (submission.proxy_protocol); connection closed"
 	case errors.As(err, &ne) && ne.Timeout():
 		reason, msg = "timeout", "no PROXY protocol header from a trusted address in time; connection closed"
 	}
-	l.metrics.proxyRefused(reason)
-	l.log.Warn(msg, "proxy_ip", proxy, "reason", err.Error())
+	l.srv.metrics.proxyRefused(reason)
+	l.srv.log.Warn(msg, "proxy_ip", proxy, "reason", err.Error())
 }
 
 // proxiedConn is a connection from a load balancer, presenting the client
@@ -280,8 +277,8 @@ func (c *sniffConn) Read(p []byte) (int, error) {
 	c.checked = true
 	if bytes.HasPrefix(p[:n], []byte("PROXY ")) || bytes.HasPrefix(p[:n], proxyproto.SIGV2) {
 		c.Conn.Close()
-		c.l.metrics.proxyRefused("untrusted")
-		c.l.log.Warn("PROXY protocol header from an address not in submission.proxy_protocol; connection closed",
+		c.l.srv.metrics.proxyRefused("untrusted")
+		c.l.srv.log.Warn("PROXY protocol header from an address not in submission.proxy_protocol; connection closed",
 			"client_ip", remoteHost(c.Conn))
 		return 0, errUntrustedProxyHeader
 	}

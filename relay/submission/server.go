@@ -142,7 +142,7 @@ func (s *Server) ServeSTARTTLS(l net.Listener) error {
 // limit layers a listener: the PROXY protocol first (it settles the
 // client's address), then the connection limits that count by address.
 func (s *Server) limit(l net.Listener) *limitListener {
-	l = newProxyListener(l, &s.proxyFrom, s.cfg.ProxyHeaderTimeout, s.log, s.metrics)
+	l = newProxyListener(l, s)
 	ll := newLimitListener(l, s.cfg.Hostname, &s.maxConnections, &s.maxConnectionsPerIP)
 	s.mu.Lock()
 	s.listeners = append(s.listeners, ll)
