@@ -74,6 +74,9 @@ type SubmissionConfig struct {
 	CheckHeaderFrom     bool          `mapstructure:"check_header_from"`
 	Auth                AuthConfig    `mapstructure:"auth"`
 	Limits              SendingLimits `mapstructure:"limits"`
+	// ProxyProtocol lists the load balancers' networks (CIDR) whose
+	// connections open with a PROXY protocol header; empty is off.
+	ProxyProtocol []string `mapstructure:"proxy_protocol"`
 }
 
 // SendingLimits are the default hourly limits of every credential; 0 is
@@ -166,6 +169,15 @@ type DeliveryConfig struct {
 	ReuseCount       int             `mapstructure:"reuse_count"`
 	ReuseIdle        time.Duration   `mapstructure:"reuse_idle"`
 	MaxConnsPerDom   int             `mapstructure:"max_connections_per_domain"`
+	// SourceAddresses are the local addresses deliveries leave from,
+	// each with its EHLO name; empty lets the kernel choose.
+	SourceAddresses []SourceAddressConfig `mapstructure:"source_addresses"`
+}
+
+// SourceAddressConfig is one entry of delivery.source_addresses.
+type SourceAddressConfig struct {
+	Address string `mapstructure:"address"`
+	HELO    string `mapstructure:"helo"`
 }
 
 type RouteConfig struct {
@@ -177,6 +189,9 @@ type RouteConfig struct {
 	// AuthOverUnverifiedTLS lets credentials go over tls: encrypt.
 	AuthOverUnverifiedTLS bool     `mapstructure:"auth_over_unverified_tls"`
 	TLSPins               []string `mapstructure:"tls_pins"`
+	// SourceAddress pins the local address this route's connections
+	// leave from.
+	SourceAddress string `mapstructure:"source_address"`
 }
 
 // OutboundTLSConfig is the outbound TLS policy (the tls section).
@@ -270,6 +285,7 @@ var defaults = map[string]any{
 	"submission.max_connections":          1000,
 	"submission.max_connections_per_ip":   50,
 	"submission.check_header_from":        true,
+	"submission.proxy_protocol":           []string{},
 	"submission.auth.free_failures":       auth.DefaultLimits.FreeFailures,
 	"submission.auth.failure_delay":       auth.DefaultLimits.Delay.String(),
 	"submission.auth.max_failure_delay":   auth.DefaultLimits.MaxDelay.String(),
@@ -473,6 +489,9 @@ func (c *Config) validate() error {
 			}
 		}
 	}
+	if _, err := parseNetworks(s.ProxyProtocol); err != nil {
+		bad("submission.proxy_protocol", "%v", err)
+	}
 	if (s.TLS.CertFile == "") != (s.TLS.KeyFile == "") {
 		bad("submission.tls.cert_file", "cert_file and key_file go together")
 	}
@@ -580,6 +599,7 @@ func (c *Config) validate() error {
 			bad(key+".tls_pins", "pins are checked only with tls: verify (or no tls), not %q", r.TLS)
 		}
 	}
+	errs = append(errs, c.checkSourceAddresses()...)
 	for _, s := range c.DNS.Servers {
 		if net.ParseIP(strings.Trim(s, "[]")) == nil {
 			if _, _, err := net.SplitHostPort(s); err != nil {
@@ -695,9 +715,36 @@ func (c *Config) submissionConfig() submission.Config {
 		Hostname: c.Hostname, MaxMessageBytes: s.MaxMessageBytes, MaxRecipients: s.MaxRecipients,
 		MaxLineLength: s.MaxLineLength, CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout,
 		MaxConnections: s.MaxConnections, MaxConnectionsPerIP: s.MaxConnectionsPerIP, MinTLSVersion: v,
-		AnyHeaderFrom: !s.CheckHeaderFrom,
+		AnyHeaderFrom: !s.CheckHeaderFrom, ProxyFrom: c.proxyNetworks(),
 		SendingLimits: c.sendingLimits(),
 	}
+}
+
+// proxyNetworks are the networks trusted to send a PROXY protocol header.
+func (c *Config) proxyNetworks() []netip.Prefix {
+	nets, _ := parseNetworks(c.Submission.ProxyProtocol)
+	return nets
+}
+
+// parseNetworks reads networks in CIDR notation; a bare address is a
+// network of one.
+func parseNetworks(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, n := range list {
+		if a, err := netip.ParseAddr(n); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a network in CIDR notation (10.0.0.0/24, 2001:db8::/64) or an address", n)
+		}
+		if p.Addr().Is4In6() {
+			return nil, fmt.Errorf("%q: write IPv4 networks as IPv4 (10.0.0.0/24)", n)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func (c *Config) authLimits() auth.Limits {
@@ -733,9 +780,104 @@ func (c *Config) deliveryConfig() delivery.Config {
 			level, _ := tlspolicy.ParseLevel(r.TLS)
 			route.TLS = &level
 		}
+		if r.SourceAddress != "" {
+			route.Source = c.routeSource(r.SourceAddress)
+		}
 		out.Routes = append(out.Routes, route)
 	}
+	for _, s := range d.SourceAddresses {
+		out.Sources = append(out.Sources, c.source(s))
+	}
 	return out
+}
+
+// source is one delivery.source_addresses entry as delivery uses it.
+func (c *Config) source(s SourceAddressConfig) delivery.Source {
+	a, _ := netip.ParseAddr(s.Address)
+	helo := s.HELO
+	if helo == "" {
+		helo = c.Hostname
+	}
+	return delivery.Source{Addr: a.Unmap(), HELO: helo}
+}
+
+// routeSource is a route's source_address, with the EHLO name its
+// delivery.source_addresses entry gives, or the hostname.
+func (c *Config) routeSource(addr string) delivery.Source {
+	a, _ := netip.ParseAddr(addr)
+	for _, s := range c.Delivery.SourceAddresses {
+		if src := c.source(s); src.Addr == a.Unmap() {
+			return src
+		}
+	}
+	return delivery.Source{Addr: a.Unmap(), HELO: c.Hostname}
+}
+
+// checkSourceAddresses checks delivery.source_addresses and the routes'
+// source_address: addresses of this machine (one that cannot be bound
+// would fail every delivery), each listed once, with a host name to say.
+func (c *Config) checkSourceAddresses() []error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	seen := map[netip.Addr]bool{}
+	check := func(key, addr string) {
+		a, err := netip.ParseAddr(addr)
+		switch {
+		case err != nil || a.Zone() != "":
+			bad(key, "%q is not an IPv4 or IPv6 address", addr)
+		case a.IsUnspecified() || a.IsMulticast():
+			bad(key, "%s cannot be a source address", addr)
+		default:
+			l, err := net.Listen("tcp", net.JoinHostPort(a.Unmap().String(), "0"))
+			if err != nil {
+				bad(key, "%s is not an address of this machine: %v", addr, err)
+				return
+			}
+			l.Close()
+		}
+	}
+	for i, s := range c.Delivery.SourceAddresses {
+		key := fmt.Sprintf("delivery.source_addresses[%d]", i)
+		check(key+".address", s.Address)
+		if a, err := netip.ParseAddr(s.Address); err == nil {
+			if seen[a.Unmap()] {
+				bad(key+".address", "%s is listed twice", s.Address)
+			}
+			seen[a.Unmap()] = true
+		}
+		if s.HELO != "" && !isHostName(s.HELO) {
+			bad(key+".helo", "%q is not a host name (the name the address's PTR record gives)", s.HELO)
+		}
+	}
+	for i, r := range c.Delivery.Routes {
+		if r.SourceAddress != "" {
+			check(fmt.Sprintf("delivery.routes[%d].source_address", i), r.SourceAddress)
+		}
+	}
+	return errs
+}
+
+// isHostName reports whether s is a DNS host name fit for EHLO (RFC 5321
+// 4.1.1.1: the client's fully-qualified domain name): letters, digits and
+// hyphens in dot-separated labels.
+func isHostName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // resolver builds the DNS client the configuration describes.

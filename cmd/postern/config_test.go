@@ -64,6 +64,7 @@ func bound(t *testing.T, key, env string) bool {
 		"telemetry.trace_sample_ratio": "0.25", "submission.check_header_from": "false",
 		"submission.auth.max_concurrent_hashes": "3",
 		"submission.auth.ldap.starttls":         "true",
+		"submission.proxy_protocol":             "10.0.8.0/24,2001:db8:8::/64",
 		"audit.retention":                       "720h", // at least the two days the TLS reporter needs
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
@@ -152,6 +153,8 @@ func TestBadConfigErrorsNameKeyAndFile(t *testing.T) {
 		"tlsrpt:\n  allow_networks: [\"10.0.0.0\"]\n":                                                                         "tlsrpt.allow_networks",
 		"submission:\n  auth:\n    max_concurrent_hashes: -1\n":                                                               "submission.auth.max_concurrent_hashes",
 		"submission:\n  check_header_from: sometimes\n":                                                                       "submission.check_header_from",
+		"submission:\n  proxy_protocol: [\"10.0.0.0/33\"]\n":                                                                  "submission.proxy_protocol",
+		"submission:\n  proxy_protocol: [lb.example.net]\n":                                                                   "submission.proxy_protocol",
 	} {
 		path := writeConfig(t, text)
 		_, err := loadConfig(path)

@@ -56,7 +56,8 @@ type daemon struct {
 	exited   chan error
 	sink     *smtptest.MX
 	dns      *resolvertest.Server
-	wrap     []string // a command that runs serve (unshare, a shell setting the umask)
+	wrap     []string                  // a command that runs serve (unshare, a shell setting the umask)
+	onLog    func(line map[string]any) // sees every JSON log line, when set before start
 }
 
 // The daemon's world: its own DNS, where dest.test's MX is the test's sink
@@ -144,6 +145,9 @@ func (d *daemon) start() {
 			if json.Unmarshal(sc.Bytes(), &line) != nil {
 				d.t.Logf("postern: %s", sc.Text())
 				continue
+			}
+			if d.onLog != nil {
+				d.onLog(line)
 			}
 			if lvl, _ := line["level"].(string); lvl == "ERROR" {
 				d.t.Logf("postern: %s", sc.Text())

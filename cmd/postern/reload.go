@@ -21,6 +21,7 @@ import (
 var liveKeys = []string{
 	"log.level",
 	"submission.max_recipients", "submission.max_connections", "submission.max_connections_per_ip",
+	"submission.proxy_protocol",
 	"submission.auth.", "submission.limits.",
 	"tls.default", "tls.policies", "tls.honor_tls_required_no",
 	"delivery.routes",
@@ -93,6 +94,7 @@ func (r *reloader) reload() (string, error) {
 	slices.Sort(restart)
 	logLevel.UnmarshalText([]byte(next.Log.Level))
 	r.srv.SetLimits(next.Submission.MaxRecipients, next.Submission.MaxConnections, next.Submission.MaxConnectionsPerIP)
+	r.srv.SetProxyNetworks(next.proxyNetworks())
 	r.auth.SetLimits(next.authLimits())
 	r.srv.SetSendingLimits(next.sendingLimits())
 	r.applyDirectory(next, applied)

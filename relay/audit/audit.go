@@ -44,6 +44,9 @@ type Record struct {
 	// failed where TLS was opportunistic, and delivery was retried without.
 	TLSFallback string `json:"tls_fallback,omitempty"`
 	Reply       string `json:"reply"`
+	// SourceIP is the local address the delivery left from
+	// (delivery.source_addresses, a route's source_address, or the kernel's choice).
+	SourceIP string `json:"source_ip,omitempty"`
 }
 
 // Kind is the first byte of an audit record in the journal, which other

@@ -99,6 +99,9 @@ func (a *attempt) run(ctx context.Context) []queue.Outcome {
 			}
 		}
 		addrs, f := a.addresses(ctx, hop, policy)
+		if f == nil {
+			addrs, f = e.reachable(hop, addrs) // from the egress addresses, where set
+		}
 		if f != nil {
 			last = f
 			continue
@@ -197,7 +200,7 @@ func (a *attempt) decide(ctx context.Context, hop Hop) (tlspolicy.Decision, erro
 func poolKey(h Hop, d tlspolicy.Decision) string {
 	// ConnKey is what keeps a session from serving a weaker decision; the
 	// description keeps the evidence of each delivery its own.
-	key := h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + d.ConnKey()
+	key := h.Host + "|" + strconv.Itoa(h.Port) + "|" + d.Describe() + "|" + d.ConnKey() + egressKey(h)
 	if h.Route != nil {
 		// A route's session may have authenticated: it carries mail only
 		// for routes with the same credentials (or, like it, none), never
@@ -247,7 +250,8 @@ func (a *attempt) deliverVia(ctx context.Context, hop Hop, policy tlspolicy.Deci
 func (a *attempt) connect(ctx context.Context, hop Hop, policy tlspolicy.Decision, addr netip.AddrPort) (*conn, *Failure) {
 	e := a.e
 	connectCtx, connectSpan := e.metrics.tracer.Start(ctx, "connect")
-	c, err := dialSession(connectCtx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, policy)
+	from := e.egressFor(hop, addr.Addr())
+	c, err := dialSession(connectCtx, from.dialer, from.helo, hop.Host, addr, e.cfg.Timeouts, policy)
 	if err == nil {
 		connectSpan.SetAttributes(attribute.String("postern.tls_version", c.tls.Version), attribute.String("postern.tls_auth", c.tls.Auth))
 	}
@@ -298,7 +302,8 @@ func (a *attempt) fallback(ctx context.Context, hop Hop, addr netip.AddrPort, po
 	plain := policy
 	plain.Level = tlspolicy.None
 	plain.Reason = policy.Reason + "; cleartext after STARTTLS failed"
-	c, err := dialSession(ctx, e.d.Dialer, e.cfg.Hostname, hop.Host, addr, e.cfg.Timeouts, plain)
+	from := e.egressFor(hop, addr.Addr())
+	c, err := dialSession(ctx, from.dialer, from.helo, hop.Host, addr, e.cfg.Timeouts, plain)
 	if err != nil {
 		return nil, err
 	}
@@ -465,7 +470,7 @@ func (a *attempt) log(host string, addr netip.AddrPort, t TLSInfo, reply, result
 	if addr.IsValid() {
 		ip = addr.Addr().String()
 	}
-	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip,
+	e.d.Log.Info("delivery attempt", "queue_id", m.ID, "rcpts", rcpts, "mx", host, "ip", ip, "source_ip", t.SourceIP,
 		"tls_version", t.Version, "tls_cipher", t.Cipher, "verified", t.Verified, "tls_auth", t.Auth, "tls_policy", t.Policy, "tls_policy_type", t.PolicyType, "tls_verify_failure", t.VerifyFailure, "tls_result", t.ResultType, "reply", reply,
 		"delay", e.d.Clock().Sub(m.Arrival).Round(time.Millisecond), "result", result)
 	e.metrics.attempt(result, t)
@@ -507,7 +512,7 @@ func (a *attempt) record(i int, f *Failure, host string, addr netip.AddrPort, t 
 	r := audit.Record{Time: now, QueueID: m.ID, MessageID: m.MessageID, Sender: m.From, Recipient: m.Recipients[o.Recipient].Addr,
 		Result: audit.Delivered, MX: o.Host, TLSVersion: t.Version, TLSCipher: t.Cipher, PolicySource: source,
 		PolicyMode: t.Policy, Verified: t.Verified, VerifiedBy: t.Auth, Reply: o.Reply, PeerCertSHA256: t.PeerSHA256,
-		TLSFallback: t.Fallback}
+		TLSFallback: t.Fallback, SourceIP: t.SourceIP}
 	if o.Result == queue.ResultFailed {
 		r.Result = audit.Bounced
 		if expired {

@@ -55,6 +55,10 @@ type Config struct {
 	// DrainTimeout is how long attempts in flight may go on after Run's
 	// context ends.
 	DrainTimeout time.Duration
+	// Sources are the local addresses connections leave from (each MX
+	// address from a source of its family), with their EHLO names; empty
+	// lets the kernel choose. A route may pin its own (Route.Source).
+	Sources []Source
 }
 
 // Queue is what delivery needs of the queue.

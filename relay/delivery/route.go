@@ -34,6 +34,9 @@ type Route struct {
 	// Pins are SHA-256 digests of the next hop's public key (SPKI): a
 	// certificate with one of these keys is verified without PKIX.
 	Pins [][]byte
+	// Source, when its address is set, is the only one this route's
+	// connections leave from, instead of Config.Sources.
+	Source Source
 }
 
 // RouteDecision is what a route's next hop must satisfy: the route's own

@@ -60,6 +60,8 @@ type TLSInfo struct {
 	// its first certificate, computed once per connection for the evidence.
 	Chain      []*x509.Certificate `json:"-"`
 	PeerSHA256 string
+	// SourceIP is the local address the connection left from.
+	SourceIP string
 }
 
 // conn is one open SMTP session to a next hop, ready for transactions.
@@ -151,6 +153,9 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		}
 	}
 	info.Policy, info.PolicySource, info.PolicyType = policy.Describe(), policy.Source, policy.PolicyType
+	if a, err := netip.ParseAddrPort(raw.LocalAddr().String()); err == nil {
+		info.SourceIP = a.Addr().Unmap().String()
+	}
 	next.SetDeadline(time.Time{})
 	// The session has had its one EHLO (RFC 5321 4.1.4 lets a server refuse
 	// another: OpenSMTPD answers "503 5.5.1 Invalid command: Already

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -26,6 +27,8 @@ type Message struct {
 	Data    []byte
 	TLS     bool   // received inside STARTTLS
 	User    string // authenticated as, when AUTH was used
+	Helo    string // the name the client gave in EHLO
+	Peer    string // the client's address (where the connection came from)
 }
 
 // MX is a recording SMTP server offering STARTTLS with a self-signed
@@ -40,6 +43,8 @@ type MX struct {
 	Password string
 	// Arrived receives a value for every message stored.
 	Arrived chan struct{}
+	// IPv6, set by configure, also listens on [::1] at the same port.
+	IPv6 bool
 
 	mu           sync.Mutex
 	msgs         []Message
@@ -63,7 +68,7 @@ func Start(t testing.TB, configure func(*MX)) *MX {
 			mx.connections++
 			mx.mu.Unlock()
 		}
-		return &session{mx: mx, cur: Message{TLS: isTLS}}, nil
+		return &session{mx: mx, conn: c, cur: Message{TLS: isTLS}}, nil
 	}))
 	srv.Domain = "mx.test"
 	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
@@ -80,6 +85,13 @@ func Start(t testing.TB, configure func(*MX)) *MX {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	mx.Port = l.Addr().(*net.TCPAddr).Port
+	if mx.IPv6 {
+		l6, err := net.Listen("tcp", net.JoinHostPort("::1", strconv.Itoa(mx.Port)))
+		if err != nil {
+			t.Fatalf("listening on [::1] at the IPv4 listener's port: %v", err)
+		}
+		go srv.Serve(l6)
+	}
 	return mx
 }
 
@@ -111,6 +123,7 @@ func (nopLogger) Println(...any)        {}
 
 type session struct {
 	mx   *MX
+	conn *smtp.Conn
 	cur  Message
 	user string
 }
@@ -140,6 +153,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "auth first"}
 	}
 	s.cur.From, s.cur.Mail, s.cur.User = from, *opts, s.user
+	s.cur.Helo = s.conn.Hostname()
+	if host, _, err := net.SplitHostPort(s.conn.Conn().RemoteAddr().String()); err == nil {
+		s.cur.Peer = host
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package submission
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/textproto"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,6 +36,25 @@ type harness struct {
 	srv      *Server
 	starttls string // address of the STARTTLS listener
 	implicit string // address of the implicit-TLS listener
+	logs     *logBuffer
+}
+
+// logBuffer keeps what the server logged, for tests that check the log.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 type harnessOption func(*Config, *auth.Limits)
@@ -64,7 +85,8 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	counter, err := quota.Open(db, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +100,7 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	l2, _ := net.Listen("tcp", "127.0.0.1:0")
 	go srv.ServeSTARTTLS(l1)
 	go srv.ServeTLS(l2)
-	h := &harness{t: t, q: q, users: users, quota: counter, srv: srv, starttls: l1.Addr().String(), implicit: l2.Addr().String()}
+	h := &harness{t: t, q: q, users: users, quota: counter, srv: srv, starttls: l1.Addr().String(), implicit: l2.Addr().String(), logs: logs}
 	t.Cleanup(func() {
 		srv.smtp.Close()
 		q.Close()

@@ -17,12 +17,13 @@ import (
 // instruments are the submission service's OpenTelemetry metrics, made on
 // the global meter provider (a no-op until the daemon installs one).
 type instruments struct {
-	accepted     metric.Int64Counter
-	refused      metric.Int64Counter
-	authFailures metric.Int64Counter
-	limitedCount metric.Int64Counter
-	latency      metric.Float64Histogram
-	tracer       trace.Tracer
+	accepted      metric.Int64Counter
+	refused       metric.Int64Counter
+	authFailures  metric.Int64Counter
+	limitedCount  metric.Int64Counter
+	proxyRefusals metric.Int64Counter
+	latency       metric.Float64Histogram
+	tracer        trace.Tracer
 
 	// Attribute sets are built once per distinct value: building them per
 	// command costs more than the count.
@@ -41,6 +42,8 @@ func newInstruments() *instruments {
 		metric.WithDescription("Failed AUTH attempts, by reason (bad_credentials, throttled, error)"))
 	in.limitedCount, _ = m.Int64Counter("postern.submission.limited",
 		metric.WithDescription("MAIL and RCPT refused by a credential's sending limits, by reason (messages, recipients, suspended)"))
+	in.proxyRefusals, _ = m.Int64Counter("postern.submission.proxy.refused",
+		metric.WithDescription("Connections closed for their PROXY protocol header, by reason (missing, malformed, timeout from a trusted network; untrusted from any other)"))
 	in.latency, _ = m.Float64Histogram("postern.submission.duration", metric.WithUnit("s"),
 		metric.WithDescription("From DATA to the 250 reply, the queue's fsync included"),
 		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -74,6 +77,10 @@ func (in *instruments) command(command string, err error) {
 
 func (in *instruments) authFailed(reason string) {
 	in.authFailures.Add(context.Background(), 1, in.attr("reason", reason))
+}
+
+func (in *instruments) proxyRefused(reason string) {
+	in.proxyRefusals.Add(context.Background(), 1, in.attr("reason", reason))
 }
 
 func (in *instruments) queued(took time.Duration) {

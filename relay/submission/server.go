@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,12 @@ type Config struct {
 	MaxConnections      int
 	MaxConnectionsPerIP int
 	MinTLSVersion       uint16
+	// ProxyFrom are the networks of the load balancers whose connections
+	// open with a PROXY protocol header (v1 or v2) naming the client; nil
+	// trusts none. ProxyHeaderTimeout bounds the wait for that header
+	// (DefaultProxyHeaderTimeout when zero).
+	ProxyFrom          []netip.Prefix
+	ProxyHeaderTimeout time.Duration
 	// AnyHeaderFrom turns off, for every user, the check that the header
 	// From and Sender addresses match the user's sender patterns (the
 	// zero value checks). DKIM keys still sign only for allowed addresses.
@@ -86,6 +93,7 @@ type Server struct {
 	// The limits a configuration reload may change (SetLimits).
 	maxRecipients, maxConnections, maxConnectionsPerIP atomic.Int64
 	messagesPerHour, recipientsPerHour                 atomic.Int64
+	proxyFrom                                          atomic.Pointer[[]netip.Prefix]
 
 	mu        sync.Mutex
 	listeners []*limitListener
@@ -116,6 +124,7 @@ func New(cfg Config, d Deps) *Server {
 	s.maxConnections.Store(int64(cfg.MaxConnections))
 	s.maxConnectionsPerIP.Store(int64(cfg.MaxConnectionsPerIP))
 	s.SetSendingLimits(cfg.SendingLimits)
+	s.SetProxyNetworks(cfg.ProxyFrom)
 	s.tls = &tls.Config{MinVersion: cfg.MinTLSVersion, GetCertificate: d.GetCertificate}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
@@ -141,7 +150,10 @@ func (s *Server) ServeSTARTTLS(l net.Listener) error {
 	return s.smtp.Serve(s.limit(l))
 }
 
+// limit layers a listener: the PROXY protocol first (it settles the
+// client's address), then the connection limits that count by address.
 func (s *Server) limit(l net.Listener) *limitListener {
+	l = newProxyListener(l, s)
 	ll := newLimitListener(l, s.cfg.Hostname, &s.maxConnections, &s.maxConnectionsPerIP)
 	s.mu.Lock()
 	s.listeners = append(s.listeners, ll)
@@ -155,6 +167,13 @@ func (s *Server) SetLimits(maxRecipients, maxConnections, maxConnectionsPerIP in
 	s.maxRecipients.Store(int64(maxRecipients))
 	s.maxConnections.Store(int64(maxConnections))
 	s.maxConnectionsPerIP.Store(int64(maxConnectionsPerIP))
+}
+
+// SetProxyNetworks replaces the networks trusted to send a PROXY protocol
+// header (a configuration reload); connections from now on obey them.
+func (s *Server) SetProxyNetworks(trusted []netip.Prefix) {
+	trusted = append([]netip.Prefix(nil), trusted...)
+	s.proxyFrom.Store(&trusted)
 }
 
 // ServeTLS serves implicit-TLS submission on l (port 465).

@@ -70,10 +70,14 @@ type session struct {
 	counted *countedConn // the accepted connection beneath any TLS
 	env     queue.Envelope
 	rcpts   map[string]bool
+
+	// proxy is the load balancer's address when the connection came
+	// through one (PROXY protocol); ip is then the client's.
+	proxy string
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
-	sess := &session{srv: s, conn: c, ip: remoteHost(c.Conn()), counted: countedUnder(c.Conn())}
+	sess := &session{srv: s, conn: c, ip: remoteHost(c.Conn()), proxy: proxyUnder(c.Conn()), counted: countedUnder(c.Conn())}
 	if state, ok := c.TLSConnectionState(); ok {
 		sess.tls = &state
 	}
@@ -137,11 +141,11 @@ func (s *session) authenticate(username, password string) error {
 		if s.counted != nil {
 			s.counted.authenticated.Store(true)
 		}
-		s.srv.log.Info("authenticated", "user", u.Name, "client_ip", s.ip)
+		s.srv.log.Info("authenticated", append([]any{"user", u.Name, "client_ip", s.ip}, s.via()...)...)
 		return nil
 	}
 	// The name is the client's word: log it quoted, never the password.
-	s.srv.log.Warn("authentication failed", "client_ip", s.ip, "user", username, "reason", err.Error())
+	s.srv.log.Warn("authentication failed", append([]any{"client_ip", s.ip}, append(s.via(), "user", username, "reason", err.Error())...)...)
 	if delay > 0 {
 		s.srv.sleep(delay)
 	}
@@ -166,6 +170,14 @@ func (s *session) authenticate(username, password string) error {
 	}
 	s.srv.metrics.authFailed("error")
 	return errLocal
+}
+
+// via names the load balancer a connection came through, for the log.
+func (s *session) via() []any {
+	if s.proxy == "" {
+		return nil
+	}
+	return []any{"proxy_ip", s.proxy}
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
