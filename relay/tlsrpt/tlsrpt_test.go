@@ -1,8 +1,11 @@
 package tlsrpt_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -57,43 +60,15 @@ func TestReportFromScriptedAttempts(t *testing.T) {
 	}
 	report := tlsrpt.NewReport("Company-X", "sts-reporting@company-x.example", "mail.company-x.example", "company-y.example",
 		time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC), agg["company-y.example"])
-	got, _ := json.Marshal(report)
-	var generic map[string]any
-	json.Unmarshal(got, &generic)
-	id0 := generic["report-id"].(string)
-	if !strings.HasPrefix(id0, "20261128.company-y.example.") || !strings.HasSuffix(id0, "@mail.company-x.example") {
-		t.Errorf("report-id %q", id0)
+	if !strings.HasPrefix(report.ReportID, "20261128.company-y.example.") || !strings.HasSuffix(report.ReportID, "@mail.company-x.example") {
+		t.Errorf("report-id %q", report.ReportID)
 	}
-	delete(generic, "report-id")
-	want := `{
-	  "organization-name": "Company-X",
-	  "date-range": {"start-datetime": "2026-11-28T00:00:00Z", "end-datetime": "2026-11-28T23:59:59Z"},
-	  "contact-info": "sts-reporting@company-x.example",
-	  "policies": [{
-	    "policy": {
-	      "policy-type": "sts",
-	      "policy-string": ["version: STSv1", "mode: enforce", "mx: *.mail.company-y.example", "max_age: 86400"],
-	      "policy-domain": "company-y.example",
-	      "mx-host": ["*.mail.company-y.example"]
-	    },
-	    "summary": {"total-successful-session-count": 2, "total-failure-session-count": 3},
-	    "failure-details": [
-	      {"result-type": "certificate-expired", "receiving-mx-hostname": "mx2.mail.company-y.example",
-	       "receiving-ip": "203.0.113.57", "failed-session-count": 2, "additional-information": "x509: certificate has expired"},
-	      {"result-type": "starttls-not-supported", "receiving-mx-hostname": "mx3.mail.company-y.example",
-	       "receiving-ip": "203.0.113.58", "failed-session-count": 1}
-	    ]
-	  }]
-	}`
-	var wantGeneric map[string]any
-	if err := json.Unmarshal([]byte(want), &wantGeneric); err != nil {
+	report.ReportID = "20261128.company-y.example.NONCE@mail.company-x.example" // random in real reports
+	got, err := json.MarshalIndent(report, "", "  ")
+	if err != nil {
 		t.Fatal(err)
 	}
-	a, _ := json.MarshalIndent(generic, "", " ")
-	b, _ := json.MarshalIndent(wantGeneric, "", " ")
-	if string(a) != string(b) {
-		t.Fatalf("report:\n%s\nwant:\n%s", a, b)
-	}
+	golden(t, "01-company-y.json", append(got, '\n'))
 	if len(agg["other.example"]) != 1 || agg["other.example"][0].Policy.Type != "no-policy-found" {
 		t.Fatalf("other domain: %+v", agg["other.example"])
 	}
@@ -190,4 +165,27 @@ func oneDayOfAttempts(t *testing.T, c *clock) (*queue.Queue, *bbolt.DB) {
 	}
 	t.Cleanup(func() { db.Close() })
 	return q, db
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/ from the current output")
+
+// golden compares got, byte for byte, with testdata/name; testdata/README
+// says what each file proves, and -update rewrites it after a deliberate
+// change.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	file := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(file, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from the golden file (run with -update after a deliberate change):\n--- got\n%s\n--- want\n%s", file, got, want)
+	}
 }
