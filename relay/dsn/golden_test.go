@@ -38,7 +38,7 @@ func TestGolden(t *testing.T) {
 		}), original},
 		{"03-delayed", with(base, func(n *Notice) {
 			n.Recipients = []Recipient{{Final: "a@dest.test", Action: Delayed, Status: "4.7.5", RemoteMTA: "mx.dest.test",
-				Diagnostic: "4.7.5 TLS with mx.dest.test failed (dane: 1 usable TLSA records at _25._tcp.mx.dest.test)",
+				Diagnostic:  "4.7.5 TLS with mx.dest.test failed (dane: 1 usable TLSA records at _25._tcp.mx.dest.test)",
 				LastAttempt: attempt, WillRetryUntil: arrival.Add(5 * 24 * time.Hour)}}
 		}), original},
 		{"04-relayed", with(base, func(n *Notice) {
