@@ -87,7 +87,7 @@ func (l *local) QueueFlush() (int, error) {
 
 func (l *local) Reload() (string, error) {
 	if l.reload == nil {
-		return "", errors.New("postern is not running: nothing to reload")
+		return "", fmt.Errorf("postern is not running (nothing answers on its admin socket %s): nothing to reload", l.cfg.socketPath())
 	}
 	return l.reload()
 }
@@ -238,6 +238,8 @@ func adminHandler(ops operations) http.Handler {
 				status = http.StatusNotFound
 			case errors.Is(err, auth.ErrUserExists):
 				status = http.StatusConflict
+			case errors.Is(err, errConfig):
+				status = http.StatusUnprocessableEntity
 			}
 			w.WriteHeader(status)
 			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
@@ -461,6 +463,8 @@ func (e *remoteError) Is(target error) bool {
 		return target == queue.ErrNotFound || target == auth.ErrNoSuchUser
 	case http.StatusConflict:
 		return target == auth.ErrUserExists
+	case http.StatusUnprocessableEntity:
+		return target == errConfig
 	}
 	return false
 }

@@ -32,7 +32,7 @@ func dnsCommand(load func() (*Config, error)) *cobra.Command {
 			if len(args) == 2 {
 				t, ok := dns.StringToType[strings.ToUpper(args[1])]
 				if !ok {
-					return &exitError{2, fmt.Errorf("unknown record type %q", args[1])}
+					return &exitError{code: 2, err: fmt.Errorf("unknown record type %q", args[1])}
 				}
 				qtype = t
 			}
@@ -52,7 +52,7 @@ func dnsCommand(load func() (*Config, error)) *cobra.Command {
 				printAnswer(cmd, a)
 			}
 			if a.Security == resolver.Bogus {
-				return &exitError{4, fmt.Errorf("%s %s is bogus: %s", a.Name, dns.TypeToString[qtype], a.Reason)}
+				return &exitError{code: 4, err: fmt.Errorf("%s %s is bogus: %s", a.Name, dns.TypeToString[qtype], a.Reason)}
 			}
 			return nil
 		},
@@ -71,7 +71,7 @@ func dnsCommand(load func() (*Config, error)) *cobra.Command {
 			defer cancel()
 			h := res.Probe(ctx)
 			if h.Broken {
-				return &exitError{4, fmt.Errorf("upstream breaks DNSSEC: %s", h.Problem)}
+				return &exitError{code: 4, err: fmt.Errorf("upstream breaks DNSSEC: %s", h.Problem)}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "upstream passes DNSSEC records over UDP and TCP (dnssec: %s)\n", res.Mode())
 			return nil

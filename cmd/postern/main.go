@@ -41,21 +41,92 @@ func version() string {
 type exitError struct {
 	code int
 	err  error
+	// reported: the command has already printed the error.
+	reported bool
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// Exit statuses, as the README's table gives them.
+const (
+	exitOK        = 0
+	exitError1    = 1 // an error: the daemon or a database could not be reached
+	exitUsage     = 2 // bad usage or configuration
+	exitUnknown   = 3 // a named message or user is unknown, or an action on it could not be done
+	exitCheckFail = 4 // a check found the destination undeliverable or DNS bogus
+)
 
 func main() {
 	err := rootCommand().Execute()
 	if err == nil {
 		return
 	}
-	fmt.Fprintln(os.Stderr, "postern:", err)
+	code := exitCode(err)
 	var ee *exitError
-	if errors.As(err, &ee) {
-		os.Exit(ee.code)
+	if !errors.As(err, &ee) || !ee.reported {
+		fmt.Fprintln(os.Stderr, "postern:", err)
 	}
-	os.Exit(1)
+	os.Exit(code)
+}
+
+// exitCode chooses the exit status for err: the one a command chose, or
+// one read from what the error is.
+func exitCode(err error) int {
+	var ee *exitError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.Is(err, errConfig):
+		return exitUsage
+	case errors.Is(err, queue.ErrNotFound), errors.Is(err, auth.ErrNoSuchUser):
+		return exitUnknown
+	}
+	return exitError1
+}
+
+// usageErrors makes every command of the tree exit 2 on bad usage (a flag
+// that does not parse, a wrong number of arguments, an unknown subcommand),
+// and makes command groups refuse an unknown subcommand instead of
+// printing their help and exiting 0.
+func usageErrors(root *cobra.Command) {
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &exitError{code: exitUsage, err: fmt.Errorf("%s: %w (see %s --help)", c.CommandPath(), err, c.CommandPath())}
+	})
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+			c.Args = unknownSubcommand
+			c.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+		}
+		if args := c.Args; args != nil {
+			c.Args = func(c *cobra.Command, a []string) error {
+				if err := args(c, a); err != nil {
+					return &exitError{code: exitUsage, err: fmt.Errorf("%s: %w", c.CommandPath(), err)}
+				}
+				return nil
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// unknownSubcommand refuses any argument to a command group, suggesting
+// the subcommands it may have meant.
+func unknownSubcommand(c *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	err := fmt.Errorf("unknown command %q for %q", args[0], c.CommandPath())
+	if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+		err = fmt.Errorf("%w; did you mean %s?", err, strings.Join(s, " or "))
+	}
+	return err
 }
 
 func rootCommand() *cobra.Command {
@@ -119,7 +190,7 @@ func rootCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := load()
 			if err != nil {
-				return &exitError{2, err}
+				return &exitError{code: 2, err: err}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "configuration %s is valid (hostname %s, data_dir %s)\n", cfg.file, cfg.Hostname, cfg.DataDir)
 			return nil
@@ -162,6 +233,7 @@ func rootCommand() *cobra.Command {
 		},
 	})
 	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load))
+	usageErrors(root)
 	return root
 }
 
@@ -268,7 +340,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 		RunE: func(c *cobra.Command, args []string) error {
 			on := args[1] == "on"
 			if !on && args[1] != "off" {
-				return &exitError{2, fmt.Errorf("say on or off, not %q", args[1])}
+				return &exitError{code: 2, err: fmt.Errorf("say on or off, not %q", args[1])}
 			}
 			return withOps(load, func(ops operations) error { return ops.UserRequireTLS(args[0], on) })
 		},
@@ -324,7 +396,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 			switch f.State {
 			case "", "active", "deferred", "held":
 			default:
-				return &exitError{2, fmt.Errorf("--state %q: use active, deferred or held", f.State)}
+				return &exitError{code: 2, err: fmt.Errorf("--state %q: use active, deferred or held", f.State)}
 			}
 			if olderThan > 0 {
 				f.ArrivedBefore = time.Now().Add(-olderThan)
@@ -382,7 +454,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 			return withOps(load, func(ops operations) error {
 				m, err := ops.QueueShow(args[0])
 				if err != nil {
-					return &exitError{3, err}
+					return &exitError{code: 3, err: err}
 				}
 				if showJSON {
 					return json.NewEncoder(c.OutOrStdout()).Encode(m)
@@ -425,8 +497,13 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 					var failed error
 					for _, id := range ids {
 						if err := ops.QueueAction(a.name, id); err != nil {
-							failed = &exitError{3, err}
-							fmt.Fprintf(c.ErrOrStderr(), "%s: %v\n", id, err)
+							// Said here, per ID; main does not say it again.
+							failed = &exitError{code: exitUnknown, err: err, reported: true}
+							msg := err.Error()
+							if !strings.Contains(msg, id) {
+								msg = id + ": " + msg
+							}
+							fmt.Fprintln(c.ErrOrStderr(), "postern:", msg)
 							continue
 						}
 						fmt.Fprintf(c.OutOrStdout(), "%s: %s done\n", id, a.name)

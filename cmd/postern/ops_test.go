@@ -175,10 +175,10 @@ func TestQueueOperations(t *testing.T) {
 	if out, err := d.run("", "queue", "flush"); err != nil || !strings.Contains(out, "1 deferred messages due now") {
 		t.Fatalf("flush: %v %s", err, out)
 	}
-	if out, err := d.run("", "queue", "list", "--state", "parked"); err == nil || exitCode(err) != 2 {
+	if out, err := d.run("", "queue", "list", "--state", "parked"); err == nil || processExit(err) != 2 {
 		t.Fatalf("bad --state: %v %s", err, out)
 	}
-	if _, err := d.run("", "queue", "bounce", "nonexistent"); exitCode(err) != 3 {
+	if _, err := d.run("", "queue", "bounce", "nonexistent"); processExit(err) != 3 {
 		t.Fatalf("bounce of a missing ID: %v", err)
 	}
 	// Bounce: the message goes, and a failure notice to its sender comes.
@@ -208,7 +208,7 @@ func TestQueueOperations(t *testing.T) {
 	d.signal(syscall.SIGTERM)
 }
 
-func exitCode(err error) int {
+func processExit(err error) int {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return ee.ExitCode()

@@ -71,10 +71,10 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "  downgrade memory (%s): nothing remembered\n", cfg.TLS.DowngradeMemory)
 			}
 			if !r.Deliverable() {
-				return &exitError{4, fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
+				return &exitError{code: 4, err: fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
 			}
 			if connect && !probeHosts(ctx, cmd.OutOrStdout(), cfg.Hostname, r, port) {
-				return &exitError{4, fmt.Errorf("no MX of %s could be reached under its TLS policy", r.Domain)}
+				return &exitError{code: 4, err: fmt.Errorf("no MX of %s could be reached under its TLS policy", r.Domain)}
 			}
 			return nil
 		},
@@ -88,7 +88,7 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withOps(load, func(ops operations) error {
 				if err := ops.PolicyForget(args[0]); err != nil {
-					return &exitError{3, err}
+					return &exitError{code: 3, err: err}
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "forgot the TLS history of %s\n", args[0])
 				return nil

@@ -63,7 +63,7 @@ func (r *reloader) reload() (string, error) {
 	def, policies, err := next.tlsRules()
 	if err != nil {
 		r.log.Error("reload: configuration refused; nothing changed", "err", err)
-		return "", err
+		return "", asConfigError(err)
 	}
 	certChanged, certErr := r.certs.Reload()
 	if certErr != nil {
