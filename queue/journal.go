@@ -22,7 +22,6 @@ type JournalEntry struct {
 // journal appends the entries of the outcomes that apply (their recipient
 // was leased under seq), under keys that sort by time.
 func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now time.Time) error {
-	b := tx.Bucket(bucketJournal)
 	for _, o := range outcomes {
 		if len(o.Journal) == 0 || o.Result == ResultReturned || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
 			continue
@@ -30,14 +29,23 @@ func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now t
 		if r := before.Recipients[o.Recipient]; r.State != Leased || r.Lease != seq {
 			continue
 		}
-		for _, entry := range o.Journal {
-			n, err := b.NextSequence()
-			if err != nil {
-				return err
-			}
-			if err := b.Put(journalKey(now, n), entry); err != nil {
-				return fmt.Errorf("journal: %w", err)
-			}
+		if err := appendJournal(tx, now, o.Journal); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// appendJournal writes entries at now, in order.
+func appendJournal(tx *bolt.Tx, now time.Time, entries [][]byte) error {
+	b := tx.Bucket(bucketJournal)
+	for _, entry := range entries {
+		n, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		if err := b.Put(journalKey(now, n), entry); err != nil {
+			return fmt.Errorf("journal: %w", err)
 		}
 	}
 	return nil

@@ -65,6 +65,9 @@ type local struct {
 	reload func() (string, error)
 	// kick wakes the daemon's delivery after a change that makes work due.
 	kick func()
+	// bounced counts recipients failed by "queue bounce" in the daemon's
+	// delivery metrics.
+	bounced func(n int, inQueue time.Duration)
 }
 
 func (l *local) wake() {
@@ -169,10 +172,30 @@ func (l *local) QueueAction(action, id string) error {
 	case "retry":
 		return l.q.RetryNow(id)
 	case "bounce":
-		_, err := l.q.FailNow(id, operatorBounce)
-		return err
+		return l.bounce(id)
 	}
 	return fmt.Errorf("unknown queue action %q", action)
+}
+
+// bounce fails a message's pending recipients now. Each gets an audit
+// record, journalled with the failure in one transaction (the README
+// promises a record per recipient bounced), and in the daemon counts in
+// postern_delivery_recipients_total{result="bounced"}. The failure notice
+// follows when delivery retires the message, as for any bounce.
+func (l *local) bounce(id string) error {
+	var arrival time.Time
+	n, err := l.q.FailNowRecorded(id, operatorBounce, func(m *queue.Message, i int, now time.Time) [][]byte {
+		arrival = m.Arrival
+		r := audit.Record{Time: now, QueueID: m.ID, MessageID: m.MessageID, Sender: m.From, Recipient: m.Recipients[i].Addr,
+			Result: audit.Bounced, Reply: operatorBounce}
+		return [][]byte{r.Encode()}
+	})
+	// ErrInFlight: the pending recipients were failed and committed; the
+	// ones being delivered now were left to their attempt.
+	if (err == nil || errors.Is(err, queue.ErrInFlight)) && n > 0 && l.bounced != nil {
+		l.bounced(n, time.Since(arrival))
+	}
+	return err
 }
 
 // operatorBounce is the reply recorded, and quoted in the notice, for

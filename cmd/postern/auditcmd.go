@@ -50,7 +50,7 @@ func auditCommand(load func() (*Config, error)) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&f.RcptDomain, "rcpt-domain", "", "only recipients in this domain")
-	cmd.Flags().StringVar(&f.MessageID, "message-id", "", "only this Message-ID")
+	cmd.Flags().StringVar(&f.MessageID, "message-id", "", "only this message: its Message-ID header or its queue ID")
 	cmd.Flags().StringVar(&since, "since", "", "from this time")
 	cmd.Flags().StringVar(&until, "until", "", "up to this time")
 	cmd.Flags().StringVar(&format, "format", "table", "table, json or csv")

@@ -275,7 +275,7 @@ func TestBinaryLifecycle(t *testing.T) {
 	}
 	// While the daemon runs, the CLI goes through the admin socket.
 	out, err := d.run("", "queue", "list", "--json")
-	var msgs []queue.Message
+	var msgs []messageView
 	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != 1 || msgs[0].ID != id {
 		t.Fatalf("queue list: %v %s", err, out)
 	}
@@ -313,7 +313,7 @@ func TestBinaryLifecycle(t *testing.T) {
 	// Without the daemon the CLI opens the database itself.
 	out, err = d.run("", "queue", "list", "--state", "held", "--json")
 	msgs = nil
-	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != 1 || !msgs[0].Held {
+	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != 1 || msgs[0].State != "held" {
 		t.Fatalf("offline queue list: %v %s", err, out)
 	}
 }
@@ -710,7 +710,7 @@ func TestDiskFull(t *testing.T) {
 		}
 	}
 	out, err := d.run("", "queue", "list", "--json")
-	var msgs []queue.Message
+	var msgs []messageView
 	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != len(acked) {
 		t.Fatalf("queue list on a full disk: %v, %d listed, %d acknowledged\n%s", err, len(msgs), len(acked), out)
 	}

@@ -305,7 +305,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					return err
 				}
 				if asJSON {
-					return json.NewEncoder(c.OutOrStdout()).Encode(users)
+					return json.NewEncoder(c.OutOrStdout()).Encode(newUserViews(users))
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "NAME\tALLOWED SENDERS\tREQUIRETLS\tCREATED")
@@ -410,10 +410,15 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 					return err
 				}
 				if asJSON {
-					if msgs == nil {
-						msgs = []queue.Message{} // an empty list, not null
+					return json.NewEncoder(c.OutOrStdout()).Encode(newMessageViews(msgs))
+				}
+				if len(msgs) == 0 {
+					if ft := filterText(f); ft != "" {
+						fmt.Fprintln(c.OutOrStdout(), "no messages"+ft)
+					} else {
+						fmt.Fprintln(c.OutOrStdout(), "the queue is empty")
 					}
-					return json.NewEncoder(c.OutOrStdout()).Encode(msgs)
+					return nil
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "ID\tARRIVED\tSIZE\tSENDER\tPENDING/RCPTS\tSTATE\tLAST REPLY")
@@ -433,7 +438,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 				if err := w.Flush(); err != nil {
 					return err
 				}
-				fmt.Fprintf(c.ErrOrStderr(), "%d messages\n", len(msgs))
+				fmt.Fprintf(c.OutOrStdout(), "%s%s\n", plural(len(msgs), "message"), filterText(f))
 				return nil
 			})
 		},
@@ -457,7 +462,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 					return &exitError{code: 3, err: err}
 				}
 				if showJSON {
-					return json.NewEncoder(c.OutOrStdout()).Encode(m)
+					return json.NewEncoder(c.OutOrStdout()).Encode(newMessageView(m))
 				}
 				out := c.OutOrStdout()
 				fmt.Fprintf(out, "id:          %s\nstate:       %s\nfrom:        %s\nuser:        %s (%s)\narrived:     %s (%s ago)\nsize:        %d\nmessage-id:  %s\nrequiretls:  %v\n",
@@ -473,7 +478,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 					if !r.LastAttempt.IsZero() {
 						lastTry = r.LastAttempt.Local().Format(time.DateTime)
 					}
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Addr, r.State, r.Attempts, lastTry, next, orDash(r.LastHost), r.LastReply)
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Addr, recipientState(r.State), r.Attempts, lastTry, next, orDash(r.LastHost), r.LastReply)
 				}
 				return w.Flush()
 			})
@@ -529,6 +534,38 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// filterText says which filters a listing had, so that "empty" is not
+// read as "the whole queue is empty".
+func filterText(f queue.Filter) string {
+	var parts []string
+	if f.State != "" {
+		parts = append(parts, "state "+f.State)
+	}
+	if f.RcptDomain != "" {
+		parts = append(parts, "domain "+f.RcptDomain)
+	}
+	if f.Sender != "" {
+		parts = append(parts, "sender "+f.Sender)
+	}
+	if !f.ArrivedBefore.IsZero() {
+		parts = append(parts, "arrived before "+f.ArrivedBefore.Local().Format(time.DateTime))
+	}
+	if !f.ArrivedAfter.IsZero() {
+		parts = append(parts, "arrived after "+f.ArrivedAfter.Local().Format(time.DateTime))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func truncate(s string, n int) string {

@@ -25,6 +25,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/submission"
 	"github.com/postern/postern/resolver/resolvertest"
@@ -152,7 +153,7 @@ func TestQueueOperations(t *testing.T) {
 	}
 	id := queueID(reply)
 	// Its MX refuses connections: after the first attempt it is deferred.
-	var msgs []queue.Message
+	var msgs []messageView
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		out, _ := d.run("", "queue", "list", "--state", "deferred", "--json")
 		if json.Unmarshal([]byte(out), &msgs) == nil && len(msgs) == 1 {
@@ -204,6 +205,23 @@ func TestQueueOperations(t *testing.T) {
 	}
 	if out, _ := d.run("", "queue", "list", "--json"); strings.TrimSpace(out) != "[]" {
 		t.Fatalf("queue after the bounce: %s", out)
+	}
+	// The operator's bounce is delivery evidence like any other: an audit
+	// record (found by queue ID too), counted as bounced, on the status page.
+	out, err := d.run("", "audit", "--message-id", id, "--format", "json")
+	var rec audit.Record
+	if err != nil || json.Unmarshal([]byte(out), &rec) != nil || rec.QueueID != id || rec.Result != audit.Bounced ||
+		rec.Recipient != "rcpt@stuck.test" || !strings.Contains(rec.Reply, "postern queue bounce") {
+		t.Fatalf("audit record of the bounce: %v\n%s", err, out)
+	}
+	if _, metrics := httpGet(t, "http://"+d.web+"/metrics"); !strings.Contains(metrics,
+		`postern_delivery_recipients_total{policy_source="none",result="bounced",verified="false"} 1`+"\n") {
+		t.Errorf("the bounce is not counted:\n%s", grepLines(metrics, "postern_delivery_recipients_total"))
+	}
+	// Delivered: the failure notice; bounced: the message.
+	if _, page := httpGet(t, "http://"+d.web+"/"); !strings.Contains(page,
+		`<tr><td class="n">1</td><td class="n">1</td><td class="n">0</td></tr>`) {
+		t.Errorf("the status page does not show the bounce:\n%s", page)
 	}
 	d.signal(syscall.SIGTERM)
 }
