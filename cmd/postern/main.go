@@ -24,8 +24,54 @@ import (
 	"github.com/postern/postern/relay/auth"
 )
 
-// buildVersion is set at link time: -ldflags "-X main.buildVersion=v1.2.3".
-var buildVersion = ""
+// Build information, set at link time (the Dockerfile does):
+// -ldflags "-X main.buildVersion=v1.2.3 -X main.buildCommit=abc123 -X main.buildDate=2026-11-29T08:00:00Z".
+// Without them, what the Go toolchain stamped (go build in a git checkout
+// records the commit; go run does not).
+var buildVersion, buildCommit, buildDate = "", "", ""
+
+// buildInfo is what "postern version" prints.
+type buildInfo struct {
+	Version, Commit, Date, Go string
+	CommitTime                string // from the toolchain's stamp
+	Modified                  bool
+}
+
+func currentBuild() buildInfo {
+	b := buildInfo{Version: version(), Commit: buildCommit, Date: buildDate}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		b.Go = bi.GoVersion
+		for _, s := range bi.Settings {
+			switch {
+			case s.Key == "vcs.revision" && b.Commit == "":
+				b.Commit = s.Value
+			case s.Key == "vcs.time" && buildCommit == "":
+				b.CommitTime = s.Value
+			case s.Key == "vcs.modified" && buildCommit == "":
+				b.Modified = s.Value == "true"
+			}
+		}
+	}
+	return b
+}
+
+func (b buildInfo) write(w io.Writer) {
+	commit, date := b.Commit, b.Date
+	if commit == "" {
+		commit = "unknown (built without version control information, as go run does)"
+	} else {
+		if b.CommitTime != "" {
+			commit += " of " + b.CommitTime
+		}
+		if b.Modified {
+			commit += " (with uncommitted changes)"
+		}
+	}
+	if date == "" {
+		date = "unknown"
+	}
+	fmt.Fprintf(w, "postern %s\ncommit:  %s\nbuilt:   %s\ngo:      %s\n", b.Version, commit, date, b.Go)
+}
 
 func version() string {
 	if buildVersion != "" {
@@ -171,15 +217,7 @@ func rootCommand() *cobra.Command {
 		Short: "Print the version and build information",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintf(cmd.OutOrStdout(), "postern %s\n", version())
-			if bi, ok := debug.ReadBuildInfo(); ok {
-				fmt.Fprintf(cmd.OutOrStdout(), "go %s\n", bi.GoVersion)
-				for _, s := range bi.Settings {
-					if strings.HasPrefix(s.Key, "vcs.") {
-						fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", s.Key, s.Value)
-					}
-				}
-			}
+			currentBuild().write(cmd.OutOrStdout())
 		},
 	})
 	configCmd := &cobra.Command{Use: "config", Short: "Configuration tools"}

@@ -30,9 +30,20 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 	logLevel.UnmarshalText([]byte(cfg.Level))
 	opts := &slog.HandlerOptions{Level: logLevel}
 	if cfg.Format == "json" {
+		opts.ReplaceAttr = durationText
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationText writes a duration as Go writes it ("1.5s", "250ms"), as the
+// text format does, instead of the JSON handler's bare nanoseconds, which a
+// reader of the log cannot tell from a count.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
 
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }

@@ -15,20 +15,20 @@ import (
 // messageView is a queued message as "queue list --json" and "queue show
 // --json" print it.
 type messageView struct {
-	ID         string          `json:"id"`
-	State      string          `json:"state"` // active, deferred or held
-	Arrival    time.Time       `json:"arrival"`
-	From       string          `json:"from"`
-	Size       int64           `json:"size"`
-	MessageID  string          `json:"message_id,omitempty"`
-	User       string          `json:"user,omitempty"`
-	ClientIP   string          `json:"client_ip,omitempty"`
-	RequireTLS bool            `json:"requiretls"`
+	ID          string          `json:"id"`
+	State       string          `json:"state"` // active, deferred or held
+	Arrival     time.Time       `json:"arrival"`
+	From        string          `json:"from"`
+	Size        int64           `json:"size"`
+	MessageID   string          `json:"message_id,omitempty"`
+	User        string          `json:"user,omitempty"`
+	ClientIP    string          `json:"client_ip,omitempty"`
+	RequireTLS  bool            `json:"requiretls"`
 	TLSOptional bool            `json:"tls_required_no,omitempty"`
-	Return     string          `json:"ret,omitempty"`
-	EnvelopeID string          `json:"envid,omitempty"`
-	Pending    int             `json:"pending"` // recipients still to deliver
-	Recipients []recipientView `json:"recipients"`
+	Return      string          `json:"ret,omitempty"`
+	EnvelopeID  string          `json:"envid,omitempty"`
+	Pending     int             `json:"pending"` // recipients still to deliver
+	Recipients  []recipientView `json:"recipients"`
 }
 
 // recipientView is one recipient of a messageView.
