@@ -2,13 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"log/slog"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-logr/logr/funcr"
+	"go.opentelemetry.io/otel"
 
 	"github.com/postern/postern/queue"
 )
@@ -123,5 +128,34 @@ func TestVersionShowsCommitAndDate(t *testing.T) {
 	out, _, err := runCLI(t, "version")
 	if err != nil || !strings.Contains(out, "commit:  0123abcd\n") || !strings.Contains(out, "built:   2026-11-29T08:00:00Z\n") {
 		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+// TestCountersExportedAtZero: the dashboard's TLS downgrade and MTA-STS
+// panels have a series from the start, and it is tlspolicy's own (no
+// second stream of the same name).
+func TestCountersExportedAtZero(t *testing.T) {
+	var warnings []string
+	otel.SetLogger(funcr.New(func(prefix, args string) { warnings = append(warnings, prefix+" "+args) }, funcr.Options{Verbosity: 9}))
+	tel, err := startTelemetry(TelemetryConfig{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Close(context.Background())
+	rec := httptest.NewRecorder()
+	tel.metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		"postern_tls_downgrades_total 0\n",
+		`postern_mta_sts_fetches_total{result="ok"} 0` + "\n",
+		`postern_mta_sts_fetches_total{result="error"} 0` + "\n",
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("the scrape lacks %s", want)
+		}
+	}
+	for _, w := range warnings {
+		if strings.Contains(w, "duplicate") {
+			t.Errorf("a second stream: %s", w)
+		}
 	}
 }
