@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -353,8 +354,7 @@ telemetry: {otlp_endpoint: %q, otlp_interval: 200ms}`, collector.URL))
 // are listed.
 func checkMetricNamesInConfigs(t *testing.T, scrape string) {
 	t.Helper()
-	eventOnly := map[string]bool{"postern_tls_downgrades_total": true, "postern_mta_sts_fetches_total": true,
-		"postern_delivery_notices_total": true, "postern_submission_refused_total": true}
+	eventOnly := map[string]bool{"postern_delivery_notices_total": true, "postern_submission_refused_total": true}
 	for _, file := range []string{"../../configs/prometheus-alerts.yaml", "../../configs/grafana-dashboard.json"} {
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -386,7 +386,9 @@ func TestServiceUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=" + cfg.DataDir + "\n",
-		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "User=postern", "ExecReload=/bin/kill -HUP $MAINPID",
+		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "User=postern", "Type=notify\n",
+		// A refused configuration fails "systemctl reload" (SIGHUP would not).
+		"ExecReload=/usr/local/bin/postern reload -c /etc/postern/postern.yaml\n",
 		"ExecStart=/usr/local/bin/postern serve -c /etc/postern/postern.yaml"} {
 		if !strings.Contains(unit, want) {
 			t.Errorf("unit lacks %q", want)
@@ -404,6 +406,25 @@ func TestServiceUnit(t *testing.T) {
 			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 		}
 	}
+	// The install steps: the user exists before the configuration is made
+	// readable to its group (root-owned 0640 alone is unreadable to the
+	// service, and "config check" fails with "permission denied").
+	steps := regexp.MustCompile(`(?m)^#   (.+)$`).FindAllStringSubmatch(unit, -1)
+	useradd, cfgInstall := -1, -1
+	for i, s := range steps {
+		switch {
+		case strings.HasPrefix(s[1], "useradd ") && strings.HasSuffix(s[1], " postern"):
+			useradd = i
+		case strings.HasSuffix(s[1], " /etc/postern/postern.yaml") && strings.HasPrefix(s[1], "install "):
+			cfgInstall = i
+			if !strings.Contains(s[1], "-m 0640") || !strings.Contains(s[1], "-g postern") {
+				t.Errorf("the configuration is not installed readable to the service's group: %s", s[1])
+			}
+		}
+	}
+	if useradd < 0 || cfgInstall < 0 || useradd > cfgInstall {
+		t.Errorf("install steps: useradd at %d, the configuration at %d: the user must come first", useradd, cfgInstall)
+	}
 	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindStringSubmatch(unit)
 	if m == nil {
 		t.Fatal("no TimeoutStopSec")
@@ -411,6 +432,42 @@ func TestServiceUnit(t *testing.T) {
 	if stop, err := time.ParseDuration(m[1]); err != nil || stop <= cfg.Shutdown.Timeout {
 		t.Errorf("TimeoutStopSec=%s must exceed shutdown.timeout (%s)", m[1], cfg.Shutdown.Timeout)
 	}
+}
+
+// TestSystemdNotify: under Type=notify the daemon says READY=1 once its
+// listeners accept (and not before), and STOPPING=1 when the drain starts.
+func TestSystemdNotify(t *testing.T) {
+	d := newDaemon(t, nil)
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	t.Setenv("NOTIFY_SOCKET", path)
+	d.start()
+	read := func() string {
+		l.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 256)
+		n, err := l.Read(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b[:n])
+	}
+	if got := read(); got != "READY=1" {
+		t.Fatalf("first notification %q", got)
+	}
+	c, err := net.Dial("tcp", d.starttls)
+	if err != nil {
+		t.Fatalf("READY=1 before the listener accepts: %v", err)
+	}
+	c.Close()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if got := read(); got != "STOPPING=1" {
+		t.Fatalf("at SIGTERM %q", got)
+	}
+	<-d.exited
 }
 
 // TestBackupWhileRunning: "postern backup" through the running daemon

@@ -185,6 +185,9 @@ func serve(cfg *Config, log *slog.Logger) error {
 	}
 	defer stopWeb()
 	log.Info("postern started", "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "config", cfg.file, "version", version())
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("could not tell systemd the service is ready", "err", err)
+	}
 
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
@@ -199,6 +202,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 			// both sides get until the deadline; then what is left of
 			// delivery goes back to the queue untried.
 			log.Info("shutting down", "signal", sig.String(), "deadline", cfg.Shutdown.Timeout)
+			sdNotify("STOPPING=1")
 			accepting.Store(false)
 			stop()
 			sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout)
