@@ -270,7 +270,8 @@ func rootCommand() *cobra.Command {
 			})
 		},
 	})
-	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load))
+	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load),
+		healthCommand(load))
 	usageErrors(root)
 	return root
 }

@@ -59,6 +59,9 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 	if code, body := httpGet(t, base+"/readyz"); code != 200 || !strings.Contains(body, `"dns":"ok"`) {
 		t.Fatalf("readyz: %d %s", code, body)
 	}
+	if out, err := d.run("", "health", "--ready", "--addr", d.web); err != nil || !strings.Contains(out, `"ready":true`) {
+		t.Fatalf("postern health --ready: %v %s", err, out)
+	}
 	if _, err := submit(d.starttls, "app", "wrong", "app@example.org", "rcpt@dest.test", []byte("x")); err == nil {
 		t.Fatal("wrong password accepted")
 	}
@@ -111,6 +114,13 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 	d.dns.Fail(resolvertest.Silent)
 	if code, body := httpGet(t, base+"/readyz"); code != 503 || !strings.Contains(body, "no DNS server answers") {
 		t.Fatalf("readyz with DNS down: %d %s", code, body)
+	}
+	// The same through "postern health", a container's HEALTHCHECK.
+	if out, err := d.run("", "health", "--addr", d.web); err != nil || out != "ok\n" {
+		t.Errorf("postern health: %v %q", err, out)
+	}
+	if out, err := d.run("", "health", "--ready", "--addr", d.web); processExit(err) != 1 || !strings.Contains(out, "503") {
+		t.Errorf("postern health --ready with DNS down: exit %d\n%s", processExit(err), out)
 	}
 	if code, _ := httpGet(t, base+"/healthz"); code != 200 {
 		t.Fatalf("healthz with DNS down: %d", code)
