@@ -178,8 +178,12 @@ func unknownSubcommand(c *cobra.Command, args []string) error {
 func rootCommand() *cobra.Command {
 	var configFile string
 	root := &cobra.Command{
-		Use:           "postern",
-		Short:         "Outbound-only SMTP smart relay that delivers over TLS as strong as the destination demands",
+		Use:   "postern",
+		Short: "Outbound-only SMTP smart relay that delivers over TLS as strong as the destination demands",
+		Long: "Postern is an outbound-only SMTP smart relay that delivers over TLS as strong as the destination demands.\n\n" +
+			"Exit statuses: 0 done; 1 an error (the daemon or a database could not be reached); 2 bad usage or\n" +
+			"configuration; 3 a named message or user is unknown, or an action on it could not be done; 4 a check\n" +
+			"found the destination undeliverable or DNS bogus.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -272,6 +276,8 @@ func rootCommand() *cobra.Command {
 	})
 	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load),
 		healthCommand(load))
+	root.AddCommand(manCommand(root))
+	// "postern completion bash|zsh|fish" is cobra's, added by Execute.
 	usageErrors(root)
 	return root
 }
@@ -320,9 +326,10 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 	add.Flags().StringArrayVar(&allowFrom, "allow-from", nil, "envelope sender the user may use, as a glob such as '*@example.com' (repeatable; default any)")
 	add.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
 	passwd := &cobra.Command{
-		Use:   "passwd NAME",
-		Short: "Change a user's password",
-		Args:  cobra.ExactArgs(1),
+		Use:               "passwd NAME",
+		ValidArgsFunction: completeUsers(load),
+		Short:             "Change a user's password",
+		Args:              cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			pw, err := readPassword(c.InOrStdin(), fromStdin)
 			if err != nil {
@@ -365,15 +372,22 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "JSON output")
 	del := &cobra.Command{
-		Use:   "delete NAME",
-		Short: "Delete a user",
-		Args:  cobra.ExactArgs(1),
+		Use:               "delete NAME",
+		ValidArgsFunction: completeUsers(load),
+		Short:             "Delete a user",
+		Args:              cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			return withOps(load, func(ops operations) error { return ops.UserDelete(args[0]) })
 		},
 	}
 	requireTLS := &cobra.Command{
-		Use:   "require-tls NAME on|off",
+		Use: "require-tls NAME on|off",
+		ValidArgsFunction: func(c *cobra.Command, args []string, s string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			if len(args) == 1 {
+				return []cobra.Completion{"on", "off"}, cobra.ShellCompDirectiveNoFileComp
+			}
+			return completeUsers(load)(c, args, s)
+		},
 		Short: "Treat all of a user's mail as REQUIRETLS: verified TLS at every hop, or a bounce",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -420,6 +434,44 @@ func readPassword(in io.Reader, fromStdin bool) (string, error) {
 		return "", errors.New("empty password")
 	}
 	return string(a), nil
+}
+
+// completeQueueIDs offers the queued messages' IDs (with their sender)
+// to shell completion.
+func completeQueueIDs(load func() (*Config, error), max int) cobra.CompletionFunc {
+	return func(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if max > 0 && len(args) >= max {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var out []cobra.Completion
+		withOps(load, func(ops operations) error {
+			msgs, err := ops.QueueList(queue.Filter{})
+			for _, m := range msgs {
+				out = append(out, cobra.CompletionWithDesc(m.ID, orNull(m.From)+", "+m.State()))
+			}
+			return err
+		})
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// completeUsers offers the user names to shell completion, for the first
+// argument.
+func completeUsers(load func() (*Config, error)) cobra.CompletionFunc {
+	return func(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var out []cobra.Completion
+		withOps(load, func(ops operations) error {
+			users, err := ops.UserList()
+			for _, u := range users {
+				out = append(out, u.Name)
+			}
+			return err
+		})
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
 }
 
 func queueCommand(load func() (*Config, error)) *cobra.Command {
@@ -491,9 +543,10 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 
 	var showJSON bool
 	show := &cobra.Command{
-		Use:   "show ID",
-		Short: "Show a message's envelope and each recipient's status",
-		Args:  cobra.ExactArgs(1),
+		Use:               "show ID",
+		Short:             "Show a message's envelope and each recipient's status",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeQueueIDs(load, 1),
 		RunE: func(c *cobra.Command, args []string) error {
 			return withOps(load, func(ops operations) error {
 				m, err := ops.QueueShow(args[0])
@@ -533,9 +586,10 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 		{"bounce", "Fail a message's pending recipients now and send its sender the failure notice"},
 	} {
 		cmd.AddCommand(&cobra.Command{
-			Use:   a.name + " ID...",
-			Short: a.short,
-			Args:  cobra.MinimumNArgs(1),
+			Use:               a.name + " ID...",
+			Short:             a.short,
+			Args:              cobra.MinimumNArgs(1),
+			ValidArgsFunction: completeQueueIDs(load, 0),
 			RunE: func(c *cobra.Command, ids []string) error {
 				return withOps(load, func(ops operations) error {
 					var failed error

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/funcr"
+	"github.com/spf13/cobra"
 	"go.opentelemetry.io/otel"
 
 	"github.com/postern/postern/queue"
@@ -157,5 +158,61 @@ func TestCountersExportedAtZero(t *testing.T) {
 		if strings.Contains(w, "duplicate") {
 			t.Errorf("a second stream: %s", w)
 		}
+	}
+}
+
+// TestCompletionAndManPages: "postern completion bash|zsh|fish" prints a
+// script for each shell, completion offers queue IDs and user names from
+// the data, and "postern man DIR" writes a page per command.
+func TestCompletionAndManPages(t *testing.T) {
+	for shell, want := range map[string]string{"bash": "__start_postern", "zsh": "#compdef postern", "fish": "complete -c postern"} {
+		if out, _, err := runCLI(t, "completion", shell); err != nil || !strings.Contains(out, want) {
+			t.Errorf("completion %s: %v, no %q", shell, err, want)
+		}
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "postern.yaml")
+	os.WriteFile(cfg, []byte("data_dir: "+filepath.Join(dir, "data")+"\n"), 0o600)
+	if _, _, err := runCLI(t, "user", "add", "app", "--password-stdin", "-c", cfg); err != nil {
+		t.Fatal(err)
+	}
+	ops := localOps(t, filepath.Join(dir, "data"))
+	id, err := ops.q.Enqueue("", queue.Envelope{From: "app@example.org", Recipients: []queue.Recipient{{Addr: "a@x.test"}}}, strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops.Close()
+	if out, _, _ := runCLI(t, "__complete", "queue", "hold", "-c", cfg, ""); !strings.Contains(out, id+"\tapp@example.org, active") {
+		t.Errorf("queue hold completion:\n%s", out)
+	}
+	if out, _, _ := runCLI(t, "__complete", "user", "require-tls", "-c", cfg, ""); !strings.Contains(out, "app\n") {
+		t.Errorf("user completion:\n%s", out)
+	}
+	if out, _, _ := runCLI(t, "__complete", "user", "require-tls", "app", "-c", cfg, ""); !strings.Contains(out, "on\noff\n") {
+		t.Errorf("require-tls on|off completion:\n%s", out)
+	}
+
+	man := t.TempDir()
+	if _, _, err := runCLI(t, "man", man); err != nil {
+		t.Fatal(err)
+	}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if !c.IsAvailableCommand() && c.Name() != "postern" {
+			return
+		}
+		name := strings.ReplaceAll(c.CommandPath(), " ", "-") + ".1"
+		b, err := os.ReadFile(filepath.Join(man, name))
+		if err != nil || !strings.Contains(string(b), ".TH \"POSTERN\" \"1\"") || !strings.Contains(string(b), c.Short) {
+			t.Errorf("man page %s: %v", name, err)
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	root := rootCommand()
+	walk(root)
+	if b, _ := os.ReadFile(filepath.Join(man, "postern.1")); !strings.Contains(string(b), "Exit statuses") {
+		t.Error("postern.1 does not give the exit statuses")
 	}
 }
