@@ -169,6 +169,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	var accepting atomic.Bool
 	accepting.Store(true)
 	web := &adminHTTP{hostname: cfg.Hostname, password: cfg.Admin.Password, metrics: tel.metrics, q: q, stats: stats, log: log,
+		dns: res.Health, onBroken: cfg.DNS.OnBrokenUpstream,
 		ready: []readiness{
 			{"queue", func(context.Context) error { _, err := q.Count(); return err }},
 			{"listeners", func(context.Context) error {
