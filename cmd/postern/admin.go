@@ -410,7 +410,7 @@ type userRequest struct {
 // directory of its own, mode 0700, so that it is never reachable by
 // anyone else, not even in the moment between its creation and a chmod
 // (connecting needs search permission on every directory of the path).
-func serveAdmin(path string, ops operations) (*http.Server, error) {
+func serveAdmin(path string, ops operations, log *slog.Logger) (*http.Server, error) {
 	if err := privateDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
@@ -425,7 +425,12 @@ func serveAdmin(path string, ops operations) (*http.Server, error) {
 		l.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	srv := newLimitedServer(adminHandler(ops), socketLimits)
+	handler := adminHandler(ops)
+	logged := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		log.Debug("admin socket request", "method", r.Method, "path", r.URL.Path)
+		handler.ServeHTTP(w, r)
+	})
+	srv := newLimitedServer(logged, socketLimits)
 	// One request per connection: a connection is never kept open, so
 	// nothing outlives the permission check made when it was opened.
 	srv.SetKeepAlivesEnabled(false)

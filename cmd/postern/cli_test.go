@@ -81,3 +81,31 @@ func TestExitStatusTable(t *testing.T) {
 	d.checkExits(t, "running", []exitCase{{args: []string{"reload"}, want: exitUsage}})
 	d.signal(syscall.SIGTERM)
 }
+
+// TestDebugLogging: log.level debug logs more: each submission session and
+// command, and each request on the admin socket.
+func TestDebugLogging(t *testing.T) {
+	d := newDaemon(t, nil)
+	d.editConfig("level: info", "level: debug")
+	if out, err := d.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d.start()
+	if _, err := submit(d.starttls, "app", "pw", "app@example.org", "rcpt@stuck.test", []byte("Subject: x\r\n\r\nx\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	d.run("", "queue", "list")
+	for _, want := range []struct{ msg, key, value string }{
+		{"submission session opened", "client_ip", "127.0.0.1"},
+		{"RCPT", "rcpt", "rcpt@stuck.test"},
+		{"submission session closed", "user", "app"},
+		{"admin socket request", "path", "/v1/queue"},
+	} {
+		if d.waitLog(func(l map[string]any) bool {
+			return l["level"] == "DEBUG" && l["msg"] == want.msg && l[want.key] == want.value
+		}) == nil {
+			t.Errorf("no debug line %q with %s=%s", want.msg, want.key, want.value)
+		}
+	}
+	d.signal(syscall.SIGTERM)
+}

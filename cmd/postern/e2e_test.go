@@ -57,6 +57,25 @@ type daemon struct {
 	sink     *smtptest.MX
 	dns      *resolvertest.Server
 	wrap     []string // a command that runs serve (unshare, a shell setting the umask)
+
+	logMu  sync.Mutex
+	logged []map[string]any // every JSON line serve wrote
+}
+
+// waitLog waits for a log line that match accepts, and returns it (nil
+// after 10 seconds without one).
+func (d *daemon) waitLog(match func(line map[string]any) bool) map[string]any {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		d.logMu.Lock()
+		for _, l := range d.logged {
+			if match(l) {
+				d.logMu.Unlock()
+				return l
+			}
+		}
+		d.logMu.Unlock()
+	}
+	return nil
 }
 
 // The daemon's world: its own DNS, where dest.test's MX is the test's sink
@@ -148,6 +167,9 @@ func (d *daemon) start() {
 			if lvl, _ := line["level"].(string); lvl == "ERROR" {
 				d.t.Logf("postern: %s", sc.Text())
 			}
+			d.logMu.Lock()
+			d.logged = append(d.logged, line)
+			d.logMu.Unlock()
 			switch line["msg"] {
 			case "submission listening":
 				if line["mode"] == "starttls" {

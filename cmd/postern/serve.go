@@ -161,7 +161,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	}
 	reload := newReloader(cfg, certs, srv, verifier, policy, engine, log)
 	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send,
-		reload: reload.reload, kick: engine.Kick, bounced: engine.CountOperatorBounce})
+		reload: reload.reload, kick: engine.Kick, bounced: engine.CountOperatorBounce}, log)
 	if err != nil {
 		return err
 	}
