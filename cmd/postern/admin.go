@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -42,6 +43,7 @@ type operations interface {
 	UserPasswd(name, password string) error
 	UserRequireTLS(name string, on bool) error
 	PolicyForget(domain string) error
+	PolicyCheck(domain string, port int) (policyReport, error)
 	Audit(f audit.Filter) ([]audit.Record, error)
 	TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error)
 	TLSReportSend(day time.Time) ([]reportOutcome, error)
@@ -68,6 +70,8 @@ type local struct {
 	// bounced counts recipients failed by "queue bounce" in the daemon's
 	// delivery metrics.
 	bounced func(n int, inQueue time.Duration)
+	// policyCheck runs "policy check" on the daemon's policy engine.
+	policyCheck func(ctx context.Context, domain string, port int) policyReport
 }
 
 func (l *local) wake() {
@@ -138,6 +142,15 @@ type reportOutcome struct {
 }
 
 func (l *local) Audit(f audit.Filter) ([]audit.Record, error) { return audit.Query(l.q, f) }
+
+func (l *local) PolicyCheck(domain string, port int) (policyReport, error) {
+	if l.policyCheck == nil {
+		return policyReport{}, errors.New("policy check through the admin socket: only the daemon has a policy engine")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return l.policyCheck(ctx, domain, port), nil
+}
 
 func (l *local) PolicyForget(domain string) error {
 	if l.forget != nil {
@@ -376,6 +389,17 @@ func adminHandler(ops operations) http.Handler {
 	mux.HandleFunc("DELETE /v1/users/{name}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]string{"ok": "true"}, ops.UserDelete(r.PathValue("name")))
 	})
+	mux.HandleFunc("GET /v1/policy/{domain}", func(w http.ResponseWriter, r *http.Request) {
+		port, err := strconv.Atoi(r.URL.Query().Get("port"))
+		if err != nil || port <= 0 || port > 65535 {
+			reply(w, nil, fmt.Errorf("bad request: port %q", r.URL.Query().Get("port")))
+			return
+		}
+		// A check takes as long as its lookups and fetch (bounded below).
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(2 * time.Minute))
+		rep, err := ops.PolicyCheck(r.PathValue("domain"), port)
+		reply(w, rep, err)
+	})
 	mux.HandleFunc("DELETE /v1/policy/memory/{domain}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]string{"ok": "true"}, ops.PolicyForget(r.PathValue("domain")))
 	})
@@ -591,6 +615,10 @@ func (r *remote) UserList() ([]auth.User, error) {
 }
 func (r *remote) UserDelete(name string) error {
 	return r.do("DELETE", "/v1/users/"+url.PathEscape(name), nil, nil)
+}
+func (r *remote) PolicyCheck(domain string, port int) (policyReport, error) {
+	var out policyReport
+	return out, r.doWith(r.long, "GET", "/v1/policy/"+url.PathEscape(domain)+"?port="+strconv.Itoa(port), nil, &out)
 }
 func (r *remote) PolicyForget(domain string) error {
 	return r.do("DELETE", "/v1/policy/memory/"+url.PathEscape(domain), nil, nil)

@@ -629,6 +629,19 @@ func TestPolicyCheck(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(string(out2), "do not use") || !strings.Contains(string(out2), "dane-only") {
 		t.Fatalf("dane-only: %v\n%s", err, out2)
 	}
+	// While the daemon runs (and holds state.db), the daemon answers, with
+	// its MTA-STS cache and downgrade memory.
+	d.start()
+	out, err = d.run("", "policy", "check", "dest.test")
+	if err != nil || strings.Contains(out, "not readable") || !strings.Contains(out, "MX (secure): 10 mx.dest.test") ||
+		!strings.Contains(out, "downgrade memory (warn): nothing remembered") {
+		t.Fatalf("policy check through the daemon: %v\n%s", err, out)
+	}
+	if out, err := d.run("", "policy", "check", "dest.test", "--connect"); err != nil || strings.Count(out, "domain dest.test") != 1 ||
+		!strings.Contains(out, "STARTTLS, TLS 1.3") {
+		t.Fatalf("--connect through the daemon: %v\n%s", err, out)
+	}
+	d.signal(syscall.SIGTERM)
 }
 
 func TestDKIMKeygenAndSigning(t *testing.T) {

@@ -161,7 +161,10 @@ func serve(cfg *Config, log *slog.Logger) error {
 	}
 	reload := newReloader(cfg, certs, srv, verifier, policy, engine, log)
 	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send,
-		reload: reload.reload, kick: engine.Kick, bounced: engine.CountOperatorBounce}, log)
+		reload: reload.reload, kick: engine.Kick, bounced: engine.CountOperatorBounce,
+		policyCheck: func(ctx context.Context, domain string, port int) policyReport {
+			return checkPolicy(ctx, policy, domain, port, cfg.TLS.DowngradeMemory)
+		}}, log)
 	if err != nil {
 		return err
 	}
