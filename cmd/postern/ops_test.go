@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -442,42 +441,6 @@ func TestServiceUnit(t *testing.T) {
 	if stop, err := time.ParseDuration(m[1]); err != nil || stop <= cfg.Shutdown.Timeout {
 		t.Errorf("TimeoutStopSec=%s must exceed shutdown.timeout (%s)", m[1], cfg.Shutdown.Timeout)
 	}
-}
-
-// TestSystemdNotify: under Type=notify the daemon says READY=1 once its
-// listeners accept (and not before), and STOPPING=1 when the drain starts.
-func TestSystemdNotify(t *testing.T) {
-	d := newDaemon(t, nil)
-	path := filepath.Join(t.TempDir(), "notify.sock")
-	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	t.Setenv("NOTIFY_SOCKET", path)
-	d.start()
-	read := func() string {
-		l.SetReadDeadline(time.Now().Add(10 * time.Second))
-		b := make([]byte, 256)
-		n, err := l.Read(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(b[:n])
-	}
-	if got := read(); got != "READY=1" {
-		t.Fatalf("first notification %q", got)
-	}
-	c, err := net.Dial("tcp", d.starttls)
-	if err != nil {
-		t.Fatalf("READY=1 before the listener accepts: %v", err)
-	}
-	c.Close()
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if got := read(); got != "STOPPING=1" {
-		t.Fatalf("at SIGTERM %q", got)
-	}
-	<-d.exited
 }
 
 // TestBackupWhileRunning: "postern backup" through the running daemon
