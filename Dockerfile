@@ -47,6 +47,8 @@ COPY --from=build /out/tmp /tmp
 # data_dir belongs to the service user (Postern refuses one that does not).
 COPY --from=build --chown=10001:10001 /out/var/lib/postern /var/lib/postern
 USER 10001:10001
+# For "docker exec … postern queue list" and "kubectl exec": scratch sets none.
+ENV PATH=/usr/local/bin
 VOLUME ["/var/lib/postern"]
 # Submission with STARTTLS, submission over TLS.
 EXPOSE 2587 2465
