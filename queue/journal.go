@@ -23,7 +23,6 @@ type JournalEntry struct {
 // was leased under seq), and those of every delivery made under a lost
 // lease (see Record), under keys that sort by time.
 func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now time.Time) error {
-	b := tx.Bucket(bucketJournal)
 	for _, o := range outcomes {
 		if len(o.Journal) == 0 || o.Result == ResultReturned || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
 			continue
@@ -34,14 +33,8 @@ func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now t
 		if !held(before, seq, o) && o.Result != ResultDelivered {
 			continue
 		}
-		for _, entry := range o.Journal {
-			n, err := b.NextSequence()
-			if err != nil {
-				return err
-			}
-			if err := b.Put(journalKey(now, n), entry); err != nil {
-				return fmt.Errorf("journal: %w", err)
-			}
+		if err := appendJournal(tx, now, o.Journal); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -50,19 +43,27 @@ func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now t
 // journalGone appends the entries of the deliveries among outcomes whose
 // message is no longer queued (see Record).
 func journalGone(tx *bolt.Tx, outcomes []Outcome, now time.Time) error {
-	b := tx.Bucket(bucketJournal)
 	for _, o := range outcomes {
 		if o.Result != ResultDelivered {
 			continue
 		}
-		for _, entry := range o.Journal {
-			n, err := b.NextSequence()
-			if err != nil {
-				return err
-			}
-			if err := b.Put(journalKey(now, n), entry); err != nil {
-				return fmt.Errorf("journal: %w", err)
-			}
+		if err := appendJournal(tx, now, o.Journal); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// appendJournal writes entries at now, in order.
+func appendJournal(tx *bolt.Tx, now time.Time, entries [][]byte) error {
+	b := tx.Bucket(bucketJournal)
+	for _, entry := range entries {
+		n, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		if err := b.Put(journalKey(now, n), entry); err != nil {
+			return fmt.Errorf("journal: %w", err)
 		}
 	}
 	return nil

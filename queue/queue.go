@@ -636,20 +636,43 @@ var ErrInFlight = errors.New("a delivery attempt is in flight")
 // enhanced status is recorded (LastStatus is cleared): the notice states the
 // generic 5.0.0 (RFC 3463 3.1).
 func (q *Queue) FailNow(id, reply string) (int, error) {
+	return q.FailNowRecorded(id, reply, nil)
+}
+
+// FailNowRecorded is FailNow that also journals, in the same transaction,
+// the entries record makes for each recipient it fails (the evidence of an
+// operator's bounce): the failure and its record are committed together or
+// not at all. record sees the message as changed, and may be nil.
+func (q *Queue) FailNowRecorded(id, reply string, record func(m *Message, rcpt int, now time.Time) [][]byte) (int, error) {
 	var n, leased int
-	err := q.modify(id, func(m *Message, now time.Time) error {
+	err := q.update(func(tx *bolt.Tx) error {
+		old, err := getMessage(tx, id)
+		if err != nil {
+			return err
+		}
+		now := q.clock()
+		m := old.clone()
 		n, leased = 0, 0
+		var failed []int
 		for i := range m.Recipients {
 			r := &m.Recipients[i]
 			switch r.State {
 			case Pending:
 				r.State, r.FinalAt, r.LastReply, r.LastStatus, r.LastHost = Failed, now, reply, "", ""
+				failed = append(failed, i)
 				n++
 			case Leased:
 				leased++
 			}
 		}
-		return nil
+		if record != nil {
+			for _, i := range failed {
+				if err := appendJournal(tx, now, record(&m, i, now)); err != nil {
+					return err
+				}
+			}
+		}
+		return putMessage(tx, &m, old)
 	})
 	if err == nil && leased > 0 {
 		err = fmt.Errorf("%s: %d recipients not failed: %w", id, leased, ErrInFlight)

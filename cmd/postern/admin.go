@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -47,6 +48,7 @@ type operations interface {
 	UserShow(name string) (userReport, error)
 	UserLimit(name, which string, n *int) error
 	PolicyForget(domain string) error
+	PolicyCheck(domain string, port int) (policyReport, error)
 	Audit(f audit.Filter) ([]audit.Record, error)
 	TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error)
 	TLSReportSend(day time.Time) ([]reportOutcome, error)
@@ -76,6 +78,11 @@ type local struct {
 	quota *quota.Counter
 	// limits are the daemon's default sending limits in force.
 	limits func() quota.Limits
+	// bounced counts recipients failed by "queue bounce" in the daemon's
+	// delivery metrics.
+	bounced func(n int, inQueue time.Duration)
+	// policyCheck runs "policy check" on the daemon's policy engine.
+	policyCheck func(ctx context.Context, domain string, port int) policyReport
 }
 
 func (l *local) wake() {
@@ -98,7 +105,7 @@ func (l *local) QueueFlush() (int, error) {
 
 func (l *local) Reload() (string, error) {
 	if l.reload == nil {
-		return "", errors.New("postern is not running: nothing to reload")
+		return "", fmt.Errorf("postern is not running (nothing answers on its admin socket %s): nothing to reload", l.cfg.socketPath())
 	}
 	return l.reload()
 }
@@ -147,6 +154,15 @@ type reportOutcome struct {
 
 func (l *local) Audit(f audit.Filter) ([]audit.Record, error) { return audit.Query(l.q, f) }
 
+func (l *local) PolicyCheck(domain string, port int) (policyReport, error) {
+	if l.policyCheck == nil {
+		return policyReport{}, errors.New("policy check through the admin socket: only the daemon has a policy engine")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return l.policyCheck(ctx, domain, port), nil
+}
+
 func (l *local) PolicyForget(domain string) error {
 	if l.forget != nil {
 		return l.forget(domain)
@@ -183,10 +199,30 @@ func (l *local) QueueAction(action, id string) error {
 	case "retry":
 		return l.q.RetryNow(id)
 	case "bounce":
-		_, err := l.q.FailNow(id, operatorBounce)
-		return err
+		return l.bounce(id)
 	}
 	return fmt.Errorf("unknown queue action %q", action)
+}
+
+// bounce fails a message's pending recipients now. Each gets an audit
+// record, journalled with the failure in one transaction (the README
+// promises a record per recipient bounced), and in the daemon counts in
+// postern_delivery_recipients_total{result="bounced"}. The failure notice
+// follows when delivery retires the message, as for any bounce.
+func (l *local) bounce(id string) error {
+	var arrival time.Time
+	n, err := l.q.FailNowRecorded(id, operatorBounce, func(m *queue.Message, i int, now time.Time) [][]byte {
+		arrival = m.Arrival
+		r := audit.Record{Time: now, QueueID: m.ID, MessageID: m.MessageID, Sender: m.From, Recipient: m.Recipients[i].Addr,
+			Result: audit.Bounced, Reply: operatorBounce}
+		return [][]byte{r.Encode()}
+	})
+	// ErrInFlight: the pending recipients were failed and committed; the
+	// ones being delivered now were left to their attempt.
+	if (err == nil || errors.Is(err, queue.ErrInFlight)) && n > 0 && l.bounced != nil {
+		l.bounced(n, time.Since(arrival))
+	}
+	return err
 }
 
 // operatorBounce is the reply recorded, and quoted in the notice, for
@@ -261,6 +297,8 @@ func adminHandler(ops operations) http.Handler {
 				status = http.StatusNotFound
 			case errors.Is(err, auth.ErrUserExists):
 				status = http.StatusConflict
+			case errors.Is(err, errConfig):
+				status = http.StatusUnprocessableEntity
 			}
 			w.WriteHeader(status)
 			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
@@ -374,6 +412,17 @@ func adminHandler(ops operations) http.Handler {
 	mux.HandleFunc("DELETE /v1/users/{name}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]string{"ok": "true"}, ops.UserDelete(r.PathValue("name")))
 	})
+	mux.HandleFunc("GET /v1/policy/{domain}", func(w http.ResponseWriter, r *http.Request) {
+		port, err := strconv.Atoi(r.URL.Query().Get("port"))
+		if err != nil || port <= 0 || port > 65535 {
+			reply(w, nil, fmt.Errorf("bad request: port %q", r.URL.Query().Get("port")))
+			return
+		}
+		// A check takes as long as its lookups and fetch (bounded below).
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(2 * time.Minute))
+		rep, err := ops.PolicyCheck(r.PathValue("domain"), port)
+		reply(w, rep, err)
+	})
 	mux.HandleFunc("DELETE /v1/policy/memory/{domain}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]string{"ok": "true"}, ops.PolicyForget(r.PathValue("domain")))
 	})
@@ -419,7 +468,7 @@ type userRequest struct {
 // directory of its own, mode 0700, so that it is never reachable by
 // anyone else, not even in the moment between its creation and a chmod
 // (connecting needs search permission on every directory of the path).
-func serveAdmin(path string, ops operations) (*http.Server, error) {
+func serveAdmin(path string, ops operations, log *slog.Logger) (*http.Server, error) {
 	if err := privateDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
@@ -434,7 +483,12 @@ func serveAdmin(path string, ops operations) (*http.Server, error) {
 		l.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	srv := newLimitedServer(adminHandler(ops), socketLimits)
+	handler := adminHandler(ops)
+	logged := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		log.Debug("admin socket request", "method", r.Method, "path", r.URL.Path)
+		handler.ServeHTTP(w, r)
+	})
+	srv := newLimitedServer(logged, socketLimits)
 	// One request per connection: a connection is never kept open, so
 	// nothing outlives the permission check made when it was opened.
 	srv.SetKeepAlivesEnabled(false)
@@ -495,6 +549,8 @@ func (e *remoteError) Is(target error) bool {
 		return target == queue.ErrNotFound || target == auth.ErrNoSuchUser
 	case http.StatusConflict:
 		return target == auth.ErrUserExists
+	case http.StatusUnprocessableEntity:
+		return target == errConfig
 	}
 	return false
 }
@@ -593,6 +649,10 @@ func (r *remote) UserList() ([]auth.User, error) {
 }
 func (r *remote) UserDelete(name string) error {
 	return r.do("DELETE", "/v1/users/"+url.PathEscape(name), nil, nil)
+}
+func (r *remote) PolicyCheck(domain string, port int) (policyReport, error) {
+	var out policyReport
+	return out, r.doWith(r.long, "GET", "/v1/policy/"+url.PathEscape(domain)+"?port="+strconv.Itoa(port), nil, &out)
 }
 func (r *remote) PolicyForget(domain string) error {
 	return r.do("DELETE", "/v1/policy/memory/"+url.PathEscape(domain), nil, nil)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -319,7 +320,7 @@ func TestAdminSocketInPrivateDirectory(t *testing.T) {
 	os.Chmod(data, 0o755)
 	cfg := &Config{DataDir: data}
 	ops := localOps(t, data)
-	srv, err := serveAdmin(cfg.socketPath(), ops)
+	srv, err := serveAdmin(cfg.socketPath(), ops, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,7 +358,7 @@ func TestAdminSocketClosesConnections(t *testing.T) {
 	if err := ops.UserAdd("app", "pw", nil); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := serveAdmin(cfg.socketPath(), ops)
+	srv, err := serveAdmin(cfg.socketPath(), ops, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,13 +32,13 @@ func auditCommand(load func() (*Config, error)) *cobra.Command {
 			var err error
 			now := time.Now()
 			if f.Since, err = parseWhen(since, now); err != nil {
-				return &exitError{2, fmt.Errorf("--since: %w", err)}
+				return &exitError{code: 2, err: fmt.Errorf("--since: %w", err)}
 			}
 			if f.Until, err = parseWhen(until, now); err != nil {
-				return &exitError{2, fmt.Errorf("--until: %w", err)}
+				return &exitError{code: 2, err: fmt.Errorf("--until: %w", err)}
 			}
 			if format != "table" && format != "json" && format != "csv" {
-				return &exitError{2, fmt.Errorf("--format %q: use table, json or csv", format)}
+				return &exitError{code: 2, err: fmt.Errorf("--format %q: use table, json or csv", format)}
 			}
 			return withOps(load, func(ops operations) error {
 				records, err := ops.Audit(f)
@@ -50,7 +50,7 @@ func auditCommand(load func() (*Config, error)) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&f.RcptDomain, "rcpt-domain", "", "only recipients in this domain")
-	cmd.Flags().StringVar(&f.MessageID, "message-id", "", "only this Message-ID")
+	cmd.Flags().StringVar(&f.MessageID, "message-id", "", "only this message: its Message-ID header or its queue ID")
 	cmd.Flags().StringVar(&since, "since", "", "from this time")
 	cmd.Flags().StringVar(&until, "until", "", "up to this time")
 	cmd.Flags().StringVar(&format, "format", "table", "table, json or csv")

@@ -61,7 +61,7 @@ func TestLostBodyIsReported(t *testing.T) {
 
 	list, notes := runQueueCommand(t, dir, "list")
 	if !strings.Contains(list, lost) || !strings.Contains(lineOf(list, lost), "body-gone") ||
-		strings.Contains(lineOf(list, kept), "body-gone") || !strings.Contains(notes, "1 of them have lost their body") {
+		strings.Contains(lineOf(list, kept), "body-gone") || !strings.Contains(list+notes, "1 of them have lost their body") {
 		t.Errorf("queue list:\n%s%s", list, notes)
 	}
 	if show, _ := runQueueCommand(t, dir, "show", lost); !strings.Contains(show, "body:        GONE") {

@@ -360,14 +360,34 @@ var defaults = map[string]any{
 // key can be set as POSTERN_<KEY> with dots as underscores, lists comma-separated.
 func loadConfig(file string) (*Config, error) {
 	if file == "" {
-		return parseConfig("", nil)
+		cfg, err := parseConfig("", nil)
+		return cfg, asConfigError(err)
 	}
 	f, err := os.Open(file)
 	if err != nil {
-		return nil, fmt.Errorf("read config %s: %w", file, err)
+		return nil, &configError{fmt.Errorf("read config %s: %w", file, err)}
 	}
 	defer f.Close()
-	return parseConfig(file, f)
+	cfg, err := parseConfig(file, f)
+	return cfg, asConfigError(err)
+}
+
+// errConfig is what every configuration error is (errors.Is): the CLI
+// exits 2 for it, and the admin socket tells it from other failures.
+var errConfig = errors.New("bad configuration")
+
+// configError marks an error as the configuration's, keeping its text.
+type configError struct{ err error }
+
+func (e *configError) Error() string        { return e.err.Error() }
+func (e *configError) Unwrap() error        { return e.err }
+func (e *configError) Is(target error) bool { return target == errConfig }
+
+func asConfigError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &configError{err}
 }
 
 // parseConfig reads YAML from r (none when nil) over the defaults and the

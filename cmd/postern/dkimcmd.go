@@ -26,7 +26,7 @@ func dkimCommand() *cobra.Command {
 			}
 			pemKey, record, err := dkim.Generate(domain, selector, algorithm, bits)
 			if err != nil {
-				return &exitError{2, err}
+				return &exitError{code: 2, err: err}
 			}
 			// O_EXCL: never overwrite a key that may be in use.
 			f, err := os.OpenFile(out, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)

@@ -32,7 +32,7 @@ func dnsCommand(load func() (*Config, error)) *cobra.Command {
 			if len(args) == 2 {
 				t, ok := dns.StringToType[strings.ToUpper(args[1])]
 				if !ok {
-					return &exitError{2, fmt.Errorf("unknown record type %q", args[1])}
+					return &exitError{code: 2, err: fmt.Errorf("unknown record type %q", args[1])}
 				}
 				qtype = t
 			}
@@ -52,7 +52,7 @@ func dnsCommand(load func() (*Config, error)) *cobra.Command {
 				printAnswer(cmd, a)
 			}
 			if a.Security == resolver.Bogus {
-				return &exitError{4, fmt.Errorf("%s %s is bogus: %s", a.Name, dns.TypeToString[qtype], a.Reason)}
+				return &exitError{code: 4, err: fmt.Errorf("%s %s is bogus: %s", a.Name, dns.TypeToString[qtype], a.Reason)}
 			}
 			return nil
 		},
@@ -74,11 +74,11 @@ func dnsCommand(load func() (*Config, error)) *cobra.Command {
 			h := res.Diagnose(ctx)
 			switch {
 			case h.Broken:
-				return &exitError{4, fmt.Errorf("upstream breaks DNSSEC: %s", h.Problem)}
+				return &exitError{code: 4, err: fmt.Errorf("upstream breaks DNSSEC: %s", h.Problem)}
 			case h.Unreachable() != "":
-				return &exitError{4, fmt.Errorf("upstream did not answer the DNSSEC probe (unreachable, which says nothing about DNSSEC): %s", h.Unreachable())}
+				return &exitError{code: 4, err: fmt.Errorf("upstream did not answer the DNSSEC probe (unreachable, which says nothing about DNSSEC): %s", h.Unreachable())}
 			case h.Suspect():
-				return &exitError{4, fmt.Errorf("upstream answered without DNSSEC records, though not in %d probes in a row: %+v", resolver.BrokenAfterProbes, h.Findings)}
+				return &exitError{code: 4, err: fmt.Errorf("upstream answered without DNSSEC records, though not in %d probes in a row: %+v", resolver.BrokenAfterProbes, h.Findings)}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "upstream passes DNSSEC records over UDP and TCP (dnssec: %s)\n", res.Mode())
 			return nil

@@ -58,6 +58,25 @@ type daemon struct {
 	dns      *resolvertest.Server
 	wrap     []string                  // a command that runs serve (unshare, a shell setting the umask)
 	onLog    func(line map[string]any) // sees every JSON log line, when set before start
+
+	logMu  sync.Mutex
+	logged []map[string]any // every JSON line serve wrote
+}
+
+// waitLog waits for a log line that match accepts, and returns it (nil
+// after 10 seconds without one).
+func (d *daemon) waitLog(match func(line map[string]any) bool) map[string]any {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		d.logMu.Lock()
+		for _, l := range d.logged {
+			if match(l) {
+				d.logMu.Unlock()
+				return l
+			}
+		}
+		d.logMu.Unlock()
+	}
+	return nil
 }
 
 // The daemon's world: its own DNS, where dest.test's MX is the test's sink
@@ -152,6 +171,9 @@ func (d *daemon) start() {
 			if lvl, _ := line["level"].(string); lvl == "ERROR" {
 				d.t.Logf("postern: %s", sc.Text())
 			}
+			d.logMu.Lock()
+			d.logged = append(d.logged, line)
+			d.logMu.Unlock()
 			switch line["msg"] {
 			case "submission listening":
 				if line["mode"] == "starttls" {
@@ -279,7 +301,7 @@ func TestBinaryLifecycle(t *testing.T) {
 	}
 	// While the daemon runs, the CLI goes through the admin socket.
 	out, err := d.run("", "queue", "list", "--json")
-	var msgs []queue.Message
+	var msgs []messageView
 	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != 1 || msgs[0].ID != id {
 		t.Fatalf("queue list: %v %s", err, out)
 	}
@@ -324,7 +346,7 @@ func TestBinaryLifecycle(t *testing.T) {
 	// Without the daemon the CLI opens the database itself.
 	out, err = d.run("", "queue", "list", "--state", "held", "--json")
 	msgs = nil
-	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != 1 || !msgs[0].Held {
+	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != 1 || msgs[0].State != "held" {
 		t.Fatalf("offline queue list: %v %s", err, out)
 	}
 }
@@ -618,6 +640,19 @@ func TestPolicyCheck(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(string(out2), "do not use") || !strings.Contains(string(out2), "dane-only") {
 		t.Fatalf("dane-only: %v\n%s", err, out2)
 	}
+	// While the daemon runs (and holds state.db), the daemon answers, with
+	// its MTA-STS cache and downgrade memory.
+	d.start()
+	out, err = d.run("", "policy", "check", "dest.test")
+	if err != nil || strings.Contains(out, "not readable") || !strings.Contains(out, "MX (secure): 10 mx.dest.test") ||
+		!strings.Contains(out, "downgrade memory (warn): nothing remembered") {
+		t.Fatalf("policy check through the daemon: %v\n%s", err, out)
+	}
+	if out, err := d.run("", "policy", "check", "dest.test", "--connect"); err != nil || strings.Count(out, "domain dest.test") != 1 ||
+		!strings.Contains(out, "STARTTLS, TLS 1.3") {
+		t.Fatalf("--connect through the daemon: %v\n%s", err, out)
+	}
+	d.signal(syscall.SIGTERM)
 }
 
 func TestDKIMKeygenAndSigning(t *testing.T) {
@@ -721,7 +756,7 @@ func TestDiskFull(t *testing.T) {
 		}
 	}
 	out, err := d.run("", "queue", "list", "--json")
-	var msgs []queue.Message
+	var msgs []messageView
 	if err != nil || json.Unmarshal([]byte(out), &msgs) != nil || len(msgs) != len(acked) {
 		t.Fatalf("queue list on a full disk: %v, %d listed, %d acknowledged\n%s", err, len(msgs), len(acked), out)
 	}

@@ -18,7 +18,6 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
 )
 
@@ -148,11 +147,15 @@ func TestBehindHAProxy(t *testing.T) {
 	}
 	c.Close()
 	out, err := d.run("", "queue", "list", "--json")
-	var msgs []queue.Message
+	type listed struct {
+		ID       string `json:"id"`
+		ClientIP string `json:"client_ip"`
+	}
+	var msgs []listed
 	if err := json.Unmarshal([]byte(out), &msgs); err != nil {
 		t.Fatalf("queue list: %v\n%s", err, out)
 	}
-	if i := slices.IndexFunc(msgs, func(m queue.Message) bool { return m.ID == queueID(reply) }); i < 0 || msgs[i].ClientIP != "127.0.0.6" {
+	if i := slices.IndexFunc(msgs, func(m listed) bool { return m.ID == queueID(reply) }); i < 0 || msgs[i].ClientIP != "127.0.0.6" {
 		t.Fatalf("queue list should show %s from 127.0.0.6:\n%s", queueID(reply), out)
 	}
 

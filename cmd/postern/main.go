@@ -24,8 +24,54 @@ import (
 	"github.com/postern/postern/relay/auth"
 )
 
-// buildVersion is set at link time: -ldflags "-X main.buildVersion=v1.2.3".
-var buildVersion = ""
+// Build information, set at link time (the Dockerfile does):
+// -ldflags "-X main.buildVersion=v1.2.3 -X main.buildCommit=abc123 -X main.buildDate=2026-11-29T08:00:00Z".
+// Without them, what the Go toolchain stamped (go build in a git checkout
+// records the commit; go run does not).
+var buildVersion, buildCommit, buildDate = "", "", ""
+
+// buildInfo is what "postern version" prints.
+type buildInfo struct {
+	Version, Commit, Date, Go string
+	CommitTime                string // from the toolchain's stamp
+	Modified                  bool
+}
+
+func currentBuild() buildInfo {
+	b := buildInfo{Version: version(), Commit: buildCommit, Date: buildDate}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		b.Go = bi.GoVersion
+		for _, s := range bi.Settings {
+			switch {
+			case s.Key == "vcs.revision" && b.Commit == "":
+				b.Commit = s.Value
+			case s.Key == "vcs.time" && buildCommit == "":
+				b.CommitTime = s.Value
+			case s.Key == "vcs.modified" && buildCommit == "":
+				b.Modified = s.Value == "true"
+			}
+		}
+	}
+	return b
+}
+
+func (b buildInfo) write(w io.Writer) {
+	commit, date := b.Commit, b.Date
+	if commit == "" {
+		commit = "unknown (built without version control information, as go run does)"
+	} else {
+		if b.CommitTime != "" {
+			commit += " of " + b.CommitTime
+		}
+		if b.Modified {
+			commit += " (with uncommitted changes)"
+		}
+	}
+	if date == "" {
+		date = "unknown"
+	}
+	fmt.Fprintf(w, "postern %s\ncommit:  %s\nbuilt:   %s\ngo:      %s\n", b.Version, commit, date, b.Go)
+}
 
 func version() string {
 	if buildVersion != "" {
@@ -41,28 +87,103 @@ func version() string {
 type exitError struct {
 	code int
 	err  error
+	// reported: the command has already printed the error.
+	reported bool
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// Exit statuses, as the README's table gives them.
+const (
+	exitOK        = 0
+	exitError1    = 1 // an error: the daemon or a database could not be reached
+	exitUsage     = 2 // bad usage or configuration
+	exitUnknown   = 3 // a named message or user is unknown, or an action on it could not be done
+	exitCheckFail = 4 // a check found the destination undeliverable or DNS bogus
+)
 
 func main() {
 	err := rootCommand().Execute()
 	if err == nil {
 		return
 	}
-	fmt.Fprintln(os.Stderr, "postern:", err)
+	code := exitCode(err)
 	var ee *exitError
-	if errors.As(err, &ee) {
-		os.Exit(ee.code)
+	if !errors.As(err, &ee) || !ee.reported {
+		fmt.Fprintln(os.Stderr, "postern:", err)
 	}
-	os.Exit(1)
+	os.Exit(code)
+}
+
+// exitCode chooses the exit status for err: the one a command chose, or
+// one read from what the error is.
+func exitCode(err error) int {
+	var ee *exitError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.Is(err, errConfig):
+		return exitUsage
+	case errors.Is(err, queue.ErrNotFound), errors.Is(err, auth.ErrNoSuchUser):
+		return exitUnknown
+	}
+	return exitError1
+}
+
+// usageErrors makes every command of the tree exit 2 on bad usage (a flag
+// that does not parse, a wrong number of arguments, an unknown subcommand),
+// and makes command groups refuse an unknown subcommand instead of
+// printing their help and exiting 0.
+func usageErrors(root *cobra.Command) {
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &exitError{code: exitUsage, err: fmt.Errorf("%s: %w (see %s --help)", c.CommandPath(), err, c.CommandPath())}
+	})
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+			c.Args = unknownSubcommand
+			c.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+		}
+		if args := c.Args; args != nil {
+			c.Args = func(c *cobra.Command, a []string) error {
+				if err := args(c, a); err != nil {
+					return &exitError{code: exitUsage, err: fmt.Errorf("%s: %w", c.CommandPath(), err)}
+				}
+				return nil
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// unknownSubcommand refuses any argument to a command group, suggesting
+// the subcommands it may have meant.
+func unknownSubcommand(c *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	err := fmt.Errorf("unknown command %q for %q", args[0], c.CommandPath())
+	if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+		err = fmt.Errorf("%w; did you mean %s?", err, strings.Join(s, " or "))
+	}
+	return err
 }
 
 func rootCommand() *cobra.Command {
 	var configFile string
 	root := &cobra.Command{
-		Use:           "postern",
-		Short:         "Outbound-only SMTP smart relay that delivers over TLS as strong as the destination demands",
+		Use:   "postern",
+		Short: "Outbound-only SMTP smart relay that delivers over TLS as strong as the destination demands",
+		Long: "Postern is an outbound-only SMTP smart relay that delivers over TLS as strong as the destination demands.\n\n" +
+			"Exit statuses: 0 done; 1 an error (the daemon or a database could not be reached); 2 bad usage or\n" +
+			"configuration; 3 a named message or user is unknown, or an action on it could not be done; 4 a check\n" +
+			"found the destination undeliverable or DNS bogus.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -100,15 +221,7 @@ func rootCommand() *cobra.Command {
 		Short: "Print the version and build information",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintf(cmd.OutOrStdout(), "postern %s\n", version())
-			if bi, ok := debug.ReadBuildInfo(); ok {
-				fmt.Fprintf(cmd.OutOrStdout(), "go %s\n", bi.GoVersion)
-				for _, s := range bi.Settings {
-					if strings.HasPrefix(s.Key, "vcs.") {
-						fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", s.Key, s.Value)
-					}
-				}
-			}
+			currentBuild().write(cmd.OutOrStdout())
 		},
 	})
 	configCmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
@@ -119,7 +232,7 @@ func rootCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := load()
 			if err != nil {
-				return &exitError{2, err}
+				return &exitError{code: 2, err: err}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "configuration %s is valid (hostname %s, data_dir %s)\n", cfg.file, cfg.Hostname, cfg.DataDir)
 			return nil
@@ -161,7 +274,11 @@ func rootCommand() *cobra.Command {
 			})
 		},
 	})
-	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load))
+	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load),
+		healthCommand(load))
+	root.AddCommand(manCommand(root))
+	// "postern completion bash|zsh|fish" is cobra's, added by Execute.
+	usageErrors(root)
 	return root
 }
 
@@ -209,9 +326,10 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 	add.Flags().StringArrayVar(&allowFrom, "allow-from", nil, "envelope sender the user may use, as a glob such as '*@example.com' (repeatable; default any)")
 	add.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
 	passwd := &cobra.Command{
-		Use:   "passwd NAME",
-		Short: "Change a user's password",
-		Args:  cobra.ExactArgs(1),
+		Use:               "passwd NAME",
+		ValidArgsFunction: completeUsers(load),
+		Short:             "Change a user's password",
+		Args:              cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			pw, err := readPassword(c.InOrStdin(), fromStdin)
 			if err != nil {
@@ -233,7 +351,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 					return err
 				}
 				if asJSON {
-					return json.NewEncoder(c.OutOrStdout()).Encode(users)
+					return json.NewEncoder(c.OutOrStdout()).Encode(newUserViews(users))
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
 				// SOURCE comes last, so that scripts reading the columns before it keep working.
@@ -266,21 +384,28 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "JSON output")
 	del := &cobra.Command{
-		Use:   "delete NAME",
-		Short: "Delete a user",
-		Args:  cobra.ExactArgs(1),
+		Use:               "delete NAME",
+		ValidArgsFunction: completeUsers(load),
+		Short:             "Delete a user",
+		Args:              cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			return withOps(load, func(ops operations) error { return ops.UserDelete(args[0]) })
 		},
 	}
 	requireTLS := &cobra.Command{
-		Use:   "require-tls NAME on|off",
+		Use: "require-tls NAME on|off",
+		ValidArgsFunction: func(c *cobra.Command, args []string, s string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			if len(args) == 1 {
+				return []cobra.Completion{"on", "off"}, cobra.ShellCompDirectiveNoFileComp
+			}
+			return completeUsers(load)(c, args, s)
+		},
 		Short: "Treat all of a user's mail as REQUIRETLS: verified TLS at every hop, or a bounce",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			on := args[1] == "on"
 			if !on && args[1] != "off" {
-				return &exitError{2, fmt.Errorf("say on or off, not %q", args[1])}
+				return &exitError{code: 2, err: fmt.Errorf("say on or off, not %q", args[1])}
 			}
 			return withOps(load, func(ops operations) error { return ops.UserRequireTLS(args[0], on) })
 		},
@@ -297,7 +422,7 @@ for a From domain the patterns allow.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			anyFrom := args[1] == "any"
 			if !anyFrom && args[1] != "check" {
-				return &exitError{2, fmt.Errorf("say check or any, not %q", args[1])}
+				return &exitError{code: 2, err: fmt.Errorf("say check or any, not %q", args[1])}
 			}
 			return withOps(load, func(ops operations) error { return ops.UserAnyHeaderFrom(args[0], anyFrom) })
 		},
@@ -341,6 +466,44 @@ func readPassword(in io.Reader, fromStdin bool) (string, error) {
 	return string(a), nil
 }
 
+// completeQueueIDs offers the queued messages' IDs (with their sender)
+// to shell completion.
+func completeQueueIDs(load func() (*Config, error), max int) cobra.CompletionFunc {
+	return func(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if max > 0 && len(args) >= max {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var out []cobra.Completion
+		withOps(load, func(ops operations) error {
+			msgs, err := ops.QueueList(queue.Filter{})
+			for _, m := range msgs {
+				out = append(out, cobra.CompletionWithDesc(m.ID, orNull(m.From)+", "+m.State()))
+			}
+			return err
+		})
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// completeUsers offers the user names to shell completion, for the first
+// argument.
+func completeUsers(load func() (*Config, error)) cobra.CompletionFunc {
+	return func(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var out []cobra.Completion
+		withOps(load, func(ops operations) error {
+			users, err := ops.UserList()
+			for _, u := range users {
+				out = append(out, u.Name)
+			}
+			return err
+		})
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
 func queueCommand(load func() (*Config, error)) *cobra.Command {
 	cmd := &cobra.Command{Use: "queue", Short: "Inspect and act on the queue"}
 	var f queue.Filter
@@ -354,7 +517,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 			switch f.State {
 			case "", "active", "deferred", "held":
 			default:
-				return &exitError{2, fmt.Errorf("--state %q: use active, deferred or held", f.State)}
+				return &exitError{code: 2, err: fmt.Errorf("--state %q: use active, deferred or held", f.State)}
 			}
 			if olderThan > 0 {
 				f.ArrivedBefore = time.Now().Add(-olderThan)
@@ -368,10 +531,15 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 					return err
 				}
 				if asJSON {
-					if msgs == nil {
-						msgs = []queue.Message{} // an empty list, not null
+					return json.NewEncoder(c.OutOrStdout()).Encode(newMessageViews(msgs))
+				}
+				if len(msgs) == 0 {
+					if ft := filterText(f); ft != "" {
+						fmt.Fprintln(c.OutOrStdout(), "no messages"+ft)
+					} else {
+						fmt.Fprintln(c.OutOrStdout(), "the queue is empty")
 					}
-					return json.NewEncoder(c.OutOrStdout()).Encode(msgs)
+					return nil
 				}
 				w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "ID\tARRIVED\tSIZE\tSENDER\tPENDING/RCPTS\tSTATE\tLAST REPLY")
@@ -396,9 +564,9 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 				if err := w.Flush(); err != nil {
 					return err
 				}
-				fmt.Fprintf(c.ErrOrStderr(), "%d messages\n", len(msgs))
+				fmt.Fprintf(c.OutOrStdout(), "%s%s\n", plural(len(msgs), "message"), filterText(f))
 				if gone > 0 {
-					fmt.Fprintf(c.ErrOrStderr(), "%d of them have lost their body (damaged storage): they cannot be delivered, and their senders are told so; see docs/operations.md\n", gone)
+					fmt.Fprintf(c.OutOrStdout(), "%d of them have lost their body (damaged storage): they cannot be delivered, and their senders are told so; see docs/operations.md\n", gone)
 				}
 				return nil
 			})
@@ -413,17 +581,18 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 
 	var showJSON bool
 	show := &cobra.Command{
-		Use:   "show ID",
-		Short: "Show a message's envelope and each recipient's status",
-		Args:  cobra.ExactArgs(1),
+		Use:               "show ID",
+		Short:             "Show a message's envelope and each recipient's status",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeQueueIDs(load, 1),
 		RunE: func(c *cobra.Command, args []string) error {
 			return withOps(load, func(ops operations) error {
 				m, err := ops.QueueShow(args[0])
 				if err != nil {
-					return &exitError{3, err}
+					return &exitError{code: 3, err: err}
 				}
 				if showJSON {
-					return json.NewEncoder(c.OutOrStdout()).Encode(m)
+					return json.NewEncoder(c.OutOrStdout()).Encode(newMessageView(m))
 				}
 				out := c.OutOrStdout()
 				fmt.Fprintf(out, "id:          %s\nstate:       %s\nfrom:        %s\nuser:        %s (%s)\narrived:     %s (%s ago)\nsize:        %d\nmessage-id:  %s\nrequiretls:  %v\n",
@@ -442,7 +611,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 					if !r.LastAttempt.IsZero() {
 						lastTry = r.LastAttempt.Local().Format(time.DateTime)
 					}
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Addr, r.State, r.Attempts, lastTry, next, orDash(r.LastHost), r.LastReply)
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Addr, recipientState(r.State), r.Attempts, lastTry, next, orDash(r.LastHost), r.LastReply)
 				}
 				return w.Flush()
 			})
@@ -458,16 +627,22 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 		{"bounce", "Fail a message's pending recipients now and send its sender the failure notice"},
 	} {
 		cmd.AddCommand(&cobra.Command{
-			Use:   a.name + " ID...",
-			Short: a.short,
-			Args:  cobra.MinimumNArgs(1),
+			Use:               a.name + " ID...",
+			Short:             a.short,
+			Args:              cobra.MinimumNArgs(1),
+			ValidArgsFunction: completeQueueIDs(load, 0),
 			RunE: func(c *cobra.Command, ids []string) error {
 				return withOps(load, func(ops operations) error {
 					var failed error
 					for _, id := range ids {
 						if err := ops.QueueAction(a.name, id); err != nil {
-							failed = &exitError{3, err}
-							fmt.Fprintf(c.ErrOrStderr(), "%s: %v\n", id, err)
+							// Said here, per ID; main does not say it again.
+							failed = &exitError{code: exitUnknown, err: err, reported: true}
+							msg := err.Error()
+							if !strings.Contains(msg, id) {
+								msg = id + ": " + msg
+							}
+							fmt.Fprintln(c.ErrOrStderr(), "postern:", msg)
 							continue
 						}
 						fmt.Fprintf(c.OutOrStdout(), "%s: %s done\n", id, a.name)
@@ -493,6 +668,38 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// filterText says which filters a listing had, so that "empty" is not
+// read as "the whole queue is empty".
+func filterText(f queue.Filter) string {
+	var parts []string
+	if f.State != "" {
+		parts = append(parts, "state "+f.State)
+	}
+	if f.RcptDomain != "" {
+		parts = append(parts, "domain "+f.RcptDomain)
+	}
+	if f.Sender != "" {
+		parts = append(parts, "sender "+f.Sender)
+	}
+	if !f.ArrivedBefore.IsZero() {
+		parts = append(parts, "arrived before "+f.ArrivedBefore.Local().Format(time.DateTime))
+	}
+	if !f.ArrivedAfter.IsZero() {
+		parts = append(parts, "arrived after "+f.ArrivedAfter.Local().Format(time.DateTime))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func truncate(s string, n int) string {

@@ -25,6 +25,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/submission"
 	"github.com/postern/postern/resolver/resolvertest"
@@ -56,6 +57,9 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 	}
 	if code, body := httpGet(t, base+"/readyz"); code != 200 || !strings.Contains(body, `"dns":"ok"`) {
 		t.Fatalf("readyz: %d %s", code, body)
+	}
+	if out, err := d.run("", "health", "--ready", "--addr", d.web); err != nil || !strings.Contains(out, `"ready":true`) {
+		t.Fatalf("postern health --ready: %v %s", err, out)
 	}
 	if _, err := submit(d.starttls, "app", "wrong", "app@example.org", "rcpt@dest.test", []byte("x")); err == nil {
 		t.Fatal("wrong password accepted")
@@ -110,6 +114,13 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 	if code, body := httpGet(t, base+"/readyz"); code != 503 || !strings.Contains(body, "no DNS server answers") {
 		t.Fatalf("readyz with DNS down: %d %s", code, body)
 	}
+	// The same through "postern health", a container's HEALTHCHECK.
+	if out, err := d.run("", "health", "--addr", d.web); err != nil || out != "ok\n" {
+		t.Errorf("postern health: %v %q", err, out)
+	}
+	if out, err := d.run("", "health", "--ready", "--addr", d.web); processExit(err) != 1 || !strings.Contains(out, "503") {
+		t.Errorf("postern health --ready with DNS down: exit %d\n%s", processExit(err), out)
+	}
 	if code, _ := httpGet(t, base+"/healthz"); code != 200 {
 		t.Fatalf("healthz with DNS down: %d", code)
 	}
@@ -152,7 +163,7 @@ func TestQueueOperations(t *testing.T) {
 	}
 	id := queueID(reply)
 	// Its MX refuses connections: after the first attempt it is deferred.
-	var msgs []queue.Message
+	var msgs []messageView
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		out, _ := d.run("", "queue", "list", "--state", "deferred", "--json")
 		if json.Unmarshal([]byte(out), &msgs) == nil && len(msgs) == 1 {
@@ -175,10 +186,10 @@ func TestQueueOperations(t *testing.T) {
 	if out, err := d.run("", "queue", "flush"); err != nil || !strings.Contains(out, "1 deferred messages due now") {
 		t.Fatalf("flush: %v %s", err, out)
 	}
-	if out, err := d.run("", "queue", "list", "--state", "parked"); err == nil || exitCode(err) != 2 {
+	if out, err := d.run("", "queue", "list", "--state", "parked"); err == nil || processExit(err) != 2 {
 		t.Fatalf("bad --state: %v %s", err, out)
 	}
-	if _, err := d.run("", "queue", "bounce", "nonexistent"); exitCode(err) != 3 {
+	if _, err := d.run("", "queue", "bounce", "nonexistent"); processExit(err) != 3 {
 		t.Fatalf("bounce of a missing ID: %v", err)
 	}
 	// Bounce: the message goes, and a failure notice to its sender comes.
@@ -205,10 +216,27 @@ func TestQueueOperations(t *testing.T) {
 	if out, _ := d.run("", "queue", "list", "--json"); strings.TrimSpace(out) != "[]" {
 		t.Fatalf("queue after the bounce: %s", out)
 	}
+	// The operator's bounce is delivery evidence like any other: an audit
+	// record (found by queue ID too), counted as bounced, on the status page.
+	out, err := d.run("", "audit", "--message-id", id, "--format", "json")
+	var rec audit.Record
+	if err != nil || json.Unmarshal([]byte(out), &rec) != nil || rec.QueueID != id || rec.Result != audit.Bounced ||
+		rec.Recipient != "rcpt@stuck.test" || !strings.Contains(rec.Reply, "postern queue bounce") {
+		t.Fatalf("audit record of the bounce: %v\n%s", err, out)
+	}
+	if _, metrics := httpGet(t, "http://"+d.web+"/metrics"); !strings.Contains(metrics,
+		`postern_delivery_recipients_total{policy_source="none",result="bounced",verified="false"} 1`+"\n") {
+		t.Errorf("the bounce is not counted:\n%s", grepLines(metrics, "postern_delivery_recipients_total"))
+	}
+	// Delivered: the failure notice; bounced: the message.
+	if _, page := httpGet(t, "http://"+d.web+"/"); !strings.Contains(page,
+		`<tr><td class="n">1</td><td class="n">1</td><td class="n">0</td></tr>`) {
+		t.Errorf("the status page does not show the bounce:\n%s", page)
+	}
 	d.signal(syscall.SIGTERM)
 }
 
-func exitCode(err error) int {
+func processExit(err error) int {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return ee.ExitCode()
@@ -335,8 +363,7 @@ telemetry: {otlp_endpoint: %q, otlp_interval: 200ms}`, collector.URL))
 // are listed.
 func checkMetricNamesInConfigs(t *testing.T, scrape string) {
 	t.Helper()
-	eventOnly := map[string]bool{"postern_tls_downgrades_total": true, "postern_mta_sts_fetches_total": true,
-		"postern_delivery_notices_total": true, "postern_submission_refused_total": true,
+	eventOnly := map[string]bool{"postern_delivery_notices_total": true, "postern_submission_refused_total": true,
 		"postern_submission_limited_total": true}
 	for _, file := range []string{"../../configs/prometheus-alerts.yaml", "../../configs/grafana-dashboard.json"} {
 		b, err := os.ReadFile(file)
@@ -369,7 +396,9 @@ func TestServiceUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=" + cfg.DataDir + "\n",
-		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "User=postern", "ExecReload=/bin/kill -HUP $MAINPID",
+		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "User=postern", "Type=notify\n",
+		// A refused configuration fails "systemctl reload" (SIGHUP would not).
+		"ExecReload=/usr/local/bin/postern reload -c /etc/postern/postern.yaml\n",
 		"ExecStart=/usr/local/bin/postern serve -c /etc/postern/postern.yaml"} {
 		if !strings.Contains(unit, want) {
 			t.Errorf("unit lacks %q", want)
@@ -386,6 +415,25 @@ func TestServiceUnit(t *testing.T) {
 		if out, err := exec.Command(analyze, "verify", f).CombinedOutput(); err != nil || len(out) > 0 {
 			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 		}
+	}
+	// The install steps: the user exists before the configuration is made
+	// readable to its group (root-owned 0640 alone is unreadable to the
+	// service, and "config check" fails with "permission denied").
+	steps := regexp.MustCompile(`(?m)^#   (.+)$`).FindAllStringSubmatch(unit, -1)
+	useradd, cfgInstall := -1, -1
+	for i, s := range steps {
+		switch {
+		case strings.HasPrefix(s[1], "useradd ") && strings.HasSuffix(s[1], " postern"):
+			useradd = i
+		case strings.HasSuffix(s[1], " /etc/postern/postern.yaml") && strings.HasPrefix(s[1], "install "):
+			cfgInstall = i
+			if !strings.Contains(s[1], "-m 0640") || !strings.Contains(s[1], "-g postern") {
+				t.Errorf("the configuration is not installed readable to the service's group: %s", s[1])
+			}
+		}
+	}
+	if useradd < 0 || cfgInstall < 0 || useradd > cfgInstall {
+		t.Errorf("install steps: useradd at %d, the configuration at %d: the user must come first", useradd, cfgInstall)
 	}
 	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindStringSubmatch(unit)
 	if m == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -37,6 +38,24 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if port == 0 {
+				port = cfg.Delivery.Port
+			}
+			// A running daemon answers with its own engine: its MTA-STS
+			// cache and downgrade memory, which it holds in state.db.
+			if daemonRuns(cfg) {
+				rep, err := newRemote(cfg.socketPath()).PolicyCheck(args[0], port)
+				if err != nil {
+					return err
+				}
+				fmt.Fprint(cmd.OutOrStdout(), rep.Text)
+				if !rep.Deliverable {
+					return &exitError{code: exitCheckFail, err: fmt.Errorf("%s cannot be delivered under its TLS policy", args[0])}
+				}
+				if !connect {
+					return nil
+				}
+			}
 			quiet := errorsOnly()
 			res, _, err := cfg.resolver(quiet)
 			if err != nil {
@@ -57,13 +76,13 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if port == 0 {
-				port = cfg.Delivery.Port
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			r := engine.Check(ctx, args[0], port)
-			printReport(cmd.OutOrStdout(), r, port, db == nil)
+			if !daemonRuns(cfg) { // else the daemon's report is printed; this one is for --connect
+				printReport(cmd.OutOrStdout(), r, port, db == nil)
+				printMemory(cmd.OutOrStdout(), engine, r.Domain, cfg.TLS.DowngradeMemory, db != nil)
+			}
 			// A routed domain's mail never goes to its MX set: say where it
 			// goes, and under which decision, as delivery would.
 			route, routed := delivery.RouteFor(cfg.deliveryConfig().Routes, r.Domain)
@@ -76,21 +95,15 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 				}
 				if refused != nil {
 					fmt.Fprintf(cmd.OutOrStdout(), "    decision: do not use: %v\n", refused)
-					return &exitError{4, fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
+					return &exitError{code: 4, err: fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "    decision: %s (%s)\n", d.Describe(), d.Reason)
 			}
-			if m, ok := engine.Memory(r.Domain); ok {
-				fmt.Fprintf(cmd.OutOrStdout(), "  downgrade memory (%s): %s TLS since %s, last %s\n", cfg.TLS.DowngradeMemory, m.Best,
-					m.First.UTC().Format(time.RFC3339), m.Last.UTC().Format(time.RFC3339))
-			} else if db != nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "  downgrade memory (%s): nothing remembered\n", cfg.TLS.DowngradeMemory)
-			}
 			if !routed && !r.Deliverable() {
-				return &exitError{4, fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
+				return &exitError{code: 4, err: fmt.Errorf("%s cannot be delivered under its TLS policy", r.Domain)}
 			}
 			if connect && !routed && !probeHosts(ctx, cmd.OutOrStdout(), cfg.Hostname, r, port) {
-				return &exitError{4, fmt.Errorf("no MX of %s could be reached under its TLS policy", r.Domain)}
+				return &exitError{code: 4, err: fmt.Errorf("no MX of %s could be reached under its TLS policy", r.Domain)}
 			}
 			return nil
 		},
@@ -104,7 +117,7 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withOps(load, func(ops operations) error {
 				if err := ops.PolicyForget(args[0]); err != nil {
-					return &exitError{3, err}
+					return &exitError{code: 3, err: err}
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "forgot the TLS history of %s\n", args[0])
 				return nil
@@ -113,6 +126,40 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 	}
 	cmd.AddCommand(check, forget)
 	return cmd
+}
+
+// daemonRuns reports whether the daemon answers on its admin socket.
+func daemonRuns(cfg *Config) bool {
+	c, err := net.DialTimeout("unix", cfg.socketPath(), time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// policyReport is "policy check" as the daemon answers it.
+type policyReport struct {
+	Text        string `json:"text"`
+	Deliverable bool   `json:"deliverable"`
+}
+
+// checkPolicy runs "policy check" on an engine, for the daemon.
+func checkPolicy(ctx context.Context, engine *tlspolicy.Engine, domain string, port int, memoryMode string) policyReport {
+	r := engine.Check(ctx, domain, port)
+	var b strings.Builder
+	printReport(&b, r, port, false)
+	printMemory(&b, engine, r.Domain, memoryMode, true)
+	return policyReport{Text: b.String(), Deliverable: r.Deliverable()}
+}
+
+func printMemory(out io.Writer, engine *tlspolicy.Engine, domain, mode string, haveDB bool) {
+	if m, ok := engine.Memory(domain); ok {
+		fmt.Fprintf(out, "  downgrade memory (%s): %s TLS since %s, last %s\n", mode, m.Best,
+			m.First.UTC().Format(time.RFC3339), m.Last.UTC().Format(time.RFC3339))
+	} else if haveDB {
+		fmt.Fprintf(out, "  downgrade memory (%s): nothing remembered\n", mode)
+	}
 }
 
 func printReport(out io.Writer, r tlspolicy.Report, port int, noCache bool) {
@@ -153,7 +200,7 @@ func printReport(out io.Writer, r tlspolicy.Report, port int, noCache bool) {
 	}
 	switch {
 	case noCache:
-		fmt.Fprintf(out, "  MTA-STS cache: not readable (serve holds state.db); fetched afresh\n")
+		fmt.Fprintf(out, "  MTA-STS cache: not readable (state.db belongs to another user); fetched afresh\n")
 	case r.STSCached != nil:
 		fmt.Fprintf(out, "  MTA-STS cache: id %s, fetched %s, expires %s\n", r.STSCached.ID,
 			r.STSCached.Fetched.UTC().Format(time.RFC3339), r.STSCached.Expires.UTC().Format(time.RFC3339))

@@ -64,7 +64,7 @@ func (r *reloader) reload() (string, error) {
 	def, policies, err := next.tlsRules()
 	if err != nil {
 		r.log.Error("reload: configuration refused; nothing changed", "err", err)
-		return "", err
+		return "", asConfigError(err)
 	}
 	// The users file is read again on every reload, changed or not: that
 	// is how configuration management hands over new users. One that does

@@ -34,9 +34,20 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 	logLevel.UnmarshalText([]byte(cfg.Level))
 	opts := &slog.HandlerOptions{Level: logLevel}
 	if cfg.Format == "json" {
+		opts.ReplaceAttr = durationText
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationText writes a duration as Go writes it ("1.5s", "250ms"), as the
+// text format does, instead of the JSON handler's bare nanoseconds, which a
+// reader of the log cannot tell from a count.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
 
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
@@ -181,7 +192,11 @@ func serve(cfg *Config, log *slog.Logger) error {
 	}
 	reload := newReloader(cfg, certs, srv, verifier, policy, engine, log)
 	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send,
-		reload: reload.reload, kick: engine.Kick, verifier: verifier, quota: counter, limits: srv.SendingLimits})
+		reload: reload.reload, kick: engine.Kick, verifier: verifier, quota: counter, limits: srv.SendingLimits,
+		bounced: engine.CountOperatorBounce,
+		policyCheck: func(ctx context.Context, domain string, port int) policyReport {
+			return checkPolicy(ctx, policy, domain, port, cfg.TLS.DowngradeMemory)
+		}}, log)
 	if err != nil {
 		return err
 	}
@@ -189,6 +204,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 	var accepting atomic.Bool
 	accepting.Store(true)
 	web := &adminHTTP{hostname: cfg.Hostname, password: cfg.Admin.Password, metrics: tel.metrics, q: q, stats: stats, log: log,
+		dns: res.Health, onBroken: cfg.DNS.OnBrokenUpstream,
 		ready: []readiness{
 			{"queue", func(context.Context) error { _, err := q.Count(); return err }},
 			{"listeners", func(context.Context) error {
@@ -205,6 +221,9 @@ func serve(cfg *Config, log *slog.Logger) error {
 	}
 	defer stopWeb()
 	log.Info("postern started", "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "config", cfg.file, "version", version())
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("could not tell systemd the service is ready", "err", err)
+	}
 
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
@@ -219,6 +238,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 			// both sides get until the deadline; then what is left of
 			// delivery goes back to the queue untried.
 			log.Info("shutting down", "signal", sig.String(), "deadline", cfg.Shutdown.Timeout)
+			sdNotify("STOPPING=1")
 			accepting.Store(false)
 			stop()
 			sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout)

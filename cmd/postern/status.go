@@ -17,6 +17,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/tlsrpt"
+	"github.com/postern/postern/resolver"
 )
 
 //go:embed status.html
@@ -46,6 +47,10 @@ type adminHTTP struct {
 	maxEntries int
 	// limits bound the listener's connections (webLimits when zero).
 	limits serverLimits
+	// dns is the upstream DNSSEC probe's last finding (nil: not shown),
+	// and onBroken what delivery does while it is broken.
+	dns      func() resolver.Health
+	onBroken string
 }
 
 // readiness is one check of /readyz.
@@ -81,17 +86,33 @@ func (a *adminHTTP) protect(h http.Handler) http.Handler {
 	})
 }
 
-func (a *adminHTTP) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+// checkResult is one readiness check's outcome.
+type checkResult struct {
+	Name   string
+	OK     bool
+	Detail string // the error when not OK
+}
+
+// runChecks runs the readiness checks, for /readyz and the status page.
+func (a *adminHTTP) runChecks(ctx context.Context) (ready bool, results []checkResult) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	checks := map[string]string{}
-	ready := true
+	ready = true
 	for _, c := range a.ready {
+		res := checkResult{Name: c.name, OK: true}
 		if err := c.check(ctx); err != nil {
-			checks[c.name], ready = err.Error(), false
-		} else {
-			checks[c.name] = "ok"
+			res.OK, res.Detail, ready = false, err.Error(), false
 		}
+		results = append(results, res)
+	}
+	return ready, results
+}
+
+func (a *adminHTTP) readyz(w http.ResponseWriter, r *http.Request) {
+	ready, results := a.runChecks(r.Context())
+	checks := map[string]string{}
+	for _, c := range results {
+		checks[c.Name] = cmp.Or(c.Detail, "ok")
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if !ready {
@@ -108,6 +129,17 @@ type statusData struct {
 	LastHour          []count        // final outcomes in the last hour
 	Posture           []postureEntry // how the busiest destinations were reached in the last hour
 	Failures          []tlsFailure   // TLS failures by destination, last day
+	// Ready and Checks are /readyz as the page was made.
+	Ready  bool
+	Checks []checkResult
+	// DNS is the upstream DNSSEC probe's finding; OnBroken what delivery
+	// does meanwhile.
+	DNS      *resolver.Health
+	OnBroken string
+	// Waiting: deferred recipients by destination, the most first, each
+	// with the newest reply: why mail waits, whatever the route (a
+	// smarthost's certificate failure shows here, not in TLS reports).
+	Waiting []waiting
 	// Partial: the journal held more than the page reads; the tables
 	// cover the newest statusMaxEntries entries.
 	Partial bool
@@ -120,6 +152,19 @@ const (
 	failureWindow    = 24 * time.Hour
 	statusMaxEntries = 500_000
 )
+
+// waiting is a destination's deferred recipients.
+type waiting struct {
+	Domain     string
+	Recipients int
+	Oldest     time.Time // the earliest arrival among them
+	LastTry    time.Time
+	Host       string // the server of the newest reply
+	Reply      string // the newest reply
+}
+
+// maxWaiting bounds the destinations the page lists.
+const maxWaiting = 20
 
 type count struct {
 	Name string
@@ -142,6 +187,9 @@ type postureEntry struct {
 
 func (a *adminHTTP) status(w http.ResponseWriter, r *http.Request) {
 	data, err := a.collect(time.Now())
+	if err == nil {
+		err = a.collectHealth(r.Context(), &data)
+	}
 	if err != nil {
 		a.log.Error("status page", "err", err)
 		http.Error(w, "status unavailable: "+err.Error(), http.StatusInternalServerError)
@@ -213,6 +261,49 @@ func (a *adminHTTP) collect(now time.Time) (statusData, error) {
 		return cmp.Or(cmp.Compare(y.Sessions, x.Sessions), cmp.Compare(x.Domain, y.Domain), cmp.Compare(x.MX, y.MX))
 	})
 	return d, nil
+}
+
+// collectHealth adds what is wrong now: readiness, the DNS upstream, and
+// why mail waits.
+func (a *adminHTTP) collectHealth(ctx context.Context, d *statusData) error {
+	d.Ready, d.Checks = a.runChecks(ctx)
+	if a.dns != nil {
+		h := a.dns()
+		d.DNS, d.OnBroken = &h, a.onBroken
+	}
+	msgs, err := a.q.List(queue.Filter{State: "deferred"})
+	if err != nil {
+		return err
+	}
+	byDomain := map[string]*waiting{}
+	for _, m := range msgs {
+		for _, r := range m.Recipients {
+			if r.State.Final() || r.Attempts == 0 {
+				continue
+			}
+			dom := queue.Domain(r.Addr)
+			w := byDomain[dom]
+			if w == nil {
+				w = &waiting{Domain: dom, Oldest: m.Arrival}
+				byDomain[dom] = w
+			}
+			w.Recipients++
+			if m.Arrival.Before(w.Oldest) {
+				w.Oldest = m.Arrival
+			}
+			if r.LastAttempt.After(w.LastTry) {
+				w.LastTry, w.Host, w.Reply = r.LastAttempt, r.LastHost, r.LastReply
+			}
+		}
+	}
+	for _, w := range byDomain {
+		d.Waiting = append(d.Waiting, *w)
+	}
+	slices.SortFunc(d.Waiting, func(x, y waiting) int {
+		return cmp.Or(cmp.Compare(y.Recipients, x.Recipients), cmp.Compare(x.Domain, y.Domain))
+	})
+	d.Waiting = d.Waiting[:min(len(d.Waiting), maxWaiting)]
+	return nil
 }
 
 func countPosture(byDomain map[string]*postureEntry, rec audit.Record) {

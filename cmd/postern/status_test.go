@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"html/template"
 	"image"
 	"image/png"
 	"log/slog"
@@ -19,6 +21,7 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/tlsrpt"
+	"github.com/postern/postern/resolver"
 )
 
 // statusWorld is a queue with one message delivered over DANE, one to an
@@ -251,5 +254,58 @@ func BenchmarkStatusPage(b *testing.B) {
 		if w.Code != 200 || !strings.Contains(w.Body.String(), "d1.test") {
 			b.Fatalf("%d", w.Code)
 		}
+	}
+}
+
+// TestStatusPageShowsWhatIsWrong: the page says when the relay is not
+// ready and why, when the DNS upstream strips DNSSEC and what that does,
+// and why mail waits, also when no TLS report data was written (a
+// smarthost route's certificate failure); and it refreshes itself.
+func TestStatusPageShowsWhatIsWrong(t *testing.T) {
+	q, err := queue.Open(filepath.Join(t.TempDir(), "queue.db"), queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	id, err := q.Enqueue("", queue.Envelope{From: "app@example.org", Recipients: []queue.Recipient{{Addr: "x@partner.example"}}}, strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := q.Lease(1, time.Minute)
+	if err != nil || len(l) != 1 {
+		t.Fatalf("lease: %v", err)
+	}
+	const reply = "4.7.5 TLS policy for smarthost.example: certificate not trusted (route tls: verify)"
+	if _, err := q.Record(id, l[0].Seq, []queue.Outcome{{Recipient: 0, Result: queue.ResultDeferred, Reply: reply,
+		Host: "smarthost.example", RetryAt: time.Now().Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	web := &adminHTTP{hostname: "relay.example", metrics: http.NotFoundHandler(), q: q, stats: &statsCache{q: q},
+		log: slog.New(slog.DiscardHandler), onBroken: "defer",
+		dns: func() resolver.Health {
+			return resolver.Health{Checked: time.Now().Add(-time.Minute), Broken: true, Problem: "192.0.2.53:53 over udp answered without RRSIGs."}
+		},
+		ready: []readiness{
+			{"queue", func(context.Context) error { return nil }},
+			{"dns", func(context.Context) error { return errors.New("no DNS server answers") }},
+		}}
+	srv := httptest.NewServer(web.handler())
+	defer srv.Close()
+	_, page := httpGet(t, srv.URL+"/")
+	for _, want := range []string{
+		`<meta http-equiv="refresh" content="30">`,
+		`<tr><th>ready</th><td class="bad">no: <a href="/readyz">/readyz</a> answers 503</td></tr>`,
+		`<tr><th>queue</th><td>ok</td></tr>`,
+		`<tr><th>dns</th><td class="bad">no DNS server answers</td></tr>`,
+		`192.0.2.53:53 over udp answered without RRSIGs. Mail to DNSSEC-signed domains waits until it is fixed`,
+		`<td>partner.example</td><td class="n">1</td>`,
+		`<td>smarthost.example</td><td class="bad">` + template.HTMLEscapeString(reply) + `</td>`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("status page lacks %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(page)
 	}
 }

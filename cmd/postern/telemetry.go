@@ -63,6 +63,9 @@ func startTelemetry(cfg TelemetryConfig, log *slog.Logger) (*telemetry, error) {
 	mp := sdkmetric.NewMeterProvider(opts...)
 	otel.SetMeterProvider(mp)
 	t.shutdown = append(t.shutdown, mp.Shutdown)
+	if err := exportAtZero(); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	return t, nil
 }
 
@@ -79,6 +82,31 @@ type slogPromLogger struct{ log *slog.Logger }
 
 func (l slogPromLogger) Println(v ...any) {
 	l.log.Error("metrics exposition", "detail", fmt.Sprint(v...))
+}
+
+// exportAtZero makes the counters that the dashboard and the alerts graph
+// show 0 from the start, instead of "No data" until their first event (a
+// TLS downgrade, an MTA-STS fetch). They are tlspolicy's instruments: the
+// meter provider returns the same instrument, and so the same series, for
+// the same scope, name and description (a different description would be
+// a second stream, which the SDK warns of: TestCountersExportedAtZero).
+func exportAtZero() error {
+	ctx := context.Background()
+	m := otel.GetMeterProvider().Meter("github.com/postern/postern/tlspolicy")
+	downgrades, err := m.Int64Counter("postern.tls.downgrades",
+		metric.WithDescription("Deliveries weaker than the destination domain has shown before"))
+	if err != nil {
+		return err
+	}
+	fetches, err := m.Int64Counter("postern.mta_sts.fetches", metric.WithDescription("MTA-STS policy fetches by result (ok, error)"))
+	if err != nil {
+		return err
+	}
+	downgrades.Add(ctx, 0)
+	for _, result := range []string{"ok", "error"} {
+		fetches.Add(ctx, 0, metric.WithAttributes(attribute.String("result", result)))
+	}
+	return nil
 }
 
 // queueGauges reports the queue's size by state and the age of its oldest

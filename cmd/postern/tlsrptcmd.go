@@ -24,7 +24,7 @@ func tlsrptCommand(load func() (*Config, error)) *cobra.Command {
 		}
 		d, err := time.Parse("2006-01-02", dayText)
 		if err != nil {
-			return time.Time{}, &exitError{2, fmt.Errorf("--day %q: use 2006-01-02 (UTC)", dayText)}
+			return time.Time{}, &exitError{code: 2, err: fmt.Errorf("--day %q: use 2006-01-02 (UTC)", dayText)}
 		}
 		return d, nil
 	}

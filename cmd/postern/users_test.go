@@ -212,7 +212,7 @@ userPassword: bob-pw
 	good := string(b)
 	os.WriteFile(d.cfg, []byte(strings.Replace(good, "ldaps://", "ldap://", 1)), 0o600)
 	out, err := d.run("", "config", "check")
-	if exitCode(err) != 2 || !strings.Contains(out, "submission.auth.ldap.url: ") || !strings.Contains(out, "cleartext") {
+	if processExit(err) != 2 || !strings.Contains(out, "submission.auth.ldap.url: ") || !strings.Contains(out, "cleartext") {
 		t.Fatalf("ldap:// without starttls: %v\n%s", err, out)
 	}
 	t.Logf("config check: %s", out)

@@ -185,12 +185,12 @@ Users of the users file carry theirs in the file (messages_per_hour=N).`,
 			if args[2] != "default" {
 				v, err := strconv.Atoi(args[2])
 				if err != nil || v < 0 {
-					return &exitError{2, fmt.Errorf("say a count (0: unlimited) or default, not %q", args[2])}
+					return &exitError{code: 2, err: fmt.Errorf("say a count (0: unlimited) or default, not %q", args[2])}
 				}
 				n = &v
 			}
 			if args[1] != auth.LimitMessages && args[1] != auth.LimitRecipients {
-				return &exitError{2, fmt.Errorf("say %s or %s, not %q", auth.LimitMessages, auth.LimitRecipients, args[1])}
+				return &exitError{code: 2, err: fmt.Errorf("say %s or %s, not %q", auth.LimitMessages, auth.LimitRecipients, args[1])}
 			}
 			return withOps(load, func(ops operations) error { return ops.UserLimit(args[0], args[1], n) })
 		},

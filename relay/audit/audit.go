@@ -83,7 +83,10 @@ func (f Filter) matches(r Record) bool {
 	if f.RcptDomain != "" && queue.Domain(r.Recipient) != mailname.Normalize(f.RcptDomain) {
 		return false
 	}
-	if f.MessageID != "" && strings.Trim(r.MessageID, "<>") != strings.Trim(f.MessageID, "<>") {
+	// MessageID is a Message-ID (with or without its angle brackets) or a
+	// queue ID: a Message-ID has an "@" (RFC 5322 3.6.4) and a queue ID
+	// none, so the two cannot be confused.
+	if f.MessageID != "" && strings.Trim(r.MessageID, "<>") != strings.Trim(f.MessageID, "<>") && r.QueueID != f.MessageID {
 		return false
 	}
 	return true

@@ -265,7 +265,25 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 type slogPrinter struct{ log *slog.Logger }
 
+// goSMTPConnError is the format go-smtp's Server.Serve gives its ErrorLog
+// when a connection ends in an error, with the remote address and the
+// error as arguments: a client that reset the connection, or spoke plain
+// text to the implicit-TLS port, or failed its TLS handshake. That is the
+// client's trouble, not the server's: a warning, with client_ip a field
+// of its own (the arguments are typed, so no text is parsed).
+const goSMTPConnError = "error handling %v: %s"
+
 func (p slogPrinter) Printf(format string, v ...any) {
+	if format == goSMTPConnError && len(v) == 2 {
+		if addr, ok := v[0].(net.Addr); ok {
+			ip := addr.String()
+			if ap, err := netip.ParseAddrPort(ip); err == nil {
+				ip = ap.Addr().Unmap().String()
+			}
+			p.log.Warn("submission connection failed", "client_ip", ip, "err", v[1])
+			return
+		}
+	}
 	p.log.Error("smtp server", "detail", fmt.Sprintf(format, v...))
 }
 func (p slogPrinter) Println(v ...any) { p.log.Error("smtp server", "detail", fmt.Sprint(v...)) }

@@ -87,6 +87,11 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		return nil, errShuttingDown
 	}
 	s.sessions[sess] = struct{}{}
+	tlsVersion := ""
+	if sess.tls != nil {
+		tlsVersion = tls.VersionName(sess.tls.Version)
+	}
+	s.log.Debug("submission session opened", "client_ip", sess.ip, "tls_version", tlsVersion)
 	return sess, nil
 }
 
@@ -183,18 +188,23 @@ func (s *session) via() []any {
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	err := s.mail(from, opts)
 	s.srv.metrics.command("MAIL", err)
+	s.srv.log.Debug("MAIL", "client_ip", s.ip, "from", from, "requiretls", opts.RequireTLS, "err", err)
 	return err
 }
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	err := s.rcpt(to, opts)
 	s.srv.metrics.command("RCPT", err)
+	s.srv.log.Debug("RCPT", "client_ip", s.ip, "rcpt", to, "err", err)
 	return err
 }
 
 func (s *session) Data(r io.Reader) error {
 	err := s.data(r)
 	s.srv.metrics.command("DATA", err)
+	if err != nil {
+		s.srv.log.Debug("DATA", "client_ip", s.ip, "err", err)
+	}
 	return err
 }
 
@@ -423,6 +433,11 @@ func (s *session) Logout() error {
 	s.srv.mu.Lock()
 	delete(s.srv.sessions, s)
 	s.srv.mu.Unlock()
+	user := ""
+	if s.user != nil {
+		user = s.user.Name
+	}
+	s.srv.log.Debug("submission session closed", "client_ip", s.ip, "user", user)
 	return nil
 }
 
