@@ -543,3 +543,31 @@ func TestExportWaitsForAttemptsInFlight(t *testing.T) {
 		t.Fatalf("imported void lease: %+v", msgs)
 	}
 }
+
+// Salvage keeps the record of imports: importing the same export after a
+// salvage adds nothing.
+func TestSalvageKeepsTheRecordOfImports(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	bdir := t.TempDir()
+	b := openTest(t, clock, bdir, 64<<10)
+	exportSource(t, a, clock)
+	dir, _, err := exportTo(t, a, t.TempDir(), ExportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := importFrom(t, b, dir, ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if _, err := Salvage(filepath.Join(bdir, "queue.db"), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	b = openTest(t, clock, bdir, 64<<10)
+	defer b.Close()
+	rep, err := importFrom(t, b, dir, ImportOptions{})
+	if err != nil || rep.Imported != 0 || rep.Already != 4 {
+		t.Fatalf("import after a salvage: %+v %v", rep, err)
+	}
+}
