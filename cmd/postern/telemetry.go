@@ -86,7 +86,7 @@ func (l slogPromLogger) Println(v ...any) {
 func queueGauges(stats *statsCache) error {
 	m := otel.GetMeterProvider().Meter("github.com/postern/postern/queue")
 	messages, err := m.Int64ObservableGauge("postern.queue.messages",
-		metric.WithDescription("Queued messages by state (active, deferred, held)"))
+		metric.WithDescription("Queued messages by state (active, deferred, held, exported)"))
 	if err != nil {
 		return err
 	}
