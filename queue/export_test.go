@@ -571,3 +571,23 @@ func TestSalvageKeepsTheRecordOfImports(t *testing.T) {
 		t.Fatalf("import after a salvage: %+v %v", rep, err)
 	}
 }
+
+// An export imported back into the queue it came from, which still holds
+// its messages, adds no second copy.
+func TestImportIntoTheExportingQueue(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	ids := exportSource(t, a, clock)
+	dir, _, err := exportTo(t, a, t.TempDir(), ExportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := importFrom(t, a, dir, ImportOptions{})
+	if err != nil || rep.Imported != 0 || len(rep.StillHere) != len(ids) {
+		t.Fatalf("import into the exporting queue: %+v %v", rep, err)
+	}
+	if n, _ := a.Count(); n != len(ids) {
+		t.Fatalf("%d messages, want %d", n, len(ids))
+	}
+}

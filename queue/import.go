@@ -55,6 +55,10 @@ type ImportReport struct {
 	// Already counts messages imported before (from this export or
 	// another with the same messages): not added again.
 	Already int `json:"already"`
+	// StillHere lists messages left out because this queue is the one they
+	// were exported from, and still holds them (ExportHeld): Release gives
+	// them back to delivery; importing them would make a second copy.
+	StillHere []string `json:"still_here,omitempty"`
 	// Bad lists the messages left out (SkipBad) and why.
 	Bad []BadMessage `json:"bad,omitempty"`
 }
@@ -119,6 +123,8 @@ func (q *Queue) Import(dir *os.Root, opts ImportOptions) (ImportReport, error) {
 		switch {
 		case errors.Is(err, errAlreadyImported):
 			rep.Already++
+		case errors.Is(err, errStillHere):
+			rep.StillHere = append(rep.StillHere, v.entry.ID)
 		case errors.Is(err, errChangedOnDisk):
 			rep.Bad = append(rep.Bad, BadMessage{ID: v.entry.ID, Reason: err.Error()})
 		case err != nil:
@@ -145,6 +151,7 @@ func (q *Queue) Import(dir *os.Root, opts ImportOptions) (ImportReport, error) {
 var (
 	errAlreadyImported = errors.New("imported before")
 	errChangedOnDisk   = errors.New("changed after it was checked")
+	errStillHere       = errors.New("still queued here, held for an export")
 )
 
 // verified is a message whose files matched their checksums.
@@ -311,6 +318,9 @@ func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash f
 	err := q.view(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bucketImported); b != nil && b.Get(origin) != nil {
 			return errAlreadyImported
+		}
+		if m, err := getMessage(tx, v.entry.ID); err == nil && m.ExportHeld && m.Arrival.Equal(v.msg.Arrival) && m.From == v.msg.From {
+			return errStillHere // this is the queue it was exported from
 		}
 		taken = tx.Bucket(bucketMessages).Get(origin) != nil || tx.Bucket(bucketBodies).Get(origin) != nil
 		return nil

@@ -375,6 +375,11 @@ func printImport(out io.Writer, res importResult) {
 			fmt.Fprintf(out, "  %s is now %s\n", old, res.Renamed[old])
 		}
 	}
+	if len(res.StillHere) > 0 {
+		fmt.Fprintf(out, "%d messages are still in this queue, held for the export they came from (this is the node that exported them):\n"+
+			"they were not imported again; give them back to delivery here with: postern queue release %s\n",
+			len(res.StillHere), strings.Join(res.StillHere, " "))
+	}
 	if len(res.Bad) > 0 {
 		fmt.Fprintf(out, "%d messages LEFT OUT (they fail their checks; not imported):\n", len(res.Bad))
 		for _, b := range res.Bad {
