@@ -65,6 +65,8 @@ func TestQueueHandOver(t *testing.T) {
 		t.Fatalf("node A's queue: %+v", before)
 	}
 
+	out, _ := a.run("", "queue", "list")
+	t.Logf("node A$ postern queue list\n%s", out)
 	dir := filepath.Join(t.TempDir(), "handover")
 	out, err := a.run("", "queue", "export", dir, "--remove")
 	t.Logf("node A$ postern queue export %s --remove\n%s", dir, out)
@@ -100,6 +102,8 @@ func TestQueueHandOver(t *testing.T) {
 			t.Fatalf("imported message %d:\n got %+v\nwant %+v", i, m, want)
 		}
 	}
+	out, _ = b.run("", "queue", "list")
+	t.Logf("node B$ postern queue list\n%s", out)
 	if out, err := b.run("", "queue", "flush"); err != nil {
 		t.Fatalf("flush: %v %s", err, out)
 	}
