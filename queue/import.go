@@ -21,7 +21,11 @@ import (
 )
 
 // bucketImported records each message imported from an export, by its ID
-// in the exporting queue, so that it is never imported twice. An entry is
+// in the exporting queue, so that it is never imported twice. The ID alone
+// is the key, not the export or the envelope: a second export of the same
+// message (after attempts changed its recipients) must be recognised too,
+// and IDs of different nodes differ unless 48 random bits agree (NewID).
+// An entry is
 // about 150 bytes and is kept for good: a message imported and since
 // delivered must still be recognised when the export is imported again.
 var bucketImported = []byte("imported")
