@@ -50,6 +50,20 @@
 // An ID names one message for its whole life: Enqueue refuses an ID that is
 // already queued (ErrExists) rather than replace what was acknowledged.
 //
+// # Moving a queue to another node
+//
+// Export writes the queued messages, with every recipient's state and the
+// body, into a directory with a SHA-256 of each file; Import adds them to
+// another queue. Export holds each message it takes (ExportHeld: it is not
+// scheduled here, so it is delivered by one node only), waits for the
+// attempts in flight, and hands the directory to its caller to publish only
+// once every file is fsynced; with Remove, a message leaves this queue only
+// after that, and only if unchanged. Import checks every checksum before it
+// adds anything, and commits each message with a record of its import under
+// its exported ID: importing an export again, after a crash or not, adds
+// each message once. A message keeps its ID across the move unless the
+// importing queue already uses it. See export.go.
+//
 // # Damage
 //
 // Open runs bbolt's consistency check and refuses a damaged file

@@ -89,6 +89,10 @@ type Message struct {
 	Size    int64 `json:"size"`
 	Spooled bool  `json:"spooled,omitempty"` // body is a file in the spool directory
 	Held    bool  `json:"held,omitempty"`
+	// ExportHeld: the message was written to a queue export (see Export)
+	// and is not scheduled here, so that it is not delivered both here and
+	// where it is imported. Release gives it back to delivery.
+	ExportHeld bool `json:"export_held,omitempty"`
 
 	// LeaseSeq numbers the leases taken on this message.
 	LeaseSeq uint64 `json:"lease_seq,omitempty"`
@@ -123,7 +127,7 @@ func Domain(addr string) string {
 // wake is when the scheduler must next look at m; ok is false when never
 // (held messages wait for Release).
 func (m *Message) wake() (t time.Time, ok bool) {
-	if m.Held {
+	if m.Held || m.ExportHeld {
 		return time.Time{}, false
 	}
 	if m.Done() {

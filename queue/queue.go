@@ -433,7 +433,7 @@ func prefixKey(id string) []byte { return []byte(id + "/prefix") }
 type Filter struct {
 	RcptDomain string
 	Sender     string
-	State      string // "active", "deferred" or "held", as Message.State says
+	State      string // "active", "deferred", "held" or "exported", as Message.State says
 	// ArrivedBefore and ArrivedAfter bound the arrival time (age filters).
 	ArrivedBefore, ArrivedAfter time.Time
 	Limit                       int
@@ -461,10 +461,14 @@ func (f Filter) match(m *Message) bool {
 	return f.State == "" || f.State == m.State()
 }
 
-// State is where a message stands as a whole: "held" by the operator;
-// "deferred" when a pending recipient has been tried and must wait; else
-// "active" (new, being delivered, or finished and awaiting its notices).
+// State is where a message stands as a whole: "exported" (held here since
+// it was written to a queue export); "held" by the operator; "deferred"
+// when a pending recipient has been tried and must wait; else "active"
+// (new, being delivered, or finished and awaiting its notices).
 func (m *Message) State() string {
+	if m.ExportHeld {
+		return "exported"
+	}
 	if m.Held {
 		return "held"
 	}
@@ -478,7 +482,7 @@ func (m *Message) State() string {
 
 // Stats is the queue at a glance.
 type Stats struct {
-	Messages map[string]int // by State: active, deferred, held
+	Messages map[string]int // by State: active, deferred, held, exported
 	// Recipients still to be delivered (pending or in flight).
 	Recipients int
 	// Oldest is the arrival time of the oldest message (zero when empty).
@@ -491,7 +495,7 @@ type Stats struct {
 // Stats counts the queue. It reads every message, so callers that ask
 // often (metrics) should keep the result a while.
 func (q *Queue) Stats() (Stats, error) {
-	st := Stats{Messages: map[string]int{"active": 0, "deferred": 0, "held": 0}}
+	st := Stats{Messages: map[string]int{"active": 0, "deferred": 0, "held": 0, "exported": 0}}
 	err := q.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
 			var m Message
@@ -567,8 +571,9 @@ func (q *Queue) Hold(id string) error {
 }
 
 // Release makes a held message eligible again at its recipients' due times.
+// It also gives back to delivery a message held for an export (ExportHeld).
 func (q *Queue) Release(id string) error {
-	return q.modify(id, func(m *Message, _ time.Time) error { m.Held = false; return nil })
+	return q.modify(id, func(m *Message, _ time.Time) error { m.Held, m.ExportHeld = false, false; return nil })
 }
 
 // RetryNow makes every pending recipient of a message due now.

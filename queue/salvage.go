@@ -166,6 +166,20 @@ func salvageInto(stx, dtx *bolt.Tx, spoolDir string, rep *SalvageReport) (map[st
 			return nil, err
 		}
 	}
+	// The record of imports (see Import) keeps a message from being
+	// imported a second time: without it, importing the same export again
+	// would duplicate what was delivered since.
+	if imported := readAll(stx, bucketImported, rep); len(imported) > 0 {
+		b, err := dtx.CreateBucketIfNotExists(bucketImported)
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range imported {
+			if err := b.Put(kv.k, kv.v); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return copied, nil
 }
 

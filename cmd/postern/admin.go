@@ -455,6 +455,7 @@ func adminHandler(ops operations) http.Handler {
 		reply(w, map[string]string{"ok": "true"}, ops.UserPasswd(r.PathValue("name"), req.Password))
 	})
 	userVolumeRoutes(mux, ops, reply)
+	handoverRoutes(mux, ops, reply)
 	return mux
 }
 

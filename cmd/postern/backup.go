@@ -77,7 +77,7 @@ func targetFor(dir string) (backupTarget, error) {
 // queue with no users).
 func (l *local) Backup(t backupTarget) (rep backupReport, err error) {
 	rep.Dir = t.Dir
-	bd, err := openBackupDir(t)
+	bd, err := openBackupDir(t, "backup")
 	if err != nil {
 		return rep, err
 	}
@@ -111,6 +111,7 @@ type backupDir struct {
 	at      string // its name while the backup is written
 	final   string // DIR
 	created bool   // made here (at is then a temporary name beside DIR)
+	what    string // "backup" or "export", for messages
 }
 
 // publish gives a complete backup its name, DIR, and makes sure the name
@@ -121,14 +122,14 @@ func (b *backupDir) publish() error {
 		// user can have made DIR since; in a sticky directory another
 		// user's DIR cannot be renamed over, and a non-empty one never is.
 		if _, err := os.Lstat(b.final); err == nil {
-			return fmt.Errorf("backup: %s appeared during the backup", b.final)
+			return fmt.Errorf("%s: %s appeared meanwhile", b.what, b.final)
 		}
 		if err := os.Rename(b.at, b.final); err != nil {
-			return fmt.Errorf("backup: %w", err)
+			return fmt.Errorf("%s: %w", b.what, err)
 		}
 		b.at = b.final
 		if err := syncPath(filepath.Dir(b.final)); err != nil {
-			return fmt.Errorf("backup: %w", err)
+			return fmt.Errorf("%s: %w", b.what, err)
 		}
 	}
 	// The files went into the directory held open; make sure the name
@@ -154,34 +155,34 @@ func (b *backupDir) cleanup() error {
 
 // openBackupDir checks where a backup may go, creates the directory (under
 // a temporary name) when DIR does not exist, and opens it.
-func openBackupDir(t backupTarget) (*backupDir, error) {
+func openBackupDir(t backupTarget, what string) (*backupDir, error) {
 	if !filepath.IsAbs(t.Dir) || filepath.Clean(t.Dir) != t.Dir || t.Dir == "/" {
-		return nil, fmt.Errorf("backup: %q is not a clean absolute directory", t.Dir)
+		return nil, fmt.Errorf("%s: %q is not a clean absolute directory", what, t.Dir)
 	}
 	parent := filepath.Dir(t.Dir)
 	if t.Parent != nil {
 		fi, err := os.Stat(parent)
 		if err != nil || idOf(fi) != *t.Parent {
-			return nil, fmt.Errorf("backup: %s is not the same directory for postern as for you (postern has a file system "+
+			return nil, fmt.Errorf("%s: %s is not the same directory for postern as for you (postern has a file system "+
 				"view of its own: under the systemd unit /tmp and /var/tmp are private to the service, PrivateTmp=yes, and "+
-				"deleted when it stops, and /home and /root are hidden from it, ProtectHome=yes); a backup there would be "+
-				"lost: use a directory below /var/backups/postern", parent)
+				"deleted when it stops, and /home and /root are hidden from it, ProtectHome=yes); what it wrote there would be "+
+				"lost: use a directory below /var/backups/postern", what, parent)
 		}
 	}
 	if err := checkSafePath(parent); err != nil {
-		return nil, fmt.Errorf("backup: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	b := &backupDir{at: t.Dir, final: t.Dir}
+	b := &backupDir{at: t.Dir, final: t.Dir, what: what}
 	if _, err := os.Lstat(t.Dir); errors.Is(err, fs.ErrNotExist) {
 		var rnd [6]byte
 		rand.Read(rnd[:])
 		b.at = filepath.Join(parent, "."+filepath.Base(t.Dir)+".partial-"+hex.EncodeToString(rnd[:]))
 		if err := os.Mkdir(b.at, 0o700); err != nil {
-			return nil, fmt.Errorf("backup: %w%s", err, unwritableHint(err))
+			return nil, fmt.Errorf("%s: %w%s", what, err, unwritableHint(err))
 		}
 		b.created = true
 	} else if err != nil {
-		return nil, fmt.Errorf("backup: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	removeDir := func() {
 		if b.created {
@@ -194,7 +195,7 @@ func openBackupDir(t backupTarget) (*backupDir, error) {
 	}
 	if err != nil {
 		removeDir()
-		return nil, fmt.Errorf("backup: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	b.root, err = os.OpenRoot(b.at)
 	if err == nil {
@@ -208,7 +209,7 @@ func openBackupDir(t backupTarget) (*backupDir, error) {
 			b.root.Close()
 		}
 		removeDir()
-		return nil, fmt.Errorf("backup: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return b, nil
 }

@@ -515,9 +515,9 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			switch f.State {
-			case "", "active", "deferred", "held":
+			case "", "active", "deferred", "held", "exported":
 			default:
-				return &exitError{code: 2, err: fmt.Errorf("--state %q: use active, deferred or held", f.State)}
+				return &exitError{code: 2, err: fmt.Errorf("--state %q: use active, deferred, held or exported", f.State)}
 			}
 			if olderThan > 0 {
 				f.ArrivedBefore = time.Now().Add(-olderThan)
@@ -574,7 +574,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 	}
 	list.Flags().StringVar(&f.RcptDomain, "domain", "", "only messages with a recipient in this domain")
 	list.Flags().StringVar(&f.Sender, "sender", "", "only messages from this sender")
-	list.Flags().StringVar(&f.State, "state", "", "active, deferred or held")
+	list.Flags().StringVar(&f.State, "state", "", "active, deferred, held or exported")
 	list.Flags().DurationVar(&olderThan, "older-than", 0, "only messages that arrived longer ago than this (e.g. 4h)")
 	list.Flags().DurationVar(&newerThan, "newer-than", 0, "only messages that arrived within this (e.g. 10m)")
 	list.Flags().BoolVar(&asJSON, "json", false, "JSON output")
@@ -619,6 +619,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 	}
 	show.Flags().BoolVar(&showJSON, "json", false, "JSON output")
 	cmd.AddCommand(list, show, salvageCommand(load))
+	cmd.AddCommand(handoverCommands(load)...)
 	for _, a := range []struct{ name, short string }{
 		{"hold", "Stop delivery attempts for a message until released"},
 		{"release", "Let a held message be delivered again"},

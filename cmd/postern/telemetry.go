@@ -114,7 +114,7 @@ func exportAtZero() error {
 func queueGauges(stats *statsCache) error {
 	m := otel.GetMeterProvider().Meter("github.com/postern/postern/queue")
 	messages, err := m.Int64ObservableGauge("postern.queue.messages",
-		metric.WithDescription("Queued messages by state (active, deferred, held)"))
+		metric.WithDescription("Queued messages by state (active, deferred, held, exported)"))
 	if err != nil {
 		return err
 	}
