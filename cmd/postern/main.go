@@ -161,7 +161,7 @@ func rootCommand() *cobra.Command {
 			})
 		},
 	})
-	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load))
+	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load), demoCommand())
 	return root
 }
 
