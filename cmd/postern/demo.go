@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +27,7 @@ import (
 	"github.com/postern/postern/internal/lab"
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
+	"github.com/postern/postern/relay/tlsrpt"
 )
 
 // embedding is a caller that runs the daemon inside its own process
@@ -344,6 +346,8 @@ func sendOne(c *smtp.Client, from, to, body string) (string, error) {
 type outcome struct {
 	record    *audit.Record    // final: delivered, bounced, expired
 	recipient *queue.Recipient // still queued, tried at least once
+	failures  []string         // the TLS report's result types for the domain (RFC 8460 4.3)
+	notice    *audit.Record    // a bounce's failure notice to the sender, once delivered
 }
 
 // settle waits until every destination's message is final or has been
@@ -355,7 +359,7 @@ func (d *demo) settle(ctx context.Context, timeout time.Duration) (map[string]ou
 		if err != nil {
 			return nil, err
 		}
-		if len(got) == len(lab.Destinations) && untried == 0 {
+		if len(got) == len(lab.Destinations) && untried == 0 && reported(got) {
 			fmt.Fprintf(d.out, "\nDelivery settled in %s.\n", time.Since(d.start).Round(100*time.Millisecond))
 			return got, nil
 		}
@@ -369,6 +373,17 @@ func (d *demo) settle(ctx context.Context, timeout time.Duration) (map[string]ou
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// reported says whether every failed attempt is in the TLS report data,
+// which is written just after the attempt's outcome.
+func reported(got map[string]outcome) bool {
+	for _, o := range got {
+		if o.recipient != nil && len(o.failures) == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // outcomes reads, through the admin socket as the CLI would, what became
@@ -406,7 +421,41 @@ func (d *demo) outcomes() (map[string]outcome, int, error) {
 			}
 		}
 	}
-	delete(got, lab.SenderDomain)
+	if notice, ok := got[lab.SenderDomain]; ok {
+		// The failure notice of a bounce, to the sender.
+		for domain, o := range got {
+			if o.record != nil && o.record.Result != audit.Delivered {
+				o.notice = notice.record
+				got[domain] = o
+			}
+		}
+		delete(got, lab.SenderDomain)
+	}
+	// What the TLS reports will say about the failures: "postern tlsrpt
+	// show" reads the same, by UTC day.
+	for _, day := range []time.Time{tlsrpt.Day(d.start), tlsrpt.Day(time.Now())} {
+		reports, err := ops.TLSReports(day)
+		if err != nil {
+			return nil, 0, err
+		}
+		for domain, results := range reports {
+			o, ok := got[domain]
+			if !ok || o.recipient == nil {
+				continue
+			}
+			for _, pr := range results {
+				for _, f := range pr.FailureDetails {
+					if !slices.Contains(o.failures, f.ResultType) {
+						o.failures = append(o.failures, f.ResultType)
+					}
+				}
+			}
+			got[domain] = o
+		}
+		if tlsrpt.Day(d.start).Equal(tlsrpt.Day(time.Now())) {
+			break
+		}
+	}
 	return got, untried, nil
 }
 
@@ -477,13 +526,18 @@ func judge(want lab.Expect, o outcome) (string, bool) {
 			ok := want.Result == "delivered" && r.Verified == (want.VerifiedBy != "") && r.VerifiedBy == want.VerifiedBy && r.TLSVersion != ""
 			return text, ok
 		default:
-			text := fmt.Sprintf("%s: %q; the sender is told (a failure notice to demo@%s)", r.Result, r.Reply, lab.SenderDomain)
+			told := "its failure notice to the sender is not delivered yet"
+			if o.notice != nil {
+				told = fmt.Sprintf("its failure notice was delivered to %s at %s", o.notice.Recipient, o.notice.MX)
+			}
+			text := fmt.Sprintf("%s: %q; %s", r.Result, r.Reply, told)
 			return text, want.Result == "bounced" && r.Result == audit.Bounced && statusOf(r.Reply) == want.Status
 		}
 	case o.recipient != nil:
 		r := o.recipient
-		text := fmt.Sprintf("waiting in the queue (%d attempt(s), next %s): %s", r.Attempts, r.Due.Local().Format(time.TimeOnly), r.LastReply)
-		return text, want.Result == "waiting" && strings.HasPrefix(r.LastStatus, want.Status)
+		text := fmt.Sprintf("waiting in the queue (%d attempt(s), next %s; TLS report result: %s): %s", r.Attempts,
+			r.Due.Local().Format(time.TimeOnly), orDash(strings.Join(o.failures, ", ")), r.LastReply)
+		return text, want.Result == "waiting" && strings.HasPrefix(r.LastStatus, want.Status) && slices.Contains(o.failures, want.Failure)
 	}
 	return "nothing yet: not tried", false
 }

@@ -30,6 +30,7 @@ type Expect struct {
 	Result     string // "delivered", "waiting" (still queued) or "bounced"
 	VerifiedBy string // delivered: DANE-EE, DANE-TA, PKIX, or "" for TLS without authentication
 	Status     string // waiting or bounced: the start of the enhanced status code (RFC 3463)
+	Failure    string // waiting: the TLS report's result type (RFC 8460 4.3)
 }
 
 // SenderDomain is where the world's mail comes from; its MX takes the
@@ -46,10 +47,10 @@ var Destinations = []Destination{
 		Expect{Result: "delivered", VerifiedBy: "PKIX"}},
 	{"no-policy.example", "unsigned zone, no TLSA, no MTA-STS, a self-signed MX certificate", "deliver over TLS, unverified (tls.default: may)",
 		Expect{Result: "delivered"}},
-	{"wrong-cert.example", "signed zone, TLSA 3 1 1 for a key its MX no longer presents (a rollover without a TLSA update)", "keep it queued (4.7.x): never hand it to that certificate",
-		Expect{Result: "waiting", Status: "4.7."}},
+	{"wrong-cert.example", "signed zone, TLSA 3 1 1 for a key its MX no longer presents (a rollover without a TLSA update)", "keep it queued (4.7.x, tlsa-invalid): never hand it to that certificate",
+		Expect{Result: "waiting", Status: "4.7.", Failure: "tlsa-invalid"}},
 	{"stripped.example", "signed zone, but its TLSA answer arrives without its RRSIG (an attacker stripping DANE)", "keep it queued (4.7.x, dnssec-invalid): never fall back to unverified TLS",
-		Expect{Result: "waiting", Status: "4.7."}},
+		Expect{Result: "waiting", Status: "4.7.", Failure: "dnssec-invalid"}},
 	{"null-mx.example", "MX 0 . (RFC 7505 null MX: the domain accepts no mail)", "bounce at once (5.1.10) and tell the sender",
 		Expect{Result: "bounced", Status: "5.1.10"}},
 }
