@@ -500,6 +500,7 @@ func (d *demo) report(ids map[string]string, got map[string]outcome) (bool, erro
 	if err := printAudit(d.out, records, "table"); err != nil {
 		return false, err
 	}
+	fmt.Fprintf(d.out, "(the delivery to demo@%s is the bounce's failure notice, back to the sender; the mail still queued has no record yet)\n", lab.SenderDomain)
 	if good {
 		fmt.Fprintf(d.out, "\nEvery destination got what its policy demands.\n")
 	}
