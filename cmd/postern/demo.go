@@ -16,7 +16,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -89,8 +88,8 @@ to the message, and the audit table. No configuration, no network, no root.
 
 It removes everything it made when it ends, unless --keep. With --keep-running Postern
 keeps running after the report, so that queue, audit and the status page can be
-explored; Ctrl-C stops it. The exit status is 1 when a destination's outcome is not
-what its policy demands.`,
+explored; Ctrl-C stops it. POSTERN_* environment variables are ignored. The exit
+status is 1 when a destination's outcome is not what its policy demands.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx, cancel := signal.NotifyContext(c.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -168,6 +167,7 @@ func runDemo(ctx context.Context, out io.Writer, o demoOptions) (err error) {
 		case <-ctx.Done():
 			fmt.Fprintln(out, "\nstopping")
 		case err := <-d.served:
+			fmt.Fprintf(out, "\npostern stopped: %v\n", err)
 			d.served <- err // for stop
 		}
 	}
@@ -211,6 +211,13 @@ func (d *demo) configure() error {
 	} {
 		if err := os.WriteFile(name, data, 0o600); err != nil {
 			return err
+		}
+	}
+	// The demo's configuration is its own: a POSTERN_* variable meant for
+	// a real installation must not point it elsewhere.
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "POSTERN_") {
+			os.Unsetenv(name)
 		}
 	}
 	d.cfgFile = filepath.Join(d.dir, "postern.yaml")
@@ -258,6 +265,8 @@ func (d *demo) run(ctx context.Context, logTo io.Writer) error {
 	d.emb = newEmbedding()
 	d.served = make(chan error, 1)
 	go func() { d.served <- serveEmbedded(d.cfg, newLogger(d.cfg.Log, logTo), d.emb) }()
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
 	for d.addrs["admin"] == "" {
 		select {
 		case l := <-d.emb.opened:
@@ -267,7 +276,7 @@ func (d *demo) run(ctx context.Context, logTo io.Writer) error {
 		case <-ctx.Done():
 			d.stop()
 			return ctx.Err()
-		case <-time.After(30 * time.Second):
+		case <-timeout.C:
 			d.stop()
 			return errors.New("postern did not start within 30s")
 		}
@@ -580,12 +589,9 @@ type indent struct {
 	w      io.Writer
 	prefix string
 	mid    bool // inside a line
-	mu     sync.Mutex
 }
 
 func (in *indent) Write(p []byte) (int, error) {
-	in.mu.Lock()
-	defer in.mu.Unlock()
 	var b strings.Builder
 	for _, c := range string(p) {
 		if !in.mid {
