@@ -310,7 +310,7 @@ func (d *demo) submit() (map[string]string, error) {
 	}
 	ids := map[string]string{}
 	from := "demo@" + lab.SenderDomain
-	for i, dest := range lab.Destinations {
+	for i, dest := range lab.Destinations() {
 		to := "someone@" + dest.Domain
 		body := fmt.Sprintf("From: <%s>\r\nTo: <%s>\r\nSubject: Postern demo: %s\r\nDate: %s\r\nMessage-ID: <demo-%d.%d@%s>\r\n\r\n%s\r\n",
 			from, to, dest.Domain, time.Now().Format(time.RFC1123Z), i+1, d.start.UnixNano(), lab.SenderDomain, dest.Publishes)

@@ -32,7 +32,7 @@ func (d *demo) settle(ctx context.Context, timeout time.Duration) (map[string]ou
 		if err != nil {
 			return nil, err
 		}
-		if len(got) == len(lab.Destinations) && untried == 0 && reported(got) {
+		if len(got) == len(lab.Destinations()) && untried == 0 && reported(got) {
 			fmt.Fprintf(d.out, "\nDelivery settled in %s.\n", time.Since(d.start).Round(100*time.Millisecond))
 			return got, nil
 		}
@@ -156,7 +156,7 @@ func (d *demo) report(ids map[string]string, got map[string]outcome) (bool, erro
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	good := true
-	for _, dest := range lab.Destinations {
+	for _, dest := range lab.Destinations() {
 		fmt.Fprintf(d.out, "\n== %s (queue ID %s)\n", dest.Domain, orDash(ids[dest.Domain]))
 		fmt.Fprintf(d.out, "   publishes: %s\n   demands:   %s\n   postern policy check %s:\n", dest.Publishes, dest.Demands, dest.Domain)
 		r := engine.Check(ctx, dest.Domain, d.cfg.Delivery.Port)

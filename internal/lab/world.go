@@ -37,22 +37,25 @@ type Expect struct {
 // delivery status notifications the relay sends back.
 const SenderDomain = "sender.example"
 
-// Destinations of the world, in the order a story tells them.
-var Destinations = []Destination{
-	{"dane-ee.example", "signed zone, TLSA 3 1 1 (DANE-EE) for its MX's key", "deliver, verified by DANE-EE",
-		Expect{Result: "delivered", VerifiedBy: "DANE-EE"}},
-	{"dane-ta.example", "signed zone, TLSA 2 0 1 (DANE-TA): its MX's certificate comes from the domain's own private CA", "deliver, verified by DANE-TA",
-		Expect{Result: "delivered", VerifiedBy: "DANE-TA"}},
-	{"mta-sts.example", "unsigned zone, MTA-STS mode enforce (policy over HTTPS), MX certificate from a public CA", "deliver, verified by PKIX",
-		Expect{Result: "delivered", VerifiedBy: "PKIX"}},
-	{"no-policy.example", "unsigned zone, no TLSA, no MTA-STS, a self-signed MX certificate", "deliver over TLS, unverified (tls.default: may)",
-		Expect{Result: "delivered"}},
-	{"wrong-cert.example", "signed zone, TLSA 3 1 1 for a key its MX no longer presents (a rollover without a TLSA update)", "keep it queued (4.7.x, tlsa-invalid): never hand it to that certificate",
-		Expect{Result: "waiting", Status: "4.7.", Failure: "tlsa-invalid"}},
-	{"stripped.example", "signed zone, but its TLSA answer arrives without its RRSIG (an attacker stripping DANE)", "keep it queued (4.7.x, dnssec-invalid): never fall back to unverified TLS",
-		Expect{Result: "waiting", Status: "4.7.", Failure: "dnssec-invalid"}},
-	{"null-mx.example", "MX 0 . (RFC 7505 null MX: the domain accepts no mail)", "bounce at once (5.1.10) and tell the sender",
-		Expect{Result: "bounced", Status: "5.1.10"}},
+// Destinations returns the destinations of the world, in the order a
+// story tells them.
+func Destinations() []Destination {
+	return []Destination{
+		{"dane-ee.example", "signed zone, TLSA 3 1 1 (DANE-EE) for its MX's key", "deliver, verified by DANE-EE",
+			Expect{Result: "delivered", VerifiedBy: "DANE-EE"}},
+		{"dane-ta.example", "signed zone, TLSA 2 0 1 (DANE-TA): its MX's certificate comes from the domain's own private CA", "deliver, verified by DANE-TA",
+			Expect{Result: "delivered", VerifiedBy: "DANE-TA"}},
+		{"mta-sts.example", "unsigned zone, MTA-STS mode enforce (policy over HTTPS), MX certificate from a public CA", "deliver, verified by PKIX",
+			Expect{Result: "delivered", VerifiedBy: "PKIX"}},
+		{"no-policy.example", "unsigned zone, no TLSA, no MTA-STS, a self-signed MX certificate", "deliver over TLS, unverified (tls.default: may)",
+			Expect{Result: "delivered"}},
+		{"wrong-cert.example", "signed zone, TLSA 3 1 1 for a key its MX no longer presents (a rollover without a TLSA update)", "keep it queued (4.7.x, tlsa-invalid): never hand it to that certificate",
+			Expect{Result: "waiting", Status: "4.7.", Failure: "tlsa-invalid"}},
+		{"stripped.example", "signed zone, but its TLSA answer arrives without its RRSIG (an attacker stripping DANE)", "keep it queued (4.7.x, dnssec-invalid): never fall back to unverified TLS",
+			Expect{Result: "waiting", Status: "4.7.", Failure: "dnssec-invalid"}},
+		{"null-mx.example", "MX 0 . (RFC 7505 null MX: the domain accepts no mail)", "bounce at once (5.1.10) and tell the sender",
+			Expect{Result: "bounced", Status: "5.1.10"}},
+	}
 }
 
 // World is the demo's private internet: a DNS server answering for a root
@@ -107,6 +110,8 @@ func StartWorld() (w *World, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// A leaf issued by a root carries the root in its chain: a DANE-TA(2)
+	// server must present its trust anchor (RFC 7671 5.2.2).
 	if _, err = issue("mx.dane-ta.example", private); err != nil {
 		return nil, err
 	}
@@ -229,7 +234,7 @@ func (w *World) startSTS() error {
 				http.NotFound(rw, r)
 				return
 			}
-			rw.Header().Set("Content-Type", "text/plain")
+			rw.Header().Set("Content-Type", "text/plain") // RFC 8461 3.3
 			fmt.Fprint(rw, "version: STSv1\r\nmode: enforce\r\nmx: mx.mta-sts.example\r\nmax_age: 86400\r\n")
 		}),
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
@@ -252,19 +257,6 @@ func (w *World) Close() {
 		w.sts.Close()
 		<-w.served
 	}
-}
-
-// Received returns the messages the world's MX hosts took, by recipient
-// domain.
-func (w *World) Received() map[string][]Message {
-	out := map[string][]Message{}
-	for _, m := range w.MX.Received() {
-		for _, r := range m.Rcpts {
-			_, domain, _ := strings.Cut(r, "@")
-			out[strings.ToLower(domain)] = append(out[strings.ToLower(domain)], m)
-		}
-	}
-	return out
 }
 
 func spkiSHA256(c tls.Certificate) string {
