@@ -118,8 +118,9 @@ func TestDemoKeepRunningAndKeep(t *testing.T) {
 				t.Fatalf("the demo ended:\n%s", out.String())
 			}
 			out.WriteString(l + "\n")
-			if f := strings.Fields(l); len(f) >= 4 && f[1] == "audit" && f[2] == "-c" {
-				auditCmd = f[3]
+			// "  BIN audit -c FILE", where BIN may be "go run ./cmd/postern".
+			if f := strings.Fields(l); len(f) >= 3 && f[len(f)-3] == "audit" && f[len(f)-2] == "-c" {
+				auditCmd = f[len(f)-1]
 			}
 		case <-timeout:
 			t.Fatalf("no audit command printed:\n%s", out.String())
