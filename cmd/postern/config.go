@@ -53,6 +53,9 @@ type Config struct {
 
 	file string // where it came from, for messages
 	path string // the file read, if any, to read again on reload
+	// stsPort is where MTA-STS policies are fetched instead of 443: only
+	// postern demo sets it, for its private internet on loopback.
+	stsPort int
 }
 
 type LogConfig struct {
@@ -1006,7 +1009,7 @@ func (c *Config) tlsPolicy(res tlspolicy.Resolver, db *bolt.DB, log *slog.Logger
 	}
 	memory, _ := tlspolicy.ParseMemoryMode(c.TLS.DowngradeMemory)
 	cfg := tlspolicy.Config{Default: def, Policies: policies, Roots: roots, HonorTLSRequiredNo: c.TLS.HonorTLSRequiredNo,
-		STSTimeout: c.TLS.MTASTSTimeout, DowngradeMemory: memory, MemoryMaxAge: c.TLS.MemoryMaxAge}
+		STSTimeout: c.TLS.MTASTSTimeout, DowngradeMemory: memory, MemoryMaxAge: c.TLS.MemoryMaxAge, STSPort: c.stsPort}
 	if c.TLS.ClientCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.TLS.ClientCertFile, c.TLS.ClientKeyFile)
 		if err != nil {

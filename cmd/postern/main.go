@@ -275,7 +275,7 @@ func rootCommand() *cobra.Command {
 		},
 	})
 	root.AddCommand(configCmd, userCommand(load), queueCommand(load), dnsCommand(load), policyCommand(load), auditCommand(load), dkimCommand(), tlsrptCommand(load),
-		healthCommand(load))
+		healthCommand(load), demoCommand())
 	root.AddCommand(manCommand(root))
 	// "postern completion bash|zsh|fish" is cobra's, added by Execute.
 	usageErrors(root)

@@ -53,7 +53,12 @@ func durationText(_ []string, a slog.Attr) slog.Attr {
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
 // serve runs the daemon until SIGTERM or SIGINT.
-func serve(cfg *Config, log *slog.Logger) error {
+func serve(cfg *Config, log *slog.Logger) error { return serveEmbedded(cfg, log, nil) }
+
+// serveEmbedded runs the daemon; emb, when not nil, is a caller in this
+// process (postern demo) that learns the listeners' addresses and may stop
+// it as SIGTERM does.
+func serveEmbedded(cfg *Config, log *slog.Logger, emb *embedding) error {
 	if err := checkDataDirOwner(cfg.DataDir); err != nil {
 		return err
 	}
@@ -180,6 +185,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 				return fmt.Errorf("submission listener %s: %w", a, err)
 			}
 			log.Info("submission listening", "addr", l.Addr().String(), "mode", mode)
+			emb.listening(mode, l.Addr().String())
 			go func() { serveErr <- serveOn(l) }()
 		}
 		return nil
@@ -215,7 +221,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 			}},
 			{"dns", res.Ping},
 		}}
-	stopWeb, err := serveWeb(cfg.Admin.MetricsListen, web, log)
+	stopWeb, err := serveWeb(cfg.Admin.MetricsListen, web, log, emb)
 	if err != nil {
 		return err
 	}
@@ -227,6 +233,8 @@ func serve(cfg *Config, log *slog.Logger) error {
 
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
+	emb.stopWith(ctx, signals)
 	for {
 		select {
 		case sig := <-signals:
@@ -263,7 +271,7 @@ func serve(cfg *Config, log *slog.Logger) error {
 }
 
 // serveWeb runs the admin HTTP listener at addr ("" turns it off).
-func serveWeb(addr string, web *adminHTTP, log *slog.Logger) (stop func() error, err error) {
+func serveWeb(addr string, web *adminHTTP, log *slog.Logger, emb *embedding) (stop func() error, err error) {
 	if addr == "" {
 		return func() error { return nil }, nil
 	}
@@ -273,6 +281,7 @@ func serveWeb(addr string, web *adminHTTP, log *slog.Logger) (stop func() error,
 	}
 	srv := serveWebOn(l, web)
 	log.Info("admin listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /", "password", web.password != "")
+	emb.listening("admin", l.Addr().String())
 	return srv.Close, nil
 }
 

@@ -2,15 +2,17 @@
 // answers like a recursive resolver from zones a test gives it, signed
 // under the test's own root key or unsigned, so that every package can test
 // against realistic DNS, DNSSEC included, without the network.
+//
+// It is a thin wrapper over internal/lab, which `postern demo` shares: a
+// failure there fails the test, and what it starts stops when the test ends.
 package resolvertest
 
 import (
-	"net"
-	"strings"
-	"sync"
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/postern/postern/internal/lab"
 )
 
 // Server answers from its zones, following CNAMEs across them as a
@@ -18,34 +20,20 @@ import (
 type Server struct {
 	Addr string // host:port, UDP and TCP
 
-	mu       sync.Mutex
-	t        testing.TB
-	zones    map[string]*Zone
-	servfail map[string]bool
-	tamper   func(dns.Question, *dns.Msg)
-	queries  int
-	asked    []dns.Question
-	noTCP    bool
-	failure  Failure
-	held     map[string]chan struct{} // questions about these names wait for the channel to close
-	maxChain int                      // CNAME links followed per answer; 0 means 8
+	dns *lab.DNS
 }
 
 // Failure is how the whole server misbehaves.
-type Failure int
+type Failure = lab.Failure
 
 const (
-	Healthy Failure = iota
-	Silent          // answers nothing, as a dead upstream
-	Garbage         // answers every question with bytes that are not DNS
+	Healthy = lab.Healthy
+	Silent  = lab.Silent  // answers nothing, as a dead upstream
+	Garbage = lab.Garbage // answers every question with bytes that are not DNS
 )
 
 // Fail makes the server misbehave as f until Fail(Healthy).
-func (s *Server) Fail(f Failure) {
-	s.mu.Lock()
-	s.failure = f
-	s.mu.Unlock()
-}
+func (s *Server) Fail(f Failure) { s.dns.Fail(f) }
 
 // Start serves zone (RRs in zone-file syntax, one per line) as one unsigned
 // root zone until the test ends.
@@ -66,236 +54,51 @@ func StartSigned(t testing.TB, zone string) (*Server, []dns.RR) {
 // to the deepest zone that encloses its name (a DS question to the parent).
 func StartZones(t testing.TB, zones ...*Zone) *Server {
 	t.Helper()
-	s := &Server{t: t, zones: map[string]*Zone{}, servfail: map[string]bool{}, held: map[string]chan struct{}{}}
+	var inner []*lab.Zone
 	for _, z := range zones {
-		s.zones[z.Origin] = z
+		inner = append(inner, z.zone)
 	}
-	// UDP and TCP must share a port number, which another test may hold
-	// on the TCP side: try a few free UDP ports.
-	var pc net.PacketConn
-	var l net.Listener
-	for try := 0; ; try++ {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		if try == 20 {
-			t.Fatal(err)
-		}
+	d, err := lab.StartDNS(inner...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	s.Addr = pc.LocalAddr().String()
-	// Shutdown of a server that has not started yet blocks for ever: wait
-	// for both to start before a test can end.
-	var started sync.WaitGroup
-	started.Add(2)
-	udp := &dns.Server{PacketConn: pc, Handler: s, NotifyStartedFunc: started.Done}
-	tcp := &dns.Server{Listener: l, Handler: s, NotifyStartedFunc: started.Done}
-	go udp.ActivateAndServe()
-	go tcp.ActivateAndServe()
-	started.Wait()
-	t.Cleanup(func() {
-		// A held handler would keep Shutdown waiting for ever.
-		s.mu.Lock()
-		for name, ch := range s.held {
-			close(ch)
-			delete(s.held, name)
-		}
-		s.mu.Unlock()
-		udp.Shutdown()
-		tcp.Shutdown()
-	})
-	return s
+	t.Cleanup(d.Close)
+	return &Server{Addr: d.Addr, dns: d}
 }
 
 // Add adds records in zone-file syntax to the zone that encloses each.
 func (s *Server) Add(t testing.TB, records string) {
 	t.Helper()
-	for _, line := range strings.Split(records, "\n") {
-		if strings.TrimSpace(line) == "" {
-			continue
-		}
-		rr, err := dns.NewRR(line)
-		if err != nil {
-			t.Fatalf("zone line %q: %v", line, err)
-		}
-		s.mu.Lock()
-		z := s.zoneOf(dns.CanonicalName(rr.Header().Name), 0)
-		s.mu.Unlock()
-		if z == nil {
-			t.Fatalf("no zone encloses %s", rr.Header().Name)
-		}
-		z.Add(line)
+	if err := s.dns.Add(records); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // ServFail makes questions about name fail with SERVFAIL.
-func (s *Server) ServFail(name string) {
-	s.mu.Lock()
-	s.servfail[dns.CanonicalName(name)] = true
-	s.mu.Unlock()
-}
+func (s *Server) ServFail(name string) { s.dns.ServFail(name) }
 
 // Tamper lets a test rewrite every response before it is sent, to play
 // an attacker or a broken upstream. nil removes it.
-func (s *Server) Tamper(f func(q dns.Question, m *dns.Msg)) {
-	s.mu.Lock()
-	s.tamper = f
-	s.mu.Unlock()
-}
+func (s *Server) Tamper(f func(q dns.Question, m *dns.Msg)) { s.dns.Tamper(f) }
 
 // RefuseTCP makes the server drop questions that arrive over TCP.
-func (s *Server) RefuseTCP() {
-	s.mu.Lock()
-	s.noTCP = true
-	s.mu.Unlock()
-}
+func (s *Server) RefuseTCP() { s.dns.RefuseTCP() }
 
 // Hold makes questions about name wait, unanswered, until release is
 // called (or the test ends): a slow upstream, without sleeping. The
 // question counts in Asked as soon as it arrives.
-func (s *Server) Hold(name string) (release func()) {
-	name = dns.CanonicalName(name)
-	ch := make(chan struct{})
-	s.mu.Lock()
-	s.held[name] = ch
-	s.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			s.mu.Lock()
-			if s.held[name] == ch {
-				delete(s.held, name)
-				close(ch)
-			}
-			s.mu.Unlock()
-		})
-	}
-}
+func (s *Server) Hold(name string) (release func()) { return s.dns.Hold(name) }
 
 // CutChains makes the server follow at most n CNAME (or DNAME) links in
 // one answer and return the chain so far, NOERROR with an empty authority
 // section, as recursive servers that stop following long chains do.
-func (s *Server) CutChains(n int) {
-	s.mu.Lock()
-	s.maxChain = n
-	s.mu.Unlock()
-}
+func (s *Server) CutChains(n int) { s.dns.CutChains(n) }
 
 // Queries counts the questions answered so far.
-func (s *Server) Queries() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.queries
-}
+func (s *Server) Queries() int { return s.dns.Queries() }
 
 // Asked returns the questions answered so far, in order.
-func (s *Server) Asked() []dns.Question {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]dns.Question(nil), s.asked...)
-}
+func (s *Server) Asked() []dns.Question { return s.dns.Asked() }
 
-// zoneOf returns the deepest zone enclosing name; for a DS question about
-// a zone's apex, the parent zone.
-func (s *Server) zoneOf(name string, qtype uint16) *Zone {
-	for n := name; ; n = parent(n) {
-		if z, ok := s.zones[n]; ok && !(qtype == dns.TypeDS && n == name && n != ".") {
-			return z
-		}
-		if n == "." {
-			return nil
-		}
-	}
-}
-
-func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
-	s.mu.Lock()
-	switch s.failure {
-	case Silent:
-		s.mu.Unlock()
-		return
-	case Garbage:
-		s.mu.Unlock()
-		w.Write([]byte("\x13\x37HTTP/1.1 400 Bad Request\r\n\r\n"))
-		return
-	}
-	_, isUDP := w.RemoteAddr().(*net.UDPAddr)
-	if !isUDP && s.noTCP {
-		s.mu.Unlock()
-		w.Close()
-		return
-	}
-	s.queries++
-	resp := new(dns.Msg)
-	resp.SetReply(q)
-	resp.RecursionAvailable = true
-	if len(q.Question) != 1 {
-		resp.Rcode = dns.RcodeFormatError
-		s.mu.Unlock()
-		w.WriteMsg(resp)
-		return
-	}
-	question := q.Question[0]
-	s.asked = append(s.asked, question)
-	opt := q.IsEdns0()
-	do := opt != nil && opt.Do()
-	if opt != nil {
-		resp.SetEdns0(1232, do)
-	}
-	name := dns.CanonicalName(question.Name)
-	if hold, ok := s.held[name]; ok {
-		s.mu.Unlock()
-		<-hold
-		s.mu.Lock()
-	}
-	if s.servfail[name] {
-		resp.Rcode = dns.RcodeServerFailure
-		s.mu.Unlock()
-		w.WriteMsg(resp)
-		return
-	}
-	// Follow CNAMEs across zones as a recursive server would, putting the
-	// chain in the answer and the last name's proofs in the authority.
-	maxChain := s.maxChain
-	if maxChain == 0 {
-		maxChain = 8
-	}
-	for hops := 0; ; hops++ {
-		z := s.zoneOf(name, question.Qtype)
-		if z == nil {
-			resp.Rcode = dns.RcodeRefused
-			break
-		}
-		r := z.lookup(name, question.Qtype, do)
-		resp.Answer = append(resp.Answer, r.answer...)
-		resp.Ns = r.authority
-		resp.Rcode = r.rcode
-		if r.cname == "" || question.Qtype == dns.TypeCNAME || s.servfail[r.cname] {
-			break
-		}
-		if hops+1 == maxChain {
-			resp.Ns, resp.Rcode = nil, dns.RcodeSuccess // the chain so far, and nothing about its end
-			break
-		}
-		name = r.cname
-	}
-	tamper := s.tamper
-	s.mu.Unlock()
-	if tamper != nil {
-		tamper(question, resp)
-	}
-	// Over UDP, an answer larger than the client's buffer is truncated, so
-	// that the client must retry over TCP.
-	if isUDP {
-		size := dns.MinMsgSize
-		if opt != nil {
-			size = int(opt.UDPSize())
-		}
-		resp.Truncate(size)
-	}
-	w.WriteMsg(resp)
-}
+// ServeDNS answers one question, as the server does.
+func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) { s.dns.ServeDNS(w, q) }
