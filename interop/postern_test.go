@@ -13,7 +13,6 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
 )
 
@@ -219,13 +218,30 @@ func hasNonASCII(from string, to []string) bool {
 	return false
 }
 
+// listedMessage is a message as `postern queue list --json` prints it (the
+// CLI's documented output, not the queue's storage format).
+type listedMessage struct {
+	ID         string            `json:"id"`
+	State      string            `json:"state"`
+	Recipients []listedRecipient `json:"recipients"`
+}
+
+// listedRecipient is one recipient of a listedMessage.
+type listedRecipient struct {
+	Addr      string `json:"addr"`
+	State     string `json:"state"`
+	Attempts  int    `json:"attempts"`
+	LastHost  string `json:"last_host"`
+	LastReply string `json:"last_reply"`
+}
+
 // message returns the queued message id, or nil once it left the queue.
-func (p *postern) message(id string) (*queue.Message, error) {
+func (p *postern) message(id string) (*listedMessage, error) {
 	out, err := p.cli("", "queue", "list", "--json")
 	if err != nil {
 		return nil, fmt.Errorf("queue list: %w\n%s", err, out)
 	}
-	var msgs []queue.Message
+	var msgs []listedMessage
 	if err := json.Unmarshal([]byte(out), &msgs); err != nil {
 		return nil, fmt.Errorf("queue list: %w\n%s", err, out)
 	}
@@ -239,15 +255,15 @@ func (p *postern) message(id string) (*queue.Message, error) {
 
 // waitAttempted polls until recipient rcpt of message id has been tried
 // at least once and is still waiting; it returns the recipient's state.
-func (p *postern) waitAttempted(id, rcpt string, timeout time.Duration) (queue.Recipient, error) {
+func (p *postern) waitAttempted(id, rcpt string, timeout time.Duration) (listedRecipient, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		m, err := p.message(id)
 		if err != nil {
-			return queue.Recipient{}, err
+			return listedRecipient{}, err
 		}
 		if m == nil {
-			return queue.Recipient{}, fmt.Errorf("message %s left the queue", id)
+			return listedRecipient{}, fmt.Errorf("message %s left the queue", id)
 		}
 		for _, r := range m.Recipients {
 			if r.Addr == rcpt && r.Attempts > 0 {
@@ -255,7 +271,7 @@ func (p *postern) waitAttempted(id, rcpt string, timeout time.Duration) (queue.R
 			}
 		}
 		if time.Now().After(deadline) {
-			return queue.Recipient{}, fmt.Errorf("%s to %s not tried within %s", id, rcpt, timeout)
+			return listedRecipient{}, fmt.Errorf("%s to %s not tried within %s", id, rcpt, timeout)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
