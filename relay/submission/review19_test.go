@@ -1,0 +1,73 @@
+package submission
+
+import (
+	"testing"
+
+	"github.com/postern/postern/relay/auth"
+	"github.com/postern/postern/relay/quota"
+)
+
+// TestSendingLimitsHoldAcrossSessions (review of issue 19): the limits were
+// checked at MAIL and RCPT against what was already queued, and counted
+// only once a message was queued, so every session of a credential could
+// pass its checks before any counted. A leaked password used from many
+// connections at once (50 per address, 1000 in all by default, each with
+// up to max_recipients) sent many times its hourly limit. Here 8 sessions
+// against 2 messages and 5 recipients an hour.
+func TestSendingLimitsHoldAcrossSessions(t *testing.T) {
+	h := newHarness(t, func(c *Config, _ *auth.Limits) {
+		c.SendingLimits = quota.Limits{MessagesPerHour: 2, RecipientsPerHour: 5}
+	})
+	var sessions []*raw
+	for i := 0; i < 8; i++ {
+		sessions = append(sessions, h.loggedIn(testUser))
+	}
+	rcpts := []string{"a", "b", "c", "d", "e"}
+	for _, r := range sessions {
+		if r.cmd("MAIL FROM:<app@example.org>")[:3] != "250" {
+			continue
+		}
+		for _, to := range rcpts {
+			if r.cmd("RCPT TO:<"+to+"@dest.test>")[:3] != "250" {
+				break
+			}
+		}
+	}
+	for _, r := range sessions {
+		if got := r.cmd("DATA"); got[:3] == "354" {
+			r.conn.Write([]byte(msg))
+			r.reply()
+		}
+	}
+	messages, recipients := h.quota.Used(testUser)
+	if messages > 2 || recipients > 5 {
+		t.Errorf("one credential queued %d messages to %d recipients, against limits of 2 and 5 an hour", messages, recipients)
+	}
+}
+
+// TestSendingLimitsReleaseAbandoned: what a transaction in flight holds of
+// a credential's limits is given back when it ends without a message
+// (RSET, a refused DATA, a dropped connection), so holding never locks a
+// credential out.
+func TestSendingLimitsReleaseAbandoned(t *testing.T) {
+	h := newHarness(t, func(c *Config, _ *auth.Limits) {
+		c.SendingLimits = quota.Limits{MessagesPerHour: 2, RecipientsPerHour: 10}
+	})
+	a, b, c := h.inTransaction(testUser), h.inTransaction(testUser), h.loggedIn(testUser)
+	c.expect("MAIL FROM:<app@example.org>", "450 4.7.1 Message limit")
+	a.expect("RSET", "250")
+	c.expect("MAIL FROM:<app@example.org>", "250")
+	c.expect("RSET", "250")
+	b.conn.Close()
+	a.expect("MAIL FROM:<app@example.org>", "250")
+	c.expect("MAIL FROM:<app@example.org>", "250") // b's hold went with its connection
+	a.expect("RCPT TO:<x@dest.test>", "250")
+	if got := a.sendData("From: app@example.org\r\n\r\nhi\r\n.\r\n"); got[:3] != "250" {
+		t.Fatalf("DATA: %s", got)
+	}
+	if m, r := h.quota.Used(testUser); m != 1 || r != 1 {
+		t.Errorf("used %d messages, %d recipients; want 1 and 1", m, r)
+	}
+	c.expect("RSET", "250")
+	c.expect("MAIL FROM:<app@example.org>", "250")
+}
