@@ -28,7 +28,7 @@ func TestSendingLimitsHoldAcrossSessions(t *testing.T) {
 			continue
 		}
 		for _, to := range rcpts {
-			if r.cmd("RCPT TO:<"+to+"@dest.test>")[:3] != "250" {
+			if r.cmd("RCPT TO:<" + to + "@dest.test>")[:3] != "250" {
 				break
 			}
 		}
