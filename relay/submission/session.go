@@ -74,6 +74,9 @@ type session struct {
 	// proxy is the load balancer's address when the connection came
 	// through one (PROXY protocol); ip is then the client's.
 	proxy string
+
+	// held is what the transaction holds of the credential's limits.
+	held quotaHold
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -238,6 +241,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	s.busy.Store(!draining)
 	s.srv.mu.Unlock()
 	if draining {
+		s.quotaRelease()
 		return errShuttingDown
 	}
 	s.inMail = true
@@ -416,6 +420,7 @@ func (s *session) refuse(err error) error {
 }
 
 func (s *session) Reset() {
+	s.quotaRelease()
 	s.inMail = false
 	s.env = queue.Envelope{}
 	s.rcpts = nil
@@ -430,6 +435,7 @@ func (s *session) Reset() {
 }
 
 func (s *session) Logout() error {
+	s.quotaRelease()
 	s.srv.mu.Lock()
 	delete(s.srv.sessions, s)
 	s.srv.mu.Unlock()
