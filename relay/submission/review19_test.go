@@ -1,6 +1,7 @@
 package submission
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/postern/postern/relay/auth"
@@ -70,4 +71,43 @@ func TestSendingLimitsReleaseAbandoned(t *testing.T) {
 	}
 	c.expect("RSET", "250")
 	c.expect("MAIL FROM:<app@example.org>", "250")
+}
+
+// proxyV2Unix is a version 2 PROXY header for a connection that reached
+// the balancer over a UNIX socket (AF_UNIX, STREAM): 108 bytes of source
+// path, 108 of destination, no port.
+func proxyV2Unix(src string) []byte {
+	b := append([]byte(nil), v2Signature...)
+	b = append(b, 0x21, 0x31, 0, 216) // version 2, PROXY; AF_UNIX, STREAM; length 216
+	path := make([]byte, 216)
+	copy(path, src)
+	copy(path[108:], "/run/haproxy/submission.sock")
+	return append(b, path...)
+}
+
+// TestProxyProtocolUnixSourceKeepsTheBalancer (review of issue 19): a v2
+// header for a client of the balancer's UNIX socket names a path, not an
+// address. The path became the session's "client address": unchecked bytes
+// in the Received header and the log, one throttle and one per-address
+// limit for every such client, and an address that no operator can
+// match. It carries no client address, as LOCAL does not: the balancer's
+// own address stays, as for LOCAL and v1 UNKNOWN.
+func TestProxyProtocolUnixSourceKeepsTheBalancer(t *testing.T) {
+	h := newHarness(t, withProxyFrom("127.0.0.0/8"))
+	r := dialProxied(t, h.starttls, proxyV2Unix("x] by evil\r\nX-Injected: yes"), false)
+	r.expect("", "220")
+	r.expect("EHLO client.test", "250")
+	r.startTLS()
+	r.expect("EHLO client.test", "250")
+	r.expect("AUTH PLAIN "+plainToken(testUser, testPassword), "235")
+	r.expect("MAIL FROM:<app@example.org>", "250")
+	r.expect("RCPT TO:<a@dest.test>", "250")
+	r.sendData("From: app@example.org\r\n\r\nhi\r\n.\r\n")
+	m, body := h.only()
+	if m.ClientIP != "127.0.0.1" {
+		t.Errorf("client address %q, want the balancer's 127.0.0.1", m.ClientIP)
+	}
+	if head, _, _ := strings.Cut(string(body), "\r\n\r\n"); strings.Contains(head, "X-Injected") {
+		t.Errorf("the UNIX path went into the header:\n%s", head)
+	}
 }
