@@ -1,6 +1,7 @@
 package submission
 
 import (
+	"io"
 	"strings"
 	"testing"
 
@@ -109,5 +110,24 @@ func TestProxyProtocolUnixSourceKeepsTheBalancer(t *testing.T) {
 	}
 	if head, _, _ := strings.Cut(string(body), "\r\n\r\n"); strings.Contains(head, "X-Injected") {
 		t.Errorf("the UNIX path went into the header:\n%s", head)
+	}
+}
+
+// TestSuspensionStopsAMessageInData (review of issue 19): "postern user
+// suspend" is for a credential that is flooding now, and a flood's
+// messages spend their time in DATA. A suspension that arrives while the
+// body streams must stop that message too: it was checked only when DATA
+// began, so the message already sending was queued and delivered.
+func TestSuspensionStopsAMessageInData(t *testing.T) {
+	h := newHarness(t)
+	r := h.inTransaction(testUser)
+	r.expect("DATA", "354")
+	io.WriteString(r.conn, "From: app@example.org\r\nSubject: x\r\n\r\nfirst half\r\n")
+	if err := h.quota.Suspend(testUser, true); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(r.conn, "second half\r\n.\r\n")
+	if got := r.reply(); !strings.HasPrefix(got, "450 4.7.1 Sending is suspended") || h.count() != 0 {
+		t.Errorf("suspended during DATA: %q, %d queued", got, h.count())
 	}
 }
