@@ -365,7 +365,8 @@ func (c *Counter) Suspended(user string) (time.Time, bool) {
 
 // Suspend stops user from sending (on) or lets it send again. It is
 // written before it returns, and applies to the next MAIL, RCPT or DATA of
-// every session, those already authenticated included.
+// every session, those already authenticated included, and to a message
+// whose data is arriving (checked again before the queue commits it).
 func (c *Counter) Suspend(user string, on bool) error {
 	now := c.clock().UTC()
 	err := c.db.Update(func(tx *bolt.Tx) error {

@@ -357,7 +357,7 @@ func (s *session) data(r io.Reader) error {
 		if !facts.hasMessageID {
 			s.env.MessageID = "<" + id + "@" + received.hostname + ">"
 		}
-		body := io.MultiReader(bytes.NewReader(received.headers(facts)), bytes.NewReader(header), br)
+		body := io.MultiReader(bytes.NewReader(received.headers(facts)), bytes.NewReader(header), &suspensionCheck{r: br, s: s})
 		_, commit := s.srv.metrics.tracer.Start(ctx, "queue.commit")
 		_, err = s.enqueue(id, body, facts)
 		commit.End()
@@ -461,6 +461,26 @@ func (c clientReader) Read(p []byte) (int, error) {
 	var serr *smtp.SMTPError
 	if err != nil && err != io.EOF && !errors.As(err, &serr) && !errors.Is(err, smtp.ErrDataReset) {
 		return n, clientError{err}
+	}
+	return n, err
+}
+
+// suspensionCheck asks once more, when the body has been read and before
+// the queue commits it, whether the credential was suspended meanwhile: a
+// flood's messages spend their time in DATA, and a suspension must stop
+// the message being sent too. Its refusal ends the body with an error, so
+// the queue stores nothing and the client hears 450 4.7.1.
+type suspensionCheck struct {
+	r io.Reader
+	s *session
+}
+
+func (c *suspensionCheck) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err == io.EOF {
+		if qerr := c.s.quotaData(); qerr != nil {
+			return n, qerr
+		}
 	}
 	return n, err
 }
