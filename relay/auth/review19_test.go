@@ -93,3 +93,41 @@ func TestUsersFileRefusesRuinousHashCosts(t *testing.T) {
 		}
 	}
 }
+
+// answeringDirectory knows one name, with one password.
+type answeringDirectory struct{}
+
+func (answeringDirectory) Authenticate(_ context.Context, name, password string) (User, error) {
+	switch {
+	case name != "known":
+		return User{}, ErrNoSuchUser
+	case password != "right":
+		return User{}, ErrBadCredentials
+	}
+	return User{Name: name, AllowFrom: []string{"known@example.org"}}, nil
+}
+func (answeringDirectory) String() string { return "test directory" }
+
+// TestDirectoryWrongPasswordCostsAsAnUnknownName (review of issue 19): a
+// name the directory does not know costs a dummy hash, so that it answers
+// no sooner than a wrong password for a local user; but a wrong password
+// for a directory user cost only the bind, a few milliseconds, against
+// the tens of the hash. The reply's timing told which names the directory
+// has. Both must cost the same.
+func TestDirectoryWrongPasswordCostsAsAnUnknownName(t *testing.T) {
+	v := NewVerifier(newStore(t), Limits{}, nil)
+	v.SetDirectory(answeringDirectory{})
+	hashes := map[string]int{}
+	current := ""
+	v.checkPassword = func(hash, pw string) (bool, error) { hashes[current]++; return checkPassword(hash, pw) }
+	for _, name := range []string{"known", "unknown"} {
+		current = name
+		if _, _, err := v.Verify(context.Background(), "192.0.2.9", name, "wrong"); !errors.Is(err, ErrBadCredentials) {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if hashes["known"] != hashes["unknown"] {
+		t.Errorf("a wrong password for a directory user cost %d hashes, an unknown name %d: the timing tells them apart",
+			hashes["known"], hashes["unknown"])
+	}
+}
