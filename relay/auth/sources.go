@@ -135,6 +135,12 @@ func (v *Verifier) verifyInDirectory(ctx context.Context, dir Directory, ip, nam
 		}
 		return User{}, v.fail(ip), ErrBadCredentials
 	case errors.Is(err, ErrBadCredentials):
+		// The bind took milliseconds; an unknown name costs a hash.
+		// Spend the same, or the reply's timing tells which names the
+		// directory has.
+		if _, cerr := v.check(ctx, ip, name, password, v.dummy); cerr != nil {
+			return User{}, 0, cerr
+		}
 		return User{}, v.fail(ip), err // may say why, for the log; never sent
 	case errors.Is(err, ErrUnavailable):
 		// Not the client's fault: no failure counted.
