@@ -131,3 +131,27 @@ func TestDirectoryWrongPasswordCostsAsAnUnknownName(t *testing.T) {
 			hashes["known"], hashes["unknown"])
 	}
 }
+
+// TestLDAPServerSizeLimitIsNotUniqueness (review of issue 19): the search
+// asks for two entries to learn whether the filter picks one; a directory
+// whose own size limit is 1 (slapd's sizelimit, an AD query policy, a
+// limit on the search account) returns one entry and sizeLimitExceeded
+// for a filter that matches several. That one entry, whichever the
+// directory happened to return, was taken as the user's: the name given
+// at AUTH then logs in with the password and senders of another entry.
+func TestLDAPServerSizeLimitIsNotUniqueness(t *testing.T) {
+	srv := ldaptest.StartWith(t, people, "sizelimit 1")
+	ambiguous := newLDAP(t, LDAPConfig{URL: srv.TLSURL, RootCAs: srv.CA.Pool(),
+		Filter: "(|(uid={user})(uid=bob))", SenderTemplate: "{user}@example.org"})
+	for _, pw := range []string{"alice-pw", "bob-pw"} {
+		u, err := ambiguous.Authenticate(context.Background(), "alice", pw)
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("alice/%s with a filter matching alice and bob, under a size limit of 1: %+v %v, want unavailable", pw, u, err)
+		}
+	}
+	// One entry and no more: still a login.
+	one := newLDAP(t, LDAPConfig{URL: srv.TLSURL, RootCAs: srv.CA.Pool(), SenderAttribute: "mail"})
+	if _, err := one.Authenticate(context.Background(), "alice", "alice-pw"); err != nil {
+		t.Errorf("alice alone: %v", err)
+	}
+}
