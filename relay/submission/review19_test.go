@@ -1,9 +1,12 @@
 package submission
 
 import (
+	"encoding/binary"
 	"io"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/quota"
@@ -129,5 +132,50 @@ func TestSuspensionStopsAMessageInData(t *testing.T) {
 	io.WriteString(r.conn, "second half\r\n.\r\n")
 	if got := r.reply(); !strings.HasPrefix(got, "450 4.7.1 Sending is suspended") || h.count() != 0 {
 		t.Errorf("suspended during DATA: %q, %d queued", got, h.count())
+	}
+}
+
+// TestProxyProtocolLargeTLVsAndSplitHeader (review of issue 19; held): a
+// v2 header with more TLVs than the 256-byte read buffer (HAProxy's
+// unique-id, authority, SSL TLVs) and a v2 header arriving in pieces
+// across TCP segments are read whole, and the client's address is the
+// header's. A v1 header in pieces is refused (go-proxyproto reads v1 a
+// byte at a time and gives up when the first read did not hold the whole
+// line, as the PROXY protocol spec 2.1 allows: "the sender must always
+// ensure that the header is sent at once"): closed, never read as
+// commands.
+func TestProxyProtocolLargeTLVsAndSplitHeader(t *testing.T) {
+	h := newHarness(t, withProxyFrom("127.0.0.0/8"))
+	v2 := proxyV2(netip.MustParseAddrPort("198.51.100.9:40100"))
+	tlv := append([]byte{0xE0, 0x02, 0x58}, make([]byte, 600)...) // a custom TLV of 600 bytes
+	binary.BigEndian.PutUint16(v2[14:16], binary.BigEndian.Uint16(v2[14:16])+uint16(len(tlv)))
+	v2 = append(v2, tlv...)
+	r := dialProxied(t, h.starttls, v2, false)
+	r.expect("", "220")
+	r.expect("QUIT", "221")
+
+	split := func(header []byte) *raw {
+		r := dialRaw(t, h.starttls)
+		for _, part := range [][]byte{header[:3], header[3:17], header[17:]} {
+			r.conn.Write(part)
+			time.Sleep(5 * time.Millisecond) // separate segments; nothing waits on this
+		}
+		return r
+	}
+	r = split(proxyV1("203.0.113.43", 40101))
+	if got := r.reply(); !strings.HasPrefix(got, "EOF") {
+		t.Errorf("v1 header in pieces: %q, want the connection closed", got)
+	}
+	r = split(proxyV2(netip.MustParseAddrPort("203.0.113.44:40102")))
+	r.expect("", "220")
+	r.expect("EHLO client.test", "250")
+	r.startTLS()
+	r.expect("EHLO client.test", "250")
+	r.expect("AUTH PLAIN "+plainToken(testUser, testPassword), "235")
+	r.expect("MAIL FROM:<app@example.org>", "250")
+	r.expect("RCPT TO:<a@dest.test>", "250")
+	r.sendData("From: app@example.org\r\n\r\nhi\r\n.\r\n")
+	if m, _ := h.only(); m.ClientIP != "203.0.113.44" {
+		t.Errorf("client address %q after a split header", m.ClientIP)
 	}
 }
