@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -53,12 +54,13 @@ func (l *local) UserShow(name string) (userReport, error) {
 	if err := auth.ValidateName(name); err != nil {
 		return userReport{}, err
 	}
-	rep := userReport{Name: name}
-	lim := l.defaultLimits()
 	users, err := l.listUsers()
 	if err != nil {
-		return rep, err
+		return userReport{Name: name}, err
 	}
+	name = credentialName(users, name)
+	rep := userReport{Name: name}
+	lim := l.defaultLimits()
 	for _, u := range users {
 		if u.Name == name {
 			rep.Source = u.Source
@@ -82,7 +84,24 @@ func (l *local) UserSuspend(name string, on bool) error {
 	if err := auth.ValidateName(name); err != nil {
 		return err
 	}
-	return l.quota.Suspend(name, on)
+	users, err := l.listUsers()
+	if err != nil {
+		return err
+	}
+	return l.quota.Suspend(credentialName(users, name), on)
+}
+
+// credentialName is the name the limits and the suspension of the
+// credential called name count under: a local user's as written; else a
+// directory user's, which AUTH folds to lower case (auth.Verifier), so
+// that "Alice" copied from the directory's display reaches alice.
+func credentialName(local []auth.User, name string) string {
+	for _, u := range local {
+		if u.Name == name {
+			return name
+		}
+	}
+	return strings.ToLower(name)
 }
 
 func (l *local) UserLimit(name, which string, n *int) error {

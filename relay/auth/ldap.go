@@ -183,13 +183,18 @@ func (l *LDAP) find(conn *ldap.Conn, name string) (*ldap.Entry, error) {
 	req := ldap.NewSearchRequest(l.cfg.Base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		2, int(l.cfg.Timeout/time.Second), false, filter, attrs, nil)
 	res, err := conn.Search(req)
-	if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
+	// sizeLimitExceeded means more entries match than were returned
+	// (RFC 4511 4.5.2): under our limit of 2, or under the directory's own
+	// (slapd's sizelimit, an AD query policy), which may be 1 and then
+	// returns one entry of several. Either way the filter is ambiguous.
+	ambiguous := ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded)
+	if err != nil && !ambiguous {
 		return nil, fmt.Errorf("%w: %s: search: %w", ErrUnavailable, l.desc, err)
 	}
 	switch {
-	case res == nil || len(res.Entries) == 0:
+	case !ambiguous && (res == nil || len(res.Entries) == 0):
 		return nil, fmt.Errorf("%s: %w", name, ErrNoSuchUser)
-	case len(res.Entries) > 1:
+	case ambiguous || len(res.Entries) > 1:
 		// Which one's password? The filter is wrong: the operator's to fix.
 		return nil, fmt.Errorf("%w: %s: filter %s matches more than one entry", ErrUnavailable, l.desc, filter)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/bcrypt"
@@ -82,6 +83,13 @@ func parseArgon2id(hash string) (argon2idHash, error) {
 		return p, fmt.Errorf("%w: parameters m=%d,t=%d,p=%d out of range (m up to 1048576 KiB, t up to 64)",
 			errMalformedHash, p.memory, p.passes, p.threads)
 	}
+	// The work is memory × passes: each bound alone still let m=1 GiB
+	// with t=64 through, over a minute of CPU per wrong password, which
+	// no one can interrupt, in one of a handful of hash slots.
+	if uint64(p.memory)*uint64(p.passes) > maxArgon2Work {
+		return p, fmt.Errorf("%w: parameters m=%d,t=%d cost more than m×t = %d KiB (4 GiB × 1 pass, about 5 s a login)",
+			errMalformedHash, p.memory, p.passes, uint64(maxArgon2Work))
+	}
 	var err1, err2 error
 	p.salt, err1 = b64.DecodeString(parts[4])
 	p.key, err2 = b64.DecodeString(parts[5])
@@ -91,11 +99,26 @@ func parseArgon2id(hash string) (argon2idHash, error) {
 	return p, nil
 }
 
+// The costliest hashes accepted: a comparison runs to its end in a hash
+// slot whatever the client does, so one user's hash must not be able to
+// hold the slots that every login waits for. Both are about 5 s here;
+// bcrypt takes up to 31 (2^31 rounds, a day and a half), argon2id's
+// parameters go as high as the memory. libsodium's "sensitive" argon2id
+// (1 GiB, t=4) and bcrypt 16 are the most that real systems store.
+const (
+	maxBcryptCost = 16
+	maxArgon2Work = 4 << 20 // KiB × passes
+)
+
 // bcryptCost checks a bcrypt hash's form and returns its cost.
 func bcryptCost(hash string) (int, error) {
 	cost, err := bcrypt.Cost([]byte(hash))
 	if err != nil {
 		return 0, fmt.Errorf("bcrypt hash: %w", err)
+	}
+	if cost > maxBcryptCost {
+		return 0, fmt.Errorf("bcrypt hash: cost %d is over %d (each login would take %s or more)",
+			cost, maxBcryptCost, time.Duration(1<<(cost-maxBcryptCost))*4*time.Second)
 	}
 	return cost, nil
 }

@@ -87,6 +87,25 @@ func (v *Verifier) verifyInDirectory(ctx context.Context, dir Directory, ip, nam
 		}
 		return User{}, v.fail(ip), ErrBadCredentials
 	}
+	// Directories match names without regard to case (uid and
+	// sAMAccountName are caseIgnoreMatch, RFC 4519 2.39): "ALICE" binds as
+	// alice's entry with alice's password. The per-credential limits, the
+	// suspension, the cache and the Received header all key on the name,
+	// so every spelling is folded to one; and a local user shadows every
+	// spelling of its name, not just the one it is written in.
+	if folded := strings.ToLower(name); folded != name {
+		_, shadowed, err := v.lookup(folded)
+		if err != nil {
+			return User{}, 0, err
+		}
+		if shadowed {
+			if _, cerr := v.check(ctx, ip, name, password, v.dummy); cerr != nil {
+				return User{}, 0, cerr
+			}
+			return User{}, v.fail(ip), ErrBadCredentials
+		}
+		name = folded
+	}
 	key := v.credentialKey(name, password)
 	if u, ok := v.dirVerified.Get(key); ok {
 		return u, 0, nil
@@ -116,6 +135,12 @@ func (v *Verifier) verifyInDirectory(ctx context.Context, dir Directory, ip, nam
 		}
 		return User{}, v.fail(ip), ErrBadCredentials
 	case errors.Is(err, ErrBadCredentials):
+		// The bind took milliseconds; an unknown name costs a hash.
+		// Spend the same, or the reply's timing tells which names the
+		// directory has.
+		if _, cerr := v.check(ctx, ip, name, password, v.dummy); cerr != nil {
+			return User{}, 0, cerr
+		}
 		return User{}, v.fail(ip), err // may say why, for the log; never sent
 	case errors.Is(err, ErrUnavailable):
 		// Not the client's fault: no failure counted.

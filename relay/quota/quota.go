@@ -74,6 +74,11 @@ type Counter struct {
 	volume    map[string][]Minute // oldest first, none older than window
 	dirty     map[string]bool
 	suspended map[string]time.Time
+	// inflight is what the transactions begun and not yet ended hold of
+	// each credential's limits (ReserveMail, ReserveRecipient, Release):
+	// counted against the limits with what was sent, so that sessions
+	// running at once cannot each pass the checks before any counts.
+	inflight map[string]Minute
 }
 
 // Open loads the counts and suspensions kept in db; clock may be nil for
@@ -82,7 +87,8 @@ func Open(db *bolt.DB, clock func() time.Time) (*Counter, error) {
 	if clock == nil {
 		clock = time.Now
 	}
-	c := &Counter{db: db, clock: clock, volume: map[string][]Minute{}, dirty: map[string]bool{}, suspended: map[string]time.Time{}}
+	c := &Counter{db: db, clock: clock, volume: map[string][]Minute{}, dirty: map[string]bool{}, suspended: map[string]time.Time{},
+		inflight: map[string]Minute{}}
 	err := db.Update(func(tx *bolt.Tx) error {
 		vb, err := tx.CreateBucketIfNotExists(bucketVolume)
 		if err != nil {
@@ -143,6 +149,11 @@ func (c *Counter) recent(user string, now time.Time) []Minute {
 func (c *Counter) Used(user string) (messages, recipients int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.used(user)
+}
+
+// used is Used with c.mu held.
+func (c *Counter) used(user string) (messages, recipients int) {
 	for _, m := range c.recent(user, c.clock()) {
 		messages += m.Messages
 		recipients += m.Recipients
@@ -152,34 +163,97 @@ func (c *Counter) Used(user string) (messages, recipients int) {
 
 // CheckMail says whether user may start a message (MAIL): not suspended,
 // under its message limit, and with a recipient left under its recipient
-// limit.
+// limit. What transactions in flight hold counts as sent.
 func (c *Counter) CheckMail(user string, lim Limits) error {
-	if c.isSuspended(user) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.checkMail(user, lim)
+}
+
+// checkMail is CheckMail with c.mu held.
+func (c *Counter) checkMail(user string, lim Limits) error {
+	if _, ok := c.suspended[user]; ok {
 		return &Refusal{Kind: RefusedSuspended}
 	}
-	messages, recipients := c.Used(user)
-	if lim.MessagesPerHour > 0 && messages >= lim.MessagesPerHour {
+	messages, recipients := c.used(user)
+	held := c.inflight[user]
+	if lim.MessagesPerHour > 0 && messages+held.Messages >= lim.MessagesPerHour {
 		return &Refusal{Kind: RefusedMessages, Limit: lim.MessagesPerHour}
 	}
-	if lim.RecipientsPerHour > 0 && recipients >= lim.RecipientsPerHour {
+	if lim.RecipientsPerHour > 0 && recipients+held.Recipients >= lim.RecipientsPerHour {
 		return &Refusal{Kind: RefusedRecipients, Limit: lim.RecipientsPerHour}
 	}
 	return nil
 }
 
 // CheckRecipient says whether user may add one more recipient (RCPT) to a
-// message that has pending recipients already.
+// message that has pending recipients already (not held with
+// ReserveRecipient).
 func (c *Counter) CheckRecipient(user string, lim Limits, pending int) error {
-	if c.isSuspended(user) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.checkRecipient(user, lim, pending)
+}
+
+// checkRecipient is CheckRecipient with c.mu held.
+func (c *Counter) checkRecipient(user string, lim Limits, pending int) error {
+	if _, ok := c.suspended[user]; ok {
 		return &Refusal{Kind: RefusedSuspended}
 	}
 	if lim.RecipientsPerHour <= 0 {
 		return nil
 	}
-	if _, recipients := c.Used(user); recipients+pending >= lim.RecipientsPerHour {
+	_, recipients := c.used(user)
+	if recipients+c.inflight[user].Recipients+pending >= lim.RecipientsPerHour {
 		return &Refusal{Kind: RefusedRecipients, Limit: lim.RecipientsPerHour}
 	}
 	return nil
+}
+
+// ReserveMail is CheckMail for a transaction that begins: when user may
+// start a message, the message is held against its limit, as if sent,
+// until Release gives it back. Check and hold are one step, so sessions
+// of one credential running at once cannot all pass before any holds.
+func (c *Counter) ReserveMail(user string, lim Limits) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.checkMail(user, lim); err != nil {
+		return err
+	}
+	c.hold(user, 1, 0)
+	return nil
+}
+
+// ReserveRecipient is CheckRecipient for a recipient that the transaction
+// takes: held against the limit until Release.
+func (c *Counter) ReserveRecipient(user string, lim Limits) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.checkRecipient(user, lim, 0); err != nil {
+		return err
+	}
+	c.hold(user, 0, 1)
+	return nil
+}
+
+// Release gives back what a transaction held, when it ends: after Add for
+// a queued message, or without for one abandoned.
+func (c *Counter) Release(user string, messages, recipients int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hold(user, -messages, -recipients)
+}
+
+// hold changes what is in flight for user. Called with c.mu held.
+func (c *Counter) hold(user string, messages, recipients int) {
+	h := c.inflight[user]
+	h.Messages += messages
+	h.Recipients += recipients
+	if h.Messages <= 0 && h.Recipients <= 0 {
+		delete(c.inflight, user)
+		return
+	}
+	c.inflight[user] = h
 }
 
 // Add counts one accepted message with its recipients.
@@ -281,13 +355,6 @@ func (c *Counter) Run(ctx context.Context, interval time.Duration, report func(e
 	}
 }
 
-func (c *Counter) isSuspended(user string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.suspended[user]
-	return ok
-}
-
 // Suspended says whether, and since when, user is suspended.
 func (c *Counter) Suspended(user string) (time.Time, bool) {
 	c.mu.Lock()
@@ -298,7 +365,8 @@ func (c *Counter) Suspended(user string) (time.Time, bool) {
 
 // Suspend stops user from sending (on) or lets it send again. It is
 // written before it returns, and applies to the next MAIL, RCPT or DATA of
-// every session, those already authenticated included.
+// every session, those already authenticated included, and to a message
+// whose data is arriving (checked again before the queue commits it).
 func (c *Counter) Suspend(user string, on bool) error {
 	now := c.clock().UTC()
 	err := c.db.Update(func(tx *bolt.Tx) error {

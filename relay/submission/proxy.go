@@ -200,9 +200,13 @@ func (l *proxyListener) readHeader(c net.Conn) {
 		return
 	}
 	pc := &proxiedConn{Conn: c, r: br, remote: c.RemoteAddr(), proxy: proxy}
-	if h.Command.IsProxy() && h.SourceAddr != nil {
+	if _, isTCP := h.SourceAddr.(*net.TCPAddr); h.Command.IsProxy() && isTCP {
 		// LOCAL (v2) and UNKNOWN (v1) are the balancer's own connections,
-		// its health checks: they keep the balancer's address.
+		// its health checks: they keep the balancer's address. So does a
+		// v2 AF_UNIX source (a client of the balancer's UNIX socket):
+		// its "address" is a path of up to 108 bytes that the client may
+		// have chosen, not an IP address to count, log or write into the
+		// Received header (a CRLF there would start a header line).
 		pc.remote = h.SourceAddr
 	}
 	l.srv.log.Debug("PROXY protocol header read", "client_ip", remoteHost(pc), "proxy_ip", proxy, "proxy_version", int(h.Version))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/quota"
@@ -12,14 +13,44 @@ import (
 // Quota counts what each credential sends (quota.Counter). Messages are
 // checked at MAIL and recipients at RCPT, so a client learns of a limit
 // before it sends a body, and a message over the recipient limit keeps the
-// recipients accepted before it; both are counted only once the message is
-// queued. Sessions of one credential running at once may each pass a check
-// before the others count, so a limit can be overshot by as many messages
-// (or recipients) as that credential has transactions in flight.
+// recipients accepted before it. What a transaction has been granted is
+// held against the limits from MAIL and RCPT on (ReserveMail,
+// ReserveRecipient), so that sessions of one credential running at once
+// share one limit rather than each passing its checks before any counts;
+// it is counted once the message is queued (Add), and given back when the
+// transaction ends either way (Release).
 type Quota interface {
+	ReserveMail(user string, lim quota.Limits) error
+	ReserveRecipient(user string, lim quota.Limits) error
+	Release(user string, messages, recipients int)
 	CheckMail(user string, lim quota.Limits) error
-	CheckRecipient(user string, lim quota.Limits, pending int) error
 	Add(user string, recipients int)
+}
+
+// quotaHold is what a session's transaction holds of its credential's
+// limits. Logout may run on another goroutine than the session's (a
+// server shutdown), hence the lock: what is held is given back once.
+type quotaHold struct {
+	mu                   sync.Mutex
+	user                 string
+	messages, recipients int
+}
+
+func (h *quotaHold) add(user string, messages, recipients int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.user = user
+	h.messages += messages
+	h.recipients += recipients
+}
+
+// take empties the hold and returns what it held.
+func (h *quotaHold) take() (user string, messages, recipients int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	user, messages, recipients = h.user, h.messages, h.recipients
+	h.messages, h.recipients = 0, 0
+	return user, messages, recipients
 }
 
 // SetSendingLimits changes the default hourly limits of every credential
@@ -70,14 +101,22 @@ func (s *session) quotaMail() error {
 	if s.srv.quota == nil {
 		return nil
 	}
-	return s.checkQuota(s.srv.quota.CheckMail(s.user.Name, s.srv.sendingLimits(s.user)))
+	if err := s.srv.quota.ReserveMail(s.user.Name, s.srv.sendingLimits(s.user)); err != nil {
+		return s.checkQuota(err)
+	}
+	s.held.add(s.user.Name, 1, 0)
+	return nil
 }
 
 func (s *session) quotaRcpt() error {
 	if s.srv.quota == nil {
 		return nil
 	}
-	return s.checkQuota(s.srv.quota.CheckRecipient(s.user.Name, s.srv.sendingLimits(s.user), len(s.env.Recipients)))
+	if err := s.srv.quota.ReserveRecipient(s.user.Name, s.srv.sendingLimits(s.user)); err != nil {
+		return s.checkQuota(err)
+	}
+	s.held.add(s.user.Name, 0, 1)
+	return nil
 }
 
 // quotaData stops a transaction whose credential was suspended after its
@@ -90,10 +129,22 @@ func (s *session) quotaData() error {
 	return s.checkQuota(s.srv.quota.CheckMail(s.user.Name, quota.Limits{})) // no limits: the suspension only
 }
 
-// quotaCount counts a queued message.
+// quotaCount counts a queued message, in place of what its transaction held.
 func (s *session) quotaCount() {
 	if s.srv.quota != nil {
 		s.srv.quota.Add(s.user.Name, len(s.env.Recipients))
+		s.quotaRelease()
+	}
+}
+
+// quotaRelease gives back what the transaction held (it ended: queued,
+// reset, refused, or its connection closed).
+func (s *session) quotaRelease() {
+	if s.srv.quota == nil {
+		return
+	}
+	if user, m, r := s.held.take(); m != 0 || r != 0 {
+		s.srv.quota.Release(user, m, r)
 	}
 }
 

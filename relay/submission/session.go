@@ -74,6 +74,9 @@ type session struct {
 	// proxy is the load balancer's address when the connection came
 	// through one (PROXY protocol); ip is then the client's.
 	proxy string
+
+	// held is what the transaction holds of the credential's limits.
+	held quotaHold
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -238,6 +241,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	s.busy.Store(!draining)
 	s.srv.mu.Unlock()
 	if draining {
+		s.quotaRelease()
 		return errShuttingDown
 	}
 	s.inMail = true
@@ -353,7 +357,7 @@ func (s *session) data(r io.Reader) error {
 		if !facts.hasMessageID {
 			s.env.MessageID = "<" + id + "@" + received.hostname + ">"
 		}
-		body := io.MultiReader(bytes.NewReader(received.headers(facts)), bytes.NewReader(header), br)
+		body := io.MultiReader(bytes.NewReader(received.headers(facts)), bytes.NewReader(header), &suspensionCheck{r: br, s: s})
 		_, commit := s.srv.metrics.tracer.Start(ctx, "queue.commit")
 		_, err = s.enqueue(id, body, facts)
 		commit.End()
@@ -416,6 +420,7 @@ func (s *session) refuse(err error) error {
 }
 
 func (s *session) Reset() {
+	s.quotaRelease()
 	s.inMail = false
 	s.env = queue.Envelope{}
 	s.rcpts = nil
@@ -430,6 +435,7 @@ func (s *session) Reset() {
 }
 
 func (s *session) Logout() error {
+	s.quotaRelease()
 	s.srv.mu.Lock()
 	delete(s.srv.sessions, s)
 	s.srv.mu.Unlock()
@@ -455,6 +461,26 @@ func (c clientReader) Read(p []byte) (int, error) {
 	var serr *smtp.SMTPError
 	if err != nil && err != io.EOF && !errors.As(err, &serr) && !errors.Is(err, smtp.ErrDataReset) {
 		return n, clientError{err}
+	}
+	return n, err
+}
+
+// suspensionCheck asks once more, when the body has been read and before
+// the queue commits it, whether the credential was suspended meanwhile: a
+// flood's messages spend their time in DATA, and a suspension must stop
+// the message being sent too. Its refusal ends the body with an error, so
+// the queue stores nothing and the client hears 450 4.7.1.
+type suspensionCheck struct {
+	r io.Reader
+	s *session
+}
+
+func (c *suspensionCheck) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err == io.EOF {
+		if qerr := c.s.quotaData(); qerr != nil {
+			return n, qerr
+		}
 	}
 	return n, err
 }

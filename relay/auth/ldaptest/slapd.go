@@ -70,6 +70,13 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 // Start runs slapd with the base entry and an admin, then adds ldif.
 func Start(t testing.TB, ldif string) *Server {
 	t.Helper()
+	return StartWith(t, ldif, "")
+}
+
+// StartWith is Start with global slapd.conf lines of the test's own
+// ("sizelimit 1"), placed before the database.
+func StartWith(t testing.TB, ldif, global string) *Server {
+	t.Helper()
 	slapd, ldapadd := binary("slapd"), binary("ldapadd")
 	schemaDir := "/etc/ldap/schema"
 	if slapd == "" || ldapadd == "" || !fileExists(filepath.Join(schemaDir, "inetorgperson.schema")) {
@@ -110,6 +117,7 @@ include %[2]s/mail.schema
 TLSCACertificateFile %[2]s/ca.pem
 TLSCertificateFile %[2]s/cert.pem
 TLSCertificateKeyFile %[2]s/key.pem
+%[7]s
 database mdb
 maxsize 16777216
 suffix "%[4]s"
@@ -118,7 +126,7 @@ rootpw %[6]s
 directory %[2]s/db
 access to attrs=userPassword by anonymous auth by self read by * none
 access to * by * read
-`, schemaDir, dir, modules, Base, AdminDN, AdminPassword)
+`, schemaDir, dir, modules, Base, AdminDN, AdminPassword, global)
 	write(t, filepath.Join(dir, "slapd.conf"), []byte(conf))
 
 	plain, secure := freePort(t), freePort(t)
