@@ -1,0 +1,129 @@
+package queue
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Review 20: a message held by an earlier, complete export (without
+// --remove: the operator is to delete it once imported) must stay held when
+// a later export fails. Giving it back to delivery here while the first
+// export is imported elsewhere delivers it twice.
+func TestReview20FailedExportKeepsEarlierExportHeld(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	first, err := a.Enqueue("", envelope("x@a.test"), strings.NewReader("x\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, rep, err := exportTo(t, a, t.TempDir(), ExportOptions{}); err != nil || rep.Messages != 1 {
+		t.Fatalf("first export: %+v %v", rep, err)
+	}
+	// A message that arrived since is being attempted: the second export
+	// is refused (ErrInFlight), as it should be.
+	late, err := a.Enqueue("", envelope("y@a.test"), strings.NewReader("y\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leases, err := a.Lease(10, time.Minute); err != nil || len(leases) != 1 || leases[0].Message.ID != late {
+		t.Fatalf("lease: %v %v", leases, err)
+	}
+	if _, _, err := exportTo(t, a, t.TempDir(), ExportOptions{}); !errors.Is(err, ErrInFlight) {
+		t.Fatalf("second export: %v, want ErrInFlight", err)
+	}
+	m, err := a.Get(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.ExportHeld {
+		t.Fatalf("message %s of the first, complete export is %q after a refused second export: "+
+			"it will be delivered here and by the node that imports the first export", first, m.State())
+	}
+}
+
+// Review 20: a hand-over back and forth (A to B for maintenance, back to
+// A, and later to B again) must bring a message still queued to B the
+// second time: the record of B's first import must not make B skip it
+// while A, exporting with Remove, has deleted it.
+func TestReview20MessageComingBackIsImported(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	b := openTest(t, clock, t.TempDir(), 64<<10)
+	defer b.Close()
+	id, err := a.Enqueue("", envelope("slow@a.test"), strings.NewReader("x\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	move := func(from, to *Queue, what string) ImportReport {
+		t.Helper()
+		dir, rep, err := exportTo(t, from, t.TempDir(), ExportOptions{Remove: true})
+		if err != nil || rep.Removed != 1 {
+			t.Fatalf("%s: export: %+v %v", what, rep, err)
+		}
+		irep, err := importFrom(t, to, dir, ImportOptions{})
+		if err != nil {
+			t.Fatalf("%s: import: %v", what, err)
+		}
+		return irep
+	}
+	move(a, b, "A to B")
+	move(b, a, "B back to A")
+	irep := move(a, b, "A to B again")
+	if irep.Imported != 1 {
+		n, _ := a.Count()
+		m, err := b.Get(id)
+		t.Fatalf("A to B again: %+v; the message is on A %d times, on B: %v (%v): LOST", irep, n, m.ID, err)
+	}
+}
+
+// Review 20: a recipient whose lease ran out while the daemon runs may
+// still be in the hands of a slow worker; the queue keeps a delivery it
+// reports late (Record, "a delivery is a fact"). Export writes it as
+// pending, and the node that imports it sends it again.
+func TestReview20LapsedLeaseDeliveredAfterExport(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	b := openTest(t, clock, t.TempDir(), 64<<10)
+	defer b.Close()
+	id, err := a.Enqueue("", envelope("x@a.test"), strings.NewReader("x\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases, err := a.Lease(1, time.Minute)
+	if err != nil || len(leases) != 1 {
+		t.Fatalf("lease: %v %v", leases, err)
+	}
+	clock.Advance(2 * time.Minute) // the worker is slow: its lease ran out
+	dir, rep, err := exportTo(t, a, t.TempDir(), ExportOptions{Remove: true})
+	if err != nil {
+		// Refusing (ErrInFlight) is a correct answer too.
+		if errors.Is(err, ErrInFlight) {
+			return
+		}
+		t.Fatal(err)
+	}
+	// The slow worker's SMTP transaction ends: 250.
+	if _, err := a.Record(id, leases[0].Seq, []Outcome{{Recipient: 0, Result: ResultDelivered, Reply: "250 ok"}}); err != nil &&
+		!errors.Is(err, ErrLeaseLost) && !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	if _, err := importFrom(t, b, dir, ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Second)
+	again, err := b.Lease(10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range again {
+		if !l.Retire {
+			t.Fatalf("export %+v: recipient delivered by the source's worker is attempted again on the new node: %+v",
+				rep, l.Message.Recipients)
+		}
+	}
+}
