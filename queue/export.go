@@ -123,14 +123,16 @@ var errExportCrash = errors.New("simulated crash")
 func (q *Queue) Export(dir *os.Root, opts ExportOptions) (rep ExportReport, err error) {
 	rep.ExportID = newExportID()
 	crash := func(step string) bool { return opts.crash != nil && opts.crash(step) }
-	ids, err := q.markExport(opts.LeasesVoid)
+	ids, marked, err := q.markExport()
 	if err != nil {
 		return rep, fmt.Errorf("export: %w", err)
 	}
 	published := false
 	defer func() {
+		// Only the messages this export marked go back to delivery: one
+		// held already is in an earlier export, which may be imported.
 		if err != nil && !published && !errors.Is(err, errExportCrash) {
-			if uerr := q.unmarkExport(ids); uerr != nil {
+			if uerr := q.unmarkExport(marked); uerr != nil {
 				err = fmt.Errorf("%w (and giving the messages back to delivery: %v)", err, uerr)
 			}
 		}
@@ -195,11 +197,11 @@ func firstOf(s []string, n int) []string {
 }
 
 // markExport marks every message ExportHeld, so that no new attempt
-// starts, and returns their IDs.
-func (q *Queue) markExport(leasesVoid bool) ([]string, error) {
-	var ids []string
-	err := q.update(func(tx *bolt.Tx) error {
-		ids = ids[:0]
+// starts, and returns their IDs, and those of them it marked (not held for
+// an earlier export already).
+func (q *Queue) markExport() (ids, marked []string, err error) {
+	err = q.update(func(tx *bolt.Tx) error {
+		ids, marked = ids[:0], marked[:0]
 		var changed, olds []*Message
 		err := tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
 			old := new(Message)
@@ -211,6 +213,7 @@ func (q *Queue) markExport(leasesVoid bool) ([]string, error) {
 				m := old.clone()
 				m.ExportHeld = true
 				changed, olds = append(changed, &m), append(olds, old)
+				marked = append(marked, old.ID)
 			}
 			return nil
 		})
@@ -224,7 +227,7 @@ func (q *Queue) markExport(leasesVoid bool) ([]string, error) {
 		}
 		return nil
 	})
-	return ids, err
+	return ids, marked, err
 }
 
 // unmarkExport gives messages held for an export back to delivery.
