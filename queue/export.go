@@ -71,6 +71,9 @@ type exportedMessage struct {
 	Envelope
 	Size int64 `json:"size"`
 	Held bool  `json:"held,omitempty"`
+	// Imports is how many times the message was imported before this
+	// export (Message.Imports).
+	Imports int `json:"imports,omitempty"`
 }
 
 // ExportOptions direct Export.
@@ -361,7 +364,7 @@ func (q *Queue) writeExport(dir *os.Root, ids []string, leasesVoid bool, man *Ex
 // exportOne writes m's two files and returns its manifest entry.
 func (q *Queue) exportOne(tx *bolt.Tx, dir *os.Root, m *Message, now time.Time) (ExportEntry, error) {
 	e := ExportEntry{ID: m.ID, Size: m.Size}
-	x := exportedMessage{ID: m.ID, Envelope: m.Envelope, Size: m.Size, Held: m.Held}
+	x := exportedMessage{ID: m.ID, Envelope: m.Envelope, Size: m.Size, Held: m.Held, Imports: m.Imports}
 	x.Recipients = slices.Clone(m.Recipients)
 	for i := range x.Recipients {
 		r := &x.Recipients[i]

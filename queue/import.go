@@ -21,14 +21,26 @@ import (
 )
 
 // bucketImported records each message imported from an export, by its ID
-// in the exporting queue, so that it is never imported twice. The ID alone
-// is the key, not the export or the envelope: a second export of the same
-// message (after attempts changed its recipients) must be recognised too,
-// and IDs of different nodes differ unless 48 random bits agree (NewID).
-// An entry is
-// about 150 bytes and is kept for good: a message imported and since
-// delivered must still be recognised when the export is imported again.
+// in the exporting queue and the number of imports it went through before
+// (importKey), so that it is never imported twice. Not the export or the
+// envelope: a second export of the same message (after attempts changed
+// its recipients) must be recognised too, and IDs of different nodes
+// differ unless 48 random bits agree (NewID). The count tells that apart
+// from a message that moved away and comes back (A to B, back to A, and
+// to B again), which must be imported. An entry is about 150 bytes and is
+// kept for good: a message imported and since delivered must still be
+// recognised when the export is imported again.
 var bucketImported = []byte("imported")
+
+// importKey is a message's key in bucketImported: its exported ID, and
+// the imports before this one when there were any (the key of a first
+// hand-over is the bare ID, as the records written before the count).
+func importKey(id string, before int) []byte {
+	if before == 0 {
+		return []byte(id)
+	}
+	return fmt.Appendf(nil, "%s/%d", id, before)
+}
 
 // ErrBadExport means an export failed its checks: a checksum that does not
 // match, a file missing, or a manifest that cannot be read.
@@ -317,10 +329,11 @@ func verifyEntry(dir *os.Root, e ExportEntry, check func(string, fs.FileInfo) er
 // importOne adds one verified message, and returns its ID here.
 func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash func(string) bool) (string, error) {
 	origin := []byte(v.entry.ID)
+	key := importKey(v.entry.ID, v.msg.Imports)
 	var id string
 	var taken bool
 	err := q.view(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucketImported); b != nil && b.Get(origin) != nil {
+		if b := tx.Bucket(bucketImported); b != nil && b.Get(key) != nil {
 			return errAlreadyImported
 		}
 		if m, err := getMessage(tx, v.entry.ID); err == nil && m.ExportHeld && m.Arrival.Equal(v.msg.Arrival) && m.From == v.msg.From {
@@ -336,7 +349,7 @@ func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash f
 	if _, err := os.Lstat(q.spoolPath(id)); taken || !errors.Is(err, fs.ErrNotExist) {
 		id = q.NewID()
 	}
-	m := &Message{ID: id, Envelope: v.msg.Envelope, Size: v.msg.Size, Held: v.msg.Held}
+	m := &Message{ID: id, Envelope: v.msg.Envelope, Size: v.msg.Size, Held: v.msg.Held, Imports: v.msg.Imports + 1}
 	now := q.clock()
 	for i := range m.Recipients {
 		r := &m.Recipients[i]
@@ -364,13 +377,13 @@ func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash f
 		if err != nil {
 			return err
 		}
-		if b.Get(origin) != nil {
+		if b.Get(key) != nil {
 			return errAlreadyImported // another import of the same message, meanwhile
 		}
 		if err := putNew(tx, m, inline); err != nil {
 			return err
 		}
-		return b.Put(origin, rec)
+		return b.Put(key, rec)
 	})
 	if err != nil && m.Spooled {
 		os.Remove(q.spoolPath(id))
