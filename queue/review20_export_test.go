@@ -127,3 +127,38 @@ func TestReview20LapsedLeaseDeliveredAfterExport(t *testing.T) {
 		}
 	}
 }
+
+// Review 20: "queue release ID" while an export with Remove is written
+// gives the message back to delivery here, though it is in the export: it
+// is then delivered by both nodes. Export must say so, not report it among
+// the messages "kept here, still held for the export" (Changed).
+func TestReview20ReleaseDuringExportRemoveIsReported(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	id, err := a.Enqueue("", envelope("x@a.test"), strings.NewReader("x\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rep, err := exportTo(t, a, t.TempDir(), ExportOptions{Remove: true, crash: func(step string) bool {
+		if step == "published" {
+			if err := a.Release(id); err != nil { // the operator, meanwhile
+				t.Error(err)
+			}
+		}
+		return false
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := a.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rep.Changed {
+		if c == id && !m.ExportHeld {
+			t.Fatalf("export %+v reports %s as kept here and held for the export, but it is %q here: "+
+				"it is delivered here and by the node that imports the export", rep, id, m.State())
+		}
+	}
+}
