@@ -108,6 +108,11 @@ type ExportReport struct {
 	// Changed lists exported messages changed here after they were written
 	// (an operator's action): kept here, still held for the export.
 	Changed []string `json:"changed,omitempty"`
+	// Released lists exported messages given back to delivery here after
+	// they were written (queue release during the export): they are in
+	// the export too, and both nodes will deliver them unless one of the
+	// copies is deleted.
+	Released []string `json:"released,omitempty"`
 	// BodyGone lists messages left out because their body is lost: they
 	// stay here and are given back to delivery, which tells their senders.
 	BodyGone []string `json:"body_gone,omitempty"`
@@ -178,6 +183,10 @@ func (q *Queue) Export(dir *os.Root, opts ExportOptions) (rep ExportReport, err 
 		return rep, fmt.Errorf("export: give the messages without a body back to delivery: %w", err)
 	}
 	if !opts.Remove {
+		rep.Released, err = q.releasedSince(stored)
+		if err != nil {
+			return rep, fmt.Errorf("export complete, but checking that its messages are still held here: %w", err)
+		}
 		return rep, nil
 	}
 	if err := q.removeExported(stored, &rep, crash); err != nil {
@@ -462,19 +471,23 @@ func (q *Queue) removeExported(stored map[string][]byte, rep *ExportReport, cras
 		}
 	})
 	err := q.update(func(tx *bolt.Tx) error {
-		spooled, rep.Changed, rep.Removed = spooled[:0], nil, 0
+		spooled, rep.Changed, rep.Released, rep.Removed = spooled[:0], nil, nil, 0
 		for _, id := range ids {
 			v := tx.Bucket(bucketMessages).Get([]byte(id))
 			if v == nil {
 				continue
 			}
-			if !bytes.Equal(v, stored[id]) {
-				rep.Changed = append(rep.Changed, id)
-				continue
-			}
 			m, err := getMessage(tx, id)
 			if err != nil {
 				return err
+			}
+			if !m.ExportHeld {
+				rep.Released = append(rep.Released, id)
+				continue
+			}
+			if !bytes.Equal(v, stored[id]) {
+				rep.Changed = append(rep.Changed, id)
+				continue
 			}
 			if err := deleteMessage(tx, m); err != nil {
 				return err
@@ -496,4 +509,28 @@ func (q *Queue) removeExported(stored map[string][]byte, rep *ExportReport, cras
 		os.Remove(q.spoolPath(id))
 	}
 	return nil
+}
+
+// releasedSince lists the exported messages no longer held for the export
+// here (given back to delivery since they were written).
+func (q *Queue) releasedSince(stored map[string][]byte) ([]string, error) {
+	var released []string
+	err := q.view(func(tx *bolt.Tx) error {
+		released = released[:0]
+		for id := range stored {
+			m, err := getMessage(tx, id)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if !m.ExportHeld {
+				released = append(released, id)
+			}
+		}
+		return nil
+	})
+	slices.Sort(released)
+	return released, err
 }

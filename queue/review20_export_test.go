@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -160,5 +161,8 @@ func TestReview20ReleaseDuringExportRemoveIsReported(t *testing.T) {
 			t.Fatalf("export %+v reports %s as kept here and held for the export, but it is %q here: "+
 				"it is delivered here and by the node that imports the export", rep, id, m.State())
 		}
+	}
+	if !m.ExportHeld && !slices.Contains(rep.Released, id) {
+		t.Fatalf("export %+v: %s is in the export and was given back to delivery here, unreported", rep, id)
 	}
 }

@@ -340,6 +340,11 @@ func printExport(out io.Writer, res exportResult, remove bool) {
 		fmt.Fprintf(out, "%d messages left out, their body lost (damaged storage): they stay here, and their senders are told:\n  %s\n",
 			len(res.BodyGone), strings.Join(res.BodyGone, "\n  "))
 	}
+	if len(res.Released) > 0 {
+		fmt.Fprintf(out, "WARNING: %d exported messages were released here during the export (queue release): they are in the export\n"+
+			"and back in delivery here, so both nodes will send them: delete them here (postern queue delete ID), or on the node that imports the export:\n  %s\n",
+			len(res.Released), strings.Join(res.Released, "\n  "))
+	}
 	if remove {
 		fmt.Fprintf(out, "removed the %d exported messages from this queue\n", res.Removed)
 		if len(res.Changed) > 0 {
