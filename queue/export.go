@@ -152,7 +152,8 @@ func (q *Queue) Export(dir *os.Root, opts ExportOptions) (rep ExportReport, err 
 		return rep, err
 	} else if len(busy) > 0 {
 		return rep, fmt.Errorf("export: %d messages still have a delivery attempt in flight after %s (%s): %w; "+
-			"nothing was exported: try again, with a longer --wait", len(busy), opts.Wait, strings.Join(firstOf(busy, 10), " "), ErrInFlight)
+			"nothing was exported: try again, with a longer --wait (a lease that outlives its deadline is of an attempt "+
+			"still running, or of one whose outcome could not be written: that one ends when postern restarts)", len(busy), opts.Wait, strings.Join(firstOf(busy, 10), " "), ErrInFlight)
 	}
 	man := ExportManifest{Format: ExportFormat, ExportID: rep.ExportID, Source: opts.Source, Created: q.clock().UTC()}
 	stored, err := q.writeExport(dir, ids, opts.LeasesVoid, &man, &rep)
@@ -270,15 +271,21 @@ func (q *Queue) unmarkExport(ids []string) error {
 }
 
 // inFlight reports whether a worker may still be acting on m: a recipient
-// leased, or the message's retirement leased, until a deadline not yet
-// passed. A lease past its deadline would have been granted again, had the
-// message not been held for the export; its worker is gone or has lost it.
+// leased, or the message's retirement leased until a deadline not yet
+// passed. A recipient's lease counts whatever its deadline: its worker in
+// the running daemon may be late (a stalled renewal, a step of the wall
+// clock) and still renew it, since nobody is granted it again while the
+// message is held for the export, and a delivery it reports late is kept
+// (Record): exported as pending, the recipient would be sent twice. Every
+// attempt ends with an outcome, even one cut off, so the wait ends; a lease
+// whose worker is really gone lasts until the daemon restarts (Recover),
+// or is void when the export runs with the daemon stopped (LeasesVoid).
 func inFlight(m *Message, now time.Time) bool {
 	if m.Done() && m.RetireSeq != 0 && m.RetireDue.After(now) {
 		return true
 	}
 	for _, r := range m.Recipients {
-		if r.State == Leased && r.Due.After(now) {
+		if r.State == Leased {
 			return true
 		}
 	}
