@@ -166,3 +166,37 @@ func TestReview20ReleaseDuringExportRemoveIsReported(t *testing.T) {
 		t.Fatalf("export %+v: %s is in the export and was given back to delivery here, unreported", rep, id)
 	}
 }
+
+// Review 20: a finished message whose retirement lease ran out is exported
+// (its notice is the new node's to send). A late Retire by the worker that
+// held that lease must not also retire it here, with its notice: the
+// sender would get the same delivery status notification from both nodes.
+func TestReview20LapsedRetireAfterExport(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	id, err := a.Enqueue("", envelope("no@a.test"), strings.NewReader("x\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases, err := a.Lease(1, time.Minute)
+	if err != nil || len(leases) != 1 {
+		t.Fatalf("lease: %v %v", leases, err)
+	}
+	after, err := a.Record(id, leases[0].Seq, []Outcome{{Recipient: 0, Result: ResultFailed, Reply: "550 5.1.1 no"}})
+	if err != nil || after.RetireSeq == 0 {
+		t.Fatalf("record: %+v %v", after, err)
+	}
+	clock.Advance(5 * time.Minute) // the retirement lease runs out
+	_, rep, err := exportTo(t, a, t.TempDir(), ExportOptions{})
+	if err != nil || rep.Messages != 1 {
+		t.Fatalf("export: %+v %v", rep, err)
+	}
+	// The worker's Retire comes late, with the bounce.
+	dsn := Draft{Envelope: Envelope{From: "", Recipients: []Recipient{{Addr: "app@example.org"}}}, Body: []byte("bounce\r\n")}
+	err = a.Retire(id, after.RetireSeq, dsn)
+	if n, _ := a.Count(); err == nil || n != 1 {
+		t.Fatalf("late Retire of an exported message: %v; %d messages here (the bounce queued here, and the export "+
+			"makes the new node send it too)", err, n)
+	}
+}
