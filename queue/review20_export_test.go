@@ -2,8 +2,11 @@ package queue
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -198,5 +201,90 @@ func TestReview20LapsedRetireAfterExport(t *testing.T) {
 	if n, _ := a.Count(); err == nil || n != 1 {
 		t.Fatalf("late Retire of an exported message: %v; %d messages here (the bounce queued here, and the export "+
 			"makes the new node send it too)", err, n)
+	}
+}
+
+// Review 20: two exports at once (a second operator, or a retry from
+// another terminal while the first one waits): the first fails after the
+// second completed, and must not give back to delivery the messages the
+// second export holds.
+func TestReview20ConcurrentExports(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	id, err := a.Enqueue("", envelope("x@a.test"), strings.NewReader("x\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var second error
+	var secondRep ExportReport
+	root, err := os.OpenRoot(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	_, err = a.Export(root, ExportOptions{
+		crash: func(step string) bool {
+			if step == "manifest" {
+				_, secondRep, second = exportTo(t, a, t.TempDir(), ExportOptions{})
+			}
+			return false
+		},
+		Publish: func() error { return errors.New("disk full") },
+	})
+	if err == nil {
+		t.Fatal("first export succeeded")
+	}
+	m, gerr := a.Get(id)
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	if second == nil && secondRep.Messages == 1 && !m.ExportHeld {
+		t.Fatalf("the second export (%+v) completed with %s, and the first one's failure gave it back to delivery "+
+			"here (%q): delivered by both nodes", secondRep, id, m.State())
+	}
+}
+
+// Review 20: a FIFO in an export (left there by someone when the
+// directory was still open to them) must not block the import forever:
+// it is refused as not a regular file.
+func TestReview20ImportFIFODoesNotHang(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	b := openTest(t, clock, t.TempDir(), 64<<10)
+	defer b.Close()
+	id, err := a.Enqueue("", envelope("x@a.test"), strings.NewReader("x\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _, err := exportTo(t, a, t.TempDir(), ExportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := filepath.Join(dir, "messages", id+".eml")
+	if err := os.Remove(body); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(body, 0o600); err != nil {
+		t.Skip("mkfifo:", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := importFrom(t, b, dir, ImportOptions{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("import of an export whose body is a FIFO succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		// Unblock the import's open, so that the goroutine ends.
+		if f, err := os.OpenFile(body, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		<-done
+		t.Fatal("import blocked opening a FIFO in the export")
 	}
 }
