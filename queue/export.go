@@ -118,6 +118,9 @@ type ExportReport struct {
 	BodyGone []string `json:"body_gone,omitempty"`
 }
 
+// ErrExportRunning: another export of the queue has not ended yet.
+var ErrExportRunning = errors.New("another export of this queue is running: wait for it to end")
+
 // errExportCrash is what a simulated crash returns (tests only).
 var errExportCrash = errors.New("simulated crash")
 
@@ -130,6 +133,10 @@ var errExportCrash = errors.New("simulated crash")
 // are undone, and what was written in dir is the caller's to remove.
 func (q *Queue) Export(dir *os.Root, opts ExportOptions) (rep ExportReport, err error) {
 	rep.ExportID = newExportID()
+	if !q.exporting.TryLock() {
+		return rep, fmt.Errorf("export: %w", ErrExportRunning)
+	}
+	defer q.exporting.Unlock()
 	crash := func(step string) bool { return opts.crash != nil && opts.crash(step) }
 	ids, marked, err := q.markExport()
 	if err != nil {
