@@ -176,10 +176,14 @@ type verified struct {
 	msg   exportedMessage
 }
 
+// openFlags open a file of an export: never through a symbolic link, and
+// without blocking on a FIFO (refused as not a regular file once open).
+const openFlags = os.O_RDONLY | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
+
 // openChecked opens name in dir, never through a symbolic link, and asks
 // check about it.
 func openChecked(dir *os.Root, name string, check func(string, fs.FileInfo) error) (*os.File, error) {
-	f, err := dir.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := dir.OpenFile(name, openFlags, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -395,7 +399,7 @@ func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash f
 // file could have changed since it was verified): into memory when small,
 // into an fsynced spool file otherwise.
 func (q *Queue) importBody(dir *os.Root, m *Message, e ExportEntry) ([]byte, error) {
-	f, err := dir.OpenFile(path.Join("messages", e.ID+".eml"), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := openChecked(dir, path.Join("messages", e.ID+".eml"), nil)
 	if err != nil {
 		return nil, err
 	}
