@@ -47,10 +47,13 @@ const ExportFormat = "postern-queue-export/1"
 
 // ExportManifest is manifest.json.
 type ExportManifest struct {
-	Format   string        `json:"format"`
-	ExportID string        `json:"export_id"`
-	Source   string        `json:"source,omitempty"` // the exporting node (its hostname)
-	Created  time.Time     `json:"created"`
+	Format   string    `json:"format"`
+	ExportID string    `json:"export_id"`
+	Source   string    `json:"source,omitempty"` // the exporting node (its hostname)
+	Created  time.Time `json:"created"`
+	// Removed: the exporting queue deletes the messages once the export is
+	// published (ExportOptions.Remove), so the export is their only copy.
+	Removed  bool          `json:"removed,omitempty"`
 	Messages []ExportEntry `json:"messages"`
 }
 
@@ -162,7 +165,7 @@ func (q *Queue) Export(dir *os.Root, opts ExportOptions) (rep ExportReport, err 
 			"nothing was exported: try again, with a longer --wait (a lease that outlives its deadline is of an attempt "+
 			"still running, or of one whose outcome could not be written: that one ends when postern restarts)", len(busy), opts.Wait, strings.Join(firstOf(busy, 10), " "), ErrInFlight)
 	}
-	man := ExportManifest{Format: ExportFormat, ExportID: rep.ExportID, Source: opts.Source, Created: q.clock().UTC()}
+	man := ExportManifest{Format: ExportFormat, ExportID: rep.ExportID, Source: opts.Source, Created: q.clock().UTC(), Removed: opts.Remove}
 	stored, err := q.writeExport(dir, ids, opts.LeasesVoid, &man, &rep)
 	if err != nil {
 		return rep, fmt.Errorf("export: %w", err)

@@ -63,8 +63,11 @@ type ImportOptions struct {
 type ImportReport struct {
 	ExportID string `json:"export_id"`
 	Source   string `json:"source,omitempty"`
-	Messages int    `json:"messages"` // in the export
-	Imported int    `json:"imported"` // added to this queue
+	// Removed: the export was made with Remove, so it is the only copy of
+	// its messages (those left out are not on the exporting node).
+	Removed  bool `json:"removed,omitempty"`
+	Messages int  `json:"messages"` // in the export
+	Imported int  `json:"imported"` // added to this queue
 	// Renamed maps the exported ID to the one given here, for the
 	// messages whose ID was taken in this queue.
 	Renamed map[string]string `json:"renamed,omitempty"`
@@ -112,7 +115,7 @@ func (q *Queue) Import(dir *os.Root, opts ImportOptions) (ImportReport, error) {
 	if err != nil {
 		return rep, fmt.Errorf("import: %w", err)
 	}
-	rep.ExportID, rep.Source, rep.Messages = man.ExportID, man.Source, len(man.Messages)
+	rep.ExportID, rep.Source, rep.Removed, rep.Messages = man.ExportID, man.Source, man.Removed, len(man.Messages)
 	var good []verified
 	for _, e := range man.Messages {
 		v, err := verifyEntry(dir, e, opts.CheckFile)

@@ -320,9 +320,13 @@ func handoverCommands(load func() (*Config, error)) []*cobra.Command {
 					return err
 				}
 				printImport(c.OutOrStdout(), res)
+				if len(res.Bad) > 0 && res.Removed {
+					return fmt.Errorf("%d messages were left out, and this export is their only copy (it was made with --remove): "+
+						"copy their files again from the original export directory and import it again (what was imported is not added twice)", len(res.Bad))
+				}
 				if len(res.Bad) > 0 {
 					return fmt.Errorf("%d messages were left out: they are still on the old node (postern queue list --state exported there); "+
-						"export them again", len(res.Bad))
+						"export them again, or copy the export again", len(res.Bad))
 				}
 				return nil
 			})
