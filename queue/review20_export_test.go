@@ -288,3 +288,58 @@ func TestReview20ImportFIFODoesNotHang(t *testing.T) {
 		t.Fatal("import blocked opening a FIFO in the export")
 	}
 }
+
+// Review 20: node A exports without --remove and keeps its copy, held (the
+// operator has not deleted it yet); node B imports it, delivers one of the
+// two recipients, and later hands its queue back to A. A must take B's
+// copy, with the delivery B made, not keep its stale one and offer it
+// back to delivery (Release), which sends the delivered recipient again.
+func TestReview20MessageBackToANodeStillHoldingAStaleCopy(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	b := openTest(t, clock, t.TempDir(), 64<<10)
+	defer b.Close()
+	id, err := a.Enqueue("", envelope("one@a.test", "two@b.test"), strings.NewReader("x\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _, err := exportTo(t, a, t.TempDir(), ExportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := importFrom(t, b, dir, ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	leases, err := b.Lease(1, time.Minute)
+	if err != nil || len(leases) != 1 {
+		t.Fatalf("lease on B: %v %v", leases, err)
+	}
+	if _, err := b.Record(id, leases[0].Seq, []Outcome{
+		{Recipient: 0, Result: ResultDelivered, Reply: "250 ok"},
+		{Recipient: 1, Result: ResultDeferred, Reply: "451 later", RetryAt: clock.Now().Add(time.Hour)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	back, _, err := exportTo(t, b, t.TempDir(), ExportOptions{Remove: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := importFrom(t, a, back, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := a.List(Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if m.Recipients[0].State != Delivered {
+			t.Errorf("A holds %s (%q) with %s %s, which B delivered (import %+v): released or not, "+
+				"recipient two is not sent without recipient one again", m.ID, m.State(), m.Recipients[0].Addr, m.Recipients[0].State, rep)
+		}
+	}
+	if len(msgs) != 1 {
+		t.Errorf("A holds %d copies of the message, want 1", len(msgs))
+	}
+}
