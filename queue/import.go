@@ -337,13 +337,14 @@ func verifyEntry(dir *os.Root, e ExportEntry, check func(string, fs.FileInfo) er
 func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash func(string) bool) (string, error) {
 	origin := []byte(v.entry.ID)
 	key := importKey(v.entry.ID, v.msg.Imports)
+	var superseded *Message
 	var id string
 	var taken bool
 	err := q.view(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bucketImported); b != nil && b.Get(key) != nil {
 			return errAlreadyImported
 		}
-		if m, err := getMessage(tx, v.entry.ID); err == nil && m.ExportHeld && m.Arrival.Equal(v.msg.Arrival) && m.From == v.msg.From {
+		if m, err := getMessage(tx, v.entry.ID); err == nil && staleCopy(m, &v.msg) && m.Imports >= v.msg.Imports {
 			return errStillHere // this is the queue it was exported from
 		}
 		taken = tx.Bucket(bucketMessages).Get(origin) != nil || tx.Bucket(bucketBodies).Get(origin) != nil
@@ -387,6 +388,17 @@ func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash f
 		if b.Get(key) != nil {
 			return errAlreadyImported // another import of the same message, meanwhile
 		}
+		// This queue exported the message once and still holds that
+		// copy, held; the one imported went through more hand-overs
+		// since, and knows what was delivered meanwhile: it replaces the
+		// held copy, which would send those recipients again if released.
+		superseded = nil
+		if old, err := getMessage(tx, v.entry.ID); err == nil && staleCopy(old, &v.msg) && old.Imports < v.msg.Imports {
+			if err := deleteMessage(tx, old); err != nil {
+				return err
+			}
+			superseded = old
+		}
 		if err := putNew(tx, m, inline); err != nil {
 			return err
 		}
@@ -395,7 +407,16 @@ func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash f
 	if err != nil && m.Spooled {
 		os.Remove(q.spoolPath(id))
 	}
+	if err == nil && superseded != nil && superseded.Spooled {
+		os.Remove(q.spoolPath(superseded.ID))
+	}
 	return id, err
+}
+
+// staleCopy: m, held here for an export, is a copy of the exported message
+// x (this queue exported it once and still holds it).
+func staleCopy(m *Message, x *exportedMessage) bool {
+	return m.ExportHeld && m.Arrival.Equal(x.Arrival) && m.From == x.From
 }
 
 // importBody copies the body, checking its checksum again as it goes (the
