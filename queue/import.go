@@ -398,6 +398,11 @@ func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash f
 				return err
 			}
 			superseded = old
+			// The export this queue made of it is recognised from now on,
+			// should it be imported here by mistake: its copy is gone.
+			if err := b.Put(importKey(v.entry.ID, old.Imports), rec); err != nil {
+				return err
+			}
 		}
 		if err := putNew(tx, m, inline); err != nil {
 			return err

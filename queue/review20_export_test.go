@@ -342,4 +342,8 @@ func TestReview20MessageBackToANodeStillHoldingAStaleCopy(t *testing.T) {
 	if len(msgs) != 1 {
 		t.Errorf("A holds %d copies of the message, want 1", len(msgs))
 	}
+	// A's own first export, imported into A by mistake, adds nothing.
+	if rep, err := importFrom(t, a, dir, ImportOptions{}); err != nil || rep.Imported != 0 {
+		t.Errorf("A's own stale export imported into A: %+v %v", rep, err)
+	}
 }
