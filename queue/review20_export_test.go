@@ -347,3 +347,75 @@ func TestReview20MessageBackToANodeStillHoldingAStaleCopy(t *testing.T) {
 		t.Errorf("A's own stale export imported into A: %+v %v", rep, err)
 	}
 }
+
+// Review 20 (held): an export's files attacked after the checks or in the
+// manifest: a body changed between its check and its copy (inline and
+// spooled), a body that is a symbolic link to a file outside, an ID that
+// walks out of the directory. None is imported.
+func TestReview20ImportAttacksHeld(t *testing.T) {
+	clock := newClock()
+	a := openTest(t, clock, t.TempDir(), 64<<10)
+	defer a.Close()
+	small, err := a.Enqueue("", envelope("x@a.test"), strings.NewReader("small\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := a.Enqueue("", envelope("y@a.test"), strings.NewReader(strings.Repeat("b", 100<<10)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _, err := exportTo(t, a, t.TempDir(), ExportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip := func(id string) {
+		p := filepath.Join(dir, "messages", id+".eml")
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data[0] ^= 1
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("changed after the check", func(t *testing.T) {
+		b := openTest(t, clock, t.TempDir(), 64<<10)
+		defer b.Close()
+		rep, err := importFrom(t, b, dir, ImportOptions{crash: func(step string) bool {
+			if step == "verified" {
+				flip(small)
+				flip(big)
+			}
+			return false
+		}})
+		defer flip(small)
+		defer flip(big)
+		if err == nil || rep.Imported != 0 || len(rep.Bad) != 2 {
+			t.Fatalf("import of bodies changed after their check: %+v %v", rep, err)
+		}
+		if n, _ := b.Count(); n != 0 {
+			t.Fatalf("%d messages imported", n)
+		}
+		if left, _ := os.ReadDir(filepath.Join(filepath.Dir(b.path), "spool")); len(left) != 0 {
+			t.Fatalf("spool files left: %v", left)
+		}
+	})
+	t.Run("symbolic link", func(t *testing.T) {
+		b := openTest(t, clock, t.TempDir(), 64<<10)
+		defer b.Close()
+		p := filepath.Join(dir, "messages", small+".eml")
+		data, _ := os.ReadFile(p)
+		outside := filepath.Join(t.TempDir(), "outside")
+		os.WriteFile(outside, data, 0o600)
+		os.Rename(p, p+".orig")
+		defer os.Rename(p+".orig", p)
+		if err := os.Symlink(outside, p); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(p)
+		if rep, err := importFrom(t, b, dir, ImportOptions{}); err == nil || rep.Imported != 0 {
+			t.Fatalf("import through a symbolic link: %+v %v", rep, err)
+		}
+	})
+}
