@@ -60,8 +60,9 @@
 // once every file is fsynced; with Remove, a message leaves this queue only
 // after that, and only if unchanged. Import checks every checksum before it
 // adds anything, and commits each message with a record of its import under
-// its exported ID: importing an export again, after a crash or not, adds
-// each message once. A message keeps its ID across the move unless the
+// its exported ID and the number of hand-overs it went through: importing
+// an export again, after a crash or not, adds each message once, and a
+// message that moved away and comes back is imported again. A message keeps its ID across the move unless the
 // importing queue already uses it. See export.go.
 //
 // # Damage

@@ -47,10 +47,13 @@ const ExportFormat = "postern-queue-export/1"
 
 // ExportManifest is manifest.json.
 type ExportManifest struct {
-	Format   string        `json:"format"`
-	ExportID string        `json:"export_id"`
-	Source   string        `json:"source,omitempty"` // the exporting node (its hostname)
-	Created  time.Time     `json:"created"`
+	Format   string    `json:"format"`
+	ExportID string    `json:"export_id"`
+	Source   string    `json:"source,omitempty"` // the exporting node (its hostname)
+	Created  time.Time `json:"created"`
+	// Removed: the exporting queue deletes the messages once the export is
+	// published (ExportOptions.Remove), so the export is their only copy.
+	Removed  bool          `json:"removed,omitempty"`
 	Messages []ExportEntry `json:"messages"`
 }
 
@@ -71,6 +74,9 @@ type exportedMessage struct {
 	Envelope
 	Size int64 `json:"size"`
 	Held bool  `json:"held,omitempty"`
+	// Imports is how many times the message was imported before this
+	// export (Message.Imports).
+	Imports int `json:"imports,omitempty"`
 }
 
 // ExportOptions direct Export.
@@ -105,10 +111,18 @@ type ExportReport struct {
 	// Changed lists exported messages changed here after they were written
 	// (an operator's action): kept here, still held for the export.
 	Changed []string `json:"changed,omitempty"`
+	// Released lists exported messages given back to delivery here after
+	// they were written (queue release during the export): they are in
+	// the export too, and both nodes will deliver them unless one of the
+	// copies is deleted.
+	Released []string `json:"released,omitempty"`
 	// BodyGone lists messages left out because their body is lost: they
 	// stay here and are given back to delivery, which tells their senders.
 	BodyGone []string `json:"body_gone,omitempty"`
 }
+
+// ErrExportRunning: another export of the queue has not ended yet.
+var ErrExportRunning = errors.New("another export of this queue is running: wait for it to end")
 
 // errExportCrash is what a simulated crash returns (tests only).
 var errExportCrash = errors.New("simulated crash")
@@ -122,15 +136,21 @@ var errExportCrash = errors.New("simulated crash")
 // are undone, and what was written in dir is the caller's to remove.
 func (q *Queue) Export(dir *os.Root, opts ExportOptions) (rep ExportReport, err error) {
 	rep.ExportID = newExportID()
+	if !q.exporting.TryLock() {
+		return rep, fmt.Errorf("export: %w", ErrExportRunning)
+	}
+	defer q.exporting.Unlock()
 	crash := func(step string) bool { return opts.crash != nil && opts.crash(step) }
-	ids, err := q.markExport(opts.LeasesVoid)
+	ids, marked, err := q.markExport()
 	if err != nil {
 		return rep, fmt.Errorf("export: %w", err)
 	}
 	published := false
 	defer func() {
+		// Only the messages this export marked go back to delivery: one
+		// held already is in an earlier export, which may be imported.
 		if err != nil && !published && !errors.Is(err, errExportCrash) {
-			if uerr := q.unmarkExport(ids); uerr != nil {
+			if uerr := q.unmarkExport(marked); uerr != nil {
 				err = fmt.Errorf("%w (and giving the messages back to delivery: %v)", err, uerr)
 			}
 		}
@@ -142,9 +162,10 @@ func (q *Queue) Export(dir *os.Root, opts ExportOptions) (rep ExportReport, err 
 		return rep, err
 	} else if len(busy) > 0 {
 		return rep, fmt.Errorf("export: %d messages still have a delivery attempt in flight after %s (%s): %w; "+
-			"nothing was exported: try again, with a longer --wait", len(busy), opts.Wait, strings.Join(firstOf(busy, 10), " "), ErrInFlight)
+			"nothing was exported: try again, with a longer --wait (a lease that outlives its deadline is of an attempt "+
+			"still running, or of one whose outcome could not be written: that one ends when postern restarts)", len(busy), opts.Wait, strings.Join(firstOf(busy, 10), " "), ErrInFlight)
 	}
-	man := ExportManifest{Format: ExportFormat, ExportID: rep.ExportID, Source: opts.Source, Created: q.clock().UTC()}
+	man := ExportManifest{Format: ExportFormat, ExportID: rep.ExportID, Source: opts.Source, Created: q.clock().UTC(), Removed: opts.Remove}
 	stored, err := q.writeExport(dir, ids, opts.LeasesVoid, &man, &rep)
 	if err != nil {
 		return rep, fmt.Errorf("export: %w", err)
@@ -173,6 +194,10 @@ func (q *Queue) Export(dir *os.Root, opts ExportOptions) (rep ExportReport, err 
 		return rep, fmt.Errorf("export: give the messages without a body back to delivery: %w", err)
 	}
 	if !opts.Remove {
+		rep.Released, err = q.releasedSince(stored)
+		if err != nil {
+			return rep, fmt.Errorf("export complete, but checking that its messages are still held here: %w", err)
+		}
 		return rep, nil
 	}
 	if err := q.removeExported(stored, &rep, crash); err != nil {
@@ -195,11 +220,11 @@ func firstOf(s []string, n int) []string {
 }
 
 // markExport marks every message ExportHeld, so that no new attempt
-// starts, and returns their IDs.
-func (q *Queue) markExport(leasesVoid bool) ([]string, error) {
-	var ids []string
-	err := q.update(func(tx *bolt.Tx) error {
-		ids = ids[:0]
+// starts, and returns their IDs, and those of them it marked (not held for
+// an earlier export already).
+func (q *Queue) markExport() (ids, marked []string, err error) {
+	err = q.update(func(tx *bolt.Tx) error {
+		ids, marked = ids[:0], marked[:0]
 		var changed, olds []*Message
 		err := tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
 			old := new(Message)
@@ -211,6 +236,7 @@ func (q *Queue) markExport(leasesVoid bool) ([]string, error) {
 				m := old.clone()
 				m.ExportHeld = true
 				changed, olds = append(changed, &m), append(olds, old)
+				marked = append(marked, old.ID)
 			}
 			return nil
 		})
@@ -224,7 +250,7 @@ func (q *Queue) markExport(leasesVoid bool) ([]string, error) {
 		}
 		return nil
 	})
-	return ids, err
+	return ids, marked, err
 }
 
 // unmarkExport gives messages held for an export back to delivery.
@@ -255,15 +281,21 @@ func (q *Queue) unmarkExport(ids []string) error {
 }
 
 // inFlight reports whether a worker may still be acting on m: a recipient
-// leased, or the message's retirement leased, until a deadline not yet
-// passed. A lease past its deadline would have been granted again, had the
-// message not been held for the export; its worker is gone or has lost it.
+// leased, or the message's retirement leased until a deadline not yet
+// passed. A recipient's lease counts whatever its deadline: its worker in
+// the running daemon may be late (a stalled renewal, a step of the wall
+// clock) and still renew it, since nobody is granted it again while the
+// message is held for the export, and a delivery it reports late is kept
+// (Record): exported as pending, the recipient would be sent twice. Every
+// attempt ends with an outcome, even one cut off, so the wait ends; a lease
+// whose worker is really gone lasts until the daemon restarts (Recover),
+// or is void when the export runs with the daemon stopped (LeasesVoid).
 func inFlight(m *Message, now time.Time) bool {
 	if m.Done() && m.RetireSeq != 0 && m.RetireDue.After(now) {
 		return true
 	}
 	for _, r := range m.Recipients {
-		if r.State == Leased && r.Due.After(now) {
+		if r.State == Leased {
 			return true
 		}
 	}
@@ -358,7 +390,7 @@ func (q *Queue) writeExport(dir *os.Root, ids []string, leasesVoid bool, man *Ex
 // exportOne writes m's two files and returns its manifest entry.
 func (q *Queue) exportOne(tx *bolt.Tx, dir *os.Root, m *Message, now time.Time) (ExportEntry, error) {
 	e := ExportEntry{ID: m.ID, Size: m.Size}
-	x := exportedMessage{ID: m.ID, Envelope: m.Envelope, Size: m.Size, Held: m.Held}
+	x := exportedMessage{ID: m.ID, Envelope: m.Envelope, Size: m.Size, Held: m.Held, Imports: m.Imports}
 	x.Recipients = slices.Clone(m.Recipients)
 	for i := range x.Recipients {
 		r := &x.Recipients[i]
@@ -456,19 +488,23 @@ func (q *Queue) removeExported(stored map[string][]byte, rep *ExportReport, cras
 		}
 	})
 	err := q.update(func(tx *bolt.Tx) error {
-		spooled, rep.Changed, rep.Removed = spooled[:0], nil, 0
+		spooled, rep.Changed, rep.Released, rep.Removed = spooled[:0], nil, nil, 0
 		for _, id := range ids {
 			v := tx.Bucket(bucketMessages).Get([]byte(id))
 			if v == nil {
 				continue
 			}
-			if !bytes.Equal(v, stored[id]) {
-				rep.Changed = append(rep.Changed, id)
-				continue
-			}
 			m, err := getMessage(tx, id)
 			if err != nil {
 				return err
+			}
+			if !m.ExportHeld {
+				rep.Released = append(rep.Released, id)
+				continue
+			}
+			if !bytes.Equal(v, stored[id]) {
+				rep.Changed = append(rep.Changed, id)
+				continue
 			}
 			if err := deleteMessage(tx, m); err != nil {
 				return err
@@ -490,4 +526,28 @@ func (q *Queue) removeExported(stored map[string][]byte, rep *ExportReport, cras
 		os.Remove(q.spoolPath(id))
 	}
 	return nil
+}
+
+// releasedSince lists the exported messages no longer held for the export
+// here (given back to delivery since they were written).
+func (q *Queue) releasedSince(stored map[string][]byte) ([]string, error) {
+	var released []string
+	err := q.view(func(tx *bolt.Tx) error {
+		released = released[:0]
+		for id := range stored {
+			m, err := getMessage(tx, id)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if !m.ExportHeld {
+				released = append(released, id)
+			}
+		}
+		return nil
+	})
+	slices.Sort(released)
+	return released, err
 }

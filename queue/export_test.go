@@ -121,7 +121,7 @@ func importFrom(t *testing.T, q *Queue, dir string, opts ImportOptions) (ImportR
 // own lease bookkeeping.
 func portable(t *testing.T, m Message) string {
 	t.Helper()
-	m.LeaseSeq, m.RetireDue, m.RetireSeq, m.ExportHeld, m.BodyGone = 0, time.Time{}, 0, false, false
+	m.LeaseSeq, m.RetireDue, m.RetireSeq, m.ExportHeld, m.BodyGone, m.Imports = 0, time.Time{}, 0, false, false, 0
 	m.Recipients = slices.Clone(m.Recipients)
 	for i := range m.Recipients {
 		m.Recipients[i].Lease = 0

@@ -21,14 +21,26 @@ import (
 )
 
 // bucketImported records each message imported from an export, by its ID
-// in the exporting queue, so that it is never imported twice. The ID alone
-// is the key, not the export or the envelope: a second export of the same
-// message (after attempts changed its recipients) must be recognised too,
-// and IDs of different nodes differ unless 48 random bits agree (NewID).
-// An entry is
-// about 150 bytes and is kept for good: a message imported and since
-// delivered must still be recognised when the export is imported again.
+// in the exporting queue and the number of imports it went through before
+// (importKey), so that it is never imported twice. Not the export or the
+// envelope: a second export of the same message (after attempts changed
+// its recipients) must be recognised too, and IDs of different nodes
+// differ unless 48 random bits agree (NewID). The count tells that apart
+// from a message that moved away and comes back (A to B, back to A, and
+// to B again), which must be imported. An entry is about 150 bytes and is
+// kept for good: a message imported and since delivered must still be
+// recognised when the export is imported again.
 var bucketImported = []byte("imported")
+
+// importKey is a message's key in bucketImported: its exported ID, and
+// the imports before this one when there were any (the key of a first
+// hand-over is the bare ID, as the records written before the count).
+func importKey(id string, before int) []byte {
+	if before == 0 {
+		return []byte(id)
+	}
+	return fmt.Appendf(nil, "%s/%d", id, before)
+}
 
 // ErrBadExport means an export failed its checks: a checksum that does not
 // match, a file missing, or a manifest that cannot be read.
@@ -51,8 +63,11 @@ type ImportOptions struct {
 type ImportReport struct {
 	ExportID string `json:"export_id"`
 	Source   string `json:"source,omitempty"`
-	Messages int    `json:"messages"` // in the export
-	Imported int    `json:"imported"` // added to this queue
+	// Removed: the export was made with Remove, so it is the only copy of
+	// its messages (those left out are not on the exporting node).
+	Removed  bool `json:"removed,omitempty"`
+	Messages int  `json:"messages"` // in the export
+	Imported int  `json:"imported"` // added to this queue
 	// Renamed maps the exported ID to the one given here, for the
 	// messages whose ID was taken in this queue.
 	Renamed map[string]string `json:"renamed,omitempty"`
@@ -100,7 +115,7 @@ func (q *Queue) Import(dir *os.Root, opts ImportOptions) (ImportReport, error) {
 	if err != nil {
 		return rep, fmt.Errorf("import: %w", err)
 	}
-	rep.ExportID, rep.Source, rep.Messages = man.ExportID, man.Source, len(man.Messages)
+	rep.ExportID, rep.Source, rep.Removed, rep.Messages = man.ExportID, man.Source, man.Removed, len(man.Messages)
 	var good []verified
 	for _, e := range man.Messages {
 		v, err := verifyEntry(dir, e, opts.CheckFile)
@@ -164,10 +179,14 @@ type verified struct {
 	msg   exportedMessage
 }
 
+// openFlags open a file of an export: never through a symbolic link, and
+// without blocking on a FIFO (refused as not a regular file once open).
+const openFlags = os.O_RDONLY | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
+
 // openChecked opens name in dir, never through a symbolic link, and asks
 // check about it.
 func openChecked(dir *os.Root, name string, check func(string, fs.FileInfo) error) (*os.File, error) {
-	f, err := dir.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := dir.OpenFile(name, openFlags, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -317,13 +336,15 @@ func verifyEntry(dir *os.Root, e ExportEntry, check func(string, fs.FileInfo) er
 // importOne adds one verified message, and returns its ID here.
 func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash func(string) bool) (string, error) {
 	origin := []byte(v.entry.ID)
+	key := importKey(v.entry.ID, v.msg.Imports)
+	var superseded *Message
 	var id string
 	var taken bool
 	err := q.view(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucketImported); b != nil && b.Get(origin) != nil {
+		if b := tx.Bucket(bucketImported); b != nil && b.Get(key) != nil {
 			return errAlreadyImported
 		}
-		if m, err := getMessage(tx, v.entry.ID); err == nil && m.ExportHeld && m.Arrival.Equal(v.msg.Arrival) && m.From == v.msg.From {
+		if m, err := getMessage(tx, v.entry.ID); err == nil && staleCopy(m, &v.msg) && m.Imports >= v.msg.Imports {
 			return errStillHere // this is the queue it was exported from
 		}
 		taken = tx.Bucket(bucketMessages).Get(origin) != nil || tx.Bucket(bucketBodies).Get(origin) != nil
@@ -336,7 +357,7 @@ func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash f
 	if _, err := os.Lstat(q.spoolPath(id)); taken || !errors.Is(err, fs.ErrNotExist) {
 		id = q.NewID()
 	}
-	m := &Message{ID: id, Envelope: v.msg.Envelope, Size: v.msg.Size, Held: v.msg.Held}
+	m := &Message{ID: id, Envelope: v.msg.Envelope, Size: v.msg.Size, Held: v.msg.Held, Imports: v.msg.Imports + 1}
 	now := q.clock()
 	for i := range m.Recipients {
 		r := &m.Recipients[i]
@@ -364,25 +385,50 @@ func (q *Queue) importOne(dir *os.Root, man *ExportManifest, v verified, crash f
 		if err != nil {
 			return err
 		}
-		if b.Get(origin) != nil {
+		if b.Get(key) != nil {
 			return errAlreadyImported // another import of the same message, meanwhile
+		}
+		// This queue exported the message once and still holds that
+		// copy, held; the one imported went through more hand-overs
+		// since, and knows what was delivered meanwhile: it replaces the
+		// held copy, which would send those recipients again if released.
+		superseded = nil
+		if old, err := getMessage(tx, v.entry.ID); err == nil && staleCopy(old, &v.msg) && old.Imports < v.msg.Imports {
+			if err := deleteMessage(tx, old); err != nil {
+				return err
+			}
+			superseded = old
+			// The export this queue made of it is recognised from now on,
+			// should it be imported here by mistake: its copy is gone.
+			if err := b.Put(importKey(v.entry.ID, old.Imports), rec); err != nil {
+				return err
+			}
 		}
 		if err := putNew(tx, m, inline); err != nil {
 			return err
 		}
-		return b.Put(origin, rec)
+		return b.Put(key, rec)
 	})
 	if err != nil && m.Spooled {
 		os.Remove(q.spoolPath(id))
 	}
+	if err == nil && superseded != nil && superseded.Spooled {
+		os.Remove(q.spoolPath(superseded.ID))
+	}
 	return id, err
+}
+
+// staleCopy: m, held here for an export, is a copy of the exported message
+// x (this queue exported it once and still holds it).
+func staleCopy(m *Message, x *exportedMessage) bool {
+	return m.ExportHeld && m.Arrival.Equal(x.Arrival) && m.From == x.From
 }
 
 // importBody copies the body, checking its checksum again as it goes (the
 // file could have changed since it was verified): into memory when small,
 // into an fsynced spool file otherwise.
 func (q *Queue) importBody(dir *os.Root, m *Message, e ExportEntry) ([]byte, error) {
-	f, err := dir.OpenFile(path.Join("messages", e.ID+".eml"), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := openChecked(dir, path.Join("messages", e.ID+".eml"), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -346,6 +346,11 @@ func (q *Queue) Retire(id string, seq uint64, notices ...Draft) error {
 		if !m.Done() || m.RetireSeq != seq {
 			return fmt.Errorf("retire %s: %w", id, ErrLeaseLost)
 		}
+		if m.ExportHeld && !m.RetireDue.After(q.clock()) {
+			// Its lease ran out while it was held for an export, which
+			// then took it, notices to send and all (see inFlight).
+			return fmt.Errorf("retire %s: %w (it was exported meanwhile)", id, ErrLeaseLost)
+		}
 		spooled = m.Spooled
 		for _, p := range ready {
 			if err := putNew(tx, p.m, p.inline); err != nil {

@@ -93,6 +93,10 @@ type Message struct {
 	// and is not scheduled here, so that it is not delivered both here and
 	// where it is imported. Release gives it back to delivery.
 	ExportHeld bool `json:"export_held,omitempty"`
+	// Imports counts the queue hand-overs the message went through (see
+	// Import): it tells a message that comes back after moving away from
+	// a second import of the same export.
+	Imports int `json:"imports,omitempty"`
 
 	// LeaseSeq numbers the leases taken on this message.
 	LeaseSeq uint64 `json:"lease_seq,omitempty"`

@@ -65,6 +65,11 @@ type Queue struct {
 	idMu   sync.Mutex
 	lastID uint64
 
+	// exporting is held by the export running (one at a time: a failed
+	// export gives back to delivery the messages it marked, which another
+	// export running meanwhile may have written and published).
+	exporting sync.Mutex
+
 	// closeMu guards writes against Close: a session cut off at shutdown
 	// may still try to enqueue, and must get ErrClosed, not a panic.
 	closeMu sync.RWMutex

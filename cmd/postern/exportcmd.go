@@ -320,9 +320,13 @@ func handoverCommands(load func() (*Config, error)) []*cobra.Command {
 					return err
 				}
 				printImport(c.OutOrStdout(), res)
+				if len(res.Bad) > 0 && res.Removed {
+					return fmt.Errorf("%d messages were left out, and this export is their only copy (it was made with --remove): "+
+						"copy their files again from the original export directory and import it again (what was imported is not added twice)", len(res.Bad))
+				}
 				if len(res.Bad) > 0 {
 					return fmt.Errorf("%d messages were left out: they are still on the old node (postern queue list --state exported there); "+
-						"export them again", len(res.Bad))
+						"export them again, or copy the export again", len(res.Bad))
 				}
 				return nil
 			})
@@ -339,6 +343,11 @@ func printExport(out io.Writer, res exportResult, remove bool) {
 	if len(res.BodyGone) > 0 {
 		fmt.Fprintf(out, "%d messages left out, their body lost (damaged storage): they stay here, and their senders are told:\n  %s\n",
 			len(res.BodyGone), strings.Join(res.BodyGone, "\n  "))
+	}
+	if len(res.Released) > 0 {
+		fmt.Fprintf(out, "WARNING: %d exported messages were released here during the export (queue release): they are in the export\n"+
+			"and back in delivery here, so both nodes will send them: delete them here (postern queue delete ID), or on the node that imports the export:\n  %s\n",
+			len(res.Released), strings.Join(res.Released, "\n  "))
 	}
 	if remove {
 		fmt.Fprintf(out, "removed the %d exported messages from this queue\n", res.Removed)
