@@ -121,11 +121,7 @@ func (l *local) TLSReportSend(day time.Time) ([]reportOutcome, error) {
 		if err != nil {
 			return nil, err
 		}
-		signer, err := l.cfg.dkimSigner()
-		if err != nil {
-			return nil, err
-		}
-		r, err := l.cfg.reporter(l.q, res, signer, l.state, nil, log)
+		r, err := l.cfg.reporter(l.q, res, l.cfg.dkimSigner(), l.state, nil, log)
 		if err != nil {
 			return nil, err
 		}

@@ -61,11 +61,7 @@ func (r *reloader) reload() (string, error) {
 		r.log.Error("reload: configuration refused; nothing changed", "err", err)
 		return "", err
 	}
-	def, policies, err := next.tlsRules()
-	if err != nil {
-		r.log.Error("reload: configuration refused; nothing changed", "err", err)
-		return "", asConfigError(err)
-	}
+	def, policies := next.tlsRules()
 	// The users file is read again on every reload, changed or not: that
 	// is how configuration management hands over new users. One that does
 	// not parse refuses the reload, and the users in force stay.

@@ -121,10 +121,7 @@ func serveEmbedded(cfg *Config, log *slog.Logger, emb *embedding) error {
 		return err
 	}
 	engine := delivery.New(cfg.deliveryConfig(), delivery.Deps{Queue: q, Resolver: res, Log: log, Policy: policy, Roots: roots})
-	signer, err := cfg.dkimSigner()
-	if err != nil {
-		return err
-	}
+	signer := cfg.dkimSigner()
 	logHeaderFromCheck(cfg, users, log)
 	hashes := cfg.Submission.Auth.MaxConcurrentHashes
 	if hashes == 0 {
@@ -140,11 +137,7 @@ func serveEmbedded(cfg *Config, log *slog.Logger, emb *embedding) error {
 		verifier.SetFile(usersFile)
 		log.Info("users file loaded", "file", usersFile.Path(), "users", len(usersFile.List()))
 	}
-	dir, err := cfg.directory()
-	if err != nil {
-		return err
-	}
-	if dir != nil {
+	if dir := cfg.directory(); dir != nil {
 		verifier.SetDirectory(dir)
 		log.Info("user directory", "directory", dir.String(), "order", "users file, store, directory")
 	}
