@@ -1,22 +1,19 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/postern/postern/internal/admin"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -27,33 +24,6 @@ import (
 	"github.com/postern/postern/relay/tlsrpt"
 	"github.com/postern/postern/tlspolicy"
 )
-
-// operations is what the queue and user commands do. It is served over the
-// admin socket by a running daemon (bbolt admits one process), and done
-// directly on the databases when no daemon runs.
-type operations interface {
-	QueueList(f queue.Filter) ([]queue.Message, error)
-	QueueShow(id string) (queue.Message, error)
-	QueueAction(action, id string) error
-	QueueFlush() (int, error)
-	Backup(t backupTarget) (backupReport, error)
-	Reload() (string, error)
-	UserAdd(name, password string, allowFrom []string) error
-	UserList() ([]auth.User, error)
-	UserDelete(name string) error
-	UserPasswd(name, password string) error
-	UserRequireTLS(name string, on bool) error
-	UserAnyHeaderFrom(name string, on bool) error
-	UserSuspend(name string, on bool) error
-	UserShow(name string) (userReport, error)
-	UserLimit(name, which string, n *int) error
-	PolicyForget(domain string) error
-	PolicyCheck(domain string, port int) (policyReport, error)
-	Audit(f audit.Filter) ([]audit.Record, error)
-	TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error)
-	TLSReportSend(day time.Time) ([]reportOutcome, error)
-	Close() error
-}
 
 // local performs operations on open databases.
 type local struct {
@@ -82,19 +52,13 @@ type local struct {
 	// delivery metrics.
 	bounced func(n int, inQueue time.Duration)
 	// policyCheck runs "policy check" on the daemon's policy engine.
-	policyCheck func(ctx context.Context, domain string, port int) policyReport
+	policyCheck func(ctx context.Context, domain string, port int) admin.PolicyReport
 }
 
 func (l *local) wake() {
 	if l.kick != nil {
 		l.kick()
 	}
-}
-
-// backupReport is what "postern backup" made.
-type backupReport struct {
-	Dir string `json:"dir"`
-	queue.BackupReport
 }
 
 func (l *local) QueueFlush() (int, error) {
@@ -114,7 +78,7 @@ func (l *local) TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, err
 	return tlsrpt.Aggregate(l.q, day)
 }
 
-func (l *local) TLSReportSend(day time.Time) ([]reportOutcome, error) {
+func (l *local) TLSReportSend(day time.Time) ([]admin.ReportOutcome, error) {
 	if l.report == nil {
 		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		res, _, err := l.cfg.resolver(log)
@@ -130,9 +94,9 @@ func (l *local) TLSReportSend(day time.Time) ([]reportOutcome, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	outcomes, err := l.report(ctx, day)
-	var out []reportOutcome
+	var out []admin.ReportOutcome
 	for _, o := range outcomes {
-		ro := reportOutcome{Domain: o.Domain, URI: o.URI}
+		ro := admin.ReportOutcome{Domain: o.Domain, URI: o.URI}
 		if o.Err != nil {
 			ro.Error = o.Err.Error()
 		}
@@ -141,18 +105,11 @@ func (l *local) TLSReportSend(day time.Time) ([]reportOutcome, error) {
 	return out, err
 }
 
-// reportOutcome is a tlsrpt.Outcome that travels as JSON.
-type reportOutcome struct {
-	Domain string `json:"domain"`
-	URI    string `json:"uri,omitempty"`
-	Error  string `json:"error,omitempty"`
-}
-
 func (l *local) Audit(f audit.Filter) ([]audit.Record, error) { return audit.Query(l.q, f) }
 
-func (l *local) PolicyCheck(domain string, port int) (policyReport, error) {
+func (l *local) PolicyCheck(domain string, port int) (admin.PolicyReport, error) {
 	if l.policyCheck == nil {
-		return policyReport{}, errors.New("policy check through the admin socket: only the daemon has a policy engine")
+		return admin.PolicyReport{}, errors.New("policy check through the admin socket: only the daemon has a policy engine")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -227,13 +184,13 @@ const operatorBounce = "5.0.0 returned to the sender by the postmaster (postern 
 
 // openOperations connects to the running daemon, or opens the databases
 // itself when none runs.
-func openOperations(cfg *Config) (operations, error) {
+func openOperations(cfg *Config) (admin.Operations, error) {
 	if err := checkSocketDir(cfg.DataDir, filepath.Dir(cfg.socketPath())); err != nil {
 		return nil, err
 	}
 	if c, err := net.DialTimeout("unix", cfg.socketPath(), time.Second); err == nil {
 		c.Close()
-		return newRemote(cfg.socketPath()), nil
+		return admin.NewClient(cfg.socketPath()), nil
 	}
 	// Without a daemon the command works on the files itself: as their
 	// owner only, or the service could not open what it makes.
@@ -277,195 +234,11 @@ func openState(cfg *Config) (*bolt.DB, *auth.Store, error) {
 	return db, users, nil
 }
 
-// adminHandler serves operations as a small JSON API. serveAdmin bounds
-// its request bodies (newLimitedServer).
-func adminHandler(ops operations) http.Handler {
-	mux := http.NewServeMux()
-	reply := func(w http.ResponseWriter, v any, err error) {
-		w.Header().Set("Content-Type", "application/json")
-		if err != nil {
-			status := http.StatusBadRequest
-			var tooBig *http.MaxBytesError
-			switch {
-			case errors.As(err, &tooBig):
-				status = http.StatusRequestEntityTooLarge
-			case errors.Is(err, queue.ErrNotFound), errors.Is(err, auth.ErrNoSuchUser):
-				status = http.StatusNotFound
-			case errors.Is(err, auth.ErrUserExists):
-				status = http.StatusConflict
-			case errors.Is(err, errConfig):
-				status = http.StatusUnprocessableEntity
-			}
-			w.WriteHeader(status)
-			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
-			return
-		}
-		json.NewEncoder(w).Encode(v)
-	}
-	mux.HandleFunc("GET /v1/queue", func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		f := queue.Filter{RcptDomain: q.Get("domain"), Sender: q.Get("sender"), State: q.Get("state")}
-		var err error
-		if v := q.Get("arrived_before"); v != "" {
-			f.ArrivedBefore, err = time.Parse(time.RFC3339Nano, v)
-		}
-		if v := q.Get("arrived_after"); v != "" && err == nil {
-			f.ArrivedAfter, err = time.Parse(time.RFC3339Nano, v)
-		}
-		if err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		msgs, err := ops.QueueList(f)
-		reply(w, msgs, err)
-	})
-	mux.HandleFunc("POST /v1/backup", func(w http.ResponseWriter, r *http.Request) {
-		var req backupTarget
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		if !filepath.IsAbs(req.Dir) || req.Parent == nil {
-			reply(w, nil, errors.New("bad request: want an absolute directory and its parent's identity"))
-			return
-		}
-		// A backup takes as long as the copy does.
-		http.NewResponseController(w).SetWriteDeadline(time.Time{})
-		rep, err := ops.Backup(req)
-		reply(w, rep, err)
-	})
-	mux.HandleFunc("POST /v1/queue/flush", func(w http.ResponseWriter, r *http.Request) {
-		n, err := ops.QueueFlush()
-		reply(w, map[string]int{"messages": n}, err)
-	})
-	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
-		summary, err := ops.Reload()
-		reply(w, map[string]string{"summary": summary}, err)
-	})
-	mux.HandleFunc("GET /v1/tlsrpt/{day}", func(w http.ResponseWriter, r *http.Request) {
-		day, err := time.Parse("2006-01-02", r.PathValue("day"))
-		if err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		agg, err := ops.TLSReports(day)
-		reply(w, agg, err)
-	})
-	mux.HandleFunc("POST /v1/tlsrpt/{day}/send", func(w http.ResponseWriter, r *http.Request) {
-		day, err := time.Parse("2006-01-02", r.PathValue("day"))
-		if err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		// Sending takes up to five minutes (TLSReportSend's bound).
-		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(6 * time.Minute))
-		out, err := ops.TLSReportSend(day)
-		if err != nil {
-			// Partial results matter: say what went out and what did not.
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusBadGateway)
-			json.NewEncoder(w).Encode(map[string]any{"error": err.Error(), "outcomes": out})
-			return
-		}
-		reply(w, out, nil)
-	})
-	mux.HandleFunc("GET /v1/audit", func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		f := audit.Filter{RcptDomain: q.Get("rcpt_domain"), MessageID: q.Get("message_id")}
-		var err error
-		if v := q.Get("since"); v != "" {
-			f.Since, err = time.Parse(time.RFC3339Nano, v)
-		}
-		if v := q.Get("until"); v != "" && err == nil {
-			f.Until, err = time.Parse(time.RFC3339Nano, v)
-		}
-		if err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		records, err := ops.Audit(f)
-		reply(w, records, err)
-	})
-	mux.HandleFunc("GET /v1/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
-		m, err := ops.QueueShow(r.PathValue("id"))
-		reply(w, m, err)
-	})
-	mux.HandleFunc("POST /v1/queue/{id}/{action}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, map[string]string{"ok": "true"}, ops.QueueAction(r.PathValue("action"), r.PathValue("id")))
-	})
-	mux.HandleFunc("GET /v1/users", func(w http.ResponseWriter, r *http.Request) {
-		users, err := ops.UserList()
-		reply(w, users, err)
-	})
-	mux.HandleFunc("POST /v1/users", func(w http.ResponseWriter, r *http.Request) {
-		var req userRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		reply(w, map[string]string{"ok": "true"}, ops.UserAdd(req.Name, req.Password, req.AllowFrom))
-	})
-	mux.HandleFunc("DELETE /v1/users/{name}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, map[string]string{"ok": "true"}, ops.UserDelete(r.PathValue("name")))
-	})
-	mux.HandleFunc("GET /v1/policy/{domain}", func(w http.ResponseWriter, r *http.Request) {
-		port, err := strconv.Atoi(r.URL.Query().Get("port"))
-		if err != nil || port <= 0 || port > 65535 {
-			reply(w, nil, fmt.Errorf("bad request: port %q", r.URL.Query().Get("port")))
-			return
-		}
-		// A check takes as long as its lookups and fetch (bounded below).
-		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(2 * time.Minute))
-		rep, err := ops.PolicyCheck(r.PathValue("domain"), port)
-		reply(w, rep, err)
-	})
-	mux.HandleFunc("DELETE /v1/policy/memory/{domain}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, map[string]string{"ok": "true"}, ops.PolicyForget(r.PathValue("domain")))
-	})
-	mux.HandleFunc("POST /v1/users/{name}/require-tls", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			On bool `json:"on"`
-		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		reply(w, map[string]string{"ok": "true"}, ops.UserRequireTLS(r.PathValue("name"), req.On))
-	})
-	mux.HandleFunc("POST /v1/users/{name}/any-header-from", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			On bool `json:"on"`
-		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		reply(w, map[string]string{"ok": "true"}, ops.UserAnyHeaderFrom(r.PathValue("name"), req.On))
-	})
-	mux.HandleFunc("POST /v1/users/{name}/password", func(w http.ResponseWriter, r *http.Request) {
-		var req userRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		reply(w, map[string]string{"ok": "true"}, ops.UserPasswd(r.PathValue("name"), req.Password))
-	})
-	userVolumeRoutes(mux, ops, reply)
-	handoverRoutes(mux, ops, reply)
-	return mux
-}
-
-type userRequest struct {
-	Name      string   `json:"name"`
-	Password  string   `json:"password"`
-	AllowFrom []string `json:"allow_from,omitempty"`
-}
-
 // serveAdmin listens on the admin socket. The socket is made inside a
 // directory of its own, mode 0700, so that it is never reachable by
 // anyone else, not even in the moment between its creation and a chmod
 // (connecting needs search permission on every directory of the path).
-func serveAdmin(path string, ops operations, log *slog.Logger) (*http.Server, error) {
+func serveAdmin(path string, ops admin.Operations, log *slog.Logger) (*http.Server, error) {
 	if err := privateDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
@@ -480,7 +253,7 @@ func serveAdmin(path string, ops operations, log *slog.Logger) (*http.Server, er
 		l.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	handler := adminHandler(ops)
+	handler := admin.Handler(ops)
 	logged := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		log.Debug("admin socket request", "method", r.Method, "path", r.URL.Path)
 		handler.ServeHTTP(w, r)
@@ -515,152 +288,3 @@ func privateDir(dir string) error {
 	}
 	return nil
 }
-
-// remote performs operations through a running daemon's admin socket.
-type remote struct {
-	client *http.Client
-	// long has no overall timeout, for a backup: it takes as long as
-	// the copy does.
-	long *http.Client
-}
-
-func newRemote(path string) *remote {
-	transport := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", path)
-		},
-	}
-	return &remote{client: &http.Client{Timeout: time.Minute, Transport: transport}, long: &http.Client{Transport: transport}}
-}
-
-// remoteError carries the daemon's answer, keeping "not found" recognisable.
-type remoteError struct {
-	status int
-	msg    string
-}
-
-func (e *remoteError) Error() string { return e.msg }
-func (e *remoteError) Is(target error) bool {
-	switch e.status {
-	case http.StatusNotFound:
-		return target == queue.ErrNotFound || target == auth.ErrNoSuchUser
-	case http.StatusConflict:
-		return target == auth.ErrUserExists
-	case http.StatusUnprocessableEntity:
-		return target == errConfig
-	}
-	return false
-}
-
-func (r *remote) do(method, path string, body, out any) error {
-	return r.doWith(r.client, method, path, body, out)
-}
-
-func (r *remote) doWith(client *http.Client, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, "http://postern"+path, rd)
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e map[string]string
-		json.NewDecoder(resp.Body).Decode(&e)
-		return &remoteError{resp.StatusCode, e["error"]}
-	}
-	if out == nil {
-		return nil
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
-}
-
-func (r *remote) QueueList(f queue.Filter) ([]queue.Message, error) {
-	var out []queue.Message
-	v := url.Values{"domain": {f.RcptDomain}, "sender": {f.Sender}, "state": {f.State}}
-	if !f.ArrivedBefore.IsZero() {
-		v.Set("arrived_before", f.ArrivedBefore.Format(time.RFC3339Nano))
-	}
-	if !f.ArrivedAfter.IsZero() {
-		v.Set("arrived_after", f.ArrivedAfter.Format(time.RFC3339Nano))
-	}
-	return out, r.do("GET", "/v1/queue?"+v.Encode(), nil, &out)
-}
-
-// Backup asks the daemon for a backup, telling it which directory DIR's
-// parent is here: the daemon may see another (a private /tmp).
-func (r *remote) Backup(t backupTarget) (backupReport, error) {
-	var out backupReport
-	t, err := targetFor(t.Dir)
-	if err != nil {
-		return out, err
-	}
-	return out, r.doWith(r.long, "POST", "/v1/backup", t, &out)
-}
-func (r *remote) QueueFlush() (int, error) {
-	var out map[string]int
-	err := r.do("POST", "/v1/queue/flush", nil, &out)
-	return out["messages"], err
-}
-func (r *remote) Reload() (string, error) {
-	var out map[string]string
-	err := r.do("POST", "/v1/reload", nil, &out)
-	return out["summary"], err
-}
-func (r *remote) TLSReports(day time.Time) (map[string][]tlsrpt.PolicyResult, error) {
-	var out map[string][]tlsrpt.PolicyResult
-	return out, r.do("GET", "/v1/tlsrpt/"+day.Format("2006-01-02"), nil, &out)
-}
-func (r *remote) TLSReportSend(day time.Time) ([]reportOutcome, error) {
-	var out []reportOutcome
-	return out, r.doWith(r.long, "POST", "/v1/tlsrpt/"+day.Format("2006-01-02")+"/send", nil, &out)
-}
-func (r *remote) Audit(f audit.Filter) ([]audit.Record, error) {
-	var out []audit.Record
-	v := url.Values{"rcpt_domain": {f.RcptDomain}, "message_id": {f.MessageID}}
-	if !f.Since.IsZero() {
-		v.Set("since", f.Since.Format(time.RFC3339Nano))
-	}
-	if !f.Until.IsZero() {
-		v.Set("until", f.Until.Format(time.RFC3339Nano))
-	}
-	return out, r.do("GET", "/v1/audit?"+v.Encode(), nil, &out)
-}
-func (r *remote) QueueShow(id string) (queue.Message, error) {
-	var m queue.Message
-	return m, r.do("GET", "/v1/queue/"+url.PathEscape(id), nil, &m)
-}
-func (r *remote) QueueAction(action, id string) error {
-	return r.do("POST", "/v1/queue/"+url.PathEscape(id)+"/"+url.PathEscape(action), nil, nil)
-}
-func (r *remote) UserAdd(name, pw string, allow []string) error {
-	return r.do("POST", "/v1/users", userRequest{Name: name, Password: pw, AllowFrom: allow}, nil)
-}
-func (r *remote) UserList() ([]auth.User, error) {
-	var out []auth.User
-	return out, r.do("GET", "/v1/users", nil, &out)
-}
-func (r *remote) UserDelete(name string) error {
-	return r.do("DELETE", "/v1/users/"+url.PathEscape(name), nil, nil)
-}
-func (r *remote) PolicyCheck(domain string, port int) (policyReport, error) {
-	var out policyReport
-	return out, r.doWith(r.long, "GET", "/v1/policy/"+url.PathEscape(domain)+"?port="+strconv.Itoa(port), nil, &out)
-}
-func (r *remote) PolicyForget(domain string) error {
-	return r.do("DELETE", "/v1/policy/memory/"+url.PathEscape(domain), nil, nil)
-}
-func (r *remote) UserRequireTLS(name string, on bool) error {
-	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/require-tls", map[string]bool{"on": on}, nil)
-}
-func (r *remote) UserAnyHeaderFrom(name string, on bool) error {
-	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/any-header-from", map[string]bool{"on": on}, nil)
-}
-func (r *remote) UserPasswd(name, pw string) error {
-	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/password", userRequest{Password: pw}, nil)
-}
-func (r *remote) Close() error { return nil }

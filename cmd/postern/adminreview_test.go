@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/internal/admin"
 )
 
 // TestBackupRefusesPathThroughLinkOthersControl: a DIR named through a
@@ -40,7 +42,7 @@ func TestBackupRefusesPathThroughLinkOthersControl(t *testing.T) {
 	}
 	check := func(t *testing.T, dir, safe, inErr string) {
 		t.Helper()
-		_, err := ops.Backup(backupTarget{Dir: dir})
+		_, err := ops.Backup(admin.BackupTarget{Dir: dir})
 		if err == nil || !strings.Contains(err.Error(), inErr) {
 			t.Errorf("backup into %s: %v, want an error saying %q", dir, err, inErr)
 		}
@@ -66,7 +68,7 @@ func TestBackupRefusesPathThroughLinkOthersControl(t *testing.T) {
 		if err := os.Symlink("../ours/./link", rel); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ops.Backup(backupTarget{Dir: filepath.Join(rel, "backup")}); err != nil {
+		if _, err := ops.Backup(admin.BackupTarget{Dir: filepath.Join(rel, "backup")}); err != nil {
 			t.Fatalf("backup through root's own links: %v", err)
 		}
 		if got := strings.Join(entries(t, filepath.Join(safe, "backup")), " "); got != "queue.db spool state.db" {

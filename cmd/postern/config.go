@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"time"
+
+	"github.com/postern/postern/internal/admin"
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
@@ -157,7 +158,7 @@ func loadConfig(file string) (*Config, error) {
 
 // errConfig is what every configuration error is (errors.Is): the CLI
 // exits 2 for it, and the admin socket tells it from other failures.
-var errConfig = errors.New("bad configuration")
+var errConfig = admin.ErrConfig
 
 // configError marks an error as the configuration's, keeping its text.
 type configError struct{ err error }

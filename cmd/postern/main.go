@@ -17,6 +17,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/postern/postern/internal/admin"
+
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -248,8 +250,8 @@ func rootCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withOps(load, func(ops operations) error {
-				rep, err := ops.Backup(backupTarget{Dir: dir})
+			return withOps(load, func(ops admin.Operations) error {
+				rep, err := ops.Backup(admin.BackupTarget{Dir: dir})
 				if err != nil {
 					return err
 				}
@@ -264,7 +266,7 @@ func rootCommand() *cobra.Command {
 		Short: "Make the running daemon re-read its configuration (as SIGHUP does) and say what changed",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				summary, err := ops.Reload()
 				if err != nil {
 					return err
@@ -282,7 +284,7 @@ func rootCommand() *cobra.Command {
 	return root
 }
 
-func withOps(load func() (*Config, error), f func(operations) error) error {
+func withOps(load func() (*Config, error), f func(admin.Operations) error) error {
 	cfg, err := load()
 	if err != nil {
 		return err
@@ -314,7 +316,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				if err := ops.UserAdd(args[0], pw, allowFrom); err != nil {
 					return err
 				}
@@ -335,7 +337,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withOps(load, func(ops operations) error { return ops.UserPasswd(args[0], pw) })
+			return withOps(load, func(ops admin.Operations) error { return ops.UserPasswd(args[0], pw) })
 		},
 	}
 	passwd.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
@@ -345,7 +347,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 		Short: "List users",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				users, err := ops.UserList()
 				if err != nil {
 					return err
@@ -389,7 +391,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 		Short:             "Delete a user",
 		Args:              cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withOps(load, func(ops operations) error { return ops.UserDelete(args[0]) })
+			return withOps(load, func(ops admin.Operations) error { return ops.UserDelete(args[0]) })
 		},
 	}
 	requireTLS := &cobra.Command{
@@ -407,7 +409,7 @@ func userCommand(load func() (*Config, error)) *cobra.Command {
 			if !on && args[1] != "off" {
 				return &exitError{code: 2, err: fmt.Errorf("say on or off, not %q", args[1])}
 			}
-			return withOps(load, func(ops operations) error { return ops.UserRequireTLS(args[0], on) })
+			return withOps(load, func(ops admin.Operations) error { return ops.UserRequireTLS(args[0], on) })
 		},
 	}
 	headerFrom := &cobra.Command{
@@ -424,7 +426,7 @@ for a From domain the patterns allow.`,
 			if !anyFrom && args[1] != "check" {
 				return &exitError{code: 2, err: fmt.Errorf("say check or any, not %q", args[1])}
 			}
-			return withOps(load, func(ops operations) error { return ops.UserAnyHeaderFrom(args[0], anyFrom) })
+			return withOps(load, func(ops admin.Operations) error { return ops.UserAnyHeaderFrom(args[0], anyFrom) })
 		},
 	}
 	cmd.AddCommand(add, passwd, list, del, requireTLS, headerFrom, userHashCommand())
@@ -474,7 +476,7 @@ func completeQueueIDs(load func() (*Config, error), max int) cobra.CompletionFun
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
 		var out []cobra.Completion
-		withOps(load, func(ops operations) error {
+		withOps(load, func(ops admin.Operations) error {
 			msgs, err := ops.QueueList(queue.Filter{})
 			for _, m := range msgs {
 				out = append(out, cobra.CompletionWithDesc(m.ID, orNull(m.From)+", "+m.State()))
@@ -493,7 +495,7 @@ func completeUsers(load func() (*Config, error)) cobra.CompletionFunc {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
 		var out []cobra.Completion
-		withOps(load, func(ops operations) error {
+		withOps(load, func(ops admin.Operations) error {
 			users, err := ops.UserList()
 			for _, u := range users {
 				out = append(out, u.Name)
@@ -525,7 +527,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 			if newerThan > 0 {
 				f.ArrivedAfter = time.Now().Add(-newerThan)
 			}
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				msgs, err := ops.QueueList(f)
 				if err != nil {
 					return err
@@ -586,7 +588,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeQueueIDs(load, 1),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				m, err := ops.QueueShow(args[0])
 				if err != nil {
 					return &exitError{code: 3, err: err}
@@ -633,7 +635,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 			Args:              cobra.MinimumNArgs(1),
 			ValidArgsFunction: completeQueueIDs(load, 0),
 			RunE: func(c *cobra.Command, ids []string) error {
-				return withOps(load, func(ops operations) error {
+				return withOps(load, func(ops admin.Operations) error {
 					var failed error
 					for _, id := range ids {
 						if err := ops.QueueAction(a.name, id); err != nil {
@@ -658,7 +660,7 @@ func queueCommand(load func() (*Config, error)) *cobra.Command {
 		Short: "Make every deferred message due now (postqueue -f)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				n, err := ops.QueueFlush()
 				if err != nil {
 					return err

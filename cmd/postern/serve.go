@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/postern/postern/internal/admin"
+
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/term"
 
@@ -193,7 +195,7 @@ func serveEmbedded(cfg *Config, log *slog.Logger, emb *embedding) error {
 	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send,
 		reload: reload.reload, kick: engine.Kick, verifier: verifier, quota: counter, limits: srv.SendingLimits,
 		bounced: engine.CountOperatorBounce,
-		policyCheck: func(ctx context.Context, domain string, port int) policyReport {
+		policyCheck: func(ctx context.Context, domain string, port int) admin.PolicyReport {
 			return checkPolicy(ctx, policy, domain, port, cfg.TLS.DowngradeMemory)
 		}}, log)
 	if err != nil {
