@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/admin"
-
 	"github.com/postern/postern/queue"
 )
 

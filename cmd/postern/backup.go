@@ -12,10 +12,9 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/postern/postern/internal/admin"
-
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/queue"
 )
 

@@ -9,11 +9,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/postern/postern/internal/admin"
-
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/relay/auth"
 )
 

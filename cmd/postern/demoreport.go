@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/admin"
-
 	"github.com/postern/postern/internal/lab"
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"

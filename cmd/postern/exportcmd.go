@@ -12,10 +12,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/postern/postern/internal/admin"
-
 	"github.com/spf13/cobra"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/queue"
 )
 

@@ -10,11 +10,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/postern/postern/internal/admin"
-
 	"github.com/spf13/cobra"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/relay/delivery"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"

@@ -14,11 +14,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/postern/postern/internal/admin"
-
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/term"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/delivery"

@@ -8,10 +8,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/postern/postern/internal/admin"
-
 	"github.com/spf13/cobra"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/quota"
 )

@@ -13,10 +13,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/postern/postern/internal/admin"
-
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
 	"github.com/postern/postern/relay/auth"
