@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -44,8 +45,9 @@ type Config struct {
 }
 
 type LogConfig struct {
-	Level  string `mapstructure:"level"`
-	Format string `mapstructure:"format"`
+	Level  string     `mapstructure:"level"`
+	Format string     `mapstructure:"format"`
+	level  slog.Level // Level, parsed; the zero value is info
 }
 
 // defaults are the production values; configs/postern.yaml documents each.

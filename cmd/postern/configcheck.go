@@ -85,6 +85,9 @@ func (c *Config) parseGeneral(bad badKey) {
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
+		if err := c.Log.level.UnmarshalText([]byte(c.Log.Level)); err != nil {
+			bad("log.level", "%v", err) // each name above is one slog reads
+		}
 	default:
 		bad("log.level", "%q: use debug, info, warn or error", c.Log.Level)
 	}

@@ -207,7 +207,8 @@ func rootCommand() *cobra.Command {
 				}
 				defer func() { pprof.StopCPUProfile(); f.Close() }()
 			}
-			return serve(cfg, newLogger(cfg.Log, os.Stderr))
+			log, level := newLogger(cfg.Log, os.Stderr)
+			return serve(cfg, log, level)
 		},
 	}
 	serveCmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the run to this file")
