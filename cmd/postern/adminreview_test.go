@@ -308,14 +308,11 @@ func TestStoppedBackupLeavesNothingLikeABackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait until the copy is under way: it made spool/ and waits on the FIFO.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if found, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), "*", "spool")); len(found) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the backup did not start copying")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !eventually(t, 10*time.Second, func() bool {
+		found, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), "*", "spool"))
+		return len(found) > 0
+	}) {
+		t.Fatal("the backup did not start copying")
 	}
 	// Killed, as systemd does once TimeoutStopSec has passed (a stop waits
 	// for the backup's read transaction), or as a crash or power loss is.
