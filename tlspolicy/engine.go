@@ -137,7 +137,7 @@ func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
 
 	var d Decision
 	var mxSecure, stsListed bool
-	if local != nil && local.Override && local.Mode <= ModeMay {
+	if local != nil && local.Override && local.Mode.weakens() {
 		// The operator weakens whatever the domain publishes, on purpose.
 		d = base
 		d.Level, d.Source = local.Mode.level(), "local"

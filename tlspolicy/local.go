@@ -12,8 +12,12 @@ import (
 // Mode is what an operator's policy entry (or tls.default) asks for.
 type Mode uint8
 
+// The zero Mode is ModeUnset, never ModeNone: a Mode that nobody set (a
+// Local built without one, a Config whose Default was forgotten) must not
+// quietly mean "no TLS". An unset mode asks for what verify asks for.
 const (
-	ModeNone     Mode = iota // no TLS at all
+	ModeUnset    Mode = iota // not set: treated as verify, never as none
+	ModeNone                 // no TLS at all
 	ModeMay                  // opportunistic
 	ModeEncrypt              // TLS required, any certificate
 	ModeVerify               // TLS required with a PKIX-valid certificate
@@ -21,21 +25,32 @@ const (
 	ModeDANEOnly             // deliver only over DANE
 )
 
+// modeNames are the names ParseMode reads and String prints, from ModeNone.
 var modeNames = [...]string{"none", "may", "encrypt", "verify", "dane", "dane-only"}
 
-func (m Mode) String() string { return modeNames[m] }
+func (m Mode) String() string {
+	if m == ModeUnset || int(m) > len(modeNames) {
+		return "unset"
+	}
+	return modeNames[m-ModeNone]
+}
 
-// ParseMode reads a mode's name.
+// ParseMode reads a mode's name; there is no name for ModeUnset.
 func ParseMode(s string) (Mode, error) {
 	for i, n := range modeNames {
 		if strings.EqualFold(s, n) {
-			return Mode(i), nil
+			return ModeNone + Mode(i), nil
 		}
 	}
-	return 0, fmt.Errorf("%q: use none, may, encrypt, verify, dane or dane-only", s)
+	return ModeUnset, fmt.Errorf("%q: use none, may, encrypt, verify, dane or dane-only", s)
 }
 
-// level is the TLS level a mode asks for by itself.
+// weakens reports whether an Override entry with this mode may set a
+// published policy aside: only none and may (never an unset mode).
+func (m Mode) weakens() bool { return m == ModeNone || m == ModeMay }
+
+// level is the TLS level a mode asks for by itself; ModeUnset and anything
+// unknown ask for Verify.
 func (m Mode) level() Level {
 	switch m {
 	case ModeNone:

@@ -22,3 +22,28 @@ func TestLocalForMatching(t *testing.T) {
 		t.Errorf("a .suffix entry matched the bare domain: %+v", e)
 	}
 }
+
+// TestModeZeroIsNotNone: the zero Mode (an entry or default nobody set)
+// asks for verified TLS and cannot weaken a published policy; the names
+// parsed and printed are those of the configuration.
+func TestModeZeroIsNotNone(t *testing.T) {
+	var unset Mode
+	if unset == ModeNone || unset.level() != Verify || unset.weakens() {
+		t.Fatalf("zero Mode: none=%t level=%s weakens=%t", unset == ModeNone, unset.level(), unset.weakens())
+	}
+	if unset.String() != "unset" {
+		t.Fatalf("zero Mode prints %q", unset.String())
+	}
+	if _, err := ParseMode(""); err == nil {
+		t.Fatal(`ParseMode("") succeeded`)
+	}
+	for _, name := range []string{"none", "may", "encrypt", "verify", "dane", "dane-only"} {
+		m, err := ParseMode(name)
+		if err != nil || m == ModeUnset || m.String() != name {
+			t.Fatalf("ParseMode(%q) = %v (%s), %v", name, m, m.String(), err)
+		}
+	}
+	if m, _ := ParseMode("NONE"); m != ModeNone || ModeNone.level() != None || !ModeNone.weakens() {
+		t.Fatal("none no longer means none")
+	}
+}

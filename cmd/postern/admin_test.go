@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/queue"
 )
 
@@ -175,7 +177,7 @@ func TestBackupRefusesUnsafeDirectory(t *testing.T) {
 		if watch != "" {
 			before = entries(t, watch)
 		}
-		_, err := ops.Backup(backupTarget{Dir: dir})
+		_, err := ops.Backup(admin.BackupTarget{Dir: dir})
 		if err == nil || !strings.Contains(err.Error(), c.inErr) {
 			t.Errorf("%s: %v, want an error saying %q", c.name, err, c.inErr)
 		}
@@ -190,7 +192,7 @@ func TestBackupRefusesUnsafeDirectory(t *testing.T) {
 		d := filepath.Join(base, "theirs")
 		os.Mkdir(d, 0o700)
 		os.Chown(d, int(uid), int(gid))
-		if _, err := ops.Backup(backupTarget{Dir: d}); err == nil || !strings.Contains(err.Error(), "belongs to") {
+		if _, err := ops.Backup(admin.BackupTarget{Dir: d}); err == nil || !strings.Contains(err.Error(), "belongs to") {
 			t.Errorf("another user's directory: %v", err)
 		}
 		if e := entries(t, d); len(e) > 0 {
@@ -200,7 +202,7 @@ func TestBackupRefusesUnsafeDirectory(t *testing.T) {
 
 	// And the good case: a new directory, 0700, with the three parts.
 	dir := filepath.Join(base, "good")
-	if _, err := ops.Backup(backupTarget{Dir: dir}); err != nil {
+	if _, err := ops.Backup(admin.BackupTarget{Dir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	fi, err := os.Lstat(dir)
@@ -235,7 +237,7 @@ func TestFailedBackupRemovesWhatItWrote(t *testing.T) {
 	os.Mkdir(last, 0o700)
 
 	fresh := filepath.Join(t.TempDir(), "backup")
-	if _, err := ops.Backup(backupTarget{Dir: fresh}); err == nil {
+	if _, err := ops.Backup(admin.BackupTarget{Dir: fresh}); err == nil {
 		t.Fatal("backup with an unreadable spool file succeeded")
 	}
 	if _, err := os.Lstat(fresh); !errors.Is(err, fs.ErrNotExist) {
@@ -245,7 +247,7 @@ func TestFailedBackupRemovesWhatItWrote(t *testing.T) {
 		t.Errorf("failed backup left %v beside %s", e, fresh)
 	}
 	given := t.TempDir()
-	if _, err := ops.Backup(backupTarget{Dir: given}); err == nil {
+	if _, err := ops.Backup(admin.BackupTarget{Dir: given}); err == nil {
 		t.Fatal("backup with an unreadable spool file succeeded")
 	}
 	if e := entries(t, given); len(e) > 0 {
@@ -382,20 +384,21 @@ func TestAdminSocketClosesConnections(t *testing.T) {
 
 	// A body past the bound is refused, not read to its end.
 	big := `{"on": true, "pad": "` + strings.Repeat("x", 1<<20) + `"}`
-	err = newRemote(cfg.socketPath()).do("POST", "/v1/users/app/require-tls", jsonRaw(big), nil)
-	var re *remoteError
-	if !errors.As(err, &re) || re.status != http.StatusRequestEntityTooLarge {
-		t.Errorf("a 1 MiB body: %v, want 413", err)
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", cfg.socketPath())
+	}}}
+	defer hc.CloseIdleConnections()
+	resp, err = hc.Post("http://postern/v1/users/app/require-tls", "application/json", strings.NewReader(big))
+	if err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("a 1 MiB body: %v %v, want 413", resp, err)
+	}
+	if resp != nil {
+		resp.Body.Close()
 	}
 	if u, err := ops.users.Get("app"); err != nil || u.RequireTLS {
 		t.Errorf("the oversized request was applied: %+v %v", u, err)
 	}
 }
-
-// jsonRaw is a request body sent as it is.
-type jsonRaw string
-
-func (j jsonRaw) MarshalJSON() ([]byte, error) { return []byte(j), nil }
 
 // closedWithin waits until the server closes c.
 func closedWithin(c net.Conn, br *bufio.Reader, d time.Duration) error {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/internal/admin"
 )
 
 // TestBackupRefusesPathThroughLinkOthersControl: a DIR named through a
@@ -40,7 +42,7 @@ func TestBackupRefusesPathThroughLinkOthersControl(t *testing.T) {
 	}
 	check := func(t *testing.T, dir, safe, inErr string) {
 		t.Helper()
-		_, err := ops.Backup(backupTarget{Dir: dir})
+		_, err := ops.Backup(admin.BackupTarget{Dir: dir})
 		if err == nil || !strings.Contains(err.Error(), inErr) {
 			t.Errorf("backup into %s: %v, want an error saying %q", dir, err, inErr)
 		}
@@ -66,7 +68,7 @@ func TestBackupRefusesPathThroughLinkOthersControl(t *testing.T) {
 		if err := os.Symlink("../ours/./link", rel); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ops.Backup(backupTarget{Dir: filepath.Join(rel, "backup")}); err != nil {
+		if _, err := ops.Backup(admin.BackupTarget{Dir: filepath.Join(rel, "backup")}); err != nil {
 			t.Fatalf("backup through root's own links: %v", err)
 		}
 		if got := strings.Join(entries(t, filepath.Join(safe, "backup")), " "); got != "queue.db spool state.db" {
@@ -306,14 +308,11 @@ func TestStoppedBackupLeavesNothingLikeABackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait until the copy is under way: it made spool/ and waits on the FIFO.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if found, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), "*", "spool")); len(found) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the backup did not start copying")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !eventually(t, 10*time.Second, func() bool {
+		found, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), "*", "spool"))
+		return len(found) > 0
+	}) {
+		t.Fatal("the backup did not start copying")
 	}
 	// Killed, as systemd does once TimeoutStopSec has passed (a stop waits
 	// for the backup's read transaction), or as a crash or power loss is.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/relay/audit"
 )
 
@@ -40,7 +41,7 @@ func auditCommand(load func() (*Config, error)) *cobra.Command {
 			if format != "table" && format != "json" && format != "csv" {
 				return &exitError{code: 2, err: fmt.Errorf("--format %q: use table, json or csv", format)}
 			}
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				records, err := ops.Audit(f)
 				if err != nil {
 					return err

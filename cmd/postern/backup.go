@@ -14,6 +14,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/queue"
 )
 
@@ -38,36 +39,6 @@ private /tmp, another mount namespace) is refused: the backup would be lost.
 
 A backup that fails removes what it wrote.`
 
-// fileID names a directory across processes: the same device and inode
-// means both sides see the same directory.
-type fileID struct {
-	Dev uint64 `json:"dev"`
-	Ino uint64 `json:"ino"`
-}
-
-func idOf(fi fs.FileInfo) fileID {
-	st := fi.Sys().(*syscall.Stat_t)
-	return fileID{Dev: uint64(st.Dev), Ino: st.Ino}
-}
-
-// backupTarget is where a backup goes. Parent, when set, is DIR's parent
-// directory as the one asking for the backup sees it: the daemon refuses
-// to write where the operator would not find the backup.
-type backupTarget struct {
-	Dir    string  `json:"dir"`
-	Parent *fileID `json:"parent,omitempty"`
-}
-
-// targetFor describes dir as this process sees it.
-func targetFor(dir string) (backupTarget, error) {
-	fi, err := os.Stat(filepath.Dir(dir))
-	if err != nil {
-		return backupTarget{}, fmt.Errorf("backup: the parent of %s: %w", dir, err)
-	}
-	id := idOf(fi)
-	return backupTarget{Dir: dir, Parent: &id}, nil
-}
-
 // Backup snapshots the queue (with its spool) and the state database into
 // a new or empty directory, which then serves as a data_dir. A failed
 // backup removes what it wrote. A new DIR is written under a temporary
@@ -75,7 +46,7 @@ func targetFor(dir string) (backupTarget, error) {
 // crash, a power loss or a SIGKILL never leaves a DIR that looks like a
 // backup (spool/ without queue.db and state.db restores as an empty
 // queue with no users).
-func (l *local) Backup(t backupTarget) (rep backupReport, err error) {
+func (l *local) Backup(t admin.BackupTarget) (rep admin.BackupReport, err error) {
 	rep.Dir = t.Dir
 	bd, err := openBackupDir(t, "backup")
 	if err != nil {
@@ -155,14 +126,14 @@ func (b *backupDir) cleanup() error {
 
 // openBackupDir checks where a backup may go, creates the directory (under
 // a temporary name) when DIR does not exist, and opens it.
-func openBackupDir(t backupTarget, what string) (*backupDir, error) {
+func openBackupDir(t admin.BackupTarget, what string) (*backupDir, error) {
 	if !filepath.IsAbs(t.Dir) || filepath.Clean(t.Dir) != t.Dir || t.Dir == "/" {
 		return nil, fmt.Errorf("%s: %q is not a clean absolute directory", what, t.Dir)
 	}
 	parent := filepath.Dir(t.Dir)
 	if t.Parent != nil {
 		fi, err := os.Stat(parent)
-		if err != nil || idOf(fi) != *t.Parent {
+		if err != nil || admin.IDOf(fi) != *t.Parent {
 			return nil, fmt.Errorf("%s: %s is not the same directory for postern as for you (postern has a file system "+
 				"view of its own: under the systemd unit /tmp and /var/tmp are private to the service, PrivateTmp=yes, and "+
 				"deleted when it stops, and /home and /root are hidden from it, ProtectHome=yes); what it wrote there would be "+

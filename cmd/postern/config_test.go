@@ -29,6 +29,7 @@ func TestReferenceConfigsAreValidAndMatchDefaults(t *testing.T) {
 	ref.file, def.file = "", ""
 	ref.path, def.path = "", ""
 	ref.Hostname, def.Hostname = "", ""
+	ref.set, def.set = settings{}, settings{} // parsed values: pointers to pools and keys
 	if !sameConfig(ref, def) {
 		t.Errorf("configs/postern.yaml does not show the built-in defaults:\n%+v\n%+v", ref, def)
 	}
@@ -221,5 +222,53 @@ func TestTLSPoliciesLoad(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+}
+
+// TestBadKeysInStableOrder: a configuration with several bad keys reports
+// every one, naming it, in the same order on every load (the keys checked
+// by walking a map came out in a different order from run to run).
+func TestBadKeysInStableOrder(t *testing.T) {
+	dir := t.TempDir()
+	path := writeConfig(t, `submission:
+  listen: [nohost]
+  tls_listen: [alsonohost]
+  max_recipients: 0
+  max_connections: 0
+  command_timeout: 0s
+  tls: {cert_file: `+dir+`/missing.crt, key_file: `+dir+`/missing.key}
+queue: {inline_limit: 0}
+shutdown: {timeout: 0s}
+dns: {timeout: 0s, cache_size: 0}
+delivery: {workers: 0, lease_time: 0s, reuse_count: 0}
+audit: {retention: 0s}
+`)
+	_, first := loadConfig(path)
+	if first == nil {
+		t.Fatal("loaded a configuration with bad keys")
+	}
+	for _, key := range []string{"submission.listen", "submission.tls_listen", "submission.tls.cert_file",
+		"submission.tls.key_file", "submission.max_recipients", "submission.max_connections",
+		"submission.command_timeout", "queue.inline_limit", "shutdown.timeout", "dns.timeout", "dns.cache_size",
+		"delivery.workers", "delivery.lease_time", "delivery.reuse_count", "audit.retention"} {
+		if !strings.Contains(first.Error(), key+": ") {
+			t.Errorf("%s is not named:\n%v", key, first)
+		}
+	}
+	for range 20 {
+		if _, err := loadConfig(path); err == nil || err.Error() != first.Error() {
+			t.Fatalf("the errors came out in another order:\n%v\n---\n%v", first, err)
+		}
+	}
+}
+
+// TestRoutePortIsANumber: a next_hop whose port is not a number was
+// accepted and then read, dropping the error, as port 0.
+func TestRoutePortIsANumber(t *testing.T) {
+	for _, hop := range []string{"relay.example:smtp", "relay.example:0", "relay.example:70000"} {
+		path := writeConfig(t, "delivery:\n  routes:\n    - {domain: '*', next_hop: '"+hop+"'}\n")
+		if _, err := loadConfig(path); err == nil || !strings.Contains(err.Error(), "delivery.routes[0].next_hop") {
+			t.Errorf("%s: %v", hop, err)
+		}
 	}
 }

@@ -259,7 +259,8 @@ admin: {metrics_listen: "127.0.0.1:0"}
 func (d *demo) run(ctx context.Context, logTo io.Writer) error {
 	d.emb = newEmbedding()
 	d.served = make(chan error, 1)
-	go func() { d.served <- serveEmbedded(d.cfg, newLogger(d.cfg.Log, logTo), d.emb) }()
+	log, level := newLogger(d.cfg.Log, logTo)
+	go func() { d.served <- serveEmbedded(d.cfg, log, level, d.emb) }()
 	timeout := time.NewTimer(30 * time.Second)
 	defer timeout.Stop()
 	for d.addrs["admin"] == "" {

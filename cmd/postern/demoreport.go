@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/internal/lab"
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/audit"
@@ -113,7 +114,7 @@ func (d *demo) outcomes() (map[string]outcome, int, error) {
 // addFailures adds to each waiting destination what its TLS report will
 // say about the failed attempts: "postern tlsrpt show" reads the same, by
 // UTC day.
-func (d *demo) addFailures(ops operations, got map[string]outcome) error {
+func (d *demo) addFailures(ops admin.Operations, got map[string]outcome) error {
 	for _, day := range []time.Time{tlsrpt.Day(d.start), tlsrpt.Day(time.Now())} {
 		reports, err := ops.TLSReports(day)
 		if err != nil {

@@ -66,17 +66,19 @@ type daemon struct {
 // waitLog waits for a log line that match accepts, and returns it (nil
 // after 10 seconds without one).
 func (d *daemon) waitLog(match func(line map[string]any) bool) map[string]any {
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	var found map[string]any
+	eventually(d.t, 10*time.Second, func() bool {
 		d.logMu.Lock()
+		defer d.logMu.Unlock()
 		for _, l := range d.logged {
 			if match(l) {
-				d.logMu.Unlock()
-				return l
+				found = l
+				return true
 			}
 		}
-		d.logMu.Unlock()
-	}
-	return nil
+		return false
+	})
+	return found
 }
 
 // The daemon's world: its own DNS, where dest.test's MX is the test's sink
@@ -275,11 +277,10 @@ func TestBinaryLifecycle(t *testing.T) {
 	// The evidence of that delivery, through the admin socket. The outcome
 	// is recorded just after the MX answers: wait for it.
 	var evidence string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if evidence, _ = d.run("", "audit", "--rcpt-domain", "dest.test", "--format", "json"); strings.Contains(evidence, "rcpt@dest.test") {
-			break
-		}
-	}
+	eventually(t, 10*time.Second, func() bool {
+		evidence, _ = d.run("", "audit", "--rcpt-domain", "dest.test", "--format", "json")
+		return strings.Contains(evidence, "rcpt@dest.test")
+	})
 	var rec audit.Record
 	if err := json.Unmarshal([]byte(evidence), &rec); err != nil || rec.MessageID != "<e2e-1@example.org>" || rec.Result != "delivered" ||
 		rec.IP != "127.0.0.1" || rec.TLSVersion == "" || rec.PeerCertSHA256 == "" || rec.PolicyMode != "default may" || rec.Verified {
@@ -452,11 +453,7 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 			}
 		}
 	}
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if count(); allIn(acked, delivered) {
-			break
-		}
-	}
+	eventually(t, 2*time.Minute, func() bool { count(); return allIn(acked, delivered) })
 	d.signal(syscall.SIGTERM)
 	count()
 	lost, duplicates := 0, 0
@@ -511,15 +508,13 @@ func TestSIGTERMDrainsWithoutRedelivery(t *testing.T) {
 	wg.Wait()
 	d.start()
 	delivered := map[string]int{}
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	eventually(t, time.Minute, func() bool {
 		clear(delivered)
 		for _, m := range d.sink.Received() {
 			delivered[messageID(m.Data)]++
 		}
-		if allIn(acked, delivered) {
-			break
-		}
-	}
+		return allIn(acked, delivered)
+	})
 	d.signal(syscall.SIGTERM)
 	for id := range acked {
 		if delivered[id] != 1 {

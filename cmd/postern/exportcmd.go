@@ -1,12 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/queue"
 )
 
@@ -68,49 +67,14 @@ writable by nobody else (after copying an export from another machine:
 chown -R postern: DIR); under the systemd unit, put it below
 /var/backups/postern, where the service can read it.`
 
-// exportRequest asks for "queue export".
-type exportRequest struct {
-	Dir    string        `json:"dir"`
-	Parent *fileID       `json:"parent,omitempty"` // DIR's parent as the asker sees it
-	Remove bool          `json:"remove,omitempty"`
-	Wait   time.Duration `json:"wait"`
-	Source string        `json:"source,omitempty"` // this node's name, for the manifest
-}
-
-type exportResult struct {
-	Dir string `json:"dir"`
-	queue.ExportReport
-}
-
-// importRequest asks for "queue import".
-type importRequest struct {
-	Dir     string  `json:"dir"`
-	Self    *fileID `json:"self,omitempty"` // DIR as the asker sees it
-	SkipBad bool    `json:"skip_bad,omitempty"`
-}
-
-type importResult struct {
-	Dir string `json:"dir"`
-	queue.ImportReport
-}
-
-// handover is what local and remote do for the two commands.
-type handover interface {
-	QueueExport(req exportRequest) (exportResult, error)
-	QueueImport(req importRequest) (importResult, error)
-}
-
-var (
-	_ handover = (*local)(nil)
-	_ handover = (*remote)(nil)
-)
+var _ admin.Handover = (*local)(nil)
 
 // daemonRuns: this local is the daemon's own (it alone can wake delivery).
 func (l *local) daemonRuns() bool { return l.kick != nil }
 
-func (l *local) QueueExport(req exportRequest) (res exportResult, err error) {
+func (l *local) QueueExport(req admin.ExportRequest) (res admin.ExportResult, err error) {
 	res.Dir = req.Dir
-	bd, err := openBackupDir(backupTarget{Dir: req.Dir, Parent: req.Parent}, "export")
+	bd, err := openBackupDir(admin.BackupTarget{Dir: req.Dir, Parent: req.Parent}, "export")
 	if err != nil {
 		return res, err
 	}
@@ -143,7 +107,7 @@ func (l *local) QueueExport(req exportRequest) (res exportResult, err error) {
 	return res, err
 }
 
-func (l *local) QueueImport(req importRequest) (res importResult, err error) {
+func (l *local) QueueImport(req admin.ImportRequest) (res admin.ImportResult, err error) {
 	res.Dir = req.Dir
 	root, err := openImportDir(req)
 	if err != nil {
@@ -158,13 +122,13 @@ func (l *local) QueueImport(req importRequest) (res importResult, err error) {
 // openImportDir opens DIR after checking that nobody but root and this
 // user can have put anything in it or change it: an export is mail that
 // this node will send.
-func openImportDir(req importRequest) (*os.Root, error) {
+func openImportDir(req admin.ImportRequest) (*os.Root, error) {
 	if !filepath.IsAbs(req.Dir) || filepath.Clean(req.Dir) != req.Dir || req.Dir == "/" {
 		return nil, fmt.Errorf("import: %q is not a clean absolute directory", req.Dir)
 	}
 	if req.Self != nil {
 		fi, err := os.Stat(req.Dir)
-		if err != nil || idOf(fi) != *req.Self {
+		if err != nil || admin.IDOf(fi) != *req.Self {
 			return nil, fmt.Errorf("import: %s is not the same directory for postern as for you (postern has a file system "+
 				"view of its own: under the systemd unit /tmp and /var/tmp are private to the service and /home and /root "+
 				"are hidden from it); move the export below /var/backups/postern", req.Dir)
@@ -208,63 +172,6 @@ func unreadableHint(err error) string {
 	return ""
 }
 
-func handoverRoutes(mux *http.ServeMux, ops operations, reply func(http.ResponseWriter, any, error)) {
-	h, ok := ops.(handover)
-	if !ok {
-		return
-	}
-	mux.HandleFunc("POST /v1/queue/export", func(w http.ResponseWriter, r *http.Request) {
-		var req exportRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		if !filepath.IsAbs(req.Dir) || req.Parent == nil {
-			reply(w, nil, errors.New("bad request: want an absolute directory and its parent's identity"))
-			return
-		}
-		// An export takes as long as the wait and the copy do.
-		http.NewResponseController(w).SetWriteDeadline(time.Time{})
-		res, err := h.QueueExport(req)
-		reply(w, res, err)
-	})
-	mux.HandleFunc("POST /v1/queue/import", func(w http.ResponseWriter, r *http.Request) {
-		var req importRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		if !filepath.IsAbs(req.Dir) || req.Self == nil {
-			reply(w, nil, errors.New("bad request: want an absolute directory and its identity"))
-			return
-		}
-		http.NewResponseController(w).SetWriteDeadline(time.Time{})
-		res, err := h.QueueImport(req)
-		reply(w, res, err)
-	})
-}
-
-func (r *remote) QueueExport(req exportRequest) (exportResult, error) {
-	var out exportResult
-	t, err := targetFor(req.Dir)
-	if err != nil {
-		return out, err
-	}
-	req.Parent = t.Parent
-	return out, r.doWith(r.long, "POST", "/v1/queue/export", req, &out)
-}
-
-func (r *remote) QueueImport(req importRequest) (importResult, error) {
-	var out importResult
-	fi, err := os.Stat(req.Dir)
-	if err != nil {
-		return out, fmt.Errorf("import: %w", err)
-	}
-	id := idOf(fi)
-	req.Self = &id
-	return out, r.doWith(r.long, "POST", "/v1/queue/import", req, &out)
-}
-
 // handoverCommands are "queue export" and "queue import".
 func handoverCommands(load func() (*Config, error)) []*cobra.Command {
 	var remove bool
@@ -283,12 +190,12 @@ func handoverCommands(load func() (*Config, error)) []*cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withOps(func() (*Config, error) { return cfg, nil }, func(ops operations) error {
-				h, ok := ops.(handover)
+			return withOps(func() (*Config, error) { return cfg, nil }, func(ops admin.Operations) error {
+				h, ok := ops.(admin.Handover)
 				if !ok {
 					return errors.New("queue export is not available here")
 				}
-				res, err := h.QueueExport(exportRequest{Dir: dir, Remove: remove, Wait: wait, Source: cfg.Hostname})
+				res, err := h.QueueExport(admin.ExportRequest{Dir: dir, Remove: remove, Wait: wait, Source: cfg.Hostname})
 				if err != nil {
 					return err
 				}
@@ -310,12 +217,12 @@ func handoverCommands(load func() (*Config, error)) []*cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withOps(load, func(ops operations) error {
-				h, ok := ops.(handover)
+			return withOps(load, func(ops admin.Operations) error {
+				h, ok := ops.(admin.Handover)
 				if !ok {
 					return errors.New("queue import is not available here")
 				}
-				res, err := h.QueueImport(importRequest{Dir: dir, SkipBad: skipBad})
+				res, err := h.QueueImport(admin.ImportRequest{Dir: dir, SkipBad: skipBad})
 				if err != nil {
 					return err
 				}
@@ -336,7 +243,7 @@ func handoverCommands(load func() (*Config, error)) []*cobra.Command {
 	return []*cobra.Command{export, imp}
 }
 
-func printExport(out io.Writer, res exportResult, remove bool) {
+func printExport(out io.Writer, res admin.ExportResult, remove bool) {
 	fmt.Fprintf(out, "exported %d messages (%d bytes of bodies, %d of them spool files) to %s\n", res.Messages, res.Bytes, res.Spooled, res.Dir)
 	fmt.Fprintf(out, "export %s: manifest.json and SHA256SUMS list every file's SHA-256 (check a copy with: cd %s && sha256sum -c SHA256SUMS)\n",
 		res.ExportID, res.Dir)
@@ -364,7 +271,7 @@ func printExport(out io.Writer, res exportResult, remove bool) {
 	}
 }
 
-func printImport(out io.Writer, res importResult) {
+func printImport(out io.Writer, res admin.ImportResult) {
 	from := "export " + res.ExportID
 	if res.Source != "" {
 		from += " of " + res.Source

@@ -54,12 +54,10 @@ func TestQueueHandOver(t *testing.T) {
 		sent[queueID(reply)] = body
 	}
 	var before []messageView
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	eventually(t, 20*time.Second, func() bool {
 		before = listQueue(t, a)
-		if len(before) == 2 && before[0].State == "deferred" && before[1].State == "deferred" {
-			break
-		}
-	}
+		return len(before) == 2 && before[0].State == "deferred" && before[1].State == "deferred"
+	})
 	if len(before) != 2 || before[0].Recipients[0].Attempts != 1 {
 		t.Fatalf("node A's queue: %+v", before)
 	}

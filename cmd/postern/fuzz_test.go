@@ -42,7 +42,7 @@ func FuzzConfig(f *testing.F) {
 			}
 			return
 		}
-		if err := cfg.validate(); err != nil {
+		if err := cfg.parse(); err != nil {
 			t.Fatalf("loaded, then invalid: %v", err)
 		}
 	})

@@ -97,14 +97,14 @@ func TestBehindHAProxy(t *testing.T) {
 		}
 	})
 	front587, front465 := fmt.Sprintf("127.0.0.1:%d", p587), fmt.Sprintf("127.0.0.1:%d", p465)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", front587); err == nil {
+	if !eventually(t, 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", front587)
+		if err == nil {
 			c.Close()
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("haproxy did not start listening")
-		}
+		return err == nil
+	}) {
+		t.Fatal("haproxy did not start listening")
 	}
 
 	// 587 through HAProxy (PROXY v1), from 127.0.0.5.
@@ -161,11 +161,10 @@ func TestBehindHAProxy(t *testing.T) {
 
 	// The evidence of the first delivery names the source address.
 	var evidence string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if evidence, _ = d.run("", "audit", "--rcpt-domain", "dest.test", "--format", "json"); strings.Contains(evidence, "rcpt@dest.test") {
-			break
-		}
-	}
+	eventually(t, 10*time.Second, func() bool {
+		evidence, _ = d.run("", "audit", "--rcpt-domain", "dest.test", "--format", "json")
+		return strings.Contains(evidence, "rcpt@dest.test")
+	})
 	var rec audit.Record
 	if err := json.Unmarshal([]byte(evidence), &rec); err != nil || rec.SourceIP != "127.0.0.3" {
 		t.Errorf("audit record should name source 127.0.0.3: %v\n%s", err, evidence)
@@ -198,10 +197,10 @@ func TestBehindHAProxy(t *testing.T) {
 		}
 		return false
 	}
-	for deadline := time.Now().Add(10 * time.Second); !has("PROXY protocol header from an address not in submission.proxy_protocol; connection closed", "client_ip", "127.0.0.1"); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the untrusted PROXY header was not logged")
-		}
+	if !eventually(t, 10*time.Second, func() bool {
+		return has("PROXY protocol header from an address not in submission.proxy_protocol; connection closed", "client_ip", "127.0.0.1")
+	}) {
+		t.Fatal("the untrusted PROXY header was not logged")
 	}
 	for _, ip := range []string{"127.0.0.5", "127.0.0.6"} {
 		if !has("authenticated", "client_ip", ip) {

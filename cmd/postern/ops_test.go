@@ -87,11 +87,10 @@ func TestMetricsHealthAndStatus(t *testing.T) {
 	// The outcome is recorded just after the MX answers, and the queue
 	// counts are kept a second: wait for them.
 	var metrics string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if _, metrics = httpGet(t, base+"/metrics"); containsAll(metrics, want) {
-			break
-		}
-	}
+	eventually(t, 10*time.Second, func() bool {
+		_, metrics = httpGet(t, base+"/metrics")
+		return containsAll(metrics, want)
+	})
 	for _, w := range want {
 		if !strings.Contains(metrics, w+"\n") {
 			t.Errorf("scrape lacks %s", w)
@@ -164,12 +163,10 @@ func TestQueueOperations(t *testing.T) {
 	id := queueID(reply)
 	// Its MX refuses connections: after the first attempt it is deferred.
 	var msgs []messageView
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	eventually(t, 20*time.Second, func() bool {
 		out, _ := d.run("", "queue", "list", "--state", "deferred", "--json")
-		if json.Unmarshal([]byte(out), &msgs) == nil && len(msgs) == 1 {
-			break
-		}
-	}
+		return json.Unmarshal([]byte(out), &msgs) == nil && len(msgs) == 1
+	})
 	if len(msgs) != 1 || msgs[0].ID != id || msgs[0].Recipients[0].Attempts != 1 || !strings.Contains(msgs[0].Recipients[0].LastReply, "4.4.1") {
 		t.Fatalf("deferred list: %+v", msgs)
 	}
@@ -193,13 +190,11 @@ func TestQueueOperations(t *testing.T) {
 		t.Fatalf("bounce of a missing ID: %v", err)
 	}
 	// Bounce: the message goes, and a failure notice to its sender comes.
-	var bounced bool
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !bounced; time.Sleep(100 * time.Millisecond) {
+	if !eventually(t, 20*time.Second, func() bool {
 		// A retry may be in flight (the flush made it due): then bounce says so and exits 3.
 		_, err := d.run("", "queue", "bounce", id)
-		bounced = err == nil
-	}
-	if !bounced {
+		return err == nil
+	}) {
 		t.Fatal("bounce never succeeded")
 	}
 	// The sender's domain is the sink's: the notice arrives there.
@@ -282,11 +277,7 @@ func TestReload(t *testing.T) {
 	writeCert("second.test")
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	var name string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if name = served(); name == "second.test" {
-			break
-		}
-	}
+	eventually(t, 10*time.Second, func() bool { name = served(); return name == "second.test" })
 	if name != "second.test" {
 		t.Fatalf("after SIGHUP a new connection sees %q", name)
 	}

@@ -108,7 +108,7 @@ func checkMessageJSON(t *testing.T, what string, m map[string]any, id string) {
 // TestJSONLogDurations: a JSON log says "1.5s", not 1500000000.
 func TestJSONLogDurations(t *testing.T) {
 	var b bytes.Buffer
-	log := newLogger(LogConfig{Format: "json", Level: "info"}, &b)
+	log, _ := newLogger(LogConfig{Format: "json", Level: "info"}, &b)
 	log.Info("x", "took", 1500*time.Millisecond, slog.Group("g", "wait", 250*time.Millisecond))
 	var line struct {
 		Took string `json:"took"`

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/relay/delivery"
 	"github.com/postern/postern/resolver"
 	"github.com/postern/postern/tlspolicy"
@@ -44,7 +45,7 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 			// A running daemon answers with its own engine: its MTA-STS
 			// cache and downgrade memory, which it holds in state.db.
 			if daemonRuns(cfg) {
-				rep, err := newRemote(cfg.socketPath()).PolicyCheck(args[0], port)
+				rep, err := admin.NewClient(cfg.socketPath()).PolicyCheck(args[0], port)
 				if err != nil {
 					return err
 				}
@@ -115,7 +116,7 @@ func policyCommand(load func() (*Config, error)) *cobra.Command {
 		Short: "Clear the downgrade memory of a domain (after a genuine change of its TLS)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				if err := ops.PolicyForget(args[0]); err != nil {
 					return &exitError{code: 3, err: err}
 				}
@@ -138,19 +139,13 @@ func daemonRuns(cfg *Config) bool {
 	return true
 }
 
-// policyReport is "policy check" as the daemon answers it.
-type policyReport struct {
-	Text        string `json:"text"`
-	Deliverable bool   `json:"deliverable"`
-}
-
 // checkPolicy runs "policy check" on an engine, for the daemon.
-func checkPolicy(ctx context.Context, engine *tlspolicy.Engine, domain string, port int, memoryMode string) policyReport {
+func checkPolicy(ctx context.Context, engine *tlspolicy.Engine, domain string, port int, memoryMode string) admin.PolicyReport {
 	r := engine.Check(ctx, domain, port)
 	var b strings.Builder
 	printReport(&b, r, port, false)
 	printMemory(&b, engine, r.Domain, memoryMode, true)
-	return policyReport{Text: b.String(), Deliverable: r.Deliverable()}
+	return admin.PolicyReport{Text: b.String(), Deliverable: r.Deliverable()}
 }
 
 func printMemory(out io.Writer, engine *tlspolicy.Engine, domain, mode string, haveDB bool) {

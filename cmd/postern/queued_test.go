@@ -85,15 +85,11 @@ func TestQueuedStartupAndMemory(t *testing.T) {
 	// Every message is tried once (its MX refuses connections) and
 	// deferred: wait until the queue says so.
 	deferred := fmt.Sprintf(`postern_queue_messages{state="deferred"} %d`+"\n", n)
-	deadline := time.Now().Add(time.Minute + time.Duration(n)*5*time.Millisecond)
-	for {
-		if _, metrics := httpGet(t, "http://"+d.web+"/metrics"); strings.Contains(metrics, deferred) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not every one of the %d messages was tried within the deadline", n)
-		}
-		time.Sleep(time.Second) // the queue counts are kept a second
+	if !eventually(t, time.Minute+time.Duration(n)*5*time.Millisecond, func() bool {
+		_, metrics := httpGet(t, "http://"+d.web+"/metrics")
+		return strings.Contains(metrics, deferred)
+	}) {
+		t.Fatalf("not every one of the %d messages was tried within the deadline", n)
 	}
 	anonTried := procStatusKB(t, pid, "RssAnon:")
 	t.Logf("every message tried and deferred after %s: %s, peak %d MB", time.Since(start).Round(time.Millisecond),

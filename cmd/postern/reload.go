@@ -44,11 +44,13 @@ type reloader struct {
 	policy  *tlspolicy.Engine
 	engine  *delivery.Engine
 	log     *slog.Logger
+	level   *slog.LevelVar // the daemon's log level, set from log.level
 }
 
 func newReloader(cfg *Config, certs *submission.Certificates, srv *submission.Server, verifier *auth.Verifier,
-	policy *tlspolicy.Engine, engine *delivery.Engine, log *slog.Logger) *reloader {
-	return &reloader{path: cfg.path, running: flatten(cfg), certs: certs, srv: srv, auth: verifier, policy: policy, engine: engine, log: log}
+	policy *tlspolicy.Engine, engine *delivery.Engine, log *slog.Logger, level *slog.LevelVar) *reloader {
+	return &reloader{path: cfg.path, running: flatten(cfg), certs: certs, srv: srv, auth: verifier, policy: policy, engine: engine,
+		log: log, level: level}
 }
 
 // reload applies what it can and reports what changed. A configuration
@@ -61,11 +63,7 @@ func (r *reloader) reload() (string, error) {
 		r.log.Error("reload: configuration refused; nothing changed", "err", err)
 		return "", err
 	}
-	def, policies, err := next.tlsRules()
-	if err != nil {
-		r.log.Error("reload: configuration refused; nothing changed", "err", err)
-		return "", asConfigError(err)
-	}
+	def, policies := next.tlsRules()
 	// The users file is read again on every reload, changed or not: that
 	// is how configuration management hands over new users. One that does
 	// not parse refuses the reload, and the users in force stay.
@@ -92,7 +90,7 @@ func (r *reloader) reload() (string, error) {
 	}
 	slices.Sort(applied)
 	slices.Sort(restart)
-	logLevel.UnmarshalText([]byte(next.Log.Level))
+	r.level.Set(next.Log.level)
 	r.srv.SetLimits(next.Submission.MaxRecipients, next.Submission.MaxConnections, next.Submission.MaxConnectionsPerIP)
 	r.srv.SetProxyNetworks(next.proxyNetworks())
 	r.auth.SetLimits(next.authLimits())

@@ -17,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/term"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/delivery"
@@ -27,17 +28,18 @@ import (
 	"github.com/postern/postern/tlspolicy"
 )
 
-// logLevel is the daemon's log level, which a reload may change.
-var logLevel = new(slog.LevelVar)
-
-func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
-	logLevel.UnmarshalText([]byte(cfg.Level))
-	opts := &slog.HandlerOptions{Level: logLevel}
+// newLogger makes the daemon's logger, and the level it logs at, which a
+// reload may change: the caller (main, or postern demo) owns both and
+// hands them down; there is no package-level level.
+func newLogger(cfg LogConfig, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	level := new(slog.LevelVar)
+	level.Set(cfg.level)
+	opts := &slog.HandlerOptions{Level: level}
 	if cfg.Format == "json" {
 		opts.ReplaceAttr = durationText
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), level
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), level
 }
 
 // durationText writes a duration as Go writes it ("1.5s", "250ms"), as the
@@ -53,12 +55,14 @@ func durationText(_ []string, a slog.Attr) slog.Attr {
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
 // serve runs the daemon until SIGTERM or SIGINT.
-func serve(cfg *Config, log *slog.Logger) error { return serveEmbedded(cfg, log, nil) }
+func serve(cfg *Config, log *slog.Logger, level *slog.LevelVar) error {
+	return serveEmbedded(cfg, log, level, nil)
+}
 
 // serveEmbedded runs the daemon; emb, when not nil, is a caller in this
 // process (postern demo) that learns the listeners' addresses and may stop
 // it as SIGTERM does.
-func serveEmbedded(cfg *Config, log *slog.Logger, emb *embedding) error {
+func serveEmbedded(cfg *Config, log *slog.Logger, level *slog.LevelVar, emb *embedding) error {
 	if err := checkDataDirOwner(cfg.DataDir); err != nil {
 		return err
 	}
@@ -121,10 +125,7 @@ func serveEmbedded(cfg *Config, log *slog.Logger, emb *embedding) error {
 		return err
 	}
 	engine := delivery.New(cfg.deliveryConfig(), delivery.Deps{Queue: q, Resolver: res, Log: log, Policy: policy, Roots: roots})
-	signer, err := cfg.dkimSigner()
-	if err != nil {
-		return err
-	}
+	signer := cfg.dkimSigner()
 	logHeaderFromCheck(cfg, users, log)
 	hashes := cfg.Submission.Auth.MaxConcurrentHashes
 	if hashes == 0 {
@@ -140,11 +141,7 @@ func serveEmbedded(cfg *Config, log *slog.Logger, emb *embedding) error {
 		verifier.SetFile(usersFile)
 		log.Info("users file loaded", "file", usersFile.Path(), "users", len(usersFile.List()))
 	}
-	dir, err := cfg.directory()
-	if err != nil {
-		return err
-	}
-	if dir != nil {
+	if dir := cfg.directory(); dir != nil {
 		verifier.SetDirectory(dir)
 		log.Info("user directory", "directory", dir.String(), "order", "users file, store, directory")
 	}
@@ -177,13 +174,26 @@ func serveEmbedded(cfg *Config, log *slog.Logger, emb *embedding) error {
 	log.Info("delivery started", "workers", cfg.Delivery.Workers, "dns_servers", servers, "dnssec", res.Mode().String(), "tls_default", cfg.TLS.Default, "tls_policies", len(cfg.TLS.Policies), "port", cfg.Delivery.Port,
 		"routes", len(cfg.Delivery.Routes))
 
-	serveErr := make(chan error, 4)
+	// One slot per listener: each one's goroutine sends once, when its
+	// server stops, and none may block after the loop below has returned.
+	serveErr := make(chan error, len(cfg.Submission.Listen)+len(cfg.Submission.TLSListen))
+	// Every listener is closed when the daemon returns, on any path: the
+	// server's Shutdown closes only those its Serve has already taken,
+	// which a stop right after the start can precede. (Closing one twice
+	// only returns an error, which says nothing here.)
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
 	listen := func(addrs []string, mode string, serveOn func(net.Listener) error) error {
 		for _, a := range addrs {
 			l, err := net.Listen("tcp", a)
 			if err != nil {
 				return fmt.Errorf("submission listener %s: %w", a, err)
 			}
+			listeners = append(listeners, l)
 			log.Info("submission listening", "addr", l.Addr().String(), "mode", mode)
 			emb.listening(mode, l.Addr().String())
 			go func() { serveErr <- serveOn(l) }()
@@ -196,17 +206,17 @@ func serveEmbedded(cfg *Config, log *slog.Logger, emb *embedding) error {
 	if err := listen(cfg.Submission.TLSListen, "implicit-tls", srv.ServeTLS); err != nil {
 		return err
 	}
-	reload := newReloader(cfg, certs, srv, verifier, policy, engine, log)
-	admin, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send,
+	reload := newReloader(cfg, certs, srv, verifier, policy, engine, log, level)
+	adminSrv, err := serveAdmin(cfg.socketPath(), &local{q: q, users: users, state: stateDB, forget: policy.Forget, report: reporter.Send,
 		reload: reload.reload, kick: engine.Kick, verifier: verifier, quota: counter, limits: srv.SendingLimits,
 		bounced: engine.CountOperatorBounce,
-		policyCheck: func(ctx context.Context, domain string, port int) policyReport {
+		policyCheck: func(ctx context.Context, domain string, port int) admin.PolicyReport {
 			return checkPolicy(ctx, policy, domain, port, cfg.TLS.DowngradeMemory)
 		}}, log)
 	if err != nil {
 		return err
 	}
-	defer admin.Close()
+	defer adminSrv.Close()
 	var accepting atomic.Bool
 	accepting.Store(true)
 	web := &adminHTTP{hostname: cfg.Hostname, password: cfg.Admin.Password, metrics: tel.metrics, q: q, stats: stats, log: log,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/relay/tlsrpt"
 )
 
@@ -37,7 +38,7 @@ func tlsrptCommand(load func() (*Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				agg, err := ops.TLSReports(d)
 				if err != nil {
 					return err
@@ -80,7 +81,7 @@ func tlsrptCommand(load func() (*Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				out, err := ops.TLSReportSend(d)
 				for _, o := range out {
 					status := "sent"

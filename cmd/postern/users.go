@@ -17,7 +17,7 @@ import (
 // validateUsers checks the user sources and sending limits: the users
 // file must parse (a bad line is named), so that neither a start nor a
 // reload takes a broken one.
-func (c *Config) validateUsers(bad func(key, format string, args ...any)) {
+func (c *Config) validateUsers(bad badKey) {
 	a := c.Submission.Auth
 	if a.UsersFile != "" {
 		if _, err := auth.ReadUsersFile(a.UsersFile); err != nil {
@@ -27,7 +27,7 @@ func (c *Config) validateUsers(bad func(key, format string, args ...any)) {
 	if l := c.Submission.Limits; l.MessagesPerHour < 0 || l.RecipientsPerHour < 0 {
 		bad("submission.limits", "messages_per_hour and recipients_per_hour are counts (0 is unlimited), not negative")
 	}
-	c.validateLDAP(bad)
+	c.parseLDAP(bad)
 }
 
 // usersFile loads submission.auth.users_file, or returns nil when none is
@@ -121,8 +121,10 @@ func (r *reloader) applyUsers(next *Config) (string, error) {
 	return fmt.Sprintf("users file: %d users from %s", n, file.Path()), nil
 }
 
-// validateLDAP checks submission.auth.ldap, naming the key at fault.
-func (c *Config) validateLDAP(bad func(key, format string, args ...any)) {
+// parseLDAP checks submission.auth.ldap, naming the key at fault, and
+// builds the directory it describes.
+func (c *Config) parseLDAP(bad badKey) {
+	c.set.directory = nil
 	l := c.Submission.Auth.LDAP
 	if l.URL == "" {
 		return
@@ -130,7 +132,10 @@ func (c *Config) validateLDAP(bad func(key, format string, args ...any)) {
 	if l.Timeout <= 0 {
 		bad("submission.auth.ldap.timeout", "must be positive")
 	}
-	if _, err := c.directory(); err != nil {
+	dir, err := c.buildDirectory()
+	if err == nil {
+		c.set.directory = dir
+	} else {
 		var se *auth.SettingError
 		if errors.As(err, &se) {
 			bad("submission.auth.ldap."+se.Setting, "%v", se.Err)
@@ -140,13 +145,18 @@ func (c *Config) validateLDAP(bad func(key, format string, args ...any)) {
 	}
 }
 
-// directory builds the LDAP directory of submission.auth.ldap, or returns
-// nil when none is set.
-func (c *Config) directory() (auth.Directory, error) {
-	l := c.Submission.Auth.LDAP
-	if l.URL == "" {
-		return nil, nil
+// directory is the LDAP directory of submission.auth.ldap that parse
+// built, or nil when none is set.
+func (c *Config) directory() auth.Directory {
+	if c.set.directory == nil {
+		return nil // not a nil *auth.LDAP in a non-nil interface
 	}
+	return c.set.directory
+}
+
+// buildDirectory builds the LDAP directory of submission.auth.ldap.
+func (c *Config) buildDirectory() (*auth.LDAP, error) {
+	l := c.Submission.Auth.LDAP
 	var roots *x509.CertPool // nil: the system roots
 	if l.CAFile != "" {
 		b, err := readBounded(l.CAFile, 1<<20) // CA certificates, not a device that never ends
@@ -164,17 +174,12 @@ func (c *Config) directory() (auth.Directory, error) {
 }
 
 // applyDirectory puts next's directory in force when its settings changed
-// (changed lists the keys a reload changes); building it cannot fail, as
-// the configuration was validated.
+// (changed lists the keys a reload changes); loading built it.
 func (r *reloader) applyDirectory(next *Config, changed []string) {
 	if !slices.ContainsFunc(changed, func(k string) bool { return strings.HasPrefix(k, "submission.auth.ldap.") }) {
 		return
 	}
-	dir, err := next.directory()
-	if err != nil {
-		r.log.Error("reload: directory not replaced", "err", err)
-		return
-	}
+	dir := next.directory()
 	if dir == nil {
 		r.auth.SetDirectory(nil)
 		r.log.Info("reload: directory off")

@@ -74,10 +74,10 @@ func TestUsersFile(t *testing.T) {
 	// SIGHUP with a good file: ops arrives, app leaves.
 	write("ops " + opsHash + " require_tls\n")
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(10 * time.Second)
-	for _, err = submit(d.starttls, "ops", "ops-pw", "a@example.org", "x@dest.test", body); err != nil && time.Now().Before(deadline); _, err = submit(d.starttls, "ops", "ops-pw", "a@example.org", "x@dest.test", body) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	eventually(t, 10*time.Second, func() bool {
+		_, err = submit(d.starttls, "ops", "ops-pw", "a@example.org", "x@dest.test", body)
+		return err == nil
+	})
 	if err != nil {
 		t.Fatalf("user of the file after SIGHUP: %v", err)
 	}

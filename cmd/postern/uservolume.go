@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/postern/postern/internal/admin"
 	"github.com/postern/postern/relay/auth"
 	"github.com/postern/postern/relay/quota"
 )
@@ -20,23 +19,6 @@ import (
 func (c *Config) sendingLimits() quota.Limits {
 	l := c.Submission.Limits
 	return quota.Limits{MessagesPerHour: l.MessagesPerHour, RecipientsPerHour: l.RecipientsPerHour}
-}
-
-// userReport is "postern user show": a credential's source, limits,
-// suspension and volume over the last hour.
-type userReport struct {
-	Name string `json:"name"`
-	// Source is where the name is found locally ("file", "store"), or ""
-	// when neither knows it (a directory user, or a typo).
-	Source         string    `json:"source"`
-	Suspended      bool      `json:"suspended"`
-	SuspendedSince time.Time `json:"suspended_since,omitzero"`
-	// The last hour's volume, and the limits in force (0: unlimited).
-	Messages        int            `json:"messages_last_hour"`
-	Recipients      int            `json:"recipients_last_hour"`
-	MessagesLimit   int            `json:"messages_per_hour"`
-	RecipientsLimit int            `json:"recipients_per_hour"`
-	Minutes         []quota.Minute `json:"minutes"`
 }
 
 // defaultLimits are the daemon's limits in force, or the configuration's.
@@ -50,16 +32,16 @@ func (l *local) defaultLimits() quota.Limits {
 	return quota.Limits{}
 }
 
-func (l *local) UserShow(name string) (userReport, error) {
+func (l *local) UserShow(name string) (admin.UserReport, error) {
 	if err := auth.ValidateName(name); err != nil {
-		return userReport{}, err
+		return admin.UserReport{}, err
 	}
 	users, err := l.listUsers()
 	if err != nil {
-		return userReport{Name: name}, err
+		return admin.UserReport{Name: name}, err
 	}
 	name = credentialName(users, name)
-	rep := userReport{Name: name}
+	rep := admin.UserReport{Name: name}
 	lim := l.defaultLimits()
 	for _, u := range users {
 		if u.Name == name {
@@ -108,52 +90,11 @@ func (l *local) UserLimit(name, which string, n *int) error {
 	return l.users.SetSendingLimit(name, which, n)
 }
 
-func userVolumeRoutes(mux *http.ServeMux, ops operations, reply func(http.ResponseWriter, any, error)) {
-	mux.HandleFunc("GET /v1/users/{name}", func(w http.ResponseWriter, r *http.Request) {
-		rep, err := ops.UserShow(r.PathValue("name"))
-		reply(w, rep, err)
-	})
-	mux.HandleFunc("POST /v1/users/{name}/suspend", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			On bool `json:"on"`
-		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		reply(w, map[string]string{"ok": "true"}, ops.UserSuspend(r.PathValue("name"), req.On))
-	})
-	mux.HandleFunc("POST /v1/users/{name}/limit", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Which string `json:"which"`
-			Value *int   `json:"value"`
-		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
-			return
-		}
-		reply(w, map[string]string{"ok": "true"}, ops.UserLimit(r.PathValue("name"), req.Which, req.Value))
-	})
-}
-
-func (r *remote) UserShow(name string) (userReport, error) {
-	var out userReport
-	return out, r.do("GET", "/v1/users/"+url.PathEscape(name), nil, &out)
-}
-
-func (r *remote) UserSuspend(name string, on bool) error {
-	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/suspend", map[string]bool{"on": on}, nil)
-}
-
-func (r *remote) UserLimit(name, which string, n *int) error {
-	return r.do("POST", "/v1/users/"+url.PathEscape(name)+"/limit", map[string]any{"which": which, "value": n}, nil)
-}
-
 // userVolumeCommands are "user suspend|resume|show|limit".
 func userVolumeCommands(load func() (*Config, error)) []*cobra.Command {
 	suspend := func(on bool) func(*cobra.Command, []string) error {
 		return func(c *cobra.Command, args []string) error {
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				if err := ops.UserSuspend(args[0], on); err != nil {
 					return err
 				}
@@ -179,7 +120,7 @@ func userVolumeCommands(load func() (*Config, error)) []*cobra.Command {
 		Short: "A user's source, sending limits, suspension and volume over the last hour",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withOps(load, func(ops operations) error {
+			return withOps(load, func(ops admin.Operations) error {
 				rep, err := ops.UserShow(args[0])
 				if err != nil {
 					return err
@@ -211,7 +152,7 @@ Users of the users file carry theirs in the file (messages_per_hour=N).`,
 			if args[1] != auth.LimitMessages && args[1] != auth.LimitRecipients {
 				return &exitError{code: 2, err: fmt.Errorf("say %s or %s, not %q", auth.LimitMessages, auth.LimitRecipients, args[1])}
 			}
-			return withOps(load, func(ops operations) error { return ops.UserLimit(args[0], args[1], n) })
+			return withOps(load, func(ops admin.Operations) error { return ops.UserLimit(args[0], args[1], n) })
 		},
 	}
 	return []*cobra.Command{
@@ -222,7 +163,7 @@ Users of the users file carry theirs in the file (messages_per_hour=N).`,
 	}
 }
 
-func printUserReport(w io.Writer, rep userReport) error {
+func printUserReport(w io.Writer, rep admin.UserReport) error {
 	perHour := func(n int) string {
 		if n == 0 {
 			return "unlimited"

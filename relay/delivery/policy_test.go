@@ -262,8 +262,8 @@ func runPolicyCase(t *testing.T, tc policyCase) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tc.def == tlspolicy.ModeNone {
-		// The zero value is "none"; these rows mean the shipped default.
+	if tc.def == tlspolicy.ModeUnset {
+		// Rows that set no default mean the shipped default, may.
 		policy, _ = tlspolicy.NewEngine(tlspolicy.Config{Default: tlspolicy.ModeMay, Policies: tc.local, Roots: p.ca.Pool(),
 			HonorTLSRequiredNo: true, STSPort: stsPort}, tlspolicy.Deps{Resolver: policyDNS, DB: db})
 	}
