@@ -86,8 +86,7 @@ func register(mux *http.ServeMux, ops Operations, reply func(http.ResponseWriter
 	})
 	mux.HandleFunc("POST /v1/backup", func(w http.ResponseWriter, r *http.Request) {
 		var req BackupTarget
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
+		if !decodeRequest(w, r, &req, reply) {
 			return
 		}
 		if !filepath.IsAbs(req.Dir) || req.Parent == nil {
@@ -162,8 +161,7 @@ func register(mux *http.ServeMux, ops Operations, reply func(http.ResponseWriter
 	})
 	mux.HandleFunc("POST /v1/users", func(w http.ResponseWriter, r *http.Request) {
 		var req UserRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
+		if !decodeRequest(w, r, &req, reply) {
 			return
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserAdd(req.Name, req.Password, req.AllowFrom))
@@ -189,8 +187,7 @@ func register(mux *http.ServeMux, ops Operations, reply func(http.ResponseWriter
 		var req struct {
 			On bool `json:"on"`
 		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
+		if !decodeRequest(w, r, &req, reply) {
 			return
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserRequireTLS(r.PathValue("name"), req.On))
@@ -199,16 +196,14 @@ func register(mux *http.ServeMux, ops Operations, reply func(http.ResponseWriter
 		var req struct {
 			On bool `json:"on"`
 		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
+		if !decodeRequest(w, r, &req, reply) {
 			return
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserAnyHeaderFrom(r.PathValue("name"), req.On))
 	})
 	mux.HandleFunc("POST /v1/users/{name}/password", func(w http.ResponseWriter, r *http.Request) {
 		var req UserRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
+		if !decodeRequest(w, r, &req, reply) {
 			return
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserPasswd(r.PathValue("name"), req.Password))
@@ -226,8 +221,7 @@ func userVolumeRoutes(mux *http.ServeMux, ops Operations, reply func(http.Respon
 		var req struct {
 			On bool `json:"on"`
 		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
+		if !decodeRequest(w, r, &req, reply) {
 			return
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserSuspend(r.PathValue("name"), req.On))
@@ -237,8 +231,7 @@ func userVolumeRoutes(mux *http.ServeMux, ops Operations, reply func(http.Respon
 			Which string `json:"which"`
 			Value *int   `json:"value"`
 		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
+		if !decodeRequest(w, r, &req, reply) {
 			return
 		}
 		reply(w, map[string]string{"ok": "true"}, ops.UserLimit(r.PathValue("name"), req.Which, req.Value))
@@ -252,8 +245,7 @@ func handoverRoutes(mux *http.ServeMux, ops Operations, reply func(http.Response
 	}
 	mux.HandleFunc("POST /v1/queue/export", func(w http.ResponseWriter, r *http.Request) {
 		var req ExportRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
+		if !decodeRequest(w, r, &req, reply) {
 			return
 		}
 		if !filepath.IsAbs(req.Dir) || req.Parent == nil {
@@ -267,8 +259,7 @@ func handoverRoutes(mux *http.ServeMux, ops Operations, reply func(http.Response
 	})
 	mux.HandleFunc("POST /v1/queue/import", func(w http.ResponseWriter, r *http.Request) {
 		var req ImportRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			reply(w, nil, fmt.Errorf("bad request: %w", err))
+		if !decodeRequest(w, r, &req, reply) {
 			return
 		}
 		if !filepath.IsAbs(req.Dir) || req.Self == nil {
@@ -279,4 +270,14 @@ func handoverRoutes(mux *http.ServeMux, ops Operations, reply func(http.Response
 		res, err := h.QueueImport(req)
 		reply(w, res, err)
 	})
+}
+
+// decodeRequest reads r's JSON body into v; when it does not parse, it
+// answers 400 through reply and reports false.
+func decodeRequest(w http.ResponseWriter, r *http.Request, v any, reply func(http.ResponseWriter, any, error)) bool {
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		reply(w, nil, fmt.Errorf("bad request: %w", err))
+		return false
+	}
+	return true
 }
