@@ -33,10 +33,10 @@ var names = [...]string{"none", "may", "encrypt", "verify"}
 
 func (l Level) String() string { return names[l] }
 
-// ParseLevel reads a level's name.
+// ParseLevel reads a level's name, in any case, as ParseMode reads a mode's.
 func ParseLevel(s string) (Level, error) {
 	for i, n := range names {
-		if s == n {
+		if strings.EqualFold(s, n) {
 			return Level(i), nil
 		}
 	}

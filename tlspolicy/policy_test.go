@@ -25,3 +25,13 @@ func TestLevels(t *testing.T) {
 		t.Error("Required")
 	}
 }
+
+// TestParseLevelAndModeAlikeAboutCase: both read names in any case.
+func TestParseLevelAndModeAlikeAboutCase(t *testing.T) {
+	if l, err := ParseLevel("Verify"); err != nil || l != Verify {
+		t.Errorf("ParseLevel(Verify) = %v, %v", l, err)
+	}
+	if m, err := ParseMode("Verify"); err != nil || m != ModeVerify {
+		t.Errorf("ParseMode(Verify) = %v, %v", m, err)
+	}
+}
