@@ -39,7 +39,6 @@ type proxyListener struct {
 	srv     *Server // its trusted networks (SetProxyNetworks), log and metrics
 	timeout time.Duration
 
-	start   sync.Once
 	ready   chan net.Conn
 	done    chan struct{}
 	closing sync.Once
@@ -55,13 +54,18 @@ func newProxyListener(l net.Listener, srv *Server) *proxyListener {
 	if timeout <= 0 {
 		timeout = DefaultProxyHeaderTimeout
 	}
-	return &proxyListener{Listener: l, srv: srv, timeout: timeout,
+	pl := &proxyListener{Listener: l, srv: srv, timeout: timeout,
 		ready: make(chan net.Conn), done: make(chan struct{}), pending: map[net.Conn]struct{}{}}
+	// The accept loop starts here, not at the first Accept: a Close that
+	// comes before (or while) Serve starts must find the WaitGroup already
+	// counting it, or Add would race with Wait.
+	pl.wg.Add(1)
+	go pl.acceptLoop()
+	return pl
 }
 
 // Accept returns the next connection whose source address is settled.
 func (l *proxyListener) Accept() (net.Conn, error) {
-	l.start.Do(func() { l.wg.Add(1); go l.acceptLoop() })
 	select {
 	case c := <-l.ready:
 		return c, nil
