@@ -84,20 +84,9 @@ func register(mux *http.ServeMux, ops Operations, reply func(http.ResponseWriter
 		msgs, err := ops.QueueList(f)
 		reply(w, msgs, err)
 	})
-	mux.HandleFunc("POST /v1/backup", func(w http.ResponseWriter, r *http.Request) {
-		var req BackupTarget
-		if !decodeRequest(w, r, &req, reply) {
-			return
-		}
-		if !filepath.IsAbs(req.Dir) || req.Parent == nil {
-			reply(w, nil, errors.New("bad request: want an absolute directory and its parent's identity"))
-			return
-		}
-		// A backup takes as long as the copy does.
-		http.NewResponseController(w).SetWriteDeadline(time.Time{})
-		rep, err := ops.Backup(req)
-		reply(w, rep, err)
-	})
+	// A backup takes as long as the copy does.
+	directoryRoute(mux, "POST /v1/backup", reply, "an absolute directory and its parent's identity",
+		func(req BackupTarget) bool { return filepath.IsAbs(req.Dir) && req.Parent != nil }, ops.Backup)
 	mux.HandleFunc("POST /v1/queue/flush", func(w http.ResponseWriter, r *http.Request) {
 		n, err := ops.QueueFlush()
 		reply(w, map[string]int{"messages": n}, err)
@@ -243,33 +232,11 @@ func handoverRoutes(mux *http.ServeMux, ops Operations, reply func(http.Response
 	if !ok {
 		return
 	}
-	mux.HandleFunc("POST /v1/queue/export", func(w http.ResponseWriter, r *http.Request) {
-		var req ExportRequest
-		if !decodeRequest(w, r, &req, reply) {
-			return
-		}
-		if !filepath.IsAbs(req.Dir) || req.Parent == nil {
-			reply(w, nil, errors.New("bad request: want an absolute directory and its parent's identity"))
-			return
-		}
-		// An export takes as long as the wait and the copy do.
-		http.NewResponseController(w).SetWriteDeadline(time.Time{})
-		res, err := h.QueueExport(req)
-		reply(w, res, err)
-	})
-	mux.HandleFunc("POST /v1/queue/import", func(w http.ResponseWriter, r *http.Request) {
-		var req ImportRequest
-		if !decodeRequest(w, r, &req, reply) {
-			return
-		}
-		if !filepath.IsAbs(req.Dir) || req.Self == nil {
-			reply(w, nil, errors.New("bad request: want an absolute directory and its identity"))
-			return
-		}
-		http.NewResponseController(w).SetWriteDeadline(time.Time{})
-		res, err := h.QueueImport(req)
-		reply(w, res, err)
-	})
+	// An export takes as long as the wait and the copy do; an import as the copy.
+	directoryRoute(mux, "POST /v1/queue/export", reply, "an absolute directory and its parent's identity",
+		func(req ExportRequest) bool { return filepath.IsAbs(req.Dir) && req.Parent != nil }, h.QueueExport)
+	directoryRoute(mux, "POST /v1/queue/import", reply, "an absolute directory and its identity",
+		func(req ImportRequest) bool { return filepath.IsAbs(req.Dir) && req.Self != nil }, h.QueueImport)
 }
 
 // decodeRequest reads r's JSON body into v; when it does not parse, it
@@ -280,4 +247,25 @@ func decodeRequest(w http.ResponseWriter, r *http.Request, v any, reply func(htt
 		return false
 	}
 	return true
+}
+
+// directoryRoute serves an operation on a directory the CLI names (backup,
+// export, import): the request must name it absolutely, with the identity
+// the CLI saw, so that daemon and CLI provably mean the same directory; and
+// the answer may take as long as the copy does, past the write deadline.
+func directoryRoute[Req, Res any](mux *http.ServeMux, pattern string, reply func(http.ResponseWriter, any, error),
+	want string, valid func(Req) bool, run func(Req) (Res, error)) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if !decodeRequest(w, r, &req, reply) {
+			return
+		}
+		if !valid(req) {
+			reply(w, nil, errors.New("bad request: want "+want))
+			return
+		}
+		http.NewResponseController(w).SetWriteDeadline(time.Time{})
+		res, err := run(req)
+		reply(w, res, err)
+	})
 }
