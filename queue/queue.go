@@ -508,7 +508,11 @@ func (q *Queue) Stats() (Stats, error) {
 				return fmt.Errorf("decode message %s: %w", k, err)
 			}
 			st.Messages[m.State()]++
-			if q.bodyGone(tx, &m) {
+			// Only a spool file can go missing on its own (an inline body is
+			// written with its envelope, and damage to the file is the
+			// start-up check's): looking up every inline body here would
+			// page the whole queue's bodies into memory on each scrape.
+			if m.Spooled && q.bodyGone(tx, &m) {
 				st.BodyGone++
 			}
 			for _, r := range m.Recipients {
