@@ -201,6 +201,35 @@ func TestHashesInFlightAreBounded(t *testing.T) {
 	}
 }
 
+// An application opening 16 connections at once logs in 16 times with
+// the same credentials: the first check to get a slot proves them for the
+// rest, so the burst costs at most one hash per slot, not 16 (each holds
+// 19 MiB: the burst was the daemon's peak memory under load, issue 18).
+func TestBurstOfOneCredentialHashesOncePerSlot(t *testing.T) {
+	s := newStore(t)
+	if err := s.Add("app", "s3cret", nil); err != nil {
+		t.Fatal(err)
+	}
+	v := NewVerifier(s, Limits{MaxConcurrentHashes: 2}, nil)
+	_, calls := countingChecks(v)
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Go(func() {
+			if _, _, err := v.Verify(context.Background(), fmt.Sprintf("192.0.2.%d", i), "app", "s3cret"); err != nil {
+				t.Errorf("login %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if calls.Load() > 2 {
+		t.Errorf("%d hashes for a burst of 16 logins with one credential, want at most 2 (one per slot)", calls.Load())
+	}
+	// A wrong password in the same burst is never taken for the right one.
+	if _, _, err := v.Verify(context.Background(), "192.0.2.99", "app", "s3cret!"); !errors.Is(err, ErrBadCredentials) {
+		t.Errorf("wrong password after the burst: %v", err)
+	}
+}
+
 // A check that cannot get a hash slot before its deadline fails with
 // ErrBusy (the session's 454 4.7.0), counts no failure against the
 // address, and takes no slot.
