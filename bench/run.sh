@@ -8,6 +8,10 @@ N=${1:-20000}
 SIZE=${2:-2048}
 C=${3:-16}
 RATE=${4:-0}
+# Ports: BENCH_PORT (default 2525) for the relay's sink, the next for the
+# one-hop sink, BENCH_PORT+62 for Postern's submission port.
+P=${BENCH_PORT:-2525}
+SINK2=127.0.0.1:$P SINK1=127.0.0.1:$((P + 1)) SUBMIT=127.0.0.1:$((P + 62))
 cd "$(dirname "$0")/.."
 work=${KEEP:-$(mktemp -d)}; mkdir -p "$work"
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
@@ -15,10 +19,10 @@ go build -o "$work/postern" ./cmd/postern
 go build -o "$work/postern-load" ./cmd/postern-load
 
 echo "== one hop: postern-load source -> postern-load sink ($N x $SIZE bytes, $C connections, STARTTLS + AUTH)"
-"$work/postern-load" sink --listen 127.0.0.1:2526 --expect "$N" > "$work/sink1.txt" 2>/dev/null &
+"$work/postern-load" sink --listen $SINK1 --expect "$N" > "$work/sink1.txt" 2>/dev/null &
 sink=$!
 sleep 0.5
-"$work/postern-load" source --server 127.0.0.1:2526 --user load --password pw --count "$N" --size "$SIZE" --connections "$C"
+"$work/postern-load" source --server $SINK1 --user load --password pw --count "$N" --size "$SIZE" --connections "$C"
 wait $sink
 cat "$work/sink1.txt"
 
@@ -29,29 +33,29 @@ hostname: bench.localhost
 data_dir: $work/data
 log: {level: warn}
 submission:
-  listen: ["127.0.0.1:2587"]
+  listen: ["$SUBMIT"]
   tls_listen: []
   max_connections_per_ip: 1000
 delivery:
   routes:
-    - {domain: "*", next_hop: "127.0.0.1:2525", tls: encrypt}
+    - {domain: "*", next_hop: "$SINK2", tls: encrypt}
 CONF
 echo pw | "$work/postern" user add load --password-stdin -c "$work/postern.yaml" > /dev/null
-"$work/postern-load" sink --listen 127.0.0.1:2525 --expect "$N" > "$work/sink2.txt" 2>/dev/null &
+"$work/postern-load" sink --listen $SINK2 --expect "$N" > "$work/sink2.txt" 2>/dev/null &
 sink=$!
 "$work/postern" serve -c "$work/postern.yaml" --cpuprofile "$work/cpu.prof" 2> "$work/postern.log" &
 pid=$!
-for _ in $(seq 100); do grep -q . <(ss -ltn 2>/dev/null | grep 127.0.0.1:2587) 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q . <(ss -ltn 2>/dev/null | grep $SUBMIT) 2>/dev/null && break; sleep 0.1; done
 sleep 0.5
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 cpu0=$(ticks)
-"$work/postern-load" source --server 127.0.0.1:2587 --user load --password pw --count "$N" --size "$SIZE" --connections "$C" --rate "$RATE"
+"$work/postern-load" source --server $SUBMIT --user load --password pw --count "$N" --size "$SIZE" --connections "$C" --rate "$RATE"
 wait $sink
 cpu1=$(ticks)
 cat "$work/sink2.txt"
 hz=$(getconf CLK_TCK)
 awk -v d=$((cpu1 - cpu0)) -v hz="$hz" -v n="$N" 'BEGIN { printf "Postern CPU: %.2f s for %d messages, %.3f CPU-seconds per 1,000 messages\n", d / hz, n, d / hz / n * 1000 }'
-echo "Postern RSS after the run: $(awk '/VmRSS/ {print $2, $3}' "/proc/$pid/status")"
+echo "Postern RSS after the run: $(awk '/VmRSS/ {print $2, $3}' "/proc/$pid/status"), peak (VmHWM) $(awk '/VmHWM/ {print $2, $3}' "/proc/$pid/status")"
 kill -TERM $pid
 wait $pid || true
 echo
