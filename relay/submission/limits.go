@@ -107,10 +107,86 @@ type countedConn struct {
 	closing       atomic.Bool // chosen to make room
 	once          sync.Once
 	release       func()
+
+	// Replies are held until the server next reads (or closes), so the
+	// replies to a pipelined group of commands leave in one write
+	// (RFC 2920 3.2 lets a server buffer them so; it must not wait for
+	// more input before sending what it has, which a read here is).
+	// go-smtp flushes after every reply; under TLS each is its own record,
+	// and this makes the records of one group one system call.
+	wmu     sync.Mutex
+	pending []byte
+}
+
+// maxHeldReplies bounds what is held back: a larger reply is written at once.
+const maxHeldReplies = 16 << 10
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.pending)+len(p) > maxHeldReplies {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(p) > maxHeldReplies {
+			return c.Conn.Write(p)
+		}
+	}
+	c.pending = append(c.pending, p...)
+	return len(p), nil
+}
+
+func (c *countedConn) flushLocked() error {
+	if len(c.pending) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.pending)
+	c.pending = c.pending[:0]
+	if cap(c.pending) > maxHeldReplies {
+		c.pending = nil
+	}
+	return err
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	c.wmu.Lock()
+	err := c.flushLocked()
+	c.wmu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+// A write deadline already past is how crypto/tls ends writing at Close
+// (after its close_notify): what is held goes first, under the deadline it
+// was written with.
+func (c *countedConn) SetWriteDeadline(t time.Time) error {
+	c.flushBefore(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *countedConn) SetDeadline(t time.Time) error {
+	c.flushBefore(t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *countedConn) flushBefore(deadline time.Time) {
+	if deadline.IsZero() || deadline.After(time.Now()) {
+		return
+	}
+	c.wmu.Lock()
+	c.flushLocked()
+	c.wmu.Unlock()
 }
 
 func (c *countedConn) Close() error {
 	c.once.Do(c.release)
+	// What the session said last (221, a 421) still goes, within the
+	// write deadline the server set for it.
+	c.wmu.Lock()
+	c.flushLocked()
+	c.wmu.Unlock()
 	return c.Conn.Close()
 }
 
