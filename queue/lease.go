@@ -28,7 +28,17 @@ func (q *Queue) Lease(max int, hold time.Duration) ([]Lease, error) {
 	err := q.update(func(tx *bolt.Tx) error {
 		leases = leases[:0]
 		now := q.clock()
-		for _, id := range dueIDs(tx, now, max) {
+		due := dueIDs(tx, now, max)
+		if q.readSinceDrop += len(due); q.readSinceDrop >= dropEvery {
+			// The scheduler goes through the whole queue in time; what it
+			// read is not needed resident (see dropMapped). Nothing has
+			// been allocated yet in this transaction: the map stays put.
+			q.readSinceDrop = 0
+			if err := dropMapped(q.db, tx.Size()); err != nil {
+				return fmt.Errorf("release the pages read: %w", err)
+			}
+		}
+		for _, id := range due {
 			old, err := getMessage(tx, id)
 			if err != nil {
 				return err

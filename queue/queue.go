@@ -79,6 +79,10 @@ type Queue struct {
 	// damaged, once set, is the error every write gets: bbolt found a
 	// damaged page while writing (see runGroup).
 	damaged atomic.Pointer[error]
+	// readSinceDrop counts the envelopes Lease has read since the pages
+	// of the memory map were last released (see dropMapped). Only the
+	// committer's goroutine, which runs every write, touches it.
+	readSinceDrop int
 }
 
 // Open opens (creating if needed) the queue database at path.
@@ -502,7 +506,7 @@ type Stats struct {
 func (q *Queue) Stats() (Stats, error) {
 	st := Stats{Messages: map[string]int{"active": 0, "deferred": 0, "held": 0, "exported": 0}}
 	err := q.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
+		err := tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
 			var m Message
 			if err := json.Unmarshal(v, &m); err != nil {
 				return fmt.Errorf("decode message %s: %w", k, err)
@@ -525,6 +529,15 @@ func (q *Queue) Stats() (Stats, error) {
 			}
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		// Every envelope was read through the memory map, and the bodies
+		// beside them were mapped along (see dropMapped): on every metrics
+		// scrape, the whole queue would stay resident. A failure costs
+		// memory only.
+		dropMapped(q.db, tx.Size())
+		return nil
 	})
 	return st, err
 }
