@@ -206,12 +206,31 @@ func (q *Queue) Enqueue(id string, env Envelope, body io.Reader) (string, error)
 // over the whole body (a signature header), without holding the body in
 // memory. An error from seal refuses the message.
 func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func() ([]byte, error)) (string, error) {
+	id, _, err := q.enqueue(id, env, body, seal, 0)
+	return id, err
+}
+
+// EnqueueLeased is EnqueueSealed (seal may be nil) that also leases every
+// recipient of the new message, for hold, in the same transaction: a caller
+// that has a delivery worker free hands it the message at once, and the
+// message needs no lease transaction of its own. The lease is what Lease
+// would have granted: committed with the message, it runs out at
+// Lease.Until, and a process that dies holding it leaves the recipients due
+// then (or at the next start, when Recover returns every lease). A message
+// without recipients is enqueued unleased, and the lease is nil.
+func (q *Queue) EnqueueLeased(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration) (string, *Lease, error) {
+	return q.enqueue(id, env, body, seal, hold)
+}
+
+// enqueue stores a new message; hold > 0 leases its recipients (see
+// EnqueueLeased).
+func (q *Queue) enqueue(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration) (string, *Lease, error) {
 	if id == "" {
 		id = q.NewID()
 	}
 	m, inline, err := q.prepare(id, env, body)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	var prefix []byte
 	if seal != nil {
@@ -219,12 +238,19 @@ func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func
 			if m.Spooled {
 				os.Remove(q.spoolPath(id))
 			}
-			return "", fmt.Errorf("seal message %s: %w", id, err)
+			return "", nil, fmt.Errorf("seal message %s: %w", id, err)
 		}
 		m.Size += int64(len(prefix))
 		if !m.Spooled {
 			inline, prefix = append(prefix, inline...), nil
 		}
+	}
+	var lease *Lease
+	if hold > 0 && len(m.Recipients) > 0 {
+		// As grant does, from the time prepare took (every recipient is
+		// due then): the first lease of the message.
+		l, _ := grant(m, m.Recipients[0].Due, hold)
+		lease = &l
 	}
 	err = q.update(func(tx *bolt.Tx) error {
 		if err := putNew(tx, m, inline); err != nil {
@@ -239,9 +265,9 @@ func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func
 		if m.Spooled {
 			os.Remove(q.spoolPath(id))
 		}
-		return "", fmt.Errorf("commit message %s: %w", id, err)
+		return "", nil, fmt.Errorf("commit message %s: %w", id, err)
 	}
-	return id, nil
+	return id, lease, nil
 }
 
 // prepare reads the body: into memory when small, into an fsynced spool file
