@@ -532,10 +532,14 @@ type Stats struct {
 func (q *Queue) Stats() (Stats, error) {
 	st := Stats{Messages: map[string]int{"active": 0, "deferred": 0, "held": 0, "exported": 0}}
 	err := q.view(func(tx *bolt.Tx) error {
+		read := 0
 		err := tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
 			var m Message
 			if err := json.Unmarshal(v, &m); err != nil {
 				return fmt.Errorf("decode message %s: %w", k, err)
+			}
+			if read++; read%dropEvery == 0 {
+				dropMapped(q.db, tx.Size()) // see below
 			}
 			st.Messages[m.State()]++
 			// Only a spool file can go missing on its own (an inline body is
@@ -560,8 +564,9 @@ func (q *Queue) Stats() (Stats, error) {
 		}
 		// Every envelope was read through the memory map, and the bodies
 		// beside them were mapped along (see dropMapped): on every metrics
-		// scrape, the whole queue would stay resident. A failure costs
-		// memory only.
+		// scrape, the whole queue would become resident. So the pages are
+		// let go of as the walk goes (the read transaction keeps the map
+		// where it is) and at its end. A failure costs memory only.
 		dropMapped(q.db, tx.Size())
 		return nil
 	})
