@@ -13,7 +13,7 @@ func TestEnqueueLeasedHandsTheMessageOver(t *testing.T) {
 	clock, dir := newClock(), t.TempDir()
 	q := openTest(t, clock, dir, 0)
 	defer q.Close()
-	id, l, err := q.EnqueueLeased("", envelope("a@x.test", "b@y.test"), strings.NewReader("body"), nil, time.Minute)
+	id, l, err := q.EnqueueLeased("", envelope("a@x.test", "b@y.test"), strings.NewReader("body"), nil, time.Minute, nil)
 	if err != nil || l == nil {
 		t.Fatalf("enqueue leased: %v, lease %v", err, l)
 	}
@@ -38,7 +38,7 @@ func TestEnqueueLeasedHandsTheMessageOver(t *testing.T) {
 func TestEnqueueLeasedMessageIsDueWhenTheLeaseEnds(t *testing.T) {
 	clock, dir := newClock(), t.TempDir()
 	q := openTest(t, clock, dir, 0)
-	id, l, err := q.EnqueueLeased("", envelope("a@x.test"), strings.NewReader("body"), nil, time.Minute)
+	id, l, err := q.EnqueueLeased("", envelope("a@x.test"), strings.NewReader("body"), nil, time.Minute, nil)
 	if err != nil || l == nil {
 		t.Fatalf("enqueue leased: %v", err)
 	}
@@ -69,7 +69,22 @@ func TestEnqueueLeasedMessageIsDueWhenTheLeaseEnds(t *testing.T) {
 func TestEnqueueLeasedWithoutRecipients(t *testing.T) {
 	q := openTest(t, newClock(), t.TempDir(), 0)
 	defer q.Close()
-	if _, l, err := q.EnqueueLeased("", envelope(), strings.NewReader("x"), nil, time.Minute); err != nil || l != nil {
+	if _, l, err := q.EnqueueLeased("", envelope(), strings.NewReader("x"), nil, time.Minute, nil); err != nil || l != nil {
 		t.Fatalf("%v, lease %v", err, l)
+	}
+}
+
+// take is asked once the body is stored; when it says no, the message is
+// queued unleased, for the scheduler.
+func TestEnqueueLeasedAsksBeforeLeasing(t *testing.T) {
+	q := openTest(t, newClock(), t.TempDir(), 0)
+	defer q.Close()
+	asked := false
+	id, l, err := q.EnqueueLeased("", envelope("a@x.test"), strings.NewReader("x"), nil, time.Minute, func() bool { asked = true; return false })
+	if err != nil || l != nil || !asked {
+		t.Fatalf("%v, lease %v, asked %v", err, l, asked)
+	}
+	if leases, _ := q.Lease(10, time.Minute); len(leases) != 1 || leases[0].Message.ID != id {
+		t.Fatalf("the message not taken is not the scheduler's: %d leases", len(leases))
 	}
 }

@@ -206,25 +206,30 @@ func (q *Queue) Enqueue(id string, env Envelope, body io.Reader) (string, error)
 // over the whole body (a signature header), without holding the body in
 // memory. An error from seal refuses the message.
 func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func() ([]byte, error)) (string, error) {
-	id, _, err := q.enqueue(id, env, body, seal, 0)
+	id, _, err := q.enqueue(id, env, body, seal, 0, nil)
 	return id, err
 }
 
-// EnqueueLeased is EnqueueSealed (seal may be nil) that also leases every
-// recipient of the new message, for hold, in the same transaction: a caller
-// that has a delivery worker free hands it the message at once, and the
-// message needs no lease transaction of its own. The lease is what Lease
-// would have granted: committed with the message, it runs out at
-// Lease.Until, and a process that dies holding it leaves the recipients due
-// then (or at the next start, when Recover returns every lease). A message
-// without recipients is enqueued unleased, and the lease is nil.
-func (q *Queue) EnqueueLeased(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration) (string, *Lease, error) {
-	return q.enqueue(id, env, body, seal, hold)
+// EnqueueLeased is EnqueueSealed (seal may be nil) that may also lease
+// every recipient of the new message, for hold, in the same transaction: a
+// caller that has a delivery worker free hands it the message at once, and
+// the message needs no lease transaction of its own. take, when not nil, is
+// asked once the body is stored and just before the commit (so that no
+// worker waits on a body still arriving) whether to lease; false enqueues
+// the message unleased, and the lease is nil. So is it for a message
+// without recipients.
+//
+// The lease is what Lease would have granted: committed with the message,
+// it runs out at Lease.Until, and a process that dies holding it leaves the
+// recipients due then (or at the next start, when Recover returns every
+// lease).
+func (q *Queue) EnqueueLeased(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration, take func() bool) (string, *Lease, error) {
+	return q.enqueue(id, env, body, seal, hold, take)
 }
 
-// enqueue stores a new message; hold > 0 leases its recipients (see
-// EnqueueLeased).
-func (q *Queue) enqueue(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration) (string, *Lease, error) {
+// enqueue stores a new message; hold > 0 leases its recipients if take
+// agrees (see EnqueueLeased).
+func (q *Queue) enqueue(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration, take func() bool) (string, *Lease, error) {
 	if id == "" {
 		id = q.NewID()
 	}
@@ -246,7 +251,7 @@ func (q *Queue) enqueue(id string, env Envelope, body io.Reader, seal func() ([]
 		}
 	}
 	var lease *Lease
-	if hold > 0 && len(m.Recipients) > 0 {
+	if hold > 0 && len(m.Recipients) > 0 && (take == nil || take()) {
 		// As grant does, from the time prepare took (every recipient is
 		// due then): the first lease of the message.
 		l, _ := grant(m, m.Recipients[0].Due, hold)
