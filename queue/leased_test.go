@@ -88,3 +88,23 @@ func TestEnqueueLeasedAsksBeforeLeasing(t *testing.T) {
 		t.Fatalf("the message not taken is not the scheduler's: %d leases", len(leases))
 	}
 }
+
+// The scheduler looks after every submission and attempt; a look that
+// finds nothing due must not cost a write transaction (a commit and its
+// fsyncs).
+func TestLeaseWithNothingDueWritesNothing(t *testing.T) {
+	clock := newClock()
+	q := openTest(t, clock, t.TempDir(), 0)
+	defer q.Close()
+	if _, _, err := q.EnqueueLeased("", envelope("a@x.test"), strings.NewReader("x"), nil, time.Minute, nil); err != nil {
+		t.Fatal(err)
+	}
+	written := func() int64 { st := q.db.Stats(); return st.TxStats.GetWrite() }
+	before := written()
+	if leases, err := q.Lease(10, time.Minute); err != nil || len(leases) != 0 {
+		t.Fatalf("%d leases, %v", len(leases), err)
+	}
+	if after := written(); after != before {
+		t.Fatalf("a look with nothing due wrote %d pages", after-before)
+	}
+}
