@@ -89,3 +89,42 @@ func BenchmarkStats(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEnqueueForWorker compares the two ways 16 submitters' messages
+// reach a delivery worker: enqueue, then a lease of their own (the
+// scheduler's way), or the lease taken in the enqueue transaction
+// (EnqueueLeased, a hand-over). Both ride the group committer.
+//
+//	go test ./queue -run '^$' -bench EnqueueForWorker -benchtime 2s
+func BenchmarkEnqueueForWorker(b *testing.B) {
+	for _, way := range []string{"enqueue+lease", "leased"} {
+		b.Run(way, func(b *testing.B) {
+			q := openTest(b, wallClock{}, b.TempDir(), 0)
+			defer q.Close()
+			body := bytes.Repeat([]byte("x"), 2048)
+			b.ReportAllocs()
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			for c := 0; c < 16; c++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for next.Add(1) <= int64(b.N) {
+						var err error
+						if way == "leased" {
+							_, _, err = q.EnqueueLeased("", envelope("a@x.test"), bytes.NewReader(body), nil, time.Minute, nil)
+						} else if _, err = q.Enqueue("", envelope("a@x.test"), bytes.NewReader(body)); err == nil {
+							_, err = q.Lease(1, time.Minute)
+						}
+						if err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}

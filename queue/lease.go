@@ -24,11 +24,28 @@ type Lease struct {
 // Lease grants up to max leases on due work, each held for hold. A lease that
 // runs out makes its recipients due again, so a worker that dies loses nothing.
 func (q *Queue) Lease(max int, hold time.Duration) ([]Lease, error) {
+	// A look first, in a read transaction: a write transaction with
+	// nothing to write still costs a commit and an fsync, and the
+	// scheduler looks after every submission and every attempt.
+	var due bool
+	if err := q.view(func(tx *bolt.Tx) error { due = len(dueIDs(tx, q.clock(), 1)) > 0; return nil }); err != nil || !due {
+		return nil, err
+	}
 	var leases []Lease
 	err := q.update(func(tx *bolt.Tx) error {
 		leases = leases[:0]
 		now := q.clock()
-		for _, id := range dueIDs(tx, now, max) {
+		due := dueIDs(tx, now, max)
+		if q.readSinceDrop += len(due); q.readSinceDrop >= dropEvery {
+			// The scheduler goes through the whole queue in time; what it
+			// read is not needed resident (see dropMapped). Nothing has
+			// been allocated yet in this transaction: the map stays put.
+			q.readSinceDrop = 0
+			if err := dropMapped(q.db, tx.Size()); err != nil {
+				return fmt.Errorf("release the pages read: %w", err)
+			}
+		}
+		for _, id := range due {
 			old, err := getMessage(tx, id)
 			if err != nil {
 				return err

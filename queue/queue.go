@@ -79,6 +79,10 @@ type Queue struct {
 	// damaged, once set, is the error every write gets: bbolt found a
 	// damaged page while writing (see runGroup).
 	damaged atomic.Pointer[error]
+	// readSinceDrop counts the envelopes Lease has read since the pages
+	// of the memory map were last released (see dropMapped). Only the
+	// committer's goroutine, which runs every write, touches it.
+	readSinceDrop int
 }
 
 // Open opens (creating if needed) the queue database at path.
@@ -202,12 +206,36 @@ func (q *Queue) Enqueue(id string, env Envelope, body io.Reader) (string, error)
 // over the whole body (a signature header), without holding the body in
 // memory. An error from seal refuses the message.
 func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func() ([]byte, error)) (string, error) {
+	id, _, err := q.enqueue(id, env, body, seal, 0, nil)
+	return id, err
+}
+
+// EnqueueLeased is EnqueueSealed (seal may be nil) that may also lease
+// every recipient of the new message, for hold, in the same transaction: a
+// caller that has a delivery worker free hands it the message at once, and
+// the message needs no lease transaction of its own. take, when not nil, is
+// asked once the body is stored and just before the commit (so that no
+// worker waits on a body still arriving) whether to lease; false enqueues
+// the message unleased, and the lease is nil. So is it for a message
+// without recipients.
+//
+// The lease is what Lease would have granted: committed with the message,
+// it runs out at Lease.Until, and a process that dies holding it leaves the
+// recipients due then (or at the next start, when Recover returns every
+// lease).
+func (q *Queue) EnqueueLeased(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration, take func() bool) (string, *Lease, error) {
+	return q.enqueue(id, env, body, seal, hold, take)
+}
+
+// enqueue stores a new message; hold > 0 leases its recipients if take
+// agrees (see EnqueueLeased).
+func (q *Queue) enqueue(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration, take func() bool) (string, *Lease, error) {
 	if id == "" {
 		id = q.NewID()
 	}
 	m, inline, err := q.prepare(id, env, body)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	var prefix []byte
 	if seal != nil {
@@ -215,12 +243,19 @@ func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func
 			if m.Spooled {
 				os.Remove(q.spoolPath(id))
 			}
-			return "", fmt.Errorf("seal message %s: %w", id, err)
+			return "", nil, fmt.Errorf("seal message %s: %w", id, err)
 		}
 		m.Size += int64(len(prefix))
 		if !m.Spooled {
 			inline, prefix = append(prefix, inline...), nil
 		}
+	}
+	var lease *Lease
+	if hold > 0 && len(m.Recipients) > 0 && (take == nil || take()) {
+		// As grant does, from the time prepare took (every recipient is
+		// due then): the first lease of the message.
+		l, _ := grant(m, m.Recipients[0].Due, hold)
+		lease = &l
 	}
 	err = q.update(func(tx *bolt.Tx) error {
 		if err := putNew(tx, m, inline); err != nil {
@@ -235,9 +270,9 @@ func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func
 		if m.Spooled {
 			os.Remove(q.spoolPath(id))
 		}
-		return "", fmt.Errorf("commit message %s: %w", id, err)
+		return "", nil, fmt.Errorf("commit message %s: %w", id, err)
 	}
-	return id, nil
+	return id, lease, nil
 }
 
 // prepare reads the body: into memory when small, into an fsynced spool file
@@ -502,10 +537,14 @@ type Stats struct {
 func (q *Queue) Stats() (Stats, error) {
 	st := Stats{Messages: map[string]int{"active": 0, "deferred": 0, "held": 0, "exported": 0}}
 	err := q.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
+		read := 0
+		err := tx.Bucket(bucketMessages).ForEach(func(k, v []byte) error {
 			var m Message
 			if err := json.Unmarshal(v, &m); err != nil {
 				return fmt.Errorf("decode message %s: %w", k, err)
+			}
+			if read++; read%dropEvery == 0 {
+				dropMapped(q.db, tx.Size()) // see below
 			}
 			st.Messages[m.State()]++
 			// Only a spool file can go missing on its own (an inline body is
@@ -525,6 +564,16 @@ func (q *Queue) Stats() (Stats, error) {
 			}
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		// Every envelope was read through the memory map, and the bodies
+		// beside them were mapped along (see dropMapped): on every metrics
+		// scrape, the whole queue would become resident. So the pages are
+		// let go of as the walk goes (the read transaction keeps the map
+		// where it is) and at its end. A failure costs memory only.
+		dropMapped(q.db, tx.Size())
+		return nil
 	})
 	return st, err
 }

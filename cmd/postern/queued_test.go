@@ -13,15 +13,15 @@ import (
 )
 
 // TestQueuedStartupAndMemory holds the daemon to its targets with many
-// messages queued (bench/README.md): its own memory (RssAnon) under 150 MB
-// just after the start and once every message has been tried and deferred
-// (measured: 58 MB and 16 MB with 100,000 queued), and listening within 3 s
-// of the start. Time depends on what else the machine does (3.6 s with
-// 100,000 on the 2 shared cores at load 14, 1.2 s idle): the test fails
-// above twice the target and logs whether the target itself was met. RssFile, the pages of the
-// memory-mapped queue database that the recovery scan touches, is page
-// cache (shared, reclaimable) and only reported. CI runs it with 2,000
-// messages; the figures in bench/README.md come from
+// messages queued (bench/README.md): its whole resident memory (VmRSS,
+// which counts the pages of the memory-mapped queue database it has
+// touched) under 150 MB just after the start, its own memory (RssAnon)
+// under 150 MB once every message has been tried and deferred, and
+// listening within 3 s of the start. Time depends on what else the machine
+// does (3.6 s with 100,000 on the 2 shared cores at load 14, 1.2 s idle):
+// the test fails above twice the target and logs whether the target itself
+// was met. CI runs it with 2,000 messages; the figures in bench/README.md
+// come from
 //
 //	POSTERN_QUEUED=100000 go test ./cmd/postern -run QueuedStartup -v -timeout 30m
 func TestQueuedStartupAndMemory(t *testing.T) {
@@ -32,6 +32,7 @@ func TestQueuedStartupAndMemory(t *testing.T) {
 		targetStartup = 3 * time.Second
 		maxStartup    = 2 * targetStartup
 		maxAnonKB     = 150 << 10
+		maxRSSKB      = 150 << 10
 	)
 	n := 2000
 	if v := os.Getenv("POSTERN_QUEUED"); v != "" {
@@ -72,14 +73,14 @@ func TestQueuedStartupAndMemory(t *testing.T) {
 	d.start()
 	startup := time.Since(start)
 	pid := d.cmd.Process.Pid
-	anonStart := procStatusKB(t, pid, "RssAnon:")
+	rssStart := procStatusKB(t, pid, "VmRSS:")
 	t.Logf("startup with %d queued: %s to listening (target %s met: %v); just after start: %s",
 		n, startup.Round(time.Millisecond), targetStartup, startup <= targetStartup, rss(pid))
 	if startup > maxStartup {
 		t.Errorf("startup with %d queued took %s, more than %s", n, startup.Round(time.Millisecond), maxStartup)
 	}
-	if anonStart > maxAnonKB {
-		t.Errorf("RssAnon just after start with %d queued: %d MB, more than %d MB", n, anonStart>>10, maxAnonKB>>10)
+	if rssStart > maxRSSKB {
+		t.Errorf("VmRSS just after start with %d queued: %d MB, more than %d MB", n, rssStart>>10, maxRSSKB>>10)
 	}
 
 	// Every message is tried once (its MX refuses connections) and

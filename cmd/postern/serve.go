@@ -151,8 +151,10 @@ func serveEmbedded(cfg *Config, log *slog.Logger, level *slog.LevelVar, emb *emb
 	}
 	srv := submission.New(cfg.submissionConfig(), submission.Deps{
 		DKIM: signer, Quota: counter,
-		Queue: q, Auth: verifier,
-		GetCertificate: certs.GetCertificate, Log: log, Queued: engine.Kick,
+		// Submission hands fresh mail to a free worker, or wakes the
+		// scheduler (handoff.go): no Queued callback.
+		Queue: handoffQueue{Queue: q, engine: engine, hold: cfg.Delivery.LeaseTime}, Auth: verifier,
+		GetCertificate: certs.GetCertificate, Log: log,
 	})
 	reporter, err := cfg.reporter(q, res, signer, stateDB, engine.Kick, log)
 	if err != nil {

@@ -101,6 +101,7 @@ type Engine struct {
 	// renewCheck is how often (real time) an attempt's lease is looked at;
 	// it is renewed once half of it is spent by the clock.
 	renewCheck time.Duration
+	workers    workers // Run's workers, shared with hand-overs (handoff.go)
 }
 
 // SetRoutes replaces the routes (a configuration reload); deliveries that
@@ -150,12 +151,15 @@ func (e *Engine) Kick() {
 // still running then are cut off, and their recipients given back to the
 // queue unattempted, due at once; nothing is recorded as tried that was not.
 func (e *Engine) Run(ctx context.Context) {
-	sem := make(chan struct{}, e.cfg.Workers)
-	var wg sync.WaitGroup
 	work, abort := context.WithCancel(context.WithoutCancel(ctx))
 	defer abort()
 	defer e.conns.closeAll()
-	defer e.drain(&wg, abort)
+	// The worker slots are shared with hand-overs (handoff.go), which
+	// stop before the drain waits.
+	e.openWorkers(work)
+	sem, wg := e.workers.slots, &e.workers.wg
+	defer e.drain(wg, abort)
+	defer e.closeWorkers()
 	ticker := time.NewTicker(e.cfg.PollInterval)
 	defer ticker.Stop()
 	for {
@@ -169,6 +173,9 @@ func (e *Engine) Run(ctx context.Context) {
 			}
 		}
 		for _, l := range leases {
+			// A hand-over may have taken a slot counted free: this then
+			// waits for the next worker to finish, and the lease is
+			// renewed, or found lost, once the attempt starts.
 			sem <- struct{}{}
 			wg.Add(1)
 			go func() {
