@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -112,22 +113,9 @@ func walkPages(tx *bolt.Tx, path string, report func(error)) error {
 	}
 	defer f.Close()
 	w := &walker{f: f, pageSize: int64(tx.DB().Info().PageSize), report: report}
-	// The meta page of tx names the root bucket's page, the freelist's and
-	// the high water mark: page header (16 bytes), magic, version, page
-	// size, flags (4 each), root bucket (root page, sequence), freelist,
-	// pgid, txid.
-	var root, freelist uint64
-	for _, id := range []uint64{0, 1} {
-		m, err := w.read(id, 16+16+16+8+8+8)
-		if err != nil {
-			return err
-		}
-		if txid := binary.LittleEndian.Uint64(m[64:]); txid == uint64(tx.ID()) {
-			root, freelist, w.hwm = binary.LittleEndian.Uint64(m[32:]), binary.LittleEndian.Uint64(m[48:]), binary.LittleEndian.Uint64(m[56:])
-		}
-	}
-	if w.hwm == 0 {
-		return fmt.Errorf("no meta page of transaction %d", tx.ID())
+	root, freelist, err := w.meta(tx)
+	if err != nil {
+		return err
 	}
 	w.reached, w.freed = newPageSet(w.hwm), newPageSet(w.hwm)
 	w.reached.add(0)
@@ -142,6 +130,38 @@ func walkPages(tx *bolt.Tx, path string, report func(error)) error {
 		}
 	}
 	return nil
+}
+
+// meta finds the meta page of tx as bbolt chose it, and returns the root
+// bucket's page and the freelist's, and sets the high water mark. A meta
+// page counts only if it validates as bbolt's does (magic, version, and the
+// FNV-64a checksum of its fields) and names tx's root page and size: a
+// damaged meta page may claim tx's txid (one flipped bit does it), and a
+// check that walked its tree would prove nothing about the pages bbolt
+// reads. The layout: page header (16 bytes), magic, version, page size,
+// flags (4 each), root bucket (root page, sequence), freelist, pgid, txid,
+// checksum (8 each).
+func (w *walker) meta(tx *bolt.Tx) (root, freelist uint64, err error) {
+	wantRoot := uint64(tx.Cursor().Bucket().Root())
+	for _, id := range []uint64{0, 1} {
+		m, err := w.read(id, 16+64)
+		if err != nil {
+			return 0, 0, err
+		}
+		sum := fnv.New64a()
+		sum.Write(m[16:72])
+		switch {
+		case binary.LittleEndian.Uint32(m[16:]) != 0xED0CDAED, binary.LittleEndian.Uint32(m[20:]) != 2,
+			binary.LittleEndian.Uint64(m[72:]) != sum.Sum64():
+			continue // not valid: bbolt does not use it either
+		case binary.LittleEndian.Uint64(m[64:]) != uint64(tx.ID()), binary.LittleEndian.Uint64(m[32:]) != wantRoot,
+			int64(binary.LittleEndian.Uint64(m[56:]))*w.pageSize != tx.Size():
+			continue // another transaction's
+		}
+		w.hwm = binary.LittleEndian.Uint64(m[56:])
+		return wantRoot, binary.LittleEndian.Uint64(m[48:]), nil
+	}
+	return 0, 0, fmt.Errorf("no valid meta page of transaction %d (root page %d, %d bytes)", tx.ID(), wantRoot, tx.Size())
 }
 
 // noFreelist is the freelist page number of a database that does not keep
