@@ -219,10 +219,10 @@ func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func
 // the message unleased, and the lease is nil. So is it for a message
 // without recipients.
 //
-// The lease is what Lease would have granted in the commit: held for hold from then, not from when the body began to arrive,
-// it runs out at Lease.Until, and a process that dies holding it leaves the
-// recipients due then (or at the next start, when Recover returns every
-// lease).
+// The lease is what Lease would have granted in the commit: it is held
+// for hold from then (not from when the body began to arrive), runs out at
+// Lease.Until, and a process that dies holding it leaves the recipients
+// due then (or at the next start, when Recover returns every lease).
 func (q *Queue) EnqueueLeased(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration, take func() bool) (string, *Lease, error) {
 	return q.enqueue(id, env, body, seal, hold, take)
 }
