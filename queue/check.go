@@ -96,7 +96,9 @@ func check(db *bolt.DB, path string, budget time.Duration) (closed bool, err err
 // on the freelist, never both, and no free page is listed twice; every page
 // reached is a branch or a leaf whose elements, keys and values lie inside
 // it, with keys in order, each between the keys of its parent that lead to
-// it; every page number is inside the file. It reports each problem to
+// it, and so is the page an inline bucket keeps in its value (bbolt's Check
+// opens every bucket, and refuses one with no room for it); every page
+// number is inside the file. It reports each problem to
 // report (up to maxProblems; a page found damaged is not descended into).
 //
 // It replaces bbolt's Check, which reads the same pages through the memory
@@ -339,8 +341,11 @@ func (w *walker) visit(at pending) ([]pending, error) {
 				if vsize < 16 {
 					return nil, fmt.Errorf("page %d: bucket %d is too short", id, e)
 				}
-				if child := binary.LittleEndian.Uint64(el[pos+ksize:]); child != 0 { // 0: an inline bucket
+				value := el[pos+ksize:][:vsize]
+				if child := binary.LittleEndian.Uint64(value); child != 0 {
 					children = append(children, pending{id: child})
+				} else if err := inlineBucket(value[16:]); err != nil { // 0: an inline bucket, its page in value
+					return nil, fmt.Errorf("page %d: inline bucket %d: %w", id, e, err)
 				}
 			}
 		}
@@ -364,6 +369,40 @@ func (w *walker) visit(at pending) ([]pending, error) {
 		}
 	}
 	return children, nil
+}
+
+// inlineBucket checks the page of an inline bucket, which its value holds
+// after the bucket header: bbolt reads it in place, as it would a leaf, so
+// its elements, keys and values must lie inside it, and its keys be in
+// order. bbolt inlines only a bucket that holds no bucket.
+func inlineBucket(p []byte) error {
+	if len(p) < 16 {
+		return fmt.Errorf("no room for its page (%d bytes)", len(p))
+	}
+	flags, count := binary.LittleEndian.Uint16(p[8:]), int64(binary.LittleEndian.Uint16(p[10:]))
+	if flags != 0x02 {
+		return fmt.Errorf("its page is not a leaf (flags %#x)", flags)
+	}
+	if 16+16*count > int64(len(p)) {
+		return fmt.Errorf("%d elements do not fit in its %d bytes", count, len(p))
+	}
+	var prev []byte
+	for e := int64(0); e < count; e++ {
+		el := p[16+16*e:]
+		elFlags, pos, ksize, vsize := binary.LittleEndian.Uint32(el), binary.LittleEndian.Uint32(el[4:]), binary.LittleEndian.Uint32(el[8:]), binary.LittleEndian.Uint32(el[12:])
+		if 16+16*e+int64(pos)+int64(ksize)+int64(vsize) > int64(len(p)) {
+			return fmt.Errorf("entry %d lies outside its page", e)
+		}
+		if elFlags&0x01 != 0 {
+			return fmt.Errorf("entry %d is a bucket", e)
+		}
+		key := el[pos:][:ksize]
+		if e > 0 && bytes.Compare(prev, key) >= 0 {
+			return fmt.Errorf("key %d (%x) is not after the key before it (%x)", e, key, prev)
+		}
+		prev = key
+	}
+	return nil
 }
 
 // keyInOrder checks the key of element e against the one before it on the
