@@ -119,6 +119,17 @@ func walkPages(tx *bolt.Tx, path string, report func(error)) error {
 	if err != nil {
 		return err
 	}
+	// bbolt writes every page below the mark before the meta page that
+	// names it, so the file holds them all; a mark past its end (a meta
+	// page whose checksum holds all the same) must not size the page sets
+	// below, which would ask for memory for pages that are not there.
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if pages := uint64(st.Size() / w.pageSize); w.hwm > pages {
+		return fmt.Errorf("the meta page claims %d pages, and the file holds %d", w.hwm, pages)
+	}
 	w.reached, w.freed = newPageSet(w.hwm), newPageSet(w.hwm)
 	w.reached.add(0)
 	w.reached.add(1)
