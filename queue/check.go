@@ -441,6 +441,13 @@ func (s pageSet) has(id uint64) bool { return s[id/64]&(1<<(id%64)) != 0 }
 // openBolt opens the database file, turning bbolt's panics on a damaged
 // file (a meta or freelist page it cannot read) into ErrDamaged.
 func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
+	// Read only (Salvage), bbolt does not read the freelist: a damaged one
+	// must not stop a salvage.
+	if !opts.ReadOnly {
+		if err := freelistFits(path); err != nil {
+			return nil, fmt.Errorf("%s: %w (%v). %s", path, ErrDamaged, err, DamagedAdvice)
+		}
+	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
@@ -448,4 +455,69 @@ func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
 		}
 	}()
 	return bolt.Open(path, 0o600, opts)
+}
+
+// freelistFits checks, before bbolt reads it, that the freelist each valid
+// meta page names lies inside the file and lists no more pages than its
+// own pages hold. bbolt's Open copies the freelist as its count says: a
+// count of 2^32 asks for 32 GiB, and the runtime ends the process on it
+// (no recover catches that). A file too short for a meta page, or without
+// a valid one, is left to bbolt, which creates or refuses it.
+func freelistFits(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // created by bbolt
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	meta := func(at int64) (m []byte, ok bool) {
+		m = make([]byte, 80)
+		if _, err := f.ReadAt(m, at); err != nil {
+			return nil, false
+		}
+		sum := fnv.New64a()
+		sum.Write(m[16:72])
+		return m, binary.LittleEndian.Uint32(m[16:]) == 0xED0CDAED && binary.LittleEndian.Uint64(m[72:]) == sum.Sum64()
+	}
+	var metas [][]byte
+	var pageSize int64
+	if m, ok := meta(0); ok {
+		metas, pageSize = append(metas, m), int64(binary.LittleEndian.Uint32(m[24:]))
+	}
+	for _, ps := range []int64{pageSize, int64(os.Getpagesize()), 4096, 8192, 16384, 32768, 65536} {
+		if m, ok := meta(ps); ps > 0 && ok && int64(binary.LittleEndian.Uint32(m[24:])) == ps {
+			metas = append(metas, m)
+			break
+		}
+	}
+	for _, m := range metas {
+		ps := int64(binary.LittleEndian.Uint32(m[24:]))
+		id := binary.LittleEndian.Uint64(m[48:])
+		if id == noFreelist || ps <= 0 {
+			continue
+		}
+		if id >= uint64(size/ps) {
+			return fmt.Errorf("freelist page %d lies past the end of the file (%d pages)", id, size/ps)
+		}
+		h := make([]byte, 24)
+		if _, err := f.ReadAt(h, int64(id)*ps); err != nil {
+			return fmt.Errorf("freelist page %d: %w", id, err)
+		}
+		count, overflow := uint64(binary.LittleEndian.Uint16(h[10:])), uint64(binary.LittleEndian.Uint32(h[12:]))
+		room := (overflow+1)*uint64(ps) - 16
+		if count == 0xFFFF {
+			count, room = binary.LittleEndian.Uint64(h[16:]), room-8
+		}
+		if id+overflow >= uint64(size/ps) || count > room/8 {
+			return fmt.Errorf("freelist page %d: %d free pages do not fit in its %d pages, or the file", id, count, overflow+1)
+		}
+	}
+	return nil
 }
