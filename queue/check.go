@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -95,7 +96,9 @@ func check(db *bolt.DB, path string, budget time.Duration) (closed bool, err err
 // on the freelist, never both, and no free page is listed twice; every page
 // reached is a branch or a leaf whose elements, keys and values lie inside
 // it, with keys in order, each between the keys of its parent that lead to
-// it; every page number is inside the file. It reports each problem to
+// it, and so is the page an inline bucket keeps in its value (bbolt's Check
+// opens every bucket, and refuses one with no room for it); every page
+// number is inside the file. It reports each problem to
 // report (up to maxProblems; a page found damaged is not descended into).
 //
 // It replaces bbolt's Check, which reads the same pages through the memory
@@ -112,22 +115,20 @@ func walkPages(tx *bolt.Tx, path string, report func(error)) error {
 	}
 	defer f.Close()
 	w := &walker{f: f, pageSize: int64(tx.DB().Info().PageSize), report: report}
-	// The meta page of tx names the root bucket's page, the freelist's and
-	// the high water mark: page header (16 bytes), magic, version, page
-	// size, flags (4 each), root bucket (root page, sequence), freelist,
-	// pgid, txid.
-	var root, freelist uint64
-	for _, id := range []uint64{0, 1} {
-		m, err := w.read(id, 16+16+16+8+8+8)
-		if err != nil {
-			return err
-		}
-		if txid := binary.LittleEndian.Uint64(m[64:]); txid == uint64(tx.ID()) {
-			root, freelist, w.hwm = binary.LittleEndian.Uint64(m[32:]), binary.LittleEndian.Uint64(m[48:]), binary.LittleEndian.Uint64(m[56:])
-		}
+	root, freelist, err := w.meta(tx)
+	if err != nil {
+		return err
 	}
-	if w.hwm == 0 {
-		return fmt.Errorf("no meta page of transaction %d", tx.ID())
+	// bbolt writes every page below the mark before the meta page that
+	// names it, so the file holds them all; a mark past its end (a meta
+	// page whose checksum holds all the same) must not size the page sets
+	// below, which would ask for memory for pages that are not there.
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if pages := uint64(st.Size() / w.pageSize); w.hwm > pages {
+		return fmt.Errorf("the meta page claims %d pages, and the file holds %d", w.hwm, pages)
 	}
 	w.reached, w.freed = newPageSet(w.hwm), newPageSet(w.hwm)
 	w.reached.add(0)
@@ -142,6 +143,38 @@ func walkPages(tx *bolt.Tx, path string, report func(error)) error {
 		}
 	}
 	return nil
+}
+
+// meta finds the meta page of tx as bbolt chose it, and returns the root
+// bucket's page and the freelist's, and sets the high water mark. A meta
+// page counts only if it validates as bbolt's does (magic, version, and the
+// FNV-64a checksum of its fields) and names tx's root page and size: a
+// damaged meta page may claim tx's txid (one flipped bit does it), and a
+// check that walked its tree would prove nothing about the pages bbolt
+// reads. The layout: page header (16 bytes), magic, version, page size,
+// flags (4 each), root bucket (root page, sequence), freelist, pgid, txid,
+// checksum (8 each).
+func (w *walker) meta(tx *bolt.Tx) (root, freelist uint64, err error) {
+	wantRoot := uint64(tx.Cursor().Bucket().Root())
+	for _, id := range []uint64{0, 1} {
+		m, err := w.read(id, 16+64)
+		if err != nil {
+			return 0, 0, err
+		}
+		sum := fnv.New64a()
+		sum.Write(m[16:72])
+		switch {
+		case binary.LittleEndian.Uint32(m[16:]) != 0xED0CDAED, binary.LittleEndian.Uint32(m[20:]) != 2,
+			binary.LittleEndian.Uint64(m[72:]) != sum.Sum64():
+			continue // not valid: bbolt does not use it either
+		case binary.LittleEndian.Uint64(m[64:]) != uint64(tx.ID()), binary.LittleEndian.Uint64(m[32:]) != wantRoot,
+			int64(binary.LittleEndian.Uint64(m[56:]))*w.pageSize != tx.Size():
+			continue // another transaction's
+		}
+		w.hwm = binary.LittleEndian.Uint64(m[56:])
+		return wantRoot, binary.LittleEndian.Uint64(m[48:]), nil
+	}
+	return 0, 0, fmt.Errorf("no valid meta page of transaction %d (root page %d, %d bytes)", tx.ID(), wantRoot, tx.Size())
 }
 
 // noFreelist is the freelist page number of a database that does not keep
@@ -319,8 +352,11 @@ func (w *walker) visit(at pending) ([]pending, error) {
 				if vsize < 16 {
 					return nil, fmt.Errorf("page %d: bucket %d is too short", id, e)
 				}
-				if child := binary.LittleEndian.Uint64(el[pos+ksize:]); child != 0 { // 0: an inline bucket
+				value := el[pos+ksize:][:vsize]
+				if child := binary.LittleEndian.Uint64(value); child != 0 {
 					children = append(children, pending{id: child})
+				} else if err := inlineBucket(value[16:]); err != nil { // 0: an inline bucket, its page in value
+					return nil, fmt.Errorf("page %d: inline bucket %d: %w", id, e, err)
 				}
 			}
 		}
@@ -344,6 +380,40 @@ func (w *walker) visit(at pending) ([]pending, error) {
 		}
 	}
 	return children, nil
+}
+
+// inlineBucket checks the page of an inline bucket, which its value holds
+// after the bucket header: bbolt reads it in place, as it would a leaf, so
+// its elements, keys and values must lie inside it, and its keys be in
+// order. bbolt inlines only a bucket that holds no bucket.
+func inlineBucket(p []byte) error {
+	if len(p) < 16 {
+		return fmt.Errorf("no room for its page (%d bytes)", len(p))
+	}
+	flags, count := binary.LittleEndian.Uint16(p[8:]), int64(binary.LittleEndian.Uint16(p[10:]))
+	if flags != 0x02 {
+		return fmt.Errorf("its page is not a leaf (flags %#x)", flags)
+	}
+	if 16+16*count > int64(len(p)) {
+		return fmt.Errorf("%d elements do not fit in its %d bytes", count, len(p))
+	}
+	var prev []byte
+	for e := int64(0); e < count; e++ {
+		el := p[16+16*e:]
+		elFlags, pos, ksize, vsize := binary.LittleEndian.Uint32(el), binary.LittleEndian.Uint32(el[4:]), binary.LittleEndian.Uint32(el[8:]), binary.LittleEndian.Uint32(el[12:])
+		if 16+16*e+int64(pos)+int64(ksize)+int64(vsize) > int64(len(p)) {
+			return fmt.Errorf("entry %d lies outside its page", e)
+		}
+		if elFlags&0x01 != 0 {
+			return fmt.Errorf("entry %d is a bucket", e)
+		}
+		key := el[pos:][:ksize]
+		if e > 0 && bytes.Compare(prev, key) >= 0 {
+			return fmt.Errorf("key %d (%x) is not after the key before it (%x)", e, key, prev)
+		}
+		prev = key
+	}
+	return nil
 }
 
 // keyInOrder checks the key of element e against the one before it on the
@@ -371,6 +441,13 @@ func (s pageSet) has(id uint64) bool { return s[id/64]&(1<<(id%64)) != 0 }
 // openBolt opens the database file, turning bbolt's panics on a damaged
 // file (a meta or freelist page it cannot read) into ErrDamaged.
 func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
+	// Read only (Salvage), bbolt does not read the freelist: a damaged one
+	// must not stop a salvage.
+	if !opts.ReadOnly {
+		if err := freelistFits(path); err != nil {
+			return nil, fmt.Errorf("%s: %w (%v). %s", path, ErrDamaged, err, DamagedAdvice)
+		}
+	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
@@ -378,4 +455,69 @@ func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
 		}
 	}()
 	return bolt.Open(path, 0o600, opts)
+}
+
+// freelistFits checks, before bbolt reads it, that the freelist each valid
+// meta page names lies inside the file and lists no more pages than its
+// own pages hold. bbolt's Open copies the freelist as its count says: a
+// count of 2^32 asks for 32 GiB, and the runtime ends the process on it
+// (no recover catches that). A file too short for a meta page, or without
+// a valid one, is left to bbolt, which creates or refuses it.
+func freelistFits(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // created by bbolt
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	meta := func(at int64) (m []byte, ok bool) {
+		m = make([]byte, 80)
+		if _, err := f.ReadAt(m, at); err != nil {
+			return nil, false
+		}
+		sum := fnv.New64a()
+		sum.Write(m[16:72])
+		return m, binary.LittleEndian.Uint32(m[16:]) == 0xED0CDAED && binary.LittleEndian.Uint64(m[72:]) == sum.Sum64()
+	}
+	var metas [][]byte
+	var pageSize int64
+	if m, ok := meta(0); ok {
+		metas, pageSize = append(metas, m), int64(binary.LittleEndian.Uint32(m[24:]))
+	}
+	for _, ps := range []int64{pageSize, int64(os.Getpagesize()), 4096, 8192, 16384, 32768, 65536} {
+		if m, ok := meta(ps); ps > 0 && ok && int64(binary.LittleEndian.Uint32(m[24:])) == ps {
+			metas = append(metas, m)
+			break
+		}
+	}
+	for _, m := range metas {
+		ps := int64(binary.LittleEndian.Uint32(m[24:]))
+		id := binary.LittleEndian.Uint64(m[48:])
+		if id == noFreelist || ps <= 0 {
+			continue
+		}
+		if id >= uint64(size/ps) {
+			return fmt.Errorf("freelist page %d lies past the end of the file (%d pages)", id, size/ps)
+		}
+		h := make([]byte, 24)
+		if _, err := f.ReadAt(h, int64(id)*ps); err != nil {
+			return fmt.Errorf("freelist page %d: %w", id, err)
+		}
+		count, overflow := uint64(binary.LittleEndian.Uint16(h[10:])), uint64(binary.LittleEndian.Uint32(h[12:]))
+		room := (overflow+1)*uint64(ps) - 16
+		if count == 0xFFFF {
+			count, room = binary.LittleEndian.Uint64(h[16:]), room-8
+		}
+		if id+overflow >= uint64(size/ps) || count > room/8 {
+			return fmt.Errorf("freelist page %d: %d free pages do not fit in its %d pages, or the file", id, count, overflow+1)
+		}
+	}
+	return nil
 }

@@ -219,10 +219,10 @@ func (q *Queue) EnqueueSealed(id string, env Envelope, body io.Reader, seal func
 // the message unleased, and the lease is nil. So is it for a message
 // without recipients.
 //
-// The lease is what Lease would have granted: committed with the message,
-// it runs out at Lease.Until, and a process that dies holding it leaves the
-// recipients due then (or at the next start, when Recover returns every
-// lease).
+// The lease is what Lease would have granted in the commit: it is held
+// for hold from then (not from when the body began to arrive), runs out at
+// Lease.Until, and a process that dies holding it leaves the recipients
+// due then (or at the next start, when Recover returns every lease).
 func (q *Queue) EnqueueLeased(id string, env Envelope, body io.Reader, seal func() ([]byte, error), hold time.Duration, take func() bool) (string, *Lease, error) {
 	return q.enqueue(id, env, body, seal, hold, take)
 }
@@ -251,14 +251,26 @@ func (q *Queue) enqueue(id string, env Envelope, body io.Reader, seal func() ([]
 		}
 	}
 	var lease *Lease
-	if hold > 0 && len(m.Recipients) > 0 && (take == nil || take()) {
-		// As grant does, from the time prepare took (every recipient is
-		// due then): the first lease of the message.
-		l, _ := grant(m, m.Recipients[0].Due, hold)
-		lease = &l
-	}
+	leasing := hold > 0 && len(m.Recipients) > 0 && (take == nil || take())
 	err = q.update(func(tx *bolt.Tx) error {
-		if err := putNew(tx, m, inline); err != nil {
+		stored := m
+		if leasing {
+			// The first lease of the message, granted as Lease would: in
+			// the transaction, from the time now. Not from when the body
+			// began to arrive (prepare's time, when every recipient fell
+			// due): a slow client would leave the worker a lease already
+			// run out, and the scheduler would hand the recipients to a
+			// second worker. Granted on a copy: the group may run this
+			// again.
+			at := q.clock()
+			if due := m.Recipients[0].Due; at.Before(due) {
+				at = due // the clock stepped back since prepare
+			}
+			c := m.clone()
+			l, _ := grant(&c, at, hold)
+			stored, lease = &c, &l
+		}
+		if err := putNew(tx, stored, inline); err != nil {
 			return err
 		}
 		if len(prefix) > 0 {

@@ -163,9 +163,16 @@ func (e *Engine) Run(ctx context.Context) {
 	ticker := time.NewTicker(e.cfg.PollInterval)
 	defer ticker.Stop()
 	for {
-		free := cap(sem) - len(sem)
+		// The free workers are taken before the lease, not counted: a
+		// hand-over may take one at any moment, and a lease with no
+		// worker to run it would wait, unrenewed and deaf to shutdown,
+		// until some attempt ended.
+		free := 0
+		for ctx.Err() == nil && free < cap(sem) && tryAcquire(sem) {
+			free++
+		}
 		var leases []queue.Lease
-		if free > 0 && ctx.Err() == nil {
+		if free > 0 {
 			var err error
 			leases, err = e.d.Queue.Lease(free, e.cfg.LeaseTime)
 			if err != nil {
@@ -173,15 +180,14 @@ func (e *Engine) Run(ctx context.Context) {
 			}
 		}
 		for _, l := range leases {
-			// A hand-over may have taken a slot counted free: this then
-			// waits for the next worker to finish, and the lease is
-			// renewed, or found lost, once the attempt starts.
-			sem <- struct{}{}
 			wg.Add(1)
 			go func() {
 				defer func() { <-sem; wg.Done(); e.Kick() }()
 				e.process(work, l)
 			}()
+		}
+		for range free - len(leases) {
+			<-sem // a worker taken and not needed
 		}
 		if len(leases) > 0 && len(leases) == free {
 			continue // more may be due
@@ -193,6 +199,16 @@ func (e *Engine) Run(ctx context.Context) {
 		case <-ticker.C:
 			e.conns.reap()
 		}
+	}
+}
+
+// tryAcquire takes a worker slot if one is free, without waiting.
+func tryAcquire(sem chan struct{}) bool {
+	select {
+	case sem <- struct{}{}:
+		return true
+	default:
+		return false
 	}
 }
 
