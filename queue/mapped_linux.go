@@ -22,13 +22,13 @@ import (
 // The map cannot move meanwhile: bbolt remaps only in a write transaction
 // that grows the file, and the caller holds a transaction (a write one that
 // is not allocating, or a read one, which keeps a remap waiting).
-func dropMapped(db *bolt.DB, size int64) error {
+//
+// A failure costs memory only: the pages stay mapped, and what is read is
+// the same. So it is not an error for anyone (a start refused for it, or a
+// lease, would stop mail for the sake of RSS).
+func dropMapped(db *bolt.DB, size int64) {
 	if size <= 0 {
-		return nil
+		return
 	}
-	_, _, errno := unix.Syscall(unix.SYS_MADVISE, db.Info().Data, uintptr(size), unix.MADV_DONTNEED)
-	if errno != 0 {
-		return errno
-	}
-	return nil
+	unix.Syscall(unix.SYS_MADVISE, db.Info().Data, uintptr(size), unix.MADV_DONTNEED)
 }
