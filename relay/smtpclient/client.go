@@ -120,9 +120,9 @@ func parseEHLO(text string) map[string]string {
 			// "AUTH=PLAIN LOGIN", from before RFC 4954, still sent by old
 			// servers next to (or instead of) the standard form.
 			kw, params = "AUTH", strings.TrimSpace(v+" "+params)
-			if old, ok := ext["AUTH"]; ok {
-				params = old + " " + params
-			}
+		}
+		if old, ok := ext["AUTH"]; ok && kw == "AUTH" {
+			params = old + " " + params
 		}
 		if kw != "" {
 			ext[kw] = strings.TrimSpace(params)
@@ -184,7 +184,7 @@ func (c *Client) Auth(user, password string) error {
 	}
 	resp := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + password))
 	c.command("AUTH PLAIN %s", resp)
-	for range 2 {
+	for asked := false; ; asked = true {
 		if err := c.flush(c.t.Command); err != nil {
 			return err
 		}
@@ -192,28 +192,27 @@ func (c *Client) Auth(user, password string) error {
 		if err != nil {
 			return err
 		}
-		switch rep.Code {
-		case 235:
+		switch {
+		case rep.Code == 235:
 			return nil
-		case 334:
+		case rep.Code == 334 && !asked:
 			// A server that ignores the initial response asks for it
 			// with an empty challenge: give it again, once.
 			c.command("%s", resp)
 			continue
+		case rep.Code == 334:
+			// Asked a second time: cancel the exchange (RFC 4954 4).
+			c.command("*")
+			if err := c.flush(c.t.Command); err != nil {
+				return err
+			}
+			if rep, err = c.read(c.t.Command); err != nil {
+				return err
+			}
+			rep.Text = "the server asked for the PLAIN response again: " + rep.Text
 		}
 		return &Error{Command: "AUTH", Reply: rep}
 	}
-	// Asked a second time: cancel the exchange (RFC 4954 4) and give up.
-	c.command("*")
-	if err := c.flush(c.t.Command); err != nil {
-		return err
-	}
-	rep, err := c.read(c.t.Command)
-	if err != nil {
-		return err
-	}
-	return &Error{Command: "AUTH", Reply: Reply{Code: rep.Code, Enhanced: rep.Enhanced,
-		Text: "the server asked for the PLAIN response again: " + rep.Text}}
 }
 
 // Reset ends any transaction (RSET). Where the server pipelines, the RSET
