@@ -66,7 +66,8 @@ const chunkSize = 64 << 10
 // whether it goes by DATA or BDAT, so both deliver the same bytes.
 //
 // The error is for the transaction as a whole: MAIL or DATA refused, or
-// the connection failed (then Broken says so). After any Send the
+// the connection failed (then Broken says so); with an error, the Result
+// means nothing. After any Send the
 // session is ready for the next MAIL (an aborted transaction is reset
 // first, with the next flight where possible).
 func (c *Client) Send(m Mail, rcpts []Rcpt, body io.Reader) (Result, error) {
