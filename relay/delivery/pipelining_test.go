@@ -348,3 +348,20 @@ func head(b []byte) string {
 	}
 	return string(b)
 }
+
+// TestLargerThanAnnouncedSize: a message larger than the SIZE the server
+// announced (RFC 1870) is not sent; it fails with 5.3.4, as Postfix fails
+// it, instead of being sent whole for the server to refuse. go-smtp's
+// client sent it.
+func TestLargerThanAnnouncedSize(t *testing.T) {
+	m := &rawMX{pipelining: true, size: 40}
+	w := rawWorld(t, m)
+	w.submit(sender, "a@dest.test")
+	w.run()
+	if d := m.delivered(); len(d) != 0 {
+		t.Fatalf("sent anyway: %+v", d)
+	}
+	if r := w.final("a@dest.test"); r.Result != audit.Bounced || !strings.HasPrefix(r.Reply, "5.3.4 the message (56 bytes) exceeds the size limit of mx.dest.test (40 bytes)") {
+		t.Fatalf("%+v", r)
+	}
+}

@@ -27,6 +27,7 @@ type rawMX struct {
 	maxRcpts                  int                      // >0: RCPTs beyond this many in a transaction get 452 4.5.3
 	rcptReply                 func(addr string) string // a reply line for addr, "" to accept
 	data354Anyway             bool                     // answer DATA with 354 even when no recipient was accepted
+	size                      int                      // the SIZE it announces; 0: 50000000
 
 	mu         sync.Mutex
 	conns      int
@@ -74,7 +75,11 @@ func (m *rawMX) delivered() []rawMessage {
 }
 
 func (m *rawMX) ehlo() string {
-	ext := []string{"raw.test", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 50000000"}
+	size := m.size
+	if size == 0 {
+		size = 50000000
+	}
+	ext := []string{"raw.test", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE " + strconv.Itoa(size)}
 	if m.pipelining {
 		ext = append(ext, "PIPELINING")
 	}
