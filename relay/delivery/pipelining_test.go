@@ -204,7 +204,13 @@ func TestAllRecipientsRefusedKeepsSession(t *testing.T) {
 // server take 100 recipients per transaction; 250 go out as 100, 100 and
 // 50 on one session, and each recipient's outcome is its own.
 func TestRecipientsSplitIntoTransactionsOf100(t *testing.T) {
-	m := &rawMX{pipelining: true, chunking: true, rcptReply: func(a string) string {
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) { testSplitInto100s(t, pipelining) })
+	}
+}
+
+func testSplitInto100s(t *testing.T, pipelining bool) {
+	m := &rawMX{pipelining: pipelining, chunking: true, rcptReply: func(a string) string {
 		if a == "r007@dest.test" || a == "r150@dest.test" {
 			return "550 5.1.1 unknown " + a
 		}
