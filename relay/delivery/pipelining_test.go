@@ -371,3 +371,26 @@ func TestLargerThanAnnouncedSize(t *testing.T) {
 		t.Fatalf("%+v", r)
 	}
 }
+
+// TestRefusedRSETIsNoRefusalOfTheMessage: a server that refuses the RSET
+// before the next transaction on a reused session (sent with it, where the
+// server pipelines) loses the session, not the message: the message goes
+// over a new connection, never bounced with the RSET's 5xx.
+func TestRefusedRSETIsNoRefusalOfTheMessage(t *testing.T) {
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
+			m := &rawMX{pipelining: pipelining, rsetReply: "502 5.5.1 RSET not implemented"}
+			w := rawWorld(t, m)
+			w.submit(sender, "a@dest.test")
+			w.run()
+			w.submit(sender, "b@dest.test")
+			w.run()
+			if r := w.final("b@dest.test"); r.Result != audit.Delivered {
+				t.Fatalf("%+v", r)
+			}
+			if d := m.delivered(); len(d) != 2 {
+				t.Fatalf("delivered %d messages", len(d))
+			}
+		})
+	}
+}

@@ -28,6 +28,7 @@ type rawMX struct {
 	rcptReply                 func(addr string) string // a reply line for addr, "" to accept
 	data354Anyway             bool                     // answer DATA with 354 even when no recipient was accepted
 	size                      int                      // the SIZE it announces; 0: 50000000
+	rsetReply                 string                   // the reply to RSET; "": 250
 
 	mu         sync.Mutex
 	conns      int
@@ -215,6 +216,10 @@ func (m *rawMX) session(c net.Conn, r *bufio.Reader) {
 			answer()
 		case "RSET":
 			cur, inTxn = rawMessage{}, false
+			if m.rsetReply != "" {
+				reply(m.rsetReply)
+				break
+			}
 			reply("250 2.0.0 ok")
 		case "NOOP":
 			reply("250 2.0.0 ok")

@@ -90,7 +90,7 @@ func (c *Client) Send(m Mail, rcpts []Rcpt, body io.Reader) (Result, error) {
 	rset := c.rsetDue
 	if rset && !pipelining {
 		if err := c.rset(); err != nil {
-			return Result{}, err
+			return Result{}, refusedRSET(c, err)
 		}
 	}
 	// Whatever happens now, the next transaction starts with RSET, unless
@@ -146,10 +146,7 @@ func (t *txn) pipelined(rset bool) error {
 	}
 	if rset {
 		if _, err := c.expect("RSET", 250, c.t.Command); err != nil {
-			// Out of step with a server that refuses RSET: give up the
-			// session rather than guess what it made of the rest.
-			c.broken = err
-			return err
+			return refusedRSET(c, err)
 		}
 	}
 	if err := t.readEnvelope(); err != nil {
@@ -159,6 +156,17 @@ func (t *txn) pipelined(rset bool) error {
 		return t.finishBDAT(last, true)
 	}
 	return t.finishDATA()
+}
+
+// refusedRSET gives up a session whose server did not take the RSET
+// before a transaction: out of step, or refusing RSET, it is no session to
+// send on. The error deliberately does not wrap the reply: a 5xx to RSET
+// says nothing about the message, and must not fail it for good (the
+// caller tries a new connection, as it did when RSET was checked before
+// the session went back to the pool).
+func refusedRSET(c *Client, err error) error {
+	c.broken = fmt.Errorf("the server did not take RSET: %v", err)
+	return c.broken
 }
 
 // stepwise sends one command per round trip, for a server without
