@@ -5,17 +5,17 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/postern/postern/queue"
+	"github.com/postern/postern/relay/smtpclient"
 	"github.com/postern/postern/relay/tlsrpt"
 	"github.com/postern/postern/tlspolicy"
 )
@@ -329,7 +329,7 @@ func (a *attempt) authenticate(c *conn, hop Hop) *Failure {
 		return &Failure{Temporary: true, Enhanced: "4.7.0", Host: hop.Host,
 			Text: hop.Host + "'s certificate was not verified; not sending route credentials (set auth_over_unverified_tls on the route to allow it)"}
 	}
-	if err := c.client.Auth(sasl.NewPlainClient("", r.Username, r.Password)); err != nil {
+	if err := c.client.Auth(r.Username, r.Password); err != nil {
 		c.close()
 		f := asFailure(err, hop.Host, "AUTH")
 		f.Temporary = true // our credentials are wrong: the operator must fix them, the mail must wait
@@ -346,8 +346,8 @@ func (a *attempt) transact(ctx context.Context, hop Hop, policy tlspolicy.Decisi
 	keep := false
 	_, span := e.metrics.tracer.Start(ctx, "smtp.transaction")
 	defer span.End()
-	// go-smtp's client knows no context, and sets its own deadlines: a
-	// shutdown that cuts attempts off closes the connection beneath it.
+	// The client knows no context, and sets its own deadlines: a shutdown
+	// that cuts attempts off closes the connection beneath it.
 	cutOff := context.AfterFunc(ctx, func() { c.netConn.Close() })
 	defer func() {
 		if !cutOff() {
@@ -359,25 +359,14 @@ func (a *attempt) transact(ctx context.Context, hop Hop, policy tlspolicy.Decisi
 			c.close()
 		}
 	}()
-	body, err := e.d.Queue.Body(m.ID)
-	if err != nil {
-		return nil, &Failure{Temporary: true, Enhanced: "4.3.0", Text: "reading queued message: " + err.Error()}
-	}
-	defer body.Close()
-	tx := Transaction{From: m.From, Size: m.Size, Body: body, Options: smtp.MailOptions{
-		UTF8: m.UTF8, RequireTLS: m.RequireTLS, Return: smtp.DSNReturn(m.Return), EnvelopeID: m.EnvelopeID,
-		Body: smtp.BodyType(m.BodyType),
-	}}
+	tx := Transaction{Body: func() (io.ReadCloser, error) { return e.d.Queue.Body(m.ID) },
+		Mail: smtpclient.Mail{From: m.From, Size: m.Size, UTF8: m.UTF8, RequireTLS: m.RequireTLS,
+			Return: m.Return, EnvelopeID: m.EnvelopeID}}
 	for _, i := range idxs {
 		r := m.Recipients[i]
-		ro := smtp.RcptOptions{}
-		for _, n := range r.Notify {
-			ro.Notify = append(ro.Notify, smtp.DSNNotify(n))
-		}
-		if typ, addr, ok := strings.Cut(r.Original, ";"); ok {
-			ro.OriginalRecipientType, ro.OriginalRecipient = smtp.DSNAddressType(strings.ToUpper(typ)), addr
-		}
-		tx.Recipients = append(tx.Recipients, TxRecipient{Addr: r.Addr, Options: ro})
+		rcpt := smtpclient.Rcpt{Addr: r.Addr, Notify: r.Notify}
+		rcpt.OrigType, rcpt.Orig, _ = strings.Cut(r.Original, ";")
+		tx.Recipients = append(tx.Recipients, rcpt)
 	}
 	results, err := c.send(tx)
 	if c.tls.Fallback != "" {

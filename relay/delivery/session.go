@@ -1,8 +1,6 @@
 package delivery
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -13,13 +11,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"net/textproto"
 	"strconv"
-	"strings"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
+	"github.com/postern/postern/relay/smtpclient"
 	"github.com/postern/postern/tlspolicy"
 )
 
@@ -66,15 +61,12 @@ type TLSInfo struct {
 
 // conn is one open SMTP session to a next hop, ready for transactions.
 type conn struct {
-	client  *smtp.Client
-	netConn net.Conn // for write deadlines, which go-smtp does not set during DATA
-	block   time.Duration
+	client  *smtpclient.Client
+	netConn net.Conn // closed beneath the client when the attempt is cut off
 	host    string
 	addr    netip.AddrPort
 	tls     TLSInfo
 	capped  *cappedConn // bounds what the server may make us read
-	replay  *replayConn // answers go-smtp's EHLO with ehlo, the session's reply
-	ehlo    []byte
 }
 
 // dialSession opens a session: connect, greeting, EHLO with our name,
@@ -82,9 +74,10 @@ type conn struct {
 // decision that requires TLS is never met by falling back to cleartext: the
 // host is given up instead, with a 4.7.x reason.
 //
-// go-smtp's client introduces itself as "localhost" before STARTTLS, so the
-// cleartext part is spoken here, and the client takes over afterwards,
-// handed a replayed greeting because none comes after STARTTLS.
+// The session says EHLO once, and once more after STARTTLS (RFC 3207 4.2),
+// and never again, not even after RSET: RFC 5321 4.1.4 lets a server refuse
+// a second one (OpenSMTPD answers "503 5.5.1 Invalid command: Already
+// identified"), and that 5xx once bounced mail.
 func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr netip.AddrPort, t Timeouts, policy tlspolicy.Decision) (*conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, t.Connect)
 	raw, err := d.DialContext(dctx, "tcp", addr.String())
@@ -98,27 +91,22 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	capped := &cappedConn{Conn: raw, left: maxSessionRead}
 	raw = capped
 	fail := func(f *Failure) (*conn, error) { raw.Close(); return nil, f }
-	raw.SetDeadline(time.Now().Add(t.Greeting))
-	text := textproto.NewConn(raw)
-	if _, _, err := readReply(text, 220); err != nil {
+	client := smtpclient.New(raw, smtpclient.Timeouts{Command: t.Command, Block: t.Block, FinalDot: t.FinalDot})
+	if err := client.Greet(t.Greeting); err != nil {
 		return fail(asFailure(err, host, "greeting"))
 	}
-	raw.SetDeadline(time.Now().Add(t.Command))
-	text.PrintfLine("EHLO %s", hostname)
-	_, ehlo, err := readReply(text, 250)
-	if err != nil {
+	if err := client.Hello(hostname); err != nil {
 		return fail(asFailure(err, host, "EHLO"))
 	}
 	var info TLSInfo
 	next := raw
-	offered := offersExtension(ehlo, "STARTTLS")
+	offered, _ := client.Extension("STARTTLS")
 	if !offered && policy.Required() {
 		return fail(&Failure{Temporary: true, Enhanced: "4.7.4", Host: host, ResultType: "starttls-not-supported",
 			Text: fmt.Sprintf("TLS is required (%s: %s) but %s does not offer STARTTLS", policy.Describe(), policy.Reason, host)})
 	}
 	if offered && policy.Level > tlspolicy.None {
-		text.PrintfLine("STARTTLS")
-		if _, _, err := readReply(text, 220); err != nil {
+		if err := client.StartTLS(); err != nil {
 			// A refused STARTTLS is never a reason to fail the message
 			// for good, whatever code the server used.
 			return fail(&Failure{Temporary: true, Enhanced: "4.7.4", Host: host, ResultType: "starttls-not-supported",
@@ -127,6 +115,7 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		}
 		cfg, verification := policy.ClientConfig(host)
 		tc := tls.Client(raw, cfg)
+		raw.SetDeadline(time.Now().Add(t.Command))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			// Where nothing requires TLS, the caller may try once more
 			// in cleartext on a new connection (RFC 7435 3); otherwise
@@ -146,9 +135,8 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		next = tc
 		// RFC 3207 4.2: everything learned before TLS is discarded; EHLO
 		// again.
-		text = textproto.NewConn(tc)
-		text.PrintfLine("EHLO %s", hostname)
-		if _, ehlo, err = readReply(text, 250); err != nil {
+		client.Upgrade(tc)
+		if err := client.Hello(hostname); err != nil {
 			return fail(asFailure(err, host, "EHLO"))
 		}
 	}
@@ -157,33 +145,13 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 		info.SourceIP = a.Addr().Unmap().String()
 	}
 	next.SetDeadline(time.Time{})
-	// The session has had its one EHLO (RFC 5321 4.1.4 lets a server refuse
-	// another: OpenSMTPD answers "503 5.5.1 Invalid command: Already
-	// identified", and that 5xx bounced mail). go-smtp's client, which
-	// says EHLO to learn the extensions (and again after every RSET), is
-	// handed the reply instead, and its EHLO is not sent.
-	rc := &replayConn{Conn: next, pending: []byte("220 resumed\r\n")}
-	reply := ehloReply(ehlo)
-	rc.expectEHLO(reply)
-	c := smtp.NewClient(rc)
-	c.CommandTimeout, c.SubmissionTimeout = t.Command, t.FinalDot
-	if err := c.Hello(hostname); err != nil {
-		c.Close()
-		return nil, asFailure(err, host, "EHLO")
-	}
-	return &conn{client: c, netConn: next, block: t.Block, host: host, addr: addr, tls: info, capped: capped,
-		replay: rc, ehlo: reply}, nil
+	return &conn{client: client, netConn: next, host: host, addr: addr, tls: info, capped: capped}, nil
 }
 
-// reset aborts a transaction with RSET, keeping the session's single EHLO
-// (go-smtp's client would say EHLO again before the next MAIL).
-func (c *conn) reset() error {
-	if err := c.client.Reset(); err != nil {
-		return err
-	}
-	c.replay.expectEHLO(c.ehlo)
-	return nil
-}
+// reset aborts a transaction with RSET, keeping the session's single EHLO.
+// Where the server pipelines, the RSET goes out with the next
+// transaction's commands.
+func (c *conn) reset() error { return c.client.Reset() }
 
 // Probe opens a session to host at addr under decision as a delivery
 // would (EHLO, STARTTLS, verification), then quits: for people checking a
@@ -195,7 +163,6 @@ func Probe(ctx context.Context, hostname, host string, addr netip.AddrPort, deci
 		return TLSInfo{}, err
 	}
 	info := c.tls
-	c.client.Quit()
 	c.close()
 	return info, nil
 }
@@ -221,69 +188,6 @@ func (c *cappedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.left -= int64(n)
 	return n, err
-}
-
-func readReply(text *textproto.Conn, want int) (int, string, error) {
-	code, msg, err := text.ReadResponse(want)
-	var perr *textproto.Error
-	if errors.As(err, &perr) {
-		return code, msg, &smtp.SMTPError{Code: perr.Code, Message: perr.Msg}
-	}
-	return code, msg, err
-}
-
-func offersExtension(ehlo, ext string) bool {
-	for _, line := range strings.Split(ehlo, "\n") {
-		if f := strings.Fields(line); len(f) > 0 && strings.EqualFold(f[0], ext) {
-			return true
-		}
-	}
-	return false
-}
-
-// replayConn returns pending bytes before reading the connection, and
-// can answer one EHLO from the client itself instead of sending it.
-type replayConn struct {
-	net.Conn
-	pending   []byte
-	ehloReply []byte // set: the next EHLO written is answered with this
-}
-
-// expectEHLO makes the next EHLO the client writes be answered with reply,
-// without reaching the server.
-func (r *replayConn) expectEHLO(reply []byte) { r.ehloReply = reply }
-
-func (r *replayConn) Write(p []byte) (int, error) {
-	if r.ehloReply != nil && bytes.HasPrefix(p, []byte("EHLO ")) {
-		r.pending = append(r.pending, r.ehloReply...)
-		r.ehloReply = nil
-		return len(p), nil
-	}
-	return r.Conn.Write(p)
-}
-
-// ehloReply renders an EHLO reply (as textproto returned it: the lines
-// without codes, joined by newlines) back into its wire form.
-func ehloReply(msg string) []byte {
-	lines := strings.Split(msg, "\n")
-	var b bytes.Buffer
-	for i, l := range lines {
-		sep := "-"
-		if i == len(lines)-1 {
-			sep = " "
-		}
-		b.WriteString("250" + sep + l + "\r\n")
-	}
-	return b.Bytes()
-}
-
-func (r *replayConn) Read(p []byte) (int, error) {
-	if len(r.pending) > 0 {
-		n := copy(p, r.pending)
-		r.pending = r.pending[n:]
-		return n, nil
-	}
-	return r.Conn.Read(p)
 }
 
 // Failure is why a message, a recipient or a host could not be served.
@@ -314,103 +218,138 @@ func asFailure(err error, host, step string) *Failure {
 	if errors.As(err, &f) {
 		return f
 	}
-	var se *smtp.SMTPError
+	var se *smtpclient.Error
 	if errors.As(err, &se) {
-		enh := fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
-		if se.EnhancedCode == smtp.EnhancedCodeNotSet || se.EnhancedCode == smtp.NoEnhancedCode {
+		enh := se.Enhanced
+		if enh == "" {
 			enh = strconv.Itoa(se.Code/100) + ".0.0"
 		}
-		return &Failure{Temporary: se.Code/100 != 5, Code: se.Code, Enhanced: enh, Text: se.Message, Host: host}
+		return &Failure{Temporary: se.Code/100 != 5, Code: se.Code, Enhanced: enh, Text: se.Text, Host: host}
 	}
 	return &Failure{Temporary: true, Enhanced: "4.4.2", Text: fmt.Sprintf("%s with %s: %v", step, host, err), Host: host}
 }
 
 // Transaction is one message for one destination.
 type Transaction struct {
-	From       string
-	Recipients []TxRecipient
-	Size       int64
-	Options    smtp.MailOptions
-	Body       io.Reader
+	Mail       smtpclient.Mail
+	Recipients []smtpclient.Rcpt
+	// Body opens the message, once for each SMTP transaction it takes.
+	Body func() (io.ReadCloser, error)
 }
 
-// TxRecipient is a recipient with its DSN parameters.
-type TxRecipient struct {
-	Addr    string
-	Options smtp.RcptOptions
-}
+// maxRcptsPerTxn: RFC 5321 4.5.3.1.8 obliges a server to take 100
+// recipients in a transaction, and no more; more go in further
+// transactions on the same session.
+const maxRcptsPerTxn = 100
 
-// send runs one transaction on an open session. It returns a Failure for
-// each recipient (nil when accepted and the message delivered), or one
-// error for the whole transaction when it failed before any recipient mattered.
+// send delivers the message to its recipients on an open session, in as
+// many transactions as the recipients need. It returns a Failure for each
+// recipient in the order given (nil when accepted and the message
+// delivered), or one error for the whole message when it failed before any
+// recipient mattered.
 func (c *conn) send(tx Transaction) ([]*Failure, error) {
-	c.capped.left = maxSessionRead // the budget is per transaction on a reused session
-	opts := tx.Options
-	opts.Size = tx.Size
-	if opts.UTF8 {
+	if tx.Mail.UTF8 {
 		if ok, _ := c.client.Extension("SMTPUTF8"); !ok {
 			// RFC 6531 3.4: no downgrade; the message cannot go this way.
 			return nil, &Failure{Enhanced: "5.6.7", Text: c.host + " does not support SMTPUTF8, which this message needs", Host: c.host}
 		}
 	}
-	if opts.RequireTLS {
+	if tx.Mail.RequireTLS {
 		if ok, _ := c.client.Extension("REQUIRETLS"); !ok || c.tls.Version == "" {
 			// RFC 8689 4.2.1: a REQUIRETLS message goes only to a hop that
 			// offers REQUIRETLS over TLS; otherwise it fails.
 			return nil, &Failure{Enhanced: "5.7.30", Text: c.host + " does not offer REQUIRETLS, which this message requires", Host: c.host}
 		}
 	}
-	if err := c.client.Mail(tx.From, &opts); err != nil {
-		return nil, asFailure(err, c.host, "MAIL")
+	if limit := c.client.MaxSize(); limit > 0 && tx.Mail.Size > limit {
+		// RFC 1870 6: the server said it will not take a message this
+		// large; as Postfix does, the message fails rather than waiting
+		// for a limit that is the server's policy.
+		return nil, &Failure{Enhanced: "5.3.4", Host: c.host,
+			Text: fmt.Sprintf("the message (%d bytes) exceeds the size limit of %s (%d bytes)", tx.Mail.Size, c.host, limit)}
 	}
 	results := make([]*Failure, len(tx.Recipients))
-	accepted := 0
-	for i, r := range tx.Recipients {
-		ropts := r.Options
-		if err := c.client.Rcpt(r.Addr, &ropts); err != nil {
-			results[i] = asFailure(err, c.host, "RCPT")
-			continue
-		}
-		accepted++
+	pending := make([]int, len(tx.Recipients))
+	for i := range pending {
+		pending[i] = i
 	}
-	if accepted == 0 {
-		c.reset()
-		return results, nil
-	}
-	w, err := c.client.Data()
-	if err != nil {
-		return nil, asFailure(err, c.host, "DATA")
-	}
-	dw := deadlineWriter{w: w, conn: c.netConn, timeout: c.block}
-	if _, err := io.Copy(dw, bufio.NewReaderSize(tx.Body, 32<<10)); err != nil {
-		w.Close()
-		return nil, asFailure(err, c.host, "message data")
-	}
-	c.netConn.SetWriteDeadline(time.Time{})
-	if err := w.Close(); err != nil {
-		f := asFailure(err, c.host, "end of data")
-		for i := range results {
-			if results[i] == nil {
+	for first := true; len(pending) > 0; first = false {
+		batch := pending[:min(len(pending), maxRcptsPerTxn)]
+		later := pending[len(batch):]
+		res, err := c.transaction(tx, batch)
+		if err != nil {
+			f := asFailure(err, c.host, "transaction")
+			if first {
+				return nil, f
+			}
+			// Earlier transactions' outcomes stand; this one's
+			// recipients and the rest share its failure.
+			for _, i := range pending {
 				results[i] = f
 			}
+			break
 		}
+		retry, stop := c.settle(res, batch, results)
+		if stop != nil {
+			for _, i := range later {
+				results[i] = stop
+			}
+			break
+		}
+		pending = append(retry, later...)
 	}
 	return results, nil
 }
 
-func (c *conn) close() { c.client.Quit(); c.client.Close() }
-
-// deadlineWriter gives each block of message data its own write deadline,
-// so a server that stops reading (a tarpit) cannot hold a worker for ever.
-type deadlineWriter struct {
-	w       io.Writer
-	conn    net.Conn
-	timeout time.Duration
-}
-
-func (d deadlineWriter) Write(p []byte) (int, error) {
-	if d.timeout > 0 {
-		d.conn.SetWriteDeadline(time.Now().Add(d.timeout))
+// transaction runs one SMTP transaction for the recipients batch.
+func (c *conn) transaction(tx Transaction, batch []int) (smtpclient.Result, error) {
+	c.capped.left = maxSessionRead // the budget is per transaction on a reused session
+	body, err := tx.Body()
+	if err != nil {
+		return smtpclient.Result{}, &Failure{Temporary: true, Enhanced: "4.3.0", Text: "reading queued message: " + err.Error()}
 	}
-	return d.w.Write(p)
+	defer body.Close()
+	rcpts := make([]smtpclient.Rcpt, len(batch))
+	for k, i := range batch {
+		rcpts[k] = tx.Recipients[i]
+	}
+	return c.client.Send(tx.Mail, rcpts, body)
 }
+
+// settle records the outcome of a transaction for its recipients. A
+// recipient refused as one too many (RFC 5321 4.5.3.1.10) goes again in
+// the next transaction, if this one took someone; if it took no one, the
+// server takes no more for now, and stop is the deferral for those left.
+func (c *conn) settle(res smtpclient.Result, batch []int, results []*Failure) (retry []int, stop *Failure) {
+	accepted := res.Accepted()
+	var data *Failure
+	if res.Data != nil {
+		data = asFailure(res.Data, c.host, "end of data")
+	}
+	for k, i := range batch {
+		if res.Rcpts[k] == nil {
+			results[i] = data
+			continue
+		}
+		f := asFailure(res.Rcpts[k], c.host, "RCPT")
+		if tooManyRecipients(f) {
+			if accepted > 0 {
+				retry = append(retry, i)
+				continue
+			}
+			stop = f
+		}
+		results[i] = f
+	}
+	return retry, stop
+}
+
+// tooManyRecipients: 452 is what RFC 5321 4.5.3.1.10 says a server answers
+// to a recipient beyond what it takes in one transaction, and 4.5.3 is
+// RFC 3463's "too many recipients"; 452 with another enhanced code (4.2.2,
+// mailbox full) is about the recipient, not the count.
+func tooManyRecipients(f *Failure) bool {
+	return f.Temporary && (f.Enhanced == "4.5.3" || (f.Code == 452 && f.Enhanced == "4.0.0"))
+}
+
+func (c *conn) close() { c.client.Quit() }
