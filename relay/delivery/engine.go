@@ -47,11 +47,23 @@ type Config struct {
 	Timeouts         Timeouts
 	PollInterval     time.Duration
 	// Connection reuse: a session serves up to ReuseCount transactions and
-	// waits up to ReuseIdle between them; at most MaxConnectionsPerDomain
-	// attempts run at once for one destination domain.
-	ReuseCount              int
-	ReuseIdle               time.Duration
-	MaxConnectionsPerDomain int
+	// waits up to ReuseIdle between them.
+	ReuseCount int
+	ReuseIdle  time.Duration
+	// Per-destination concurrency (see destinations): a recipient domain
+	// starts with InitialConnectionsPerDomain attempts at once (0: the
+	// maximum), gains one with each completed transaction and loses one
+	// with each attempt that got no session, between 1 and
+	// MaxConnectionsPerDomain (0: no limit). An attempt that finds its
+	// domain's window full is postponed, never waited for.
+	InitialConnectionsPerDomain int
+	MaxConnectionsPerDomain     int
+	// After DeadDestinationFailures attempts in a row at a domain got no
+	// session (0: never), the domain is marked dead: its mail is deferred
+	// (4.4.1) without connecting for DeadDestinationCooldown (0: five
+	// minutes), then one probe attempt is let through.
+	DeadDestinationFailures int
+	DeadDestinationCooldown time.Duration
 	// DrainTimeout is how long attempts in flight may go on after Run's
 	// context ends.
 	DrainTimeout time.Duration
@@ -96,11 +108,17 @@ type Engine struct {
 	d       Deps
 	kick    chan struct{}
 	conns   *pool
+	dests   *destinations
 	metrics instruments
 	routes  atomic.Pointer[[]Route] // Config.Routes, replaced by SetRoutes
 	// renewCheck is how often (real time) an attempt's lease is looked at;
 	// it is renewed once half of it is spent by the clock.
 	renewCheck time.Duration
+
+	// wakeAt is when the earliest postponed recipient falls due: Run looks
+	// for work then rather than at its next poll.
+	wakeMu sync.Mutex
+	wakeAt time.Time
 }
 
 // SetRoutes replaces the routes (a configuration reload); deliveries that
@@ -131,8 +149,9 @@ func New(cfg Config, d Deps) *Engine {
 		cfg.Timeouts = DefaultTimeouts
 	}
 	e := &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1),
-		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock), metrics: newInstruments(),
+		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, d.Clock), metrics: newInstruments(),
 		renewCheck: max(min(time.Second, cfg.LeaseTime/8), time.Millisecond)}
+	e.dests = newDestinations(cfg, d.Clock, d.Jitter, d.Log, &e.metrics)
 	e.SetRoutes(cfg.Routes)
 	return e
 }
@@ -143,6 +162,36 @@ func (e *Engine) Kick() {
 	case e.kick <- struct{}{}:
 	default:
 	}
+}
+
+// wakeUp asks Run to look for due work at t (a postponed recipient's new
+// due time), sooner than its poll interval would.
+func (e *Engine) wakeUp(t time.Time) {
+	e.wakeMu.Lock()
+	sooner := e.wakeAt.IsZero() || t.Before(e.wakeAt)
+	if sooner {
+		e.wakeAt = t
+	}
+	e.wakeMu.Unlock()
+	if sooner {
+		e.Kick() // Run sets its timer anew
+	}
+}
+
+// nextWake returns how long until the earliest wake-up asked for, and
+// whether one was; one that is due is forgotten as it is returned.
+func (e *Engine) nextWake() (time.Duration, bool) {
+	e.wakeMu.Lock()
+	defer e.wakeMu.Unlock()
+	if e.wakeAt.IsZero() {
+		return 0, false
+	}
+	d := e.wakeAt.Sub(e.d.Clock())
+	if d <= 0 {
+		e.wakeAt = time.Time{}
+		d = 0
+	}
+	return d, true
 }
 
 // Run delivers until ctx ends, then drains: it takes no more work and
@@ -158,6 +207,8 @@ func (e *Engine) Run(ctx context.Context) {
 	defer e.drain(&wg, abort)
 	ticker := time.NewTicker(e.cfg.PollInterval)
 	defer ticker.Stop()
+	wake := time.NewTimer(time.Hour)
+	defer wake.Stop()
 	for {
 		free := cap(sem) - len(sem)
 		var leases []queue.Lease
@@ -179,12 +230,19 @@ func (e *Engine) Run(ctx context.Context) {
 		if len(leases) > 0 && len(leases) == free {
 			continue // more may be due
 		}
+		var woken <-chan time.Time
+		if d, ok := e.nextWake(); ok {
+			wake.Reset(d)
+			woken = wake.C
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-e.kick:
+		case <-woken:
 		case <-ticker.C:
 			e.conns.reap()
+			e.dests.reap()
 		}
 	}
 }
