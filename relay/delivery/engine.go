@@ -4,7 +4,10 @@
 // sender in a delivery status notification.
 //
 // engine.go runs the workers: lease due recipients, keep the lease while
-// an attempt runs, record the outcomes, drain at shutdown. attempt.go is one
+// an attempt runs, record the outcomes, drain at shutdown. destinations.go
+// decides whether an attempt at a domain may start (its concurrency window,
+// dead-destination detection); postpone.go gives back the recipients of a
+// domain that is busy or dead without holding a worker. attempt.go is one
 // attempt at one domain's recipients, a value whose methods follow the
 // protocol (route, policy, connect, authenticate, transact, record).
 // notices.go builds the notices to senders: bounces, delay warnings and
