@@ -155,6 +155,12 @@ func (ds *destinations) enter(domain string, d *destination, now time.Time, prob
 // longer) divided by the window.
 func (ds *destinations) postpone(d *destination, now time.Time) time.Duration {
 	held := d.hold
+	if held == 0 {
+		// Nothing has finished yet: assume an attempt holds its slot for
+		// at least the shortest postponement, so that a backlog that
+		// arrives at once is spread out rather than sent back together.
+		held = postponeMin
+	}
 	for _, s := range d.starts {
 		held = max(held, now.Sub(s))
 	}
