@@ -72,6 +72,7 @@ func BenchmarkTarpit(b *testing.B) {
 			defer wg.Done()
 			at := time.Now()
 			id := enqueue(b, r.q, fmt.Sprintf("u%d@h%d.bench", i, i%10))
+			r.engine.Kick() // as a submission does
 			mu.Lock()
 			healthy = append(healthy, sent{id, at})
 			mu.Unlock()
