@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/delivery"
 )
@@ -181,6 +183,10 @@ func BenchmarkColdDomains(b *testing.B) {
 	load := loadAverage()
 	r.stop()
 	queries := dnsServer.Queries() - asked
+	byType := map[string]int{}
+	for _, q := range dnsServer.Asked()[asked:] {
+		byType[dns.TypeToString[q.Qtype]]++
+	}
 	verified := 0
 	for _, m := range mx.Received() {
 		if m.TLS {
@@ -189,7 +195,7 @@ func BenchmarkColdDomains(b *testing.B) {
 	}
 	b.ReportMetric(float64(r.q.deliveredCount())/elapsed.Seconds(), "msgs/s")
 	b.ReportMetric(float64(queries)/float64(len(specs)), "dns_queries/msg")
-	b.Logf("load average %s; %d domains: all delivered %v, %d in %v (%.0f msg/s, %d over TLS); %d DNS questions (%.2f per message)",
+	b.Logf("load average %s; %d domains: all delivered %v, %d in %v (%.0f msg/s, %d over TLS); %d DNS questions (%.2f per message; by type %v)",
 		load, len(specs), done, r.q.deliveredCount(), elapsed, float64(r.q.deliveredCount())/elapsed.Seconds(), verified, queries,
-		float64(queries)/float64(len(specs)))
+		float64(queries)/float64(len(specs)), byType)
 }
