@@ -204,7 +204,9 @@ func (ds *destinations) done(s *slot, fb feedback) {
 	}
 	switch fb {
 	case succeeded:
-		d.limit = min(d.limit+1, ds.max)
+		if d.limit < ds.max { // ds.max may be the largest int (no limit)
+			d.limit++
+		}
 		ds.alive(s.domain, d)
 	case answered:
 		ds.alive(s.domain, d)

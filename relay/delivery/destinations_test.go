@@ -114,3 +114,19 @@ func TestDeadDestinationProbe(t *testing.T) {
 		t.Fatal("one failure after the revival marked the destination dead: failures were not reset")
 	}
 }
+
+// Without a maximum (MaxConnectionsPerDomain 0) the window has no limit,
+// and a success does not overflow it.
+func TestUnlimitedWindow(t *testing.T) {
+	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	ds := testDestinations(c, 0, 0, 0, func(d time.Duration) time.Duration { return d })
+	for range 100 {
+		if adm := ds.admit("big.test"); adm.slot == nil {
+			t.Fatal("an unlimited window refused an attempt")
+		}
+	}
+	ds.admit("big.test").slot.done(succeeded)
+	if adm := ds.admit("big.test"); adm.slot == nil {
+		t.Fatal("a success closed an unlimited window")
+	}
+}
