@@ -16,6 +16,7 @@
 package delivery
 
 import (
+	"container/heap"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -118,10 +119,10 @@ type Engine struct {
 	// it is renewed once half of it is spent by the clock.
 	renewCheck time.Duration
 
-	// wakeAt is when the earliest postponed recipient falls due: Run looks
-	// for work then rather than at its next poll.
+	// wakes are when postponed recipients fall due (a min-heap): Run
+	// looks for work then rather than at its next poll.
 	wakeMu sync.Mutex
-	wakeAt time.Time
+	wakes  wakeHeap
 }
 
 // SetRoutes replaces the routes (a configuration reload); deliveries that
@@ -171,10 +172,8 @@ func (e *Engine) Kick() {
 // due time), sooner than its poll interval would.
 func (e *Engine) wakeUp(t time.Time) {
 	e.wakeMu.Lock()
-	sooner := e.wakeAt.IsZero() || t.Before(e.wakeAt)
-	if sooner {
-		e.wakeAt = t
-	}
+	sooner := len(e.wakes) == 0 || t.Before(e.wakes[0])
+	heap.Push(&e.wakes, t)
 	e.wakeMu.Unlock()
 	if sooner {
 		e.Kick() // Run sets its timer anew
@@ -182,19 +181,38 @@ func (e *Engine) wakeUp(t time.Time) {
 }
 
 // nextWake returns how long until the earliest wake-up asked for, and
-// whether one was; one that is due is forgotten as it is returned.
+// whether there is one; those that are due are forgotten as they are
+// returned.
 func (e *Engine) nextWake() (time.Duration, bool) {
 	e.wakeMu.Lock()
 	defer e.wakeMu.Unlock()
-	if e.wakeAt.IsZero() {
+	now := e.d.Clock()
+	due := false
+	for len(e.wakes) > 0 && !e.wakes[0].After(now) {
+		heap.Pop(&e.wakes)
+		due = true
+	}
+	switch {
+	case due:
+		return 0, true
+	case len(e.wakes) == 0:
 		return 0, false
 	}
-	d := e.wakeAt.Sub(e.d.Clock())
-	if d <= 0 {
-		e.wakeAt = time.Time{}
-		d = 0
-	}
-	return d, true
+	return e.wakes[0].Sub(now), true
+}
+
+// wakeHeap is a min-heap of times (container/heap).
+type wakeHeap []time.Time
+
+func (h wakeHeap) Len() int           { return len(h) }
+func (h wakeHeap) Less(i, j int) bool { return h[i].Before(h[j]) }
+func (h wakeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *wakeHeap) Push(x any)        { *h = append(*h, x.(time.Time)) }
+func (h *wakeHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
 }
 
 // Run delivers until ctx ends, then drains: it takes no more work and
