@@ -24,7 +24,7 @@ type JournalEntry struct {
 // lease (see Record), under keys that sort by time.
 func journal(tx *bolt.Tx, before *Message, seq uint64, outcomes []Outcome, now time.Time) error {
 	for _, o := range outcomes {
-		if len(o.Journal) == 0 || o.Result == ResultReturned || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
+		if len(o.Journal) == 0 || o.Result == ResultReturned || o.Result == ResultPostponed || o.Recipient < 0 || o.Recipient >= len(before.Recipients) {
 			continue
 		}
 		// A delivery is a fact whoever holds the recipient now, even one

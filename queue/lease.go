@@ -114,6 +114,11 @@ const (
 	// worker stopped (a shutdown) before it could learn anything. It does
 	// not count as an attempt.
 	ResultReturned
+	// ResultPostponed gives a recipient back unattempted, due at RetryAt:
+	// the worker chose not to try it now (its destination had no free
+	// connection). Like ResultReturned it is not an attempt: the attempt
+	// count, the last reply and the delay notice are left as they were.
+	ResultPostponed
 )
 
 // Outcome reports what happened to one leased recipient.
@@ -274,8 +279,15 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time, notified b
 			continue
 		}
 		applied++
-		if o.Result == ResultReturned {
+		switch o.Result {
+		case ResultReturned:
 			r.State, r.Due, r.Lease = Pending, now, 0
+			continue
+		case ResultPostponed:
+			r.State, r.Due, r.Lease = Pending, o.RetryAt, 0
+			if r.Due.Before(now) {
+				r.Due = now
+			}
 			continue
 		}
 		r.Attempts++

@@ -139,6 +139,11 @@ var defaults = map[string]any{
 	"submission.auth.ldap.timeout":          "10s",
 	"submission.limits.messages_per_hour":   0,
 	"submission.limits.recipients_per_hour": 0,
+
+	// Per-destination concurrency and dead destinations (relay/delivery's destinations).
+	"delivery.initial_connections_per_domain": 5,
+	"delivery.dead_destination_failures":      5,
+	"delivery.dead_destination_cooldown":      "5m",
 }
 
 // loadConfig reads file (may be empty: defaults and environment only). Every

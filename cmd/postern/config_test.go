@@ -63,10 +63,11 @@ func bound(t *testing.T, key, env string) bool {
 		"tlsrpt.from": "reports@env.test", "tlsrpt.send_hour": "7", "tlsrpt.allow_networks": "127.0.0.0/8,fd00::/8",
 		"admin.metrics_listen": "127.0.0.1:9999", "telemetry.otlp_endpoint": "http://collector.test:4318",
 		"telemetry.trace_sample_ratio": "0.25", "submission.check_header_from": "false",
-		"submission.auth.max_concurrent_hashes": "3",
-		"submission.auth.ldap.starttls":         "true",
-		"submission.proxy_protocol":             "10.0.8.0/24,2001:db8:8::/64",
-		"audit.retention":                       "720h", // at least the two days the TLS reporter needs
+		"submission.auth.max_concurrent_hashes":   "3",
+		"submission.auth.ldap.starttls":           "true",
+		"submission.proxy_protocol":               "10.0.8.0/24,2001:db8:8::/64",
+		"audit.retention":                         "720h", // at least the two days the TLS reporter needs
+		"delivery.initial_connections_per_domain": "3",    // at most max_connections_per_domain
 	}[key]
 	if value == "" && key != "submission.tls_listen" {
 		if strings.HasSuffix(key, "_file") {
@@ -240,7 +241,7 @@ func TestBadKeysInStableOrder(t *testing.T) {
 queue: {inline_limit: 0}
 shutdown: {timeout: 0s}
 dns: {timeout: 0s, cache_size: 0}
-delivery: {workers: 0, lease_time: 0s, reuse_count: 0}
+delivery: {workers: 0, lease_time: 0s, reuse_count: 0, initial_connections_per_domain: 0, dead_destination_failures: 0, dead_destination_cooldown: 0s}
 audit: {retention: 0s}
 `)
 	_, first := loadConfig(path)
@@ -250,7 +251,8 @@ audit: {retention: 0s}
 	for _, key := range []string{"submission.listen", "submission.tls_listen", "submission.tls.cert_file",
 		"submission.tls.key_file", "submission.max_recipients", "submission.max_connections",
 		"submission.command_timeout", "queue.inline_limit", "shutdown.timeout", "dns.timeout", "dns.cache_size",
-		"delivery.workers", "delivery.lease_time", "delivery.reuse_count", "audit.retention"} {
+		"delivery.workers", "delivery.lease_time", "delivery.reuse_count", "delivery.initial_connections_per_domain",
+		"delivery.dead_destination_failures", "delivery.dead_destination_cooldown", "audit.retention"} {
 		if !strings.Contains(first.Error(), key+": ") {
 			t.Errorf("%s is not named:\n%v", key, first)
 		}
@@ -270,5 +272,22 @@ func TestRoutePortIsANumber(t *testing.T) {
 		if _, err := loadConfig(path); err == nil || !strings.Contains(err.Error(), "delivery.routes[0].next_hop") {
 			t.Errorf("%s: %v", hop, err)
 		}
+	}
+}
+
+// A destination's first window may not be wider than its largest: the
+// error names the key.
+func TestInitialConnectionsAtMostTheMaximum(t *testing.T) {
+	_, err := loadConfig(writeConfig(t, "hostname: relay.test\ndelivery: {max_connections_per_domain: 4, initial_connections_per_domain: 5}\n"))
+	if err == nil || !strings.Contains(err.Error(), "delivery.initial_connections_per_domain: 5 is more than delivery.max_connections_per_domain (4)") {
+		t.Fatalf("error: %v", err)
+	}
+	cfg, err := loadConfig(writeConfig(t, "hostname: relay.test\ndelivery: {max_connections_per_domain: 4, initial_connections_per_domain: 2, dead_destination_failures: 3, dead_destination_cooldown: 90s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cfg.deliveryConfig()
+	if d.InitialConnectionsPerDomain != 2 || d.MaxConnectionsPerDomain != 4 || d.DeadDestinationFailures != 3 || d.DeadDestinationCooldown != 90*time.Second {
+		t.Fatalf("delivery config: %+v", d)
 	}
 }

@@ -130,6 +130,9 @@ func (c *Config) checkCounts(bad badKey) {
 		{"delivery.poll_interval", int64(c.Delivery.PollInterval)},
 		{"delivery.reuse_count", int64(c.Delivery.ReuseCount)},
 		{"delivery.max_connections_per_domain", int64(c.Delivery.MaxConnsPerDom)},
+		{"delivery.initial_connections_per_domain", int64(c.Delivery.InitialConnsPerDom)},
+		{"delivery.dead_destination_failures", int64(c.Delivery.DeadFailures)},
+		{"delivery.dead_destination_cooldown", int64(c.Delivery.DeadCooldown)},
 	}
 	for _, p := range positive {
 		if p.n <= 0 {

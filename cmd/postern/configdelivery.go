@@ -27,6 +27,11 @@ type DeliveryConfig struct {
 	ReuseCount       int             `mapstructure:"reuse_count"`
 	ReuseIdle        time.Duration   `mapstructure:"reuse_idle"`
 	MaxConnsPerDom   int             `mapstructure:"max_connections_per_domain"`
+	// InitialConnsPerDom is where each destination's concurrency window
+	// starts; DeadFailures and DeadCooldown mark a destination dead.
+	InitialConnsPerDom int           `mapstructure:"initial_connections_per_domain"`
+	DeadFailures       int           `mapstructure:"dead_destination_failures"`
+	DeadCooldown       time.Duration `mapstructure:"dead_destination_cooldown"`
 	// SourceAddresses are the local addresses deliveries leave from,
 	// each with its EHLO name; empty lets the kernel choose.
 	SourceAddresses []SourceAddressConfig `mapstructure:"source_addresses"`
@@ -66,6 +71,9 @@ func (c *Config) parseDelivery(bad badKey) {
 		if r <= 0 {
 			bad("delivery.retry", "intervals must be greater than zero")
 		}
+	}
+	if dl.InitialConnsPerDom > dl.MaxConnsPerDom && dl.MaxConnsPerDom > 0 {
+		bad("delivery.initial_connections_per_domain", "%d is more than delivery.max_connections_per_domain (%d)", dl.InitialConnsPerDom, dl.MaxConnsPerDom)
 	}
 	c.set.routes = nil
 	for i, r := range dl.Routes {
@@ -140,7 +148,9 @@ func (c *Config) deliveryConfig() delivery.Config {
 		Retry: d.Retry, MaxQueueLifetime: d.MaxQueueLifetime, DelayWarning: d.DelayWarning,
 		MaxAddrAttempts: d.MaxAddrAttempts, PreferIPv6: d.PreferIPv6, PollInterval: d.PollInterval,
 		ReuseCount: d.ReuseCount, ReuseIdle: d.ReuseIdle, MaxConnectionsPerDomain: d.MaxConnsPerDom,
-		DrainTimeout: c.Shutdown.Timeout, Routes: c.set.routes, Sources: c.set.sources}
+		InitialConnectionsPerDomain: d.InitialConnsPerDom, DeadDestinationFailures: d.DeadFailures,
+		DeadDestinationCooldown: d.DeadCooldown,
+		DrainTimeout:            c.Shutdown.Timeout, Routes: c.set.routes, Sources: c.set.sources}
 }
 
 // parseSources reads delivery.source_addresses: addresses of this machine

@@ -63,18 +63,30 @@ func (a *attempt) note(s tlsrpt.Attempt) {
 }
 
 // run tries the domain's hops in order, and the addresses of each, until
-// one takes the transaction or refuses it for good.
+// one takes the transaction or refuses it for good. It starts only if the
+// domain's concurrency window has room (see destinations): a busy domain's
+// recipients are postponed, a dead one's deferred without connecting; and
+// what the attempt learns of the domain goes back to the window.
 func (a *attempt) run(ctx context.Context) []queue.Outcome {
 	e := a.e
+	adm := e.dests.admit(a.domain)
+	switch {
+	case adm.slot == nil && adm.dead.IsZero():
+		return a.postpone(adm.wait)
+	case adm.slot == nil:
+		return a.unreachable(adm.dead, adm.failures)
+	}
+	heard := noSignal
+	defer func() {
+		if ctx.Err() != nil {
+			heard = noSignal // cut off (shutdown, a lost lease): nothing learnt of the domain
+		}
+		adm.slot.done(heard)
+	}()
 	hopList, f := a.route(ctx)
 	if f != nil {
 		return a.fail(f)
 	}
-	release, err := e.conns.acquire(ctx, a.domain)
-	if err != nil {
-		return a.fail(&Failure{Temporary: true, Enhanced: "4.4.2", Text: "shutting down"})
-	}
-	defer release()
 	var last *Failure
 	tried := 0
 	for _, hop := range hopList {
@@ -89,6 +101,11 @@ func (a *attempt) run(ctx context.Context) []queue.Outcome {
 		// A session kept from an earlier message to this hop goes first.
 		if pc := e.conns.take(poolKey(hop, policy)); pc != nil {
 			out, f := a.transact(ctx, hop, policy, pc)
+			// A kept session the server has since closed says nothing
+			// of the destination; a reply does.
+			if fb := feedbackOf(f); fb != connFailed {
+				heard = max(heard, fb)
+			}
 			if f == nil {
 				return out
 			}
@@ -110,6 +127,7 @@ func (a *attempt) run(ctx context.Context) []queue.Outcome {
 			}
 			tried++
 			out, f := a.deliverVia(ctx, hop, policy, netip.AddrPortFrom(addr, uint16(hop.Port)))
+			heard = max(heard, feedbackOf(f))
 			if f == nil {
 				return out
 			}

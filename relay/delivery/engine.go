@@ -4,7 +4,10 @@
 // sender in a delivery status notification.
 //
 // engine.go runs the workers: lease due recipients, keep the lease while
-// an attempt runs, record the outcomes, drain at shutdown. attempt.go is one
+// an attempt runs, record the outcomes, drain at shutdown. destinations.go
+// decides whether an attempt at a domain may start (its concurrency window,
+// dead-destination detection); postpone.go gives back the recipients of a
+// domain that is busy or dead without holding a worker. attempt.go is one
 // attempt at one domain's recipients, a value whose methods follow the
 // protocol (route, policy, connect, authenticate, transact, record).
 // notices.go builds the notices to senders: bounces, delay warnings and
@@ -13,6 +16,7 @@
 package delivery
 
 import (
+	"container/heap"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -47,11 +51,23 @@ type Config struct {
 	Timeouts         Timeouts
 	PollInterval     time.Duration
 	// Connection reuse: a session serves up to ReuseCount transactions and
-	// waits up to ReuseIdle between them; at most MaxConnectionsPerDomain
-	// attempts run at once for one destination domain.
-	ReuseCount              int
-	ReuseIdle               time.Duration
-	MaxConnectionsPerDomain int
+	// waits up to ReuseIdle between them.
+	ReuseCount int
+	ReuseIdle  time.Duration
+	// Per-destination concurrency (see destinations): a recipient domain
+	// starts with InitialConnectionsPerDomain attempts at once (0: the
+	// maximum), gains one with each completed transaction and loses one
+	// with each attempt that got no session, between 1 and
+	// MaxConnectionsPerDomain (0: no limit). An attempt that finds its
+	// domain's window full is postponed, never waited for.
+	InitialConnectionsPerDomain int
+	MaxConnectionsPerDomain     int
+	// After DeadDestinationFailures attempts in a row at a domain got no
+	// session (0: never), the domain is marked dead: its mail is deferred
+	// (4.4.1) without connecting for DeadDestinationCooldown (0: five
+	// minutes), then one probe attempt is let through.
+	DeadDestinationFailures int
+	DeadDestinationCooldown time.Duration
 	// DrainTimeout is how long attempts in flight may go on after Run's
 	// context ends.
 	DrainTimeout time.Duration
@@ -96,12 +112,18 @@ type Engine struct {
 	d       Deps
 	kick    chan struct{}
 	conns   *pool
+	dests   *destinations
 	metrics instruments
 	routes  atomic.Pointer[[]Route] // Config.Routes, replaced by SetRoutes
 	// renewCheck is how often (real time) an attempt's lease is looked at;
 	// it is renewed once half of it is spent by the clock.
 	renewCheck time.Duration
 	workers    workers // Run's workers, shared with hand-overs (handoff.go)
+
+	// wakes are when postponed recipients fall due (a min-heap): Run
+	// looks for work then rather than at its next poll.
+	wakeMu sync.Mutex
+	wakes  wakeHeap
 }
 
 // SetRoutes replaces the routes (a configuration reload); deliveries that
@@ -132,8 +154,9 @@ func New(cfg Config, d Deps) *Engine {
 		cfg.Timeouts = DefaultTimeouts
 	}
 	e := &Engine{cfg: cfg, d: d, kick: make(chan struct{}, 1),
-		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, cfg.MaxConnectionsPerDomain, d.Clock), metrics: newInstruments(),
+		conns: newPool(cfg.ReuseCount, cfg.ReuseIdle, d.Clock), metrics: newInstruments(),
 		renewCheck: max(min(time.Second, cfg.LeaseTime/8), time.Millisecond)}
+	e.dests = newDestinations(cfg, d.Clock, d.Jitter, d.Log, &e.metrics)
 	e.SetRoutes(cfg.Routes)
 	return e
 }
@@ -144,6 +167,53 @@ func (e *Engine) Kick() {
 	case e.kick <- struct{}{}:
 	default:
 	}
+}
+
+// wakeUp asks Run to look for due work at t (a postponed recipient's new
+// due time), sooner than its poll interval would.
+func (e *Engine) wakeUp(t time.Time) {
+	e.wakeMu.Lock()
+	sooner := len(e.wakes) == 0 || t.Before(e.wakes[0])
+	heap.Push(&e.wakes, t)
+	e.wakeMu.Unlock()
+	if sooner {
+		e.Kick() // Run sets its timer anew
+	}
+}
+
+// nextWake returns how long until the earliest wake-up asked for, and
+// whether there is one; those that are due are forgotten as they are
+// returned.
+func (e *Engine) nextWake() (time.Duration, bool) {
+	e.wakeMu.Lock()
+	defer e.wakeMu.Unlock()
+	now := e.d.Clock()
+	due := false
+	for len(e.wakes) > 0 && !e.wakes[0].After(now) {
+		heap.Pop(&e.wakes)
+		due = true
+	}
+	switch {
+	case due:
+		return 0, true
+	case len(e.wakes) == 0:
+		return 0, false
+	}
+	return e.wakes[0].Sub(now), true
+}
+
+// wakeHeap is a min-heap of times (container/heap).
+type wakeHeap []time.Time
+
+func (h wakeHeap) Len() int           { return len(h) }
+func (h wakeHeap) Less(i, j int) bool { return h[i].Before(h[j]) }
+func (h wakeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *wakeHeap) Push(x any)        { *h = append(*h, x.(time.Time)) }
+func (h *wakeHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
 }
 
 // Run delivers until ctx ends, then drains: it takes no more work and
@@ -162,6 +232,8 @@ func (e *Engine) Run(ctx context.Context) {
 	defer e.closeWorkers()
 	ticker := time.NewTicker(e.cfg.PollInterval)
 	defer ticker.Stop()
+	wake := time.NewTimer(time.Hour)
+	defer wake.Stop()
 	for {
 		// The free workers are taken before the lease, not counted: a
 		// hand-over may take one at any moment, and a lease with no
@@ -192,12 +264,19 @@ func (e *Engine) Run(ctx context.Context) {
 		if len(leases) > 0 && len(leases) == free {
 			continue // more may be due
 		}
+		var woken <-chan time.Time
+		if d, ok := e.nextWake(); ok {
+			wake.Reset(d)
+			woken = wake.C
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-e.kick:
+		case <-woken:
 		case <-ticker.C:
 			e.conns.reap()
+			e.dests.reap()
 		}
 	}
 }

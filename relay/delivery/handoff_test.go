@@ -25,9 +25,9 @@ func (w *world) submitLeased(rcpt string) (string, *Slot, *queue.Lease) {
 	return id, slot, l
 }
 
-// runEngine runs the engine until the test ends, and returns once its
+// runEngineForHandOvers runs the engine until the test ends, and returns once its
 // workers take hand-overs.
-func (w *world) runEngine() {
+func (w *world) runEngineForHandOvers() {
 	w.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
@@ -49,7 +49,7 @@ func (w *world) runEngine() {
 func TestHandedOverMessageIsDelivered(t *testing.T) {
 	mx := smtptest.Start(t, nil)
 	w := newWorld(t, mx)
-	w.runEngine()
+	w.runEngineForHandOvers()
 	id, slot, l := w.submitLeased("a@dest.test")
 	if slot == nil || l == nil {
 		t.Fatal("no worker was reserved with two free")
@@ -76,7 +76,7 @@ func TestHandOverWithNoWorkerFreeFallsBackToTheScheduler(t *testing.T) {
 		s.Cancel()
 		t.Fatal("an engine that is not running took a hand-over")
 	}
-	w.runEngine()
+	w.runEngineForHandOvers()
 	var ids []string
 	for i := 0; i < 2; i++ { // both workers held at RCPT
 		id, slot, l := w.submitLeased("busy@dest.test")
@@ -107,7 +107,7 @@ func TestHandOverWithNoWorkerFreeFallsBackToTheScheduler(t *testing.T) {
 func TestHandedOverMessageWhoseWorkerDiedIsDeliveredAfterTheLease(t *testing.T) {
 	mx := smtptest.Start(t, nil)
 	w := newWorld(t, mx)
-	w.runEngine()
+	w.runEngineForHandOvers()
 	id, slot, l := w.submitLeased("a@dest.test")
 	if slot == nil || l == nil {
 		t.Fatal("no worker was reserved")

@@ -18,6 +18,8 @@ type instruments struct {
 	timeInQueue metric.Float64Histogram
 	notices     metric.Int64Counter
 	fallbacks   metric.Int64Counter
+	postponed   metric.Int64Counter
+	deadDests   metric.Int64Counter
 	tracer      trace.Tracer
 }
 
@@ -25,7 +27,7 @@ func newInstruments() instruments {
 	m := otel.GetMeterProvider().Meter("github.com/postern/postern/relay/delivery")
 	in := instruments{tracer: otel.Tracer("github.com/postern/postern/relay/delivery")}
 	in.attempts, _ = m.Int64Counter("postern.delivery.attempts",
-		metric.WithDescription("Delivery attempts by result (delivered, partial, deferred, refused; failed-transaction, connect failures as deferred, skipped by policy), policy source (dane, mta-sts, local, default, route, memory), RFC 8460 policy type (tlsa, sts, no-policy-found), TLS version, whether the server was authenticated, and the TLS failure (an RFC 8460 result type, or none)"))
+		metric.WithDescription("Delivery attempts by result (delivered, partial, deferred, refused; failed-transaction, connect failures as deferred, skipped by policy, unreachable: deferred without connecting to a destination marked dead), policy source (dane, mta-sts, local, default, route, memory), RFC 8460 policy type (tlsa, sts, no-policy-found), TLS version, whether the server was authenticated, and the TLS failure (an RFC 8460 result type, or none)"))
 	in.final, _ = m.Int64Counter("postern.delivery.recipients",
 		metric.WithDescription("Recipients with a final outcome, by result (delivered, bounced, expired), policy source and whether the server was authenticated (verified)"))
 	in.timeInQueue, _ = m.Float64Histogram("postern.delivery.time_in_queue", metric.WithUnit("s"),
@@ -35,7 +37,19 @@ func newInstruments() instruments {
 		metric.WithDescription("Delivery status notifications queued for senders, by kind (failure, delay)"))
 	in.fallbacks, _ = m.Int64Counter("postern.tls.fallbacks",
 		metric.WithDescription("Deliveries retried in cleartext after STARTTLS failed where TLS was opportunistic (level may, no published policy), by policy source"))
+	in.postponed, _ = m.Int64Counter("postern.delivery.postponed",
+		metric.WithDescription("Recipients given back to the queue unattempted because their destination had no free connection (its concurrency window was full, or a probe of a dead destination was running); not attempts"))
+	in.deadDests, _ = m.Int64Counter("postern.delivery.dead_destinations",
+		metric.WithDescription("Changes of a destination's state by change: dead (marked unreachable after delivery.dead_destination_failures attempts in a row got no session) or revived (a server answered again)"))
 	return in
+}
+
+func (in instruments) postpone(n int) {
+	in.postponed.Add(context.Background(), int64(n))
+}
+
+func (in instruments) destination(change string) {
+	in.deadDests.Add(context.Background(), 1, metric.WithAttributes(attribute.String("change", change)))
 }
 
 func (in instruments) fallback(source string) {

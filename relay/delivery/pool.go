@@ -1,23 +1,20 @@
 package delivery
 
 import (
-	"context"
 	"sync"
 	"time"
 )
 
 // pool keeps sessions open after a transaction, so that the next message
-// for the same next hop skips the TCP and TLS handshakes, and bounds how
-// many connections one destination gets at once.
+// for the same next hop skips the TCP and TLS handshakes. How many attempts
+// one destination gets at once is destinations' to decide.
 type pool struct {
 	maxUses  int
 	idleTime time.Duration
-	perDest  int
 	now      func() time.Time
 
-	mu    sync.Mutex
-	idle  map[string][]*pooled
-	slots map[string]chan struct{}
+	mu   sync.Mutex
+	idle map[string][]*pooled
 }
 
 type pooled struct {
@@ -26,29 +23,8 @@ type pooled struct {
 	since time.Time
 }
 
-func newPool(maxUses int, idleTime time.Duration, perDest int, now func() time.Time) *pool {
-	return &pool{maxUses: maxUses, idleTime: idleTime, perDest: perDest, now: now,
-		idle: map[string][]*pooled{}, slots: map[string]chan struct{}{}}
-}
-
-// acquire waits for one of the destination's connection slots.
-func (p *pool) acquire(ctx context.Context, dest string) (release func(), err error) {
-	if p.perDest <= 0 {
-		return func() {}, nil
-	}
-	p.mu.Lock()
-	slot, ok := p.slots[dest]
-	if !ok {
-		slot = make(chan struct{}, p.perDest)
-		p.slots[dest] = slot
-	}
-	p.mu.Unlock()
-	select {
-	case slot <- struct{}{}:
-		return func() { <-slot }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+func newPool(maxUses int, idleTime time.Duration, now func() time.Time) *pool {
+	return &pool{maxUses: maxUses, idleTime: idleTime, now: now, idle: map[string][]*pooled{}}
 }
 
 // take returns an idle session to key, if one is fresh enough.
