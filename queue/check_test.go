@@ -19,23 +19,7 @@ import (
 func damagedQueue(t *testing.T, dir string, n int) (all, onPage []string) {
 	t.Helper()
 	q := openTest(t, newClock(), dir, 0)
-	err := q.update(func(tx *bolt.Tx) error { // one commit: a test need not wait for 300 fsyncs
-		all = all[:0]
-		for i := 0; i < n; i++ {
-			m, inline, err := q.prepare(q.NewID(), envelope(fmt.Sprintf("rcpt%d@x.test", i)), strings.NewReader(strings.Repeat("body ", 40)))
-			if err != nil {
-				return err
-			}
-			if err := putNew(tx, m, inline); err != nil {
-				return err
-			}
-			all = append(all, m.ID)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	all = enqueueInOneCommit(t, q, n)
 	q.Close()
 	path := filepath.Join(dir, "queue.db")
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
@@ -141,4 +125,29 @@ func TestSalvageKeepsWhatCanBeRead(t *testing.T) {
 	if leases, err := q.Lease(1000, 0); err != nil || len(leases) != rep.Messages {
 		t.Fatalf("salvaged messages not scheduled: %d leases, %v", len(leases), err)
 	}
+}
+
+// enqueueInOneCommit queues n small messages in one commit (a test need
+// not wait for n fsyncs) and returns their IDs.
+func enqueueInOneCommit(t *testing.T, q *Queue, n int) []string {
+	t.Helper()
+	var ids []string
+	err := q.update(func(tx *bolt.Tx) error {
+		ids = ids[:0]
+		for i := 0; i < n; i++ {
+			m, inline, err := q.prepare(q.NewID(), envelope(fmt.Sprintf("rcpt%d@x.test", i)), strings.NewReader(strings.Repeat("body ", 40)))
+			if err != nil {
+				return err
+			}
+			if err := putNew(tx, m, inline); err != nil {
+				return err
+			}
+			ids = append(ids, m.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
 }

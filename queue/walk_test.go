@@ -3,7 +3,6 @@ package queue
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,24 +18,7 @@ import (
 func pagedQueue(t *testing.T, dir string, n int) (path string, pageSize int64, freelist, root, leaf uint64) {
 	t.Helper()
 	q := openTest(t, newClock(), dir, 0)
-	var ids []string
-	err := q.update(func(tx *bolt.Tx) error {
-		ids = ids[:0]
-		for i := 0; i < n; i++ {
-			m, inline, err := q.prepare(q.NewID(), envelope(fmt.Sprintf("rcpt%d@x.test", i)), strings.NewReader(strings.Repeat("body ", 40)))
-			if err != nil {
-				return err
-			}
-			if err := putNew(tx, m, inline); err != nil {
-				return err
-			}
-			ids = append(ids, m.ID)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := enqueueInOneCommit(t, q, n)
 	for i := 0; i < n; i += 3 {
 		if err := q.Delete(ids[i]); err != nil {
 			t.Fatal(err)
