@@ -325,14 +325,19 @@ const strayWait = time.Millisecond
 // idle would be taken for the reply to the next command (with PIPELINING,
 // the pipelined RSET's), and every reply after it for the one before, so
 // that the next message's recipients would get each other's outcomes. An
-// idle session the server closed is given up too.
-func (c *Client) inStep() error {
+// idle session the server closed is given up too. Only a session that
+// has been idle (wait) is waited for; otherwise only what was read ahead
+// is looked at.
+func (c *Client) inStep(wait bool) error {
 	if c.broken != nil {
 		return c.broken
 	}
 	if c.r.Buffered() > 0 {
 		c.broken = ErrOutOfStep
 		return c.broken
+	}
+	if !wait {
+		return nil
 	}
 	c.conn.SetReadDeadline(time.Now().Add(strayWait))
 	_, err := c.r.Peek(1)

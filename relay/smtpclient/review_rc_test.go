@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -171,4 +172,51 @@ func TestReplyTooManyInFlightIsNoRefusal(t *testing.T) {
 		t.Fatalf("want the session out of step, got %+v %v", res, err)
 	}
 	c.Close()
+}
+
+// TestReplyTooManyBeforeFirstTransaction: a server that answers EHLO
+// with one reply too many had the first transaction's replies shifted by
+// one, as a stray reply on a reused session does: with CHUNKING, the
+// accepted recipient got MAIL's 250, the refused one the first
+// recipient's, and the BDAT the refusal, so both recipients failed for
+// good with the 550 meant for one. The session is out of step before the
+// transaction starts; nothing is sent on it.
+func TestReplyTooManyBeforeFirstTransaction(t *testing.T) {
+	sent := make(chan int, 1)
+	c := fakeServer(t, func(c net.Conn, r *bufio.Reader) {
+		fmt.Fprintf(c, "220 mx\r\n")
+		line(r)
+		fmt.Fprintf(c, "250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n250 ok\r\n")
+		n := 0
+		for {
+			l := line(r)
+			if l == "" {
+				sent <- n
+				return
+			}
+			n++
+			var size int
+			if _, err := fmt.Sscanf(l, "BDAT %d LAST", &size); err == nil {
+				io.ReadFull(r, make([]byte, size))
+				break
+			}
+		}
+		sent <- n
+		fmt.Fprintf(c, "250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n250 2.0.0 queued\r\n")
+		line(r)
+	})
+	if err := c.Greet(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Hello("relay.test"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Send(Mail{From: "a@x.test"}, []Rcpt{{Addr: "b@y.test"}, {Addr: "gone@y.test"}}, strings.NewReader("hi\r\n"))
+	if !errors.Is(err, ErrOutOfStep) {
+		t.Fatalf("want the session out of step, got %+v %v", res, err)
+	}
+	c.Close()
+	if n := <-sent; n != 0 {
+		t.Fatalf("%d commands sent on a session out of step", n)
+	}
 }

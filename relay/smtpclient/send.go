@@ -71,13 +71,10 @@ const chunkSize = 64 << 10
 // session is ready for the next MAIL (an aborted transaction is reset
 // first, with the next flight where possible).
 func (c *Client) Send(m Mail, rcpts []Rcpt, body io.Reader) (Result, error) {
-	if c.used {
-		if err := c.inStep(); err != nil {
-			return Result{}, err
-		}
-	}
-	if c.broken != nil {
-		return Result{}, c.broken
+	// A session that has had a transaction has been idle since, perhaps
+	// in the pool: the server may have spoken meanwhile.
+	if err := c.inStep(c.used); err != nil {
+		return Result{}, err
 	}
 	mail, err := c.mailCommand(m)
 	if err != nil {
