@@ -62,7 +62,6 @@ func TestSTARTTLSResponseInjection(t *testing.T) {
 				}
 				delivered.Add(1)
 				fmt.Fprintf(c, "250 2.0.0 queued\r\n")
-				return // one message is the test; no goroutine outlives it
 			case "QUIT":
 				fmt.Fprintf(c, "221 bye\r\n")
 				return
