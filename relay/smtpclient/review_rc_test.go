@@ -220,3 +220,48 @@ func TestReplyTooManyBeforeFirstTransaction(t *testing.T) {
 		t.Fatalf("%d commands sent on a session out of step", n)
 	}
 }
+
+// TestUpgradeForgetsExtensions: what a server offered before STARTTLS
+// (PIPELINING, CHUNKING, AUTH, SIZE) is never used inside TLS (RFC 3207
+// 4.2); only the EHLO said inside counts. Here the connection is handed
+// back as it is, which is all Upgrade needs to show it.
+func TestUpgradeForgetsExtensions(t *testing.T) {
+	got := make(chan string, 1)
+	var conn net.Conn
+	c := fakeServer(t, func(c net.Conn, r *bufio.Reader) {
+		fmt.Fprintf(c, "220 mx\r\n")
+		line(r)
+		fmt.Fprintf(c, "250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-SIZE 10\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n")
+		line(r)
+		fmt.Fprintf(c, "220 go ahead\r\n")
+		line(r)
+		fmt.Fprintf(c, "250 mx\r\n")
+		got <- line(r) // what comes after the second EHLO, if anything
+	})
+	conn = c.conn
+	if err := c.Greet(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Hello("relay.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartTLS(); err != nil {
+		t.Fatal(err)
+	}
+	c.Upgrade(conn)
+	if err := c.Hello("relay.test"); err != nil {
+		t.Fatal(err)
+	}
+	for _, ext := range []string{"PIPELINING", "CHUNKING", "AUTH", "SIZE", "STARTTLS"} {
+		if ok, _ := c.Extension(ext); ok {
+			t.Errorf("%s offered before STARTTLS is still taken as offered", ext)
+		}
+	}
+	if err := c.Auth("relay", "s3cret-pw"); err == nil {
+		t.Fatal("AUTH went ahead without being offered inside TLS")
+	}
+	c.Close()
+	if l := <-got; l != "" {
+		t.Fatalf("the server read %q after the second EHLO", l)
+	}
+}
