@@ -54,8 +54,11 @@ type Client struct {
 	// broken: a read or write failed, or a reply did not parse, so the
 	// session is out of step; nothing more is sent on it.
 	broken error
-	chunk  []byte // the message on its way out, kept for the session
-	rbuf   []byte // what is read from the message, likewise
+	// used: the session has had a transaction, so before the next one it
+	// is checked for replies nobody asked for (see inStep).
+	used  bool
+	chunk []byte // the message on its way out, kept for the session
+	rbuf  []byte // what is read from the message, likewise
 }
 
 // New starts a client on conn; nothing is read or sent yet.
@@ -211,8 +214,24 @@ func (c *Client) Auth(user, password string) error {
 			}
 			rep.Text = "the server asked for the PLAIN response again: " + rep.Text
 		}
+		rep.Text = redact(rep.Text, resp, password)
 		return &Error{Command: "AUTH", Reply: rep}
 	}
+}
+
+// redact takes secrets out of a server's reply text: a server that echoes
+// the command it refuses ("500 unrecognized command: AUTH PLAIN AHJl...")
+// or the password would otherwise put them in the error, which is logged
+// and becomes the diagnostic of a delay notice to the message's sender.
+// A password of fewer than 4 bytes is not looked for: it would blank out
+// ordinary words, and is no secret worth the name.
+func redact(text string, secrets ...string) string {
+	for _, s := range secrets {
+		if len(s) >= 4 {
+			text = strings.ReplaceAll(text, s, "[redacted]")
+		}
+	}
+	return text
 }
 
 // Reset ends any transaction (RSET). Where the server pipelines, the RSET
@@ -288,6 +307,51 @@ func (c *Client) read(timeout time.Duration) (Reply, error) {
 		c.broken = err
 	}
 	return rep, err
+}
+
+// ErrOutOfStep is wrapped by the error of a session whose server said
+// something no command asked for: a reply too many, from a broken server
+// or from one that ran commands smuggled in a message. Every reply read
+// after it would be taken for the one before, so the session is given up.
+var ErrOutOfStep = fmt.Errorf("%w: the server said more than it was asked", ErrProtocol)
+
+// strayWait is how long inStep waits for bytes the server may have sent
+// while the session was idle. It is a cost on every reused session, so it
+// is short: the data it looks for has normally arrived long before.
+const strayWait = time.Millisecond
+
+// inStep makes sure the server has said nothing since the last reply it
+// owed: a reply read ahead (buffered) or arriving while the session was
+// idle would be taken for the reply to the next command (with PIPELINING,
+// the pipelined RSET's), and every reply after it for the one before, so
+// that the next message's recipients would get each other's outcomes. An
+// idle session the server closed is given up too. Only a session that
+// has been idle (wait) is waited for; otherwise only what was read ahead
+// is looked at.
+func (c *Client) inStep(wait bool) error {
+	if c.broken != nil {
+		return c.broken
+	}
+	if c.r.Buffered() > 0 {
+		c.broken = ErrOutOfStep
+		return c.broken
+	}
+	if !wait {
+		return nil
+	}
+	c.conn.SetReadDeadline(time.Now().Add(strayWait))
+	_, err := c.r.Peek(1)
+	c.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	switch {
+	case err == nil:
+		c.broken = ErrOutOfStep
+	case errors.As(err, &ne) && ne.Timeout():
+		return nil // silence, as it should be
+	default:
+		c.broken = fmt.Errorf("the idle session ended: %w", err)
+	}
+	return c.broken
 }
 
 // expect reads a reply and turns any code but want into an *Error.

@@ -71,8 +71,10 @@ const chunkSize = 64 << 10
 // session is ready for the next MAIL (an aborted transaction is reset
 // first, with the next flight where possible).
 func (c *Client) Send(m Mail, rcpts []Rcpt, body io.Reader) (Result, error) {
-	if c.broken != nil {
-		return Result{}, c.broken
+	// A session that has had a transaction has been idle since, perhaps
+	// in the pool: the server may have spoken meanwhile.
+	if err := c.inStep(c.used); err != nil {
+		return Result{}, err
 	}
 	mail, err := c.mailCommand(m)
 	if err != nil {
@@ -97,10 +99,18 @@ func (c *Client) Send(m Mail, rcpts []Rcpt, body io.Reader) (Result, error) {
 	// this one ends with the message taken (RFC 5321 4.1.1.4: the end of
 	// data clears the server's buffers).
 	c.rsetDue = true
+	c.used = true
 	if pipelining {
 		err = t.pipelined(rset)
 	} else {
 		err = t.stepwise()
+	}
+	if err == nil && c.r.Buffered() > 0 {
+		// The last reply owed has been read, and there is more: the
+		// session is out of step, and not to be used again. (This
+		// transaction's outcome stands: the surplus most likely came
+		// after it, as from a server that answers the end of data twice.)
+		c.broken = ErrOutOfStep
 	}
 	if err == nil && t.res.Accepted() > 0 && t.res.Data == nil {
 		c.rsetDue = false
@@ -260,6 +270,14 @@ func (t *txn) finishDATA() error {
 		return err
 	}
 	accepted := t.res.Accepted()
+	if rep.Code != 354 && c.r.Buffered() > 0 {
+		// Nothing was sent after DATA, yet the server says more: a
+		// reply too many earlier in the flight shifted every reply by
+		// one, and this one was a recipient's (the 354 is still to be
+		// read). It is no refusal of the message.
+		c.broken = ErrOutOfStep
+		return c.broken
+	}
 	if rep.Code != 354 {
 		if t.mailErr != nil {
 			return t.mailErr
