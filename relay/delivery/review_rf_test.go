@@ -1,0 +1,81 @@
+package delivery
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/relay/smtptest"
+)
+
+// fillWindow takes every slot of domain's window, as a tarpit that never
+// lets go would, and returns a function that gives them back.
+func fillWindow(t *testing.T, e *Engine, domain string) func() {
+	t.Helper()
+	var held []*slot
+	for {
+		adm := e.dests.admit(domain)
+		if adm.slot == nil {
+			break
+		}
+		held = append(held, adm.slot)
+	}
+	if len(held) == 0 {
+		t.Fatalf("no slot of %s was free", domain)
+	}
+	return func() {
+		for _, s := range held {
+			s.done(noSignal)
+		}
+	}
+}
+
+// A recipient whose destination stays busy past the queue lifetime is
+// bounced (4.4.7) at the first postponement after it: postponement is not
+// an attempt, but it must not hold a message past max_queue_lifetime, the
+// promise made to the sender (RFC 5321 4.5.4.1: the sender gives up).
+func TestPostponedPastLifetimeBounces(t *testing.T) {
+	mx := smtptest.Start(t, nil)
+	w := newWorld(t, mx)
+	release := fillWindow(t, w.engine, "dest.test")
+	defer release()
+	id := w.submit(sender, "a@dest.test")
+	w.run()
+	if m := w.state(id); m.Recipients[0].Attempts != 0 || m.Recipients[0].State.Final() {
+		t.Fatalf("a busy destination's recipient: %+v", m.Recipients[0])
+	}
+	w.clock.Advance(25 * time.Hour) // past the 24h lifetime, still busy
+	w.run()
+	if _, err := w.q.Get(id); err == nil {
+		t.Fatalf("a message postponed past its lifetime is kept: %+v", w.state(id).Recipients[0])
+	}
+	b := w.bounces()
+	if len(b) != 1 || !strings.Contains(b[0], "Status: 4.4.7") || !strings.Contains(b[0], "Action: failed") {
+		t.Fatalf("expiry bounce: %q", b)
+	}
+}
+
+// A recipient postponed past the delay warning gets its delay notice once,
+// as a deferred one does: the sender is owed it whatever held the mail.
+func TestPostponedPastDelayWarningWarnsOnce(t *testing.T) {
+	mx := smtptest.Start(t, nil)
+	w := newWorld(t, mx)
+	release := fillWindow(t, w.engine, "dest.test")
+	defer release()
+	id := w.submit(sender, "a@dest.test")
+	w.run()
+	w.clock.Advance(5 * time.Hour) // past the 4h warning
+	w.run()
+	b := w.bounces()
+	if len(b) != 1 || !strings.Contains(b[0], "Action: delayed") {
+		t.Fatalf("delay warning for a postponed recipient: %q", b)
+	}
+	w.clock.Advance(time.Hour)
+	w.run()
+	if len(w.bounces()) != 1 {
+		t.Fatal("delay warning repeated")
+	}
+	if r := w.state(id).Recipients[0]; r.Attempts != 0 || !r.DelayNotified {
+		t.Fatalf("postponed recipient after its warning: %+v", r)
+	}
+}
