@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -77,5 +78,41 @@ func TestPostponedPastDelayWarningWarnsOnce(t *testing.T) {
 	}
 	if r := w.state(id).Recipients[0]; r.Attempts != 0 || !r.DelayNotified {
 		t.Fatalf("postponed recipient after its warning: %+v", r)
+	}
+}
+
+// Every domain ever mailed is forgotten once idle, whatever it last heard:
+// a domain with one failed connection, or one marked dead whose cooldown
+// is long over, must not stay in the map for ever (one entry per domain of
+// every bounced spam run otherwise).
+func TestReapForgetsFailedAndDeadDomains(t *testing.T) {
+	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	ds := testDestinations(c, 2, 2, 2, func(d time.Duration) time.Duration { return d })
+	for i := range 1000 {
+		domain := fmt.Sprintf("d%d.test", i)
+		ds.admit(domain).slot.done(connFailed)
+		if i%2 == 0 {
+			ds.admit(domain).slot.done(connFailed) // marked dead
+		}
+	}
+	ds.admit("busy.test") // an attempt in flight is never forgotten
+	c.Advance(idleForget + time.Minute + time.Second)
+	ds.reap()
+	if len(ds.m) != 1 || ds.m["busy.test"] == nil {
+		t.Fatalf("%d destinations kept after they were idle past %v (want busy.test alone)", len(ds.m), idleForget)
+	}
+}
+
+// A dead domain is remembered while its cooldown runs, even if idle: it is
+// not given a full window again before its probe.
+func TestReapKeepsADeadDomainInItsCooldown(t *testing.T) {
+	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	ds := testDestinations(c, 2, 2, 1, func(d time.Duration) time.Duration { return d })
+	ds.cooldown = time.Hour
+	ds.admit("gone.test").slot.done(connFailed)
+	c.Advance(idleForget + time.Second)
+	ds.reap()
+	if adm := ds.admit("gone.test"); adm.dead.IsZero() {
+		t.Fatalf("a dead domain was forgotten in its cooldown: %+v", adm)
 	}
 }
