@@ -1,11 +1,15 @@
 package delivery
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/smtptest"
 )
 
@@ -114,5 +118,89 @@ func TestReapKeepsADeadDomainInItsCooldown(t *testing.T) {
 	ds.reap()
 	if adm := ds.admit("gone.test"); adm.dead.IsZero() {
 		t.Fatalf("a dead domain was forgotten in its cooldown: %+v", adm)
+	}
+}
+
+// A handed-over message for a busy domain is postponed by the worker it
+// was handed to: its lease is settled (the recipient pending, due at its
+// turn, no attempt counted), the worker is freed, and once the domain has
+// room the scheduler delivers it.
+func TestHandedOverMessageForABusyDomainIsPostponed(t *testing.T) {
+	mx := smtptest.Start(t, nil)
+	w := newWorld(t, mx)
+	release := fillWindow(t, w.engine, "dest.test")
+	w.runEngineForHandOvers()
+	id, slot, l := w.submitLeased("a@dest.test")
+	if slot == nil || l == nil {
+		t.Fatal("no worker was reserved with two free")
+	}
+	slot.Deliver(*l)
+	if !eventually(func() bool {
+		r := w.state(id).Recipients[0]
+		return r.State == queue.Pending && r.Lease == 0 && r.Due.After(w.clock.Now())
+	}) {
+		t.Fatalf("the handed-over message was not postponed: %+v", w.state(id).Recipients[0])
+	}
+	if r := w.state(id).Recipients[0]; r.Attempts != 0 || r.LastReply != "" {
+		t.Fatalf("a postponement counted as an attempt: %+v", r)
+	}
+	if !eventually(func() bool {
+		s, ok := w.engine.Reserve()
+		ok = ok && s != nil
+		if ok {
+			s.Cancel()
+		}
+		return ok
+	}) {
+		t.Fatal("the worker was not freed")
+	}
+	release()
+	w.clock.Advance(postponeMax + time.Second)
+	w.engine.Kick()
+	if !eventually(func() bool { _, err := w.q.Get(id); return errors.Is(err, queue.ErrNotFound) }) {
+		t.Fatalf("the postponed message was not delivered once the domain had room: %+v", w.state(id).Recipients[0])
+	}
+}
+
+// Many workers admitting and finishing at one domain at once, with every
+// kind of feedback and the reaper running beside them: the window stays
+// between one and the maximum, never more attempts are let in than it
+// allows, and every slot comes back.
+func TestWindowUnderConcurrentAttempts(t *testing.T) {
+	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	ds := testDestinations(c, 3, 6, 4, func(d time.Duration) time.Duration { return d })
+	fbs := []feedback{noSignal, connFailed, slowDown, answered, succeeded, succeeded}
+	var wg sync.WaitGroup
+	var inFlight, most atomic.Int64
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 400 {
+				adm := ds.admit("many.test")
+				if adm.slot == nil {
+					if g == 0 && i%50 == 0 {
+						c.Advance(time.Minute) // cooldowns end, the reaper looks
+						ds.reap()
+					}
+					continue
+				}
+				n := inFlight.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				inFlight.Add(-1)
+				adm.slot.done(fbs[(g+i)%len(fbs)])
+				adm.slot.done(connFailed) // a second done counts for nothing
+			}
+		}()
+	}
+	wg.Wait()
+	if most.Load() > 6 {
+		t.Fatalf("%d attempts at once with a maximum of 6", most.Load())
+	}
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	if d := ds.m["many.test"]; d != nil && (len(d.starts) != 0 || d.limit < 1 || d.limit > 6 || d.probing) {
+		t.Fatalf("after every attempt finished: %+v", d)
 	}
 }
