@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/smtptest"
 )
@@ -55,7 +57,8 @@ func TestPostponedPastLifetimeBounces(t *testing.T) {
 		t.Fatalf("a message postponed past its lifetime is kept: %+v", w.state(id).Recipients[0])
 	}
 	b := w.bounces()
-	if len(b) != 1 || !strings.Contains(b[0], "Status: 4.4.7") || !strings.Contains(b[0], "Action: failed") {
+	if len(b) != 1 || !strings.Contains(b[0], "Status: 4.4.7") || !strings.Contains(b[0], "Action: failed") ||
+		!strings.Contains(b[0], "dest.test is busy") {
 		t.Fatalf("expiry bounce: %q", b)
 	}
 }
@@ -72,7 +75,8 @@ func TestPostponedPastDelayWarningWarnsOnce(t *testing.T) {
 	w.clock.Advance(5 * time.Hour) // past the 4h warning
 	w.run()
 	b := w.bounces()
-	if len(b) != 1 || !strings.Contains(b[0], "Action: delayed") {
+	if len(b) != 1 || !strings.Contains(b[0], "Action: delayed") || !strings.Contains(b[0], "Status: 4.4.5") ||
+		!strings.Contains(b[0], "dest.test is busy") {
 		t.Fatalf("delay warning for a postponed recipient: %q", b)
 	}
 	w.clock.Advance(time.Hour)
@@ -202,5 +206,33 @@ func TestWindowUnderConcurrentAttempts(t *testing.T) {
 	defer ds.mu.Unlock()
 	if d := ds.m["many.test"]; d != nil && (len(d.starts) != 0 || d.limit < 1 || d.limit > 6 || d.probing) {
 		t.Fatalf("after every attempt finished: %+v", d)
+	}
+}
+
+// A recipient that was tried and deferred, then found its domain busy
+// until its lifetime ran out, is bounced with the reply of its last
+// attempt beside the busy domain: the sender learns what the server said.
+func TestPostponedPastLifetimeKeepsTheLastReply(t *testing.T) {
+	mx := smtptest.Start(t, func(mx *smtptest.MX) {
+		mx.RcptReply = func(rcpt string) error {
+			if rcpt == sender {
+				return nil
+			}
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "still not"}
+		}
+	})
+	w := newWorld(t, mx)
+	id := w.submit(sender, "a@dest.test")
+	w.run()
+	if r := w.state(id).Recipients[0]; r.Attempts != 1 {
+		t.Fatalf("not deferred: %+v", r)
+	}
+	release := fillWindow(t, w.engine, "dest.test")
+	defer release()
+	w.clock.Advance(25 * time.Hour)
+	w.run()
+	b := w.bounces()
+	if len(b) != 1 || !strings.Contains(b[0], "Status: 4.4.7") || !strings.Contains(b[0], "still not") {
+		t.Fatalf("expiry bounce: %q", b)
 	}
 }
