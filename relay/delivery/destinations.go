@@ -2,8 +2,11 @@ package delivery
 
 import (
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/idna"
 )
 
 // destinations decides, for each recipient domain, whether an attempt may
@@ -117,6 +120,7 @@ type slot struct {
 
 // admit asks to start an attempt at domain now.
 func (ds *destinations) admit(domain string) admission {
+	domain = destinationKey(domain)
 	now := ds.now()
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
@@ -275,4 +279,17 @@ func feedbackOf(f *Failure) feedback {
 		return connFailed
 	}
 	return noSignal
+}
+
+// destinationKey is the name one destination's window is kept under,
+// whatever the spelling a recipient address used: an IDN's U-labels and
+// A-labels are the same name (RFC 5890 2.3.2.1), and so are its case and
+// Unicode normalization forms (UTS 46 mapping). Without it, each spelling
+// had a window of its own. A name IDNA refuses (an address literal, say)
+// is only lower-cased.
+func destinationKey(domain string) string {
+	if a, err := idna.Lookup.ToASCII(domain); err == nil && a != "" {
+		return a
+	}
+	return strings.ToLower(domain)
 }

@@ -236,3 +236,27 @@ func TestPostponedPastLifetimeKeepsTheLastReply(t *testing.T) {
 		t.Fatalf("expiry bounce: %q", b)
 	}
 }
+
+// A domain's window is one whatever the spelling of its name: an IDN in
+// U-labels and in A-labels (RFC 5890 2.3.2.1: the same name), or in
+// another case, is one destination. Before, each spelling had a window of
+// its own, so a sender could multiply max_connections_per_domain at one
+// destination by writing its name several ways.
+func TestWindowIsOnePerDomainWhateverItsSpelling(t *testing.T) {
+	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	ds := testDestinations(c, 1, 1, 0, func(d time.Duration) time.Duration { return d })
+	first := ds.admit("xn--bcher-kva.test")
+	if first.slot == nil {
+		t.Fatal("no slot for the first attempt")
+	}
+	for _, spelling := range []string{"bücher.test", "BÜCHER.test", "bu\u0308cher.test", "XN--BCHER-KVA.TEST"} {
+		if adm := ds.admit(spelling); adm.slot != nil {
+			t.Errorf("%q was given a second slot of a window of one", spelling)
+			adm.slot.done(noSignal)
+		}
+	}
+	first.slot.done(noSignal)
+	if adm := ds.admit("bücher.test"); adm.slot == nil {
+		t.Fatal("the slot given back is not the same window's")
+	}
+}
