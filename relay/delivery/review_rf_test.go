@@ -3,10 +3,12 @@ package delivery
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -258,5 +260,36 @@ func TestWindowIsOnePerDomainWhateverItsSpelling(t *testing.T) {
 	first.slot.done(noSignal)
 	if adm := ds.admit("bücher.test"); adm.slot == nil {
 		t.Fatal("the slot given back is not the same window's")
+	}
+}
+
+// brokenBodies is a queue whose message bodies fail to read half-way, as
+// a spool file on a failing disk does.
+type brokenBodies struct{ *queue.Queue }
+
+func (b brokenBodies) Body(id string) (io.ReadCloser, error) {
+	return io.NopCloser(io.MultiReader(strings.NewReader("Subject: half\r\n"), iotest.ErrReader(errors.New("input/output error")))), nil
+}
+
+// A message whose body cannot be read is our failure, not the
+// destination's: it neither shrinks the domain's window nor counts towards
+// marking it dead. Before, the read error mid-DATA came back as a session
+// failure without a reply (4.4.2), read as a failed connection: one bad
+// spool file retried a few times marked a healthy domain dead, deferring
+// all its mail.
+func TestUnreadableBodyIsNotTheDestinationsFailure(t *testing.T) {
+	mx := smtptest.Start(t, nil)
+	w := newWorld(t, mx)
+	w.window(2, 2, 1, time.Hour) // one failed connection marks a domain dead
+	w.engine.d.Queue = brokenBodies{w.q}
+	id := w.submit(sender, "a@dest.test")
+	w.run()
+	adm := w.engine.dests.admit("dest.test")
+	if adm.slot == nil {
+		t.Fatalf("an unreadable body marked dest.test dead or closed its window: %+v", adm)
+	}
+	adm.slot.done(noSignal)
+	if r := w.state(id).Recipients[0]; r.State != queue.Pending || r.Attempts != 1 || !strings.HasPrefix(r.LastReply, "4.3.0") {
+		t.Fatalf("after an unreadable body: %+v", r)
 	}
 }

@@ -313,7 +313,30 @@ func (c *conn) transaction(tx Transaction, batch []int) (smtpclient.Result, erro
 	for k, i := range batch {
 		rcpts[k] = tx.Recipients[i]
 	}
-	return c.client.Send(tx.Mail, rcpts, body)
+	read := &bodyReader{r: body}
+	res, err := c.client.Send(tx.Mail, rcpts, read)
+	if err != nil && read.err != nil {
+		// Our own failure (the spool file could not be read), not the
+		// server's: reported as a local error (4.3.0, no reply code), so
+		// that it is not taken for a connection the destination dropped.
+		return res, &Failure{Temporary: true, Enhanced: "4.3.0", Text: "reading queued message: " + read.err.Error()}
+	}
+	return res, err
+}
+
+// bodyReader remembers the error, other than the end, that reading the
+// queued message gave.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
 }
 
 // settle records the outcome of a transaction for its recipients. A
