@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -291,5 +292,53 @@ func TestUnreadableBodyIsNotTheDestinationsFailure(t *testing.T) {
 	adm.slot.done(noSignal)
 	if r := w.state(id).Recipients[0]; r.State != queue.Pending || r.Attempts != 1 || !strings.HasPrefix(r.LastReply, "4.3.0") {
 		t.Fatalf("after an unreadable body: %+v", r)
+	}
+}
+
+// An attempt cut off at shutdown gives its slot back and teaches the
+// window nothing: after a stop while a tarpit holds back its greeting, the
+// engine stops (the drain deadline cuts the attempt off), the domain's one
+// slot is free, not marked failed, and its recipient is queued untried.
+// Before, nothing cut off a session before its transaction: the greeting,
+// EHLO and STARTTLS ran to their own timeouts (5 minutes each by default),
+// holding the slot, the worker and the shutdown past the drain deadline,
+// and a lease lost meanwhile was not noticed until the transaction.
+func TestCutOffAttemptGivesItsSlotBack(t *testing.T) {
+	mx := smtptest.Start(t, nil)
+	tarpit := startFakeHost(t, silent)
+	w := newWorld(t, mx, Route{Match: "busy.test", Host: "127.0.0.1", Port: tarpit.Port})
+	w.window(1, 1, 1, time.Hour) // one failed connection would mark it dead
+	w.engine.cfg.Timeouts.Greeting = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { w.engine.Run(ctx); close(stopped) }()
+	id := w.submit(sender, "a@busy.test")
+	w.engine.Kick()
+	if !eventually(func() bool { return tarpit.accepted.Load() == 1 }) {
+		cancel()
+		<-stopped
+		t.Fatal("the attempt never reached the tarpit")
+	}
+	cancel() // DrainTimeout 0: the attempt is cut off at once
+	if !eventually(func() bool {
+		select {
+		case <-stopped:
+			return true
+		default:
+			return false
+		}
+	}) {
+		tarpit.Close() // lets the attempt end, so that the test can
+		<-stopped
+		t.Fatal("the engine did not stop: the attempt in the tarpit's greeting was not cut off")
+	}
+	tarpit.Close()
+	adm := w.engine.dests.admit("busy.test")
+	if adm.slot == nil {
+		t.Fatalf("after a cut-off attempt the window is not free: %+v", adm)
+	}
+	adm.slot.done(noSignal)
+	if r := w.state(id).Recipients[0]; r.State != queue.Pending || r.Attempts != 0 {
+		t.Fatalf("the cut-off recipient: %+v", r)
 	}
 }

@@ -90,7 +90,12 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	// fill memory for the whole command timeout.
 	capped := &cappedConn{Conn: raw, left: maxSessionRead}
 	raw = capped
-	fail := func(f *Failure) (*conn, error) { raw.Close(); return nil, f }
+	// The client knows no context: an end of ctx (a shutdown's drain
+	// deadline, a lost lease) closes the connection beneath the opening,
+	// which would otherwise run to the greeting's, EHLO's and STARTTLS's
+	// own timeouts, holding the attempt, its worker and its domain's slot.
+	cutOff := context.AfterFunc(ctx, func() { raw.Close() })
+	fail := func(f *Failure) (*conn, error) { cutOff(); raw.Close(); return nil, f }
 	client := smtpclient.New(raw, smtpclient.Timeouts{Command: t.Command, Block: t.Block, FinalDot: t.FinalDot})
 	if err := client.Greet(t.Greeting); err != nil {
 		return fail(asFailure(err, host, "greeting"))
@@ -143,6 +148,10 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	info.Policy, info.PolicySource, info.PolicyType = policy.Describe(), policy.Source, policy.PolicyType
 	if a, err := netip.ParseAddrPort(raw.LocalAddr().String()); err == nil {
 		info.SourceIP = a.Addr().Unmap().String()
+	}
+	if !cutOff() {
+		return fail(&Failure{Temporary: true, Enhanced: "4.4.2", Host: host,
+			Text: fmt.Sprintf("session with %s cut off while opening: %v", host, context.Cause(ctx))})
 	}
 	next.SetDeadline(time.Time{})
 	return &conn{client: client, netConn: next, host: host, addr: addr, tls: info, capped: capped}, nil
