@@ -1,10 +1,13 @@
 package delivery
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/smtptest"
+	"github.com/postern/postern/tlspolicy"
 )
 
 // fillWindow takes every slot of domain's window, as a tarpit that never
@@ -340,5 +344,84 @@ func TestCutOffAttemptGivesItsSlotBack(t *testing.T) {
 	adm.slot.done(noSignal)
 	if r := w.state(id).Recipients[0]; r.State != queue.Pending || r.Attempts != 0 {
 		t.Fatalf("the cut-off recipient: %+v", r)
+	}
+}
+
+// mute greets and answers EHLO, then says nothing more (a kept session
+// whose server went quiet: a NAT that forgot the connection, a tarpit).
+func mute(c net.Conn) {
+	c.Write([]byte("220 mute.test ESMTP\r\n"))
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if strings.HasPrefix(strings.ToUpper(line), "EHLO") {
+			c.Write([]byte("250 mute.test\r\n"))
+		}
+	}
+}
+
+// keptSession opens a session to the mute host and keeps it in p, idle
+// since now.
+func keptSession(t *testing.T, p *pool, host *fakeHost, now time.Time) {
+	t.Helper()
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(host.Port))
+	to := Timeouts{Connect: time.Hour, Greeting: time.Hour, Command: time.Hour, Block: time.Hour, FinalDot: time.Hour}
+	c, err := dialSession(context.Background(), &net.Dialer{}, "relay.test", "mute.test", addr, to, tlspolicy.Decision{Level: tlspolicy.None})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.idle["mute"] = append(p.idle["mute"], &pooled{c: c, since: now})
+	p.mu.Unlock()
+}
+
+// returns reports whether f returns before eventually gives up.
+func returns(f func()) bool {
+	done := make(chan struct{})
+	go func() { f(); close(done) }()
+	return eventually(func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	})
+}
+
+// Closing kept sessions never waits long for a server that does not
+// answer QUIT: the reaper, which runs in the scheduler's loop, does not
+// wait at all, and the shutdown waits a short while. Before, each QUIT
+// waited for its reply as long as any command (5 minutes by default), one
+// after the other: a single quiet next hop stopped the scheduler (no
+// lease, so no delivery to any domain) for 5 minutes per kept session,
+// and held the shutdown as long.
+func TestClosingKeptSessionsDoesNotWaitForAQuietServer(t *testing.T) {
+	host := startFakeHost(t, mute)
+	c := &clock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	p := newPool(10, time.Minute, c.Now)
+	p.quitWait = 10 * time.Millisecond
+	for range 3 {
+		keptSession(t, p, host, c.Now())
+	}
+	c.Advance(2 * time.Minute) // stale: the reaper closes them
+	if !returns(p.reap) {
+		host.Close() // ends the QUITs, so that the test can end
+		t.Fatal("reaping kept sessions waited for a server that does not answer QUIT")
+	}
+	for range 3 {
+		keptSession(t, p, host, c.Now())
+	}
+	if !returns(p.closeAll) {
+		host.Close()
+		t.Fatal("closing kept sessions at shutdown waited for a server that does not answer QUIT")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle["mute"]) != 0 {
+		t.Fatalf("sessions kept after closeAll: %d", len(p.idle["mute"]))
 	}
 }
