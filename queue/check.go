@@ -497,6 +497,16 @@ func freelistFits(path string) error {
 			break
 		}
 	}
+	// bbolt reads the freelist of one meta only: the valid one with the
+	// higher transaction id. The other's freelist page may have been
+	// reused since (it is free once no transaction reads that meta), so
+	// its header is anything: checking it refused a sound file after a
+	// crash more often than not.
+	if len(metas) == 2 && binary.LittleEndian.Uint64(metas[1][64:]) > binary.LittleEndian.Uint64(metas[0][64:]) {
+		metas = metas[1:]
+	} else if len(metas) == 2 {
+		metas = metas[:1]
+	}
 	for _, m := range metas {
 		ps := int64(binary.LittleEndian.Uint32(m[24:]))
 		id := binary.LittleEndian.Uint64(m[48:])
