@@ -457,8 +457,8 @@ func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
 	return bolt.Open(path, 0o600, opts)
 }
 
-// freelistFits checks, before bbolt reads it, that the freelist each valid
-// meta page names lies inside the file and lists no more pages than its
+// freelistFits checks, before bbolt reads it, that the freelist the meta
+// page bbolt uses names lies inside the file and lists no more pages than its
 // own pages hold. bbolt's Open copies the freelist as its count says: a
 // count of 2^32 asks for 32 GiB, and the runtime ends the process on it
 // (no recover catches that). A file too short for a meta page, or without
