@@ -457,8 +457,8 @@ func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
 	return bolt.Open(path, 0o600, opts)
 }
 
-// freelistFits checks, before bbolt reads it, that the freelist each valid
-// meta page names lies inside the file and lists no more pages than its
+// freelistFits checks, before bbolt reads it, that the freelist the meta
+// page bbolt uses names lies inside the file and lists no more pages than its
 // own pages hold. bbolt's Open copies the freelist as its count says: a
 // count of 2^32 asks for 32 GiB, and the runtime ends the process on it
 // (no recover catches that). A file too short for a meta page, or without
@@ -496,6 +496,16 @@ func freelistFits(path string) error {
 			metas = append(metas, m)
 			break
 		}
+	}
+	// bbolt reads the freelist of one meta only: the valid one with the
+	// higher transaction id. The other's freelist page may have been
+	// reused since (it is free once no transaction reads that meta), so
+	// its header is anything: checking it refused a sound file after a
+	// crash more often than not.
+	if len(metas) == 2 && binary.LittleEndian.Uint64(metas[1][64:]) > binary.LittleEndian.Uint64(metas[0][64:]) {
+		metas = metas[1:]
+	} else if len(metas) == 2 {
+		metas = metas[:1]
 	}
 	for _, m := range metas {
 		ps := int64(binary.LittleEndian.Uint32(m[24:]))

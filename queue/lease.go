@@ -117,7 +117,8 @@ const (
 	// ResultPostponed gives a recipient back unattempted, due at RetryAt:
 	// the worker chose not to try it now (its destination had no free
 	// connection). Like ResultReturned it is not an attempt: the attempt
-	// count, the last reply and the delay notice are left as they were.
+	// count and the last reply are left as they were; only DelayNotified
+	// is recorded, when the outcome carries the recipient's delay notice.
 	ResultPostponed
 )
 
@@ -288,6 +289,9 @@ func apply(m *Message, seq uint64, outcomes []Outcome, now time.Time, notified b
 			if r.Due.Before(now) {
 				r.Due = now
 			}
+			// A delay notice may go with it (the sender is owed one
+			// however the mail was held).
+			r.DelayNotified = r.DelayNotified || (o.DelayNotified && notified)
 			continue
 		}
 		r.Attempts++

@@ -2,8 +2,11 @@ package delivery
 
 import (
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/idna"
 )
 
 // destinations decides, for each recipient domain, whether an attempt may
@@ -72,9 +75,9 @@ const (
 	postponeMax = 5 * time.Minute
 )
 
-// idleForget is how long a destination with nothing to remember (no
-// attempt in flight, not dead, no failures) is kept before it is dropped:
-// its window starts again at the initial size.
+// idleForget is how long an idle destination (no attempt in flight, no
+// cooldown running) is kept before it is dropped: its window starts again
+// at the initial size, its failures at zero.
 const idleForget = 10 * time.Minute
 
 func newDestinations(cfg Config, now func() time.Time, jitter func(time.Duration) time.Duration, log *slog.Logger, metrics *instruments) *destinations {
@@ -117,6 +120,7 @@ type slot struct {
 
 // admit asks to start an attempt at domain now.
 func (ds *destinations) admit(domain string) admission {
+	domain = destinationKey(domain)
 	now := ds.now()
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
@@ -238,14 +242,18 @@ func (ds *destinations) alive(domain string, d *destination) {
 	d.failures, d.dead = 0, time.Time{}
 }
 
-// reap forgets destinations that have been idle a while with nothing to
-// remember, so that the map does not grow with every domain ever mailed.
+// reap forgets destinations that have been idle a while with no attempt
+// in flight and no cooldown running, so that the map does not grow with
+// every domain ever mailed. Failures short of a dead mark, and a dead mark
+// whose cooldown is over, are forgotten too: kept, they held one entry for
+// ever for every domain that once failed (the domains of a spam run's
+// bounces), and a domain not asked for in idleForget is best judged afresh.
 func (ds *destinations) reap() {
 	now := ds.now()
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 	for domain, d := range ds.m {
-		if len(d.starts) == 0 && d.dead.IsZero() && d.failures == 0 && now.Sub(d.used) > idleForget {
+		if len(d.starts) == 0 && !d.probing && !now.Before(d.dead) && now.Sub(d.used) > idleForget {
 			delete(ds.m, domain)
 		}
 	}
@@ -271,4 +279,17 @@ func feedbackOf(f *Failure) feedback {
 		return connFailed
 	}
 	return noSignal
+}
+
+// destinationKey is the name one destination's window is kept under,
+// whatever the spelling a recipient address used: an IDN's U-labels and
+// A-labels are the same name (RFC 5890 2.3.2.1), and so are its case and
+// Unicode normalization forms (UTS 46 mapping). Without it, each spelling
+// had a window of its own. A name IDNA refuses (an address literal, say)
+// is only lower-cased.
+func destinationKey(domain string) string {
+	if a, err := idna.Lookup.ToASCII(domain); err == nil && a != "" {
+		return a
+	}
+	return strings.ToLower(domain)
 }

@@ -143,8 +143,8 @@ func (w *world) postponed(id string) bool {
 
 // With one connection allowed to busy.test and two workers: while the
 // first message sits in a server that never answers, a second message for
-// busy.test goes back to the queue (no attempt counted, no delay notice
-// although it is old enough for one) instead of holding the second worker,
+// busy.test goes back to the queue (no attempt counted, no reply recorded)
+// instead of holding the second worker,
 // and a message for another domain is delivered meanwhile. Before, the
 // second worker waited for busy.test's connection slot, and nothing else
 // was delivered.
@@ -162,8 +162,9 @@ func TestBusyDestinationDoesNotHoldAWorker(t *testing.T) {
 	if !eventually(func() bool { return tarpit.accepted.Load() == 1 }) {
 		t.Fatal("the first message never reached busy.test's server")
 	}
-	// Old enough that a deferral now would send the sender a delay notice.
-	env := queue.Envelope{From: sender, Arrival: w.clock.Now().Add(-5 * time.Hour), Recipients: []queue.Recipient{{Addr: "b@busy.test"}}}
+	// Not old enough for a delay notice, which a postponement past the
+	// warning does send (TestPostponedPastDelayWarningWarnsOnce).
+	env := queue.Envelope{From: sender, Arrival: w.clock.Now().Add(-time.Hour), Recipients: []queue.Recipient{{Addr: "b@busy.test"}}}
 	second, err := w.q.Enqueue("", env, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)

@@ -32,7 +32,10 @@ func (e *Engine) maybeWarnDelay(m queue.Message, outcomes []queue.Outcome) bool 
 	for k := range outcomes {
 		o := &outcomes[k]
 		r := m.Recipients[o.Recipient]
-		if o.Result != queue.ResultDeferred || r.DelayNotified || !dsn.Wanted(r.Notify, dsn.Delayed) {
+		// A postponed recipient (its destination busy) is as delayed as a
+		// deferred one; its outcome carries why, as a deferral's does.
+		waiting := o.Result == queue.ResultDeferred || o.Result == queue.ResultPostponed
+		if !waiting || r.DelayNotified || !dsn.Wanted(r.Notify, dsn.Delayed) {
 			continue
 		}
 		covered = append(covered, k)

@@ -12,6 +12,10 @@ type pool struct {
 	maxUses  int
 	idleTime time.Duration
 	now      func() time.Time
+	// quitWait bounds how long closing a kept session waits for the
+	// server's reply to QUIT.
+	quitWait time.Duration
+	closing  sync.WaitGroup // sessions being closed (see retire)
 
 	mu   sync.Mutex
 	idle map[string][]*pooled
@@ -24,7 +28,26 @@ type pooled struct {
 }
 
 func newPool(maxUses int, idleTime time.Duration, now func() time.Time) *pool {
-	return &pool{maxUses: maxUses, idleTime: idleTime, now: now, idle: map[string][]*pooled{}}
+	return &pool{maxUses: maxUses, idleTime: idleTime, now: now, quitWait: quitWait, idle: map[string][]*pooled{}}
+}
+
+// quitWait: a kept session is idle, so a server that does not answer its
+// QUIT at once is gone or stalling (a NAT that forgot the connection, a
+// tarpit); the QUIT is a courtesy (RFC 5321 4.1.1.10), not worth the
+// command timeout.
+const quitWait = 5 * time.Second
+
+// retire closes a kept session in the background: QUIT, then the
+// connection, waiting at most quitWait for the server's reply. Whoever lets
+// go of a session (the scheduler's reaper among them) never waits for it.
+func (p *pool) retire(pc *pooled) {
+	p.closing.Add(1)
+	go func() {
+		defer p.closing.Done()
+		stop := time.AfterFunc(p.quitWait, func() { pc.c.netConn.Close() })
+		defer stop.Stop()
+		pc.c.close()
+	}()
 }
 
 // take returns an idle session to key, if one is fresh enough.
@@ -37,7 +60,7 @@ func (p *pool) take(key string) *pooled {
 		if p.now().Sub(pc.since) <= p.idleTime {
 			return pc
 		}
-		go pc.c.close()
+		p.retire(pc)
 	}
 	return nil
 }
@@ -48,7 +71,7 @@ func (p *pool) put(key string, pc *pooled) {
 	pc.uses++
 	// A cleartext fallback is not kept: the next message tries STARTTLS again.
 	if pc.c.tls.Fallback != "" || pc.uses >= p.maxUses || p.idleTime <= 0 || pc.c.reset() != nil {
-		pc.c.close()
+		p.retire(pc) // the worker, and its domain's slot, need not wait for the QUIT
 		return
 	}
 	pc.since = p.now()
@@ -57,7 +80,8 @@ func (p *pool) put(key string, pc *pooled) {
 	p.mu.Unlock()
 }
 
-// closeAll ends every idle session (at shutdown).
+// closeAll ends every idle session (at shutdown), all at once, and waits
+// for them (at most quitWait) and for those already being closed.
 func (p *pool) closeAll() {
 	p.mu.Lock()
 	idle := p.idle
@@ -65,9 +89,10 @@ func (p *pool) closeAll() {
 	p.mu.Unlock()
 	for _, list := range idle {
 		for _, pc := range list {
-			pc.c.close()
+			p.retire(pc)
 		}
 	}
+	p.closing.Wait()
 }
 
 // reap closes sessions idle for longer than idleTime, so that kept
@@ -88,6 +113,6 @@ func (p *pool) reap() {
 	}
 	p.mu.Unlock()
 	for _, pc := range stale {
-		pc.c.close()
+		p.retire(pc) // the scheduler's loop calls reap: it must not wait
 	}
 }

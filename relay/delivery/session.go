@@ -90,7 +90,12 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	// fill memory for the whole command timeout.
 	capped := &cappedConn{Conn: raw, left: maxSessionRead}
 	raw = capped
-	fail := func(f *Failure) (*conn, error) { raw.Close(); return nil, f }
+	// The client knows no context: an end of ctx (a shutdown's drain
+	// deadline, a lost lease) closes the connection beneath the opening,
+	// which would otherwise run to the greeting's, EHLO's and STARTTLS's
+	// own timeouts, holding the attempt, its worker and its domain's slot.
+	cutOff := context.AfterFunc(ctx, func() { raw.Close() })
+	fail := func(f *Failure) (*conn, error) { cutOff(); raw.Close(); return nil, f }
 	client := smtpclient.New(raw, smtpclient.Timeouts{Command: t.Command, Block: t.Block, FinalDot: t.FinalDot})
 	if err := client.Greet(t.Greeting); err != nil {
 		return fail(asFailure(err, host, "greeting"))
@@ -143,6 +148,10 @@ func dialSession(ctx context.Context, d *net.Dialer, hostname, host string, addr
 	info.Policy, info.PolicySource, info.PolicyType = policy.Describe(), policy.Source, policy.PolicyType
 	if a, err := netip.ParseAddrPort(raw.LocalAddr().String()); err == nil {
 		info.SourceIP = a.Addr().Unmap().String()
+	}
+	if !cutOff() {
+		return fail(&Failure{Temporary: true, Enhanced: "4.4.2", Host: host,
+			Text: fmt.Sprintf("session with %s cut off while opening: %v", host, context.Cause(ctx))})
 	}
 	next.SetDeadline(time.Time{})
 	return &conn{client: client, netConn: next, host: host, addr: addr, tls: info, capped: capped}, nil
@@ -313,7 +322,30 @@ func (c *conn) transaction(tx Transaction, batch []int) (smtpclient.Result, erro
 	for k, i := range batch {
 		rcpts[k] = tx.Recipients[i]
 	}
-	return c.client.Send(tx.Mail, rcpts, body)
+	read := &bodyReader{r: body}
+	res, err := c.client.Send(tx.Mail, rcpts, read)
+	if err != nil && read.err != nil {
+		// Our own failure (the spool file could not be read), not the
+		// server's: reported as a local error (4.3.0, no reply code), so
+		// that it is not taken for a connection the destination dropped.
+		return res, &Failure{Temporary: true, Enhanced: "4.3.0", Text: "reading queued message: " + read.err.Error()}
+	}
+	return res, err
+}
+
+// bodyReader remembers the error, other than the end, that reading the
+// queued message gave.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
 }
 
 // settle records the outcome of a transaction for its recipients. A
