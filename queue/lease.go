@@ -21,6 +21,15 @@ type Lease struct {
 	Until      time.Time
 }
 
+// Due counts the messages with work due now, up to max, in a read
+// transaction: what a scheduler needs to know before it sets workers
+// aside for a Lease.
+func (q *Queue) Due(max int) (int, error) {
+	var n int
+	err := q.view(func(tx *bolt.Tx) error { n = len(dueIDs(tx, q.clock(), max)); return nil })
+	return n, err
+}
+
 // Lease grants up to max leases on due work, each held for hold. A lease that
 // runs out makes its recipients due again, so a worker that dies loses nothing.
 func (q *Queue) Lease(max int, hold time.Duration) ([]Lease, error) {

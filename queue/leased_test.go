@@ -108,3 +108,28 @@ func TestLeaseWithNothingDueWritesNothing(t *testing.T) {
 		t.Fatalf("a look with nothing due wrote %d pages", after-before)
 	}
 }
+
+// Due counts what a Lease would find, up to its bound: a message leased in
+// its enqueue is not due until its lease ends, one queued plainly is.
+func TestDueCountsWhatALeaseWouldFind(t *testing.T) {
+	clock := newClock()
+	q := openTest(t, clock, t.TempDir(), 0)
+	defer q.Close()
+	if _, _, err := q.EnqueueLeased("", envelope("a@x.test"), strings.NewReader("x"), nil, time.Minute, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := q.Enqueue("", envelope("b@x.test"), strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct{ max, want int }{{10, 3}, {2, 2}, {0, 0}} {
+		if n, err := q.Due(c.max); err != nil || n != c.want {
+			t.Errorf("Due(%d) = %d, %v; want %d", c.max, n, err, c.want)
+		}
+	}
+	clock.Advance(2 * time.Minute) // the first lease has run out
+	if n, _ := q.Due(10); n != 4 {
+		t.Errorf("Due after the lease ran out = %d, want 4", n)
+	}
+}

@@ -79,6 +79,7 @@ type Config struct {
 
 // Queue is what delivery needs of the queue.
 type Queue interface {
+	Due(max int) (int, error)
 	Lease(max int, hold time.Duration) ([]queue.Lease, error)
 	Renew(id string, seq uint64, hold time.Duration) (time.Time, error)
 	Record(id string, seq uint64, outcomes []queue.Outcome, quiet ...func(queue.Message) bool) (queue.Message, error)
@@ -235,13 +236,22 @@ func (e *Engine) Run(ctx context.Context) {
 	wake := time.NewTimer(time.Hour)
 	defer wake.Stop()
 	for {
-		// The free workers are taken before the lease, not counted: a
+		// The workers for a lease are taken before it, not counted: a
 		// hand-over may take one at any moment, and a lease with no
 		// worker to run it would wait, unrenewed and deaf to shutdown,
-		// until some attempt ended.
+		// until some attempt ended. Only as many are taken as there is
+		// work due: workers set aside for nothing would refuse the
+		// hand-overs of fresh mail meanwhile (which the scheduler must
+		// then lease, a transaction more each).
 		free := 0
-		for ctx.Err() == nil && free < cap(sem) && tryAcquire(sem) {
-			free++
+		if idle := cap(sem) - len(sem); idle > 0 && ctx.Err() == nil {
+			due, err := e.d.Queue.Due(idle)
+			if err != nil {
+				e.d.Log.Error("looking for due work in the queue failed", "err", err)
+			}
+			for free < due && tryAcquire(sem) {
+				free++
+			}
 		}
 		var leases []queue.Lease
 		if free > 0 {

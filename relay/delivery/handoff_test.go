@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/smtptest"
@@ -125,5 +126,58 @@ func TestHandedOverMessageWhoseWorkerDiedIsDeliveredAfterTheLease(t *testing.T) 
 	}
 	if got := mx.Received(); len(got) != 1 {
 		t.Fatalf("after the lease ended: %d at the MX", len(got))
+	}
+}
+
+// stalledLeaseQueue is a queue whose Lease does not return until released,
+// as a Lease waiting for its commit's fsync behind a busy disk.
+type stalledLeaseQueue struct {
+	Queue
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *stalledLeaseQueue) Lease(max int, hold time.Duration) ([]queue.Lease, error) {
+	select {
+	case s.entered <- struct{}{}:
+	default:
+	}
+	<-s.release
+	return s.Queue.Lease(max, hold)
+}
+
+// The scheduler sets workers aside only for work that is due. It used to
+// take every free worker before each Lease, due work or not; every
+// submission kicks it, so fresh mail found no worker free for its hand-over
+// while the scheduler looked (and was leased by the scheduler instead, a
+// transaction more), which made the hand-over tests fail now and then in
+// CI ("hand-over 0 refused with a worker free").
+func TestSchedulerSetsNoWorkerAsideWithNothingDue(t *testing.T) {
+	w := newWorld(t, smtptest.Start(t, nil))
+	stalled := &stalledLeaseQueue{Queue: w.q, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	d := w.engine.d
+	d.Queue = stalled
+	e := New(w.engine.cfg, d)
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { e.Run(ctx); close(stopped) }()
+	defer func() { close(stalled.release); cancel(); <-stopped }()
+	reserved := 0
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		e.Kick()
+		select {
+		case <-stalled.entered:
+			t.Fatal("the scheduler leased with nothing due, holding its free workers meanwhile")
+		default:
+		}
+		if s, ok := e.Reserve(); ok {
+			reserved++
+			s.Cancel()
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if reserved == 0 {
+		t.Fatal("no hand-over was ever taken by an idle engine")
 	}
 }
