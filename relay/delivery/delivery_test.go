@@ -285,14 +285,7 @@ func TestNullSenderIsNeverBounced(t *testing.T) {
 }
 
 func TestExpiryBouncesAndDelayWarning(t *testing.T) {
-	mx := smtptest.Start(t, func(mx *smtptest.MX) {
-		mx.RcptReply = func(rcpt string) error {
-			if rcpt == sender {
-				return nil
-			}
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "still not"}
-		}
-	})
+	mx := deferringMX(t)
 	w := newWorld(t, mx)
 	id := w.submit(sender, "a@dest.test")
 	w.run()

@@ -15,8 +15,6 @@ import (
 	"testing/iotest"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/smtptest"
 	"github.com/postern/postern/tlspolicy"
@@ -220,14 +218,7 @@ func TestWindowUnderConcurrentAttempts(t *testing.T) {
 // until its lifetime ran out, is bounced with the reply of its last
 // attempt beside the busy domain: the sender learns what the server said.
 func TestPostponedPastLifetimeKeepsTheLastReply(t *testing.T) {
-	mx := smtptest.Start(t, func(mx *smtptest.MX) {
-		mx.RcptReply = func(rcpt string) error {
-			if rcpt == sender {
-				return nil
-			}
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "still not"}
-		}
-	})
+	mx := deferringMX(t)
 	w := newWorld(t, mx)
 	id := w.submit(sender, "a@dest.test")
 	w.run()
