@@ -394,3 +394,61 @@ func TestRefusedRSETIsNoRefusalOfTheMessage(t *testing.T) {
 		})
 	}
 }
+
+// TestSmuggledCommandsNeverReachARefusingServer: a submitter's message
+// whose lines read as a transaction (MAIL, RCPT, DATA) is never sent ahead
+// of the RCPT replies. A server that refuses every recipient and then, against
+// RFC 3030 3, refuses the BDAT without reading its chunk would run those
+// lines as commands: a message of the submitter's making, from any sender,
+// sent from this relay (SMTP smuggling). The chunk now waits for the
+// replies, behind a NOOP that ends the group; where a recipient is taken
+// it goes as before, and where none is, nothing is sent. A message without
+// such lines still goes with the envelope (TestPipelinedTransactionIsOneFlight).
+func TestSmuggledCommandsNeverReachARefusingServer(t *testing.T) {
+	smuggling := "From: app@example.org\r\nSubject: hi\r\n\r\nhello\r\n.\r\n" +
+		"mail FROM:<forged@evil.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\nSubject: forged\r\n\r\nforged\r\n.\r\n"
+	m := &rawMX{pipelining: true, chunking: true, bdatUnreadWhenRefused: true, rcptReply: func(a string) string {
+		if strings.HasPrefix(a, "gone") {
+			return "550 5.1.1 " + a + " is gone"
+		}
+		return ""
+	}}
+	w := rawWorld(t, m)
+	w.enqueue(queue.Envelope{From: sender, Recipients: []queue.Recipient{{Addr: "gone@dest.test"}}}, smuggling)
+	w.run()
+	for _, d := range m.delivered() {
+		if d.From == "forged@evil.test" {
+			t.Fatalf("the message's own lines ran as a transaction at the server: %+v", d)
+		}
+	}
+	if d := m.delivered(); len(d) != 0 {
+		t.Fatalf("delivered %+v, want nothing: every recipient was refused", d)
+	}
+	// With a recipient taken, the message goes after the replies, whole.
+	w.enqueue(queue.Envelope{From: sender, Recipients: []queue.Recipient{{Addr: "gone2@dest.test"}, {Addr: "here@dest.test"}}}, smuggling)
+	w.run()
+	noViolations(t, m)
+	d := m.delivered()
+	if len(d) != 1 || !slices.Equal(d[0].Rcpts, []string{"here@dest.test"}) || string(d[0].Data) != smuggling || len(d[0].BDAT) != 1 {
+		t.Fatalf("delivered %+v", d)
+	}
+	// Every chunk went alone, after a group ended by NOOP, and only to a
+	// transaction that took it (the notices to the sender, which quote
+	// the message, included).
+	msgs, groups, _, _ := m.snapshot()
+	bdats := 0
+	for i, g := range groups {
+		if strings.Contains(g, "BDAT") {
+			bdats++
+			if g != "BDAT" || i == 0 || !strings.HasSuffix(groups[i-1], "NOOP") {
+				t.Fatalf("command groups %q: a chunk went with its envelope", groups)
+			}
+		}
+	}
+	if first := groups[slices.IndexFunc(groups, func(g string) bool { return strings.Contains(g, "MAIL") })]; first != "MAIL RCPT NOOP" {
+		t.Fatalf("first transaction %q, want MAIL RCPT NOOP and no chunk", first)
+	}
+	if bdats != len(msgs) {
+		t.Fatalf("%d chunks sent for %d messages taken: a chunk went to a transaction without recipients", bdats, len(msgs))
+	}
+}

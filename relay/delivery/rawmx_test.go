@@ -29,6 +29,10 @@ type rawMX struct {
 	data354Anyway             bool                     // answer DATA with 354 even when no recipient was accepted
 	size                      int                      // the SIZE it announces; 0: 50000000
 	rsetReply                 string                   // the reply to RSET; "": 250
+	// bdatUnreadWhenRefused: refuse a BDAT in a transaction without
+	// recipients without reading its chunk, against RFC 3030 3, so that
+	// the chunk is read as commands (a server open to SMTP smuggling).
+	bdatUnreadWhenRefused bool
 
 	mu         sync.Mutex
 	conns      int
@@ -192,6 +196,11 @@ func (m *rawMX) session(c net.Conn, r *bufio.Reader) {
 			n, err := strconv.Atoi(f[1])
 			if err != nil {
 				return
+			}
+			if m.bdatUnreadWhenRefused && (!inTxn || len(cur.Rcpts) == 0) {
+				reply("554 5.5.1 no valid recipients")
+				answer()
+				continue
 			}
 			chunk := make([]byte, n)
 			if _, err := io.ReadFull(r, chunk); err != nil {

@@ -253,3 +253,25 @@ func TestXtext(t *testing.T) {
 		t.Errorf("utf-8-addr-unitext %q", got)
 	}
 }
+
+// A chunk that a server could read as a transaction's commands, were it
+// to refuse the chunk without reading it, is found wherever such a line
+// starts; ordinary text is not.
+func TestMayRunAsCommands(t *testing.T) {
+	for chunk, want := range map[string]bool{
+		"Subject: hi\r\n\r\nhello\r\n":                 false,
+		"Subject: hi\r\n\r\nmail me back\r\n":          true, // costs a round trip, nothing more
+		"Subject: hi\r\n\r\nMAIL FROM:<x@y>\r\n":       true,
+		"Subject: hi\r\n\r\n  rcpt TO:<x@y>\r\n":       true,
+		"Subject: hi\r\n\r\n\tData\r\n":                true,
+		"Subject: hi\r\rBDAT 5 LAST\r\n":               true,
+		"MAIL FROM:<x@y>\r\n":                          true,
+		"Subject: a MAIL FROM inside a line\r\n":       false,
+		"Subject: hi\r\n\r\nMAI":                       false,
+		"X-Data-Classification: none\r\n\r\nhello\r\n": false,
+	} {
+		if got := mayRunAsCommands([]byte(chunk)); got != want {
+			t.Errorf("%q: %v, want %v", chunk, got, want)
+		}
+	}
+}

@@ -58,8 +58,10 @@ const chunkSize = 64 << 10
 // Send runs one transaction: MAIL, an RCPT for each recipient, and the
 // message (BDAT where the server offers CHUNKING, else DATA). Where the
 // server offers PIPELINING, MAIL, the RCPTs and DATA (or the first BDAT
-// with its chunk) go in one flight and the replies are read after it, each
-// RCPT's own (RFC 2920 3.1); otherwise each command waits for its reply.
+// with its chunk, where the chunk has no line a server could take for a
+// transaction's command) go in one flight and the replies are read after
+// it, each RCPT's own (RFC 2920 3.1); otherwise each command waits for its
+// reply.
 //
 // body is read to its end and sent in SMTP's canonical form: a bare LF
 // becomes CRLF, and a message that does not end with a line break gets one,
@@ -130,9 +132,9 @@ type txn struct {
 	mailErr  error
 }
 
-// pipelined sends MAIL, the RCPTs and DATA (or the first BDAT) in one
-// flight, led by the RSET a previous transaction left due, then reads
-// their replies in order.
+// pipelined sends MAIL, the RCPTs and DATA (or the first BDAT, unless its
+// chunk could be read as commands) in one flight, led by the RSET a
+// previous transaction left due, then reads their replies in order.
 func (t *txn) pipelined(rset bool) error {
 	c := t.c
 	if rset {
@@ -142,11 +144,20 @@ func (t *txn) pipelined(rset bool) error {
 	for _, l := range t.rcpts {
 		c.command("%s", l)
 	}
-	var last bool
+	var last, withEnvelope bool
 	if t.chunking {
 		var err error
-		if last, err = t.writeChunk(); err != nil {
+		if last, err = t.readChunk(); err != nil {
 			return err
+		}
+		// The first chunk goes with the envelope unless it could be read
+		// as commands (see mayRunAsCommands).
+		if withEnvelope = !mayRunAsCommands(c.chunk); withEnvelope {
+			t.putChunk(last)
+		} else {
+			// NOOP ends the group (RFC 2920 3.1), so that a server that
+			// holds its replies until a group ends sends the RCPTs'.
+			c.command("NOOP")
 		}
 	} else {
 		c.command("DATA")
@@ -162,10 +173,25 @@ func (t *txn) pipelined(rset bool) error {
 	if err := t.readEnvelope(); err != nil {
 		return err
 	}
-	if t.chunking {
-		return t.finishBDAT(last, true)
+	if !t.chunking {
+		return t.finishDATA()
 	}
-	return t.finishDATA()
+	if !withEnvelope {
+		if _, err := c.read(c.t.Command); err != nil { // NOOP's, whatever it says
+			return err
+		}
+		switch {
+		case t.mailErr != nil:
+			return t.mailErr
+		case t.res.Accepted() == 0:
+			return nil // nothing sent for a transaction without recipients
+		}
+		t.putChunk(last)
+		if err := c.flush(c.t.Block); err != nil {
+			return err
+		}
+	}
+	return t.finishBDAT(last, true)
 }
 
 // refusedRSET gives up a session whose server did not take the RSET
@@ -399,6 +425,15 @@ func (t *txn) chunkReply(last bool) error {
 // the chunk itself: n is the length of the bytes that follow, counted
 // after canonicalization, so it is exact by construction.
 func (t *txn) writeChunk() (last bool, err error) {
+	if last, err = t.readChunk(); err != nil {
+		return false, err
+	}
+	t.putChunk(last)
+	return last, nil
+}
+
+// readChunk reads the next chunk of the message, canonical, into c.chunk.
+func (t *txn) readChunk() (last bool, err error) {
 	c := t.c
 	chunk := c.chunk[:0]
 	if c.rbuf == nil {
@@ -418,14 +453,48 @@ func (t *txn) writeChunk() (last bool, err error) {
 		}
 	}
 	c.chunk = chunk
+	return last, nil
+}
+
+// putChunk buffers "BDAT <n>" and the chunk readChunk read.
+func (t *txn) putChunk(last bool) {
+	c := t.c
 	if last {
-		c.command("BDAT %d LAST", len(chunk))
+		c.command("BDAT %d LAST", len(c.chunk))
 	} else {
-		c.command("BDAT %d", len(chunk))
+		c.command("BDAT %d", len(c.chunk))
 	}
 	c.out.timeout = c.t.Block
-	c.w.Write(chunk)
-	return last, nil
+	c.w.Write(c.chunk)
+}
+
+// mayRunAsCommands reports whether a chunk holds a line that a server
+// reading it as commands would take for part of a transaction: MAIL, RCPT,
+// DATA or BDAT at the start of a line (after blanks, in any case; a line
+// starts after CR or LF). A chunk sent in the envelope's flight reaches the
+// server before it has answered the RCPTs; if it refused them all and then,
+// against RFC 3030 3, did not read the refused chunk, the message would be
+// read as commands, and a submitter could have it send a message of its own
+// making from this relay (SMTP smuggling). Such a chunk waits for the RCPT
+// replies and goes only to a transaction with a recipient.
+func mayRunAsCommands(chunk []byte) bool {
+	for i := 0; i < len(chunk); i++ {
+		if i > 0 && chunk[i-1] != '\n' && chunk[i-1] != '\r' {
+			continue
+		}
+		j := i
+		for j < len(chunk) && (chunk[j] == ' ' || chunk[j] == '\t') {
+			j++
+		}
+		if j+4 > len(chunk) {
+			continue
+		}
+		switch strings.ToUpper(string(chunk[j : j+4])) {
+		case "MAIL", "RCPT", "DATA", "BDAT":
+			return true
+		}
+	}
+	return false
 }
 
 // copyBody writes the message for DATA: canonical and dot-stuffed.
