@@ -1,8 +1,14 @@
 package smtpclient
 
 import (
+	"bufio"
 	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
 	"testing"
+	"time"
 )
 
 // A lenient server that skips control bytes before a command, or cuts an
@@ -22,5 +28,39 @@ func TestMayRunAsCommandsLenientServers(t *testing.T) {
 		if got := mayRunAsCommands([]byte(chunk)); got != want {
 			t.Errorf("%.40q...: %v, want %v", chunk, got, want)
 		}
+	}
+}
+
+// TestReplyTooManyBeforeNOOPSendsNoChunk: a chunk that waits behind a
+// NOOP is sent once the NOOP is answered. A server that answered MAIL
+// twice shifted the replies by one: the refused recipient got the other's
+// 250, the NOOP's read was the 550, and the chunk went out, its BDAT
+// "taken" with the NOOP's 250, so the message counted as delivered to a
+// recipient the server had refused. A reply left over after the NOOP's is
+// a session out of step: nothing more is sent on it.
+func TestReplyTooManyBeforeNOOPSendsNoChunk(t *testing.T) {
+	got := make(chan string, 1)
+	c := fakeServer(t, func(c net.Conn, r *bufio.Reader) {
+		pipeliningServer(c, r, true)
+		for range 4 { // MAIL, two RCPTs, NOOP
+			line(r)
+		}
+		fmt.Fprintf(c, "250 ok\r\n250 ok again\r\n250 ok\r\n550 5.1.1 no such user\r\n250 noop\r\n")
+		got <- line(r)
+	})
+	if err := c.Greet(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Hello("relay.test"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Send(Mail{From: "a@x.test"}, []Rcpt{{Addr: "b@y.test"}, {Addr: "gone@y.test"}},
+		strings.NewReader("Subject: hi\r\n\r\nmail me back\r\n"))
+	c.Close()
+	if next := <-got; next != "" {
+		t.Errorf("sent %q after a NOOP answered out of step", next)
+	}
+	if !errors.Is(err, ErrOutOfStep) {
+		t.Fatalf("want the session out of step, got %+v %v", res, err)
 	}
 }

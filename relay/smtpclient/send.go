@@ -180,6 +180,15 @@ func (t *txn) pipelined(rset bool) error {
 		if _, err := c.read(c.t.Command); err != nil { // NOOP's, whatever it says
 			return err
 		}
+		if c.r.Buffered() > 0 {
+			// Nothing more is owed, yet the server says more: a reply
+			// too many shifted the flight's by one, so the recipients'
+			// were misread and this "NOOP's" was the last RCPT's; the
+			// real one would be read as the chunk's, and a refused
+			// recipient counted as delivered. Nothing is sent.
+			c.broken = ErrOutOfStep
+			return c.broken
+		}
 		switch {
 		case t.mailErr != nil:
 			return t.mailErr
