@@ -64,3 +64,43 @@ func TestReplyTooManyBeforeNOOPSendsNoChunk(t *testing.T) {
 		t.Fatalf("want the session out of step, got %+v %v", res, err)
 	}
 }
+
+// TestBareCRNeverReachesTheServer: a bare CR went out as it was, and the
+// dot after it unstuffed, so a next hop that ends a line at a bare CR read
+// "\r.\r" as the end of data and what followed as commands (SMTP
+// smuggling). Submission refuses bare CRs, but a message can reach the
+// queue by other ways (an import); the client makes every CR a CRLF, as it
+// does every bare LF (RFC 5321 2.3.8), for DATA and BDAT alike.
+func TestBareCRNeverReachesTheServer(t *testing.T) {
+	got := make(chan string, 1)
+	c := fakeServer(t, func(c net.Conn, r *bufio.Reader) {
+		pipeliningServer(c, r, false)
+		readFlight(r)
+		fmt.Fprintf(c, "250 ok\r\n250 ok\r\n354 go\r\n")
+		var data strings.Builder
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil || l == ".\r\n" {
+				break
+			}
+			data.WriteString(l)
+		}
+		fmt.Fprintf(c, "250 taken\r\n")
+		got <- data.String()
+	})
+	if err := c.Greet(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Hello("relay.test"); err != nil {
+		t.Fatal(err)
+	}
+	body := "Subject: hi\r\n\r\nhello\r.\rMAIL FROM:<evil@x.test>\r\n"
+	if _, err := c.Send(Mail{From: "a@x.test"}, []Rcpt{{Addr: "b@y.test"}}, strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	data := <-got
+	if i := strings.Index(strings.ReplaceAll(data, "\r\n", ""), "\r"); i >= 0 {
+		t.Errorf("the server got a bare CR: %q", data)
+	}
+}

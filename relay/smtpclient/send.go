@@ -64,7 +64,7 @@ const chunkSize = 64 << 10
 // reply.
 //
 // body is read to its end and sent in SMTP's canonical form: a bare LF
-// becomes CRLF, and a message that does not end with a line break gets one,
+// or a bare CR becomes CRLF, and a message that does not end with a line break gets one,
 // whether it goes by DATA or BDAT, so both deliver the same bytes.
 //
 // The error is for the transaction as a whole: MAIL or DATA refused, or
