@@ -452,3 +452,25 @@ func TestSmuggledCommandsNeverReachARefusingServer(t *testing.T) {
 		t.Fatalf("%d chunks sent for %d messages taken: a chunk went to a transaction without recipients", bdats, len(msgs))
 	}
 }
+
+// TestSmuggledCommandsLedByControlBytes: a server that skips blanks in a
+// wider sense than space and tab (this one splits its lines on any Unicode
+// space, as strings.Fields does) read "\vmail FROM:" as MAIL; the first
+// chunk with such lines went in the envelope's flight, and, refused
+// unread, its lines ran as a transaction from Postern.
+func TestSmuggledCommandsLedByControlBytes(t *testing.T) {
+	smuggling := "From: app@example.org\r\nSubject: hi\r\n\r\nhello\r\n" +
+		"\vmail FROM:<forged@evil.test>\r\n\vRCPT TO:<victim@dest.test>\r\n\fDATA\r\nSubject: forged\r\n\r\nforged\r\n.\r\n"
+	m := &rawMX{pipelining: true, chunking: true, bdatUnreadWhenRefused: true, rcptReply: func(a string) string {
+		if strings.HasPrefix(a, "gone") {
+			return "550 5.1.1 " + a + " is gone"
+		}
+		return ""
+	}}
+	w := rawWorld(t, m)
+	w.enqueue(queue.Envelope{From: sender, Recipients: []queue.Recipient{{Addr: "gone@dest.test"}}}, smuggling)
+	w.run()
+	if d := m.delivered(); len(d) != 0 {
+		t.Fatalf("delivered %+v, want nothing: the message's own lines ran as a transaction at the server", d)
+	}
+}

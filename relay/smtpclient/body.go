@@ -7,38 +7,56 @@ import (
 )
 
 // canon puts a message in SMTP's canonical form as it streams out: a bare
-// LF becomes CRLF (RFC 5321 2.3.8), and, for DATA, a line that starts with
-// "." gets a second one (RFC 5321 4.5.2). A bare CR is passed on as it is,
-// as textproto's DotWriter did before.
+// LF or a bare CR becomes CRLF (RFC 5321 2.3.8: CR and LF only occur
+// together), and, for DATA, a line that starts with "." gets a second one
+// (RFC 5321 4.5.2). A bare CR passed on would let a next hop that ends a
+// line there read "\r.\r" as the end of data, and what follows as commands
+// (SMTP smuggling); submission refuses one, but a message may reach the
+// queue by other ways (an import).
 type canon struct {
 	stuff bool // dot-stuffing, for DATA
 	bol   bool // at the beginning of a line
-	cr    bool // the last byte was CR
+	cr    bool // a CR was written, and its LF is still to come
 }
 
 // append adds p, canonical, to dst.
 func (k *canon) append(dst, p []byte) []byte {
 	for len(p) > 0 {
+		if k.cr {
+			// The CR ends a line whatever follows it: with its own LF, or
+			// with one added.
+			dst = append(dst, '\n')
+			k.bol, k.cr = true, false
+			if p[0] == '\n' {
+				p = p[1:]
+				continue
+			}
+		}
 		if k.bol && k.stuff && p[0] == '.' {
 			dst = append(dst, '.')
 		}
 		k.bol = false
 		i := bytes.IndexByte(p, '\n')
+		end := i
 		if i < 0 {
-			dst = append(dst, p...)
-			k.cr = p[len(p)-1] == '\r'
-			return dst
+			end = len(p)
 		}
-		cr := k.cr
-		if i > 0 {
-			cr = p[i-1] == '\r'
+		if j := bytes.IndexByte(p[:end], '\r'); j >= 0 && j != i-1 {
+			// A CR not right before the LF (or with none after it here).
+			dst = append(dst, p[:j+1]...)
+			k.cr = true
+			p = p[j+1:]
+			continue
+		}
+		if i < 0 {
+			return append(dst, p...)
 		}
 		dst = append(dst, p[:i]...)
-		if !cr {
+		if i == 0 || p[i-1] != '\r' {
 			dst = append(dst, '\r')
 		}
 		dst = append(dst, '\n')
-		k.bol, k.cr = true, false
+		k.bol = true
 		p = p[i+1:]
 	}
 	return dst

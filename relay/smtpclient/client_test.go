@@ -217,7 +217,10 @@ func TestCanon(t *testing.T) {
 		{".a\r\n..b\r\n.\r\n", "..a\r\n...b\r\n..\r\n", ".a\r\n..b\r\n.\r\n"},
 		{"a\nb", "a\r\nb\r\n", "a\r\nb\r\n"},
 		{"a\r", "a\r\n", "a\r\n"},
-		{"a\rb\r\n", "a\rb\r\n", "a\rb\r\n"},
+		{"a\rb\r\n", "a\r\nb\r\n", "a\r\nb\r\n"},
+		{"a\r.\r\n", "a\r\n..\r\n", "a\r\n.\r\n"},
+		{"a\r\r\nb", "a\r\n\r\nb\r\n", "a\r\n\r\nb\r\n"},
+		{"\r", "\r\n", "\r\n"},
 		{"", "", ""},
 		{".", "..\r\n", ".\r\n"},
 	}

@@ -64,7 +64,7 @@ const chunkSize = 64 << 10
 // reply.
 //
 // body is read to its end and sent in SMTP's canonical form: a bare LF
-// becomes CRLF, and a message that does not end with a line break gets one,
+// or a bare CR becomes CRLF, and a message that does not end with a line break gets one,
 // whether it goes by DATA or BDAT, so both deliver the same bytes.
 //
 // The error is for the transaction as a whole: MAIL or DATA refused, or
@@ -179,6 +179,15 @@ func (t *txn) pipelined(rset bool) error {
 	if !withEnvelope {
 		if _, err := c.read(c.t.Command); err != nil { // NOOP's, whatever it says
 			return err
+		}
+		if c.r.Buffered() > 0 {
+			// Nothing more is owed, yet the server says more: a reply
+			// too many shifted the flight's by one, so the recipients'
+			// were misread and this "NOOP's" was the last RCPT's; the
+			// real one would be read as the chunk's, and a refused
+			// recipient counted as delivered. Nothing is sent.
+			c.broken = ErrOutOfStep
+			return c.broken
 		}
 		switch {
 		case t.mailErr != nil:
@@ -470,27 +479,54 @@ func (t *txn) putChunk(last bool) {
 
 // mayRunAsCommands reports whether a chunk holds a line that a server
 // reading it as commands would take for part of a transaction: MAIL, RCPT,
-// DATA or BDAT at the start of a line (after blanks, in any case; a line
-// starts after CR or LF). A chunk sent in the envelope's flight reaches the
-// server before it has answered the RCPTs; if it refused them all and then,
-// against RFC 3030 3, did not read the refused chunk, the message would be
-// read as commands, and a submitter could have it send a message of its own
-// making from this relay (SMTP smuggling). Such a chunk waits for the RCPT
-// replies and goes only to a transaction with a recipient.
+// DATA or BDAT, in any case, where a line starts (after CR or LF), after
+// any blanks or control bytes a lenient server may skip (NUL, VT, FF...),
+// or anywhere past the first 510 octets of a line, where a server that
+// reads commands into a fixed buffer cuts an over-long line into pieces
+// (RFC 5321 4.5.3.1.4 makes 512 octets with CRLF the least it may hold).
+// A chunk sent in the envelope's flight reaches the server before it has
+// answered the RCPTs; if it refused them all and then, against RFC 3030 3,
+// did not read the refused chunk, the message would be read as commands,
+// and a submitter could have it send a message of its own making from
+// this relay (SMTP smuggling). Such a chunk waits for the RCPT replies and
+// goes only to a transaction with a recipient. The scan is one pass over
+// the chunk, without allocating.
 func mayRunAsCommands(chunk []byte) bool {
-	for i := 0; i < len(chunk); i++ {
-		if i > 0 && chunk[i-1] != '\n' && chunk[i-1] != '\r' {
+	lineStart, leading := 0, true
+	for i, b := range chunk {
+		switch {
+		case b == '\r' || b == '\n':
+			lineStart, leading = i+1, true
+			continue
+		case leading && (b <= ' ' || b == 0x7f):
 			continue
 		}
-		j := i
-		for j < len(chunk) && (chunk[j] == ' ' || chunk[j] == '\t') {
-			j++
+		if (leading || i-lineStart >= maxCommandLine-2) && isTxnCommand(chunk[i:]) {
+			return true
 		}
-		if j+4 > len(chunk) {
-			continue
-		}
-		switch strings.ToUpper(string(chunk[j : j+4])) {
-		case "MAIL", "RCPT", "DATA", "BDAT":
+		leading = false
+	}
+	return false
+}
+
+// maxCommandLine is the command line, CRLF included, that every server
+// must take (RFC 5321 4.5.3.1.4).
+const maxCommandLine = 512
+
+// isTxnCommand reports whether p starts with MAIL, RCPT, DATA or BDAT in
+// any case (b|0x20 folds an ASCII letter to lower case, and only a letter
+// folds to one).
+func isTxnCommand(p []byte) bool {
+	if len(p) < 4 {
+		return false
+	}
+	switch p[0] | 0x20 {
+	case 'm', 'r', 'd', 'b':
+	default:
+		return false
+	}
+	for _, kw := range [...]string{"mail", "rcpt", "data", "bdat"} {
+		if p[0]|0x20 == kw[0] && p[1]|0x20 == kw[1] && p[2]|0x20 == kw[2] && p[3]|0x20 == kw[3] {
 			return true
 		}
 	}
