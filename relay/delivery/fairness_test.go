@@ -122,8 +122,8 @@ func (w *world) window(initial, max, deadAfter int, cooldown time.Duration) {
 }
 
 // runEngine runs the engine's workers until the returned stop is called;
-// stop first ends the fake host's connections, which hold attempts that
-// no context reaches.
+// stop first ends the fake host's connections, so that the attempts they
+// hold end at once rather than at the engine's drain deadline.
 func (w *world) runEngine(f *fakeHost) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
