@@ -407,15 +407,7 @@ func TestRefusedRSETIsNoRefusalOfTheMessage(t *testing.T) {
 func TestSmuggledCommandsNeverReachARefusingServer(t *testing.T) {
 	smuggling := "From: app@example.org\r\nSubject: hi\r\n\r\nhello\r\n.\r\n" +
 		"mail FROM:<forged@evil.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\nSubject: forged\r\n\r\nforged\r\n.\r\n"
-	m := &rawMX{pipelining: true, chunking: true, bdatUnreadWhenRefused: true, rcptReply: func(a string) string {
-		if strings.HasPrefix(a, "gone") {
-			return "550 5.1.1 " + a + " is gone"
-		}
-		return ""
-	}}
-	w := rawWorld(t, m)
-	w.enqueue(queue.Envelope{From: sender, Recipients: []queue.Recipient{{Addr: "gone@dest.test"}}}, smuggling)
-	w.run()
+	w, m := sentToRefusedRecipient(t, smuggling)
 	for _, d := range m.delivered() {
 		if d.From == "forged@evil.test" {
 			t.Fatalf("the message's own lines ran as a transaction at the server: %+v", d)
@@ -461,6 +453,17 @@ func TestSmuggledCommandsNeverReachARefusingServer(t *testing.T) {
 func TestSmuggledCommandsLedByControlBytes(t *testing.T) {
 	smuggling := "From: app@example.org\r\nSubject: hi\r\n\r\nhello\r\n" +
 		"\vmail FROM:<forged@evil.test>\r\n\vRCPT TO:<victim@dest.test>\r\n\fDATA\r\nSubject: forged\r\n\r\nforged\r\n.\r\n"
+	_, m := sentToRefusedRecipient(t, smuggling)
+	if d := m.delivered(); len(d) != 0 {
+		t.Fatalf("delivered %+v, want nothing: the message's own lines ran as a transaction at the server", d)
+	}
+}
+
+// sentToRefusedRecipient sends body, for gone@dest.test only, to a server
+// with PIPELINING and CHUNKING that refuses every gone… recipient and then
+// refuses a BDAT without recipients without reading its chunk.
+func sentToRefusedRecipient(t *testing.T, body string) (*world, *rawMX) {
+	t.Helper()
 	m := &rawMX{pipelining: true, chunking: true, bdatUnreadWhenRefused: true, rcptReply: func(a string) string {
 		if strings.HasPrefix(a, "gone") {
 			return "550 5.1.1 " + a + " is gone"
@@ -468,9 +471,7 @@ func TestSmuggledCommandsLedByControlBytes(t *testing.T) {
 		return ""
 	}}
 	w := rawWorld(t, m)
-	w.enqueue(queue.Envelope{From: sender, Recipients: []queue.Recipient{{Addr: "gone@dest.test"}}}, smuggling)
+	w.enqueue(queue.Envelope{From: sender, Recipients: []queue.Recipient{{Addr: "gone@dest.test"}}}, body)
 	w.run()
-	if d := m.delivered(); len(d) != 0 {
-		t.Fatalf("delivered %+v, want nothing: the message's own lines ran as a transaction at the server", d)
-	}
+	return w, m
 }
