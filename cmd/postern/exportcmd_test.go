@@ -130,18 +130,7 @@ func TestQueueHandOver(t *testing.T) {
 // TestQueueExportImportOffline: with no daemon running, both commands
 // work on the files, and the export directory follows backup's rules.
 func TestQueueExportImportOffline(t *testing.T) {
-	a := newDaemon(t, nil)
-	b := newDaemon(t, nil)
-	a.start()
-	if out, err := a.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	reply, err := submit(a.starttls, "app", "pw", "app@example.org", "rcpt@stuck.test", []byte("Subject: s\r\n\r\nx\r\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := queueID(reply)
-	a.signal(syscall.SIGTERM)
+	a, b, id := stoppedWithOneQueued(t)
 
 	parent := t.TempDir()
 	os.Chmod(parent, 0o777)
@@ -189,4 +178,23 @@ func TestQueueExportImportOffline(t *testing.T) {
 	if n := len(listQueue(t, c)); n != 0 {
 		t.Fatalf("%d messages imported from a damaged export", n)
 	}
+}
+
+// stoppedWithOneQueued runs daemon a, queues one message there for a
+// destination that never answers, and stops a; b is a second daemon, not
+// started. It returns both and the message's queue ID.
+func stoppedWithOneQueued(t *testing.T) (a, b *daemon, id string) {
+	t.Helper()
+	a, b = newDaemon(t, nil), newDaemon(t, nil)
+	a.start()
+	if out, err := a.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	reply, err := submit(a.starttls, "app", "pw", "app@example.org", "rcpt@stuck.test", []byte("Subject: s\r\n\r\nx\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id = queueID(reply)
+	a.signal(syscall.SIGTERM)
+	return a, b, id
 }

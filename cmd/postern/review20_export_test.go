@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 )
 
@@ -13,18 +12,7 @@ import (
 // not tell the operator it is "still on the old node" (who would then
 // throw the export away): it must say to copy it again from the original.
 func TestReview20SkipBadAfterRemoveSaysWhereTheMessageIs(t *testing.T) {
-	a := newDaemon(t, nil)
-	b := newDaemon(t, nil)
-	a.start()
-	if out, err := a.run("pw\n", "user", "add", "app", "--password-stdin"); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	reply, err := submit(a.starttls, "app", "pw", "app@example.org", "rcpt@stuck.test", []byte("Subject: s\r\n\r\nx\r\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := queueID(reply)
-	a.signal(syscall.SIGTERM)
+	a, b, id := stoppedWithOneQueued(t)
 	dir := filepath.Join(t.TempDir(), "handover")
 	if out, err := a.run("", "queue", "export", dir, "--remove"); err != nil || !strings.Contains(out, "removed the 1 exported messages") {
 		t.Fatalf("export --remove: %v\n%s", err, out)

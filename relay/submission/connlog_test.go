@@ -1,14 +1,12 @@
 package submission
 
 import (
-	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,25 +15,6 @@ import (
 	"github.com/postern/postern/queue"
 	"github.com/postern/postern/relay/auth"
 )
-
-// lockedBuffer is a log destination the server's goroutines write to
-// while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestPlainTextOnImplicitTLSIsAWarning: a client that speaks plain text to
 // port 465 (or resets the connection) is the client's trouble: a warning
@@ -58,7 +37,7 @@ func TestPlainTextOnImplicitTLSIsAWarning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logged lockedBuffer
+	var logged logBuffer
 	srv := New(Config{Hostname: "relay.test", MaxMessageBytes: 1 << 10, MaxRecipients: 5, MaxLineLength: 2000,
 		CommandTimeout: 10 * time.Second, DataTimeout: 10 * time.Second, MaxConnections: 5, MaxConnectionsPerIP: 5},
 		Deps{Queue: q, Auth: auth.NewVerifier(users, auth.DefaultLimits, nil), Log: slog.New(slog.NewJSONHandler(&logged, nil)),
